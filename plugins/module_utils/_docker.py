@@ -1,0 +1,94 @@
+# -*- coding: utf-8 -*-
+# Copyright: opskit.runbook contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Docker Engine connection: the shared option spec and one client factory."""
+
+from __future__ import annotations
+
+import os
+
+from ._errors import ConfigError, MissingLibraryError, ServiceError
+
+try:
+    import docker
+    import docker.errors
+    import docker.tls
+    HAS_DOCKER = True
+    DOCKER_IMPORT_ERROR = None
+except ImportError as _exc:  # pragma: no cover - depends on the host
+    HAS_DOCKER = False
+    DOCKER_IMPORT_ERROR = _exc
+
+try:
+    from ansible.module_utils.basic import env_fallback
+except ImportError:  # pragma: no cover
+    env_fallback = None
+
+
+def _fallback(*names):
+    return (env_fallback, list(names)) if env_fallback else None
+
+
+DOCKER_ARGSPEC = dict(
+    docker_host=dict(type="str", fallback=_fallback("DOCKER_HOST")),
+    tls=dict(type="bool", default=False, fallback=_fallback("DOCKER_TLS")),
+    tls_verify=dict(type="bool", default=False, fallback=_fallback("DOCKER_TLS_VERIFY")),
+    ca_path=dict(type="path"),
+    client_cert=dict(type="path"),
+    client_key=dict(type="path", no_log=False),
+    docker_timeout=dict(type="int", default=60, fallback=_fallback("DOCKER_TIMEOUT")),
+)
+DOCKER_OPTION_NAMES = tuple(DOCKER_ARGSPEC)
+DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
+
+
+def docker_argspec(**extra):
+    import copy
+    spec = copy.deepcopy(DOCKER_ARGSPEC)
+    spec.update(extra)
+    return spec
+
+
+def docker_client(params):
+    """A connected docker.APIClient for the connection options in ``params``.
+
+    Raises ServiceError naming the daemon when it cannot be reached.
+    """
+    if not HAS_DOCKER:
+        raise MissingLibraryError("docker", DOCKER_IMPORT_ERROR)
+    host = params.get("docker_host") or DEFAULT_DOCKER_HOST
+    tls_config = None
+    if params.get("tls") or params.get("tls_verify"):
+        cert_dir = os.environ.get("DOCKER_CERT_PATH", "")
+        ca = params.get("ca_path") or (os.path.join(cert_dir, "ca.pem") if cert_dir else None)
+        cert = params.get("client_cert") or (os.path.join(cert_dir, "cert.pem") if cert_dir else None)
+        key = params.get("client_key") or (os.path.join(cert_dir, "key.pem") if cert_dir else None)
+        try:
+            tls_config = docker.tls.TLSConfig(
+                client_cert=(cert, key) if cert and key else None,
+                ca_cert=ca if params.get("tls_verify") else None,
+                verify=bool(params.get("tls_verify")))
+        except docker.errors.TLSParameterError as exc:
+            raise ConfigError("docker TLS options: %s" % exc) from None
+    try:
+        client = docker.APIClient(base_url=host, tls=tls_config, version="auto",
+                                  timeout=params.get("docker_timeout") or 60)
+    except docker.errors.DockerException as exc:
+        raise ServiceError("cannot connect to the Docker daemon at %s: %s" % (host, _short(exc))) from None
+    return client
+
+
+def _short(exc):
+    text = str(exc)
+    for marker in ("Error while fetching server API version: ", "Caused by "):
+        if marker in text:
+            text = text.split(marker, 1)[1]
+    return " ".join(text.split())[:300]
+
+
+def docker_error(exc, what):
+    """One-line ServiceError for a docker SDK / API exception."""
+    if HAS_DOCKER and isinstance(exc, docker.errors.NotFound):
+        return ServiceError("%s: not found (%s)" % (what, getattr(exc, "explanation", None) or _short(exc)))
+    explanation = getattr(exc, "explanation", None)
+    return ServiceError("%s: %s" % (what, " ".join(str(explanation or _short(exc)).split())))

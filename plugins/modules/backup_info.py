@@ -1,0 +1,226 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: opskit.runbook contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: backup_info
+short_description: List the backups at a storage location and check their age (RPO)
+version_added: 0.1.0
+description:
+  - Lists the backups published at a file:// or s3:// location, for every series or one.
+  - For each series returns the newest backup and the newest verified backup (a restore test
+    passed) with their ages, so a playbook can assert a recovery point objective (RPO).
+  - With O(max_age), flags each series whose newest backup is older (an RPO breach);
+    O(fail_on_stale=true) turns a breach into a task failure.
+  - Only published backups are listed (those with a manifest); a backup that failed or is still
+    being written is never shown.
+  - Never changes anything.
+author:
+  - opskit.runbook developers
+extends_documentation_fragment:
+  - opskit.runbook.storage
+attributes:
+  check_mode:
+    support: full
+    details: The module only reads.
+  diff_mode:
+    support: none
+options:
+  series:
+    description:
+      - Only this series. The series must exist (have at least one backup).
+      - Default is every series at the location.
+    type: str
+  max_age:
+    description:
+      - The RPO. A series whose newest backup is older than this is stale.
+      - A duration such as V(26h), V(1d), V(2w) or V(1y6m) (units y, m (months), w, d, h, min, s).
+    type: str
+  fail_on_stale:
+    description:
+      - Fail the task when a series is stale. The full report is returned all the same.
+    type: bool
+    default: false
+notes:
+  - Reads one manifest per backup; the listing itself paginates 1000 keys per request.
+"""
+
+EXAMPLES = r"""
+- name: Show what is stored in the backup bucket
+  opskit.runbook.backup_info:
+    location: s3://acme-backups/prod
+    endpoint_url: https://minio.internal:9000
+  register: stored
+
+- name: Fail when the newest database backup is older than the 24 h RPO
+  opskit.runbook.backup_info:
+    location: file:///srv/backups
+    series: db1-app
+    max_age: 26h
+    fail_on_stale: true
+
+- name: Assert that a verified backup exists that is less than a week old
+  ansible.builtin.assert:
+    that:
+      - stored.series['db1-app'].newest_verified is not none
+      - stored.series['db1-app'].newest_verified_age_seconds < 7 * 86400
+"""
+
+RETURN = r"""
+location:
+  description: The location that was listed.
+  returned: always
+  type: str
+  sample: s3://acme-backups/prod
+checked_at:
+  description: When the ages were computed (UTC, RFC 3339).
+  returned: always
+  type: str
+  sample: "2026-11-23T09:00:00Z"
+series:
+  description: One entry per series, by series name.
+  returned: always
+  type: dict
+  contains:
+    count:
+      description: Number of published backups.
+      type: int
+      returned: always
+    total_size_bytes:
+      description: Stored bytes of all its backups.
+      type: int
+      returned: always
+    newest:
+      description: The newest backup (same fields as an item of RV(backups)).
+      type: dict
+      returned: always
+    newest_age_seconds:
+      description: Age of the newest backup.
+      type: int
+      returned: always
+    newest_verified:
+      description: The newest backup whose verification passed, or null.
+      type: dict
+      returned: always
+    newest_verified_age_seconds:
+      description: Its age, or null.
+      type: int
+      returned: always
+    stale:
+      description: True when O(max_age) is set and the newest backup is older.
+      type: bool
+      returned: always
+  sample:
+    db1-app:
+      count: 7
+      total_size_bytes: 96468992
+      newest_age_seconds: 3605
+      newest_verified_age_seconds: 90005
+      stale: false
+stale_series:
+  description: Names of the series whose newest backup is older than O(max_age).
+  returned: always
+  type: list
+  elements: str
+  sample: []
+backups:
+  description: Every published backup, newest first within each series.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    id:
+      description: Backup id, C(<YYYYmmddTHHMMSSZ>-<8 hex>).
+      type: str
+      returned: always
+      sample: 20261123T020000Z-5f2a9c1e
+    series:
+      description: Series name.
+      type: str
+      returned: always
+    kind:
+      description: What was backed up (V(postgres), V(volume), V(directory), ...).
+      type: str
+      returned: always
+    created_at:
+      description: Start of the backup (UTC, RFC 3339), identical to the time in its key.
+      type: str
+      returned: always
+    completed_at:
+      description: When the backup was published.
+      type: str
+      returned: always
+    age_seconds:
+      description: Seconds since RV(backups[].created_at).
+      type: int
+      returned: always
+    size_bytes:
+      description: Stored (compressed) size of the main artifact.
+      type: int
+      returned: always
+    raw_bytes:
+      description: Size before compression.
+      type: int
+      returned: always
+    sha256:
+      description: SHA-256 of the stored bytes.
+      type: str
+      returned: always
+    compression:
+      description: V(zstd), V(gzip) or V(none).
+      type: str
+      returned: always
+    url:
+      description: URL of the main artifact.
+      type: str
+      returned: always
+    manifest_url:
+      description: URL of the manifest.
+      type: str
+      returned: always
+    verification:
+      description: V(unverified), V(passed) or V(failed).
+      type: str
+      returned: always
+    verified_at:
+      description: When the last verification ran, or null.
+      type: str
+      returned: always
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.opskit.runbook.plugins.module_utils._info import backup_report
+from ansible_collections.opskit.runbook.plugins.module_utils._errors import OpsError
+from ansible_collections.opskit.runbook.plugins.module_utils._module import run_module
+from ansible_collections.opskit.runbook.plugins.module_utils._storage import (
+    location_from_params, storage_argspec)
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=storage_argspec(
+            series=dict(type="str"),
+            max_age=dict(type="str"),
+            fail_on_stale=dict(type="bool", default=False),
+        ),
+        supports_check_mode=True,
+    )
+
+    def action():
+        params = module.params
+        result = backup_report(location_from_params(params), params["series"], params["max_age"])
+        result["changed"] = False
+        if params["fail_on_stale"] and result["stale_series"]:
+            raise OpsError("RPO breach: newest backup older than %s in series %s"
+                           % (params["max_age"], ", ".join(result["stale_series"])), **result)
+        return result
+
+    run_module(module, action)
+
+
+if __name__ == "__main__":
+    main()
