@@ -1,0 +1,231 @@
+# -*- coding: utf-8 -*-
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The storage engine on both backends: a real directory and a real S3 HTTP endpoint (moto)."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from ansible_collections.opskit.runbook.plugins.module_utils import _backup, _storage
+from ansible_collections.opskit.runbook.plugins.module_utils._errors import (
+    IntegrityError, NotFoundError, StorageError)
+
+MiB = 1024 * 1024
+COLLECTIONS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                           ".build", "collections")
+
+
+def _s3_options(s3):
+    return dict(endpoint_url=s3.endpoint_url, access_key=s3.access_key, secret_key=s3.secret_key,
+                region=s3.region)
+
+
+@pytest.fixture(params=["file", "s3"])
+def location(request, tmp_path):
+    if request.param == "file":
+        loc = _storage.open_location("file://%s/backups" % tmp_path)
+        loc.test_options = {}
+        return loc
+    s3 = request.getfixturevalue("s3")
+    loc = _storage.open_location("s3://%s/team/prod" % s3.new_bucket(), **_s3_options(s3))
+    loc.test_options = _s3_options(s3)
+    return loc
+
+
+def _payload(size):
+    """Half random (incompressible), half repetitive."""
+    return os.urandom(size // 2) + b"opskit runbook " * (size // 2 // 15 + 1)
+
+
+def _write(location, series, data, compression="zstd", companions=None, size_hint=None):
+    with _backup.BackupSession(location, series, "generic", compression=compression,
+                               size_hint=size_hint) as session:
+        with session.artifact("bin") as out:
+            out.copy_from(io.BytesIO(data))
+        for name, payload in (companions or {}).items():
+            with session.artifact("txt", name=name) as out:
+                out.write(payload)
+        return session.publish(source={"test": True}, tools={"python": sys.version.split()[0]})
+
+
+def _uploads(location):
+    return location.list_multipart_uploads() if location.scheme == "s3" else []
+
+
+@pytest.mark.parametrize("compression", ["zstd", "gzip", "none"])
+def test_round_trip(location, compression):
+    data = _payload(20 * MiB + 12345)  # more than two 8 MiB parts: a real multipart upload on S3
+    manifest = _write(location, "db1", data, compression, companions={"globals": b"CREATE ROLE app;"},
+                      size_hint=len(data))
+    assert manifest["raw_bytes"] == len(data)
+    assert manifest["compression"] == compression
+    assert manifest["created_at"].replace("-", "").replace(":", "")[:15] == manifest["id"][:15]
+    listed = _backup.list_backups(location)
+    assert [m["id"] for m in listed["db1"]] == [manifest["id"]]
+    with _backup.ArtifactReader(location, listed["db1"][0]) as reader:
+        assert reader.read(-1) == data
+    with _backup.ArtifactReader(location, listed["db1"][0], "globals") as reader:
+        assert reader.read(-1) == b"CREATE ROLE app;"
+    assert _backup.verify_stored(location, manifest) == manifest["size_bytes"]
+    assert _uploads(location) == []
+
+
+def test_listing_newest_first_and_resolve(location):
+    first = _write(location, "app", b"one")
+    time.sleep(1.1)
+    second = _write(location, "app", b"two")
+    _write(location, "other", b"x")
+    listed = _backup.list_backups(location)
+    assert sorted(listed) == ["app", "other"]
+    assert [m["id"] for m in listed["app"]] == [second["id"], first["id"]]
+    assert _backup.resolve_backup(location, "app")["id"] == second["id"]
+    assert _backup.resolve_backup(location, "app", first["id"])["id"] == first["id"]
+    with pytest.raises(NotFoundError, match="series nope has no backups"):
+        _backup.resolve_backup(location, "nope")
+    with pytest.raises(NotFoundError, match="not found"):
+        _backup.resolve_backup(location, "app", "20200101T000000Z-00000000")
+
+
+def test_verification_record_is_updated(location):
+    manifest = _write(location, "app", b"data")
+    updated = _backup.update_verification(location, manifest, "restore", "passed", {"rows": 3})
+    again = _backup.read_manifest(location, "app", manifest["id"])
+    assert again["verification"]["result"] == "passed" and again["verification"]["details"] == {"rows": 3}
+    assert again == updated and _backup.is_verified(again)
+
+
+def _corrupt(location, key, how):
+    if location.scheme == "file":
+        path = location.path(key)
+        with open(path, "rb") as fh:
+            data = fh.read()
+    else:
+        data = location.read_bytes(key)
+    if how == "flip":
+        data = data[:100] + bytes([data[100] ^ 0x01]) + data[101:]
+    else:
+        data = data[: len(data) // 2]
+    if location.scheme == "file":
+        with open(location.path(key), "wb") as fh:
+            fh.write(data)
+    else:
+        location.client.put_object(Bucket=location.bucket, Key=location.full_key(key), Body=data)
+
+
+@pytest.mark.parametrize("how", ["flip", "truncate"])
+def test_corruption_is_detected_on_read(location, how):
+    manifest = _write(location, "app", _payload(3 * MiB))
+    _corrupt(location, "app/" + manifest["artifact"], how)
+    with pytest.raises(IntegrityError, match="is corrupt|cannot be decompressed"):
+        _backup.verify_stored(location, manifest)
+    with pytest.raises(IntegrityError):
+        with _backup.ArtifactReader(location, manifest) as reader:
+            while reader.read(MiB):
+                pass
+
+
+def test_failing_producer_publishes_nothing(location):
+    class Broken(io.RawIOBase):
+        def __init__(self):
+            super().__init__()
+            self.sent = 0
+
+        def read(self, size=-1):
+            if self.sent > 20 * MiB:
+                raise OSError("producer died")
+            self.sent += MiB
+            return os.urandom(MiB)
+
+    with pytest.raises(OSError, match="producer died"):
+        with _backup.BackupSession(location, "app", "generic") as session:
+            with session.artifact("txt", name="globals") as out:
+                out.write(b"written before the failure")
+            with session.artifact("bin") as out:
+                out.copy_from(Broken())
+    assert _backup.list_backups(location) in ({}, {"app": []})
+    assert location.list_objects() == []  # the companion already written was removed too
+    assert _uploads(location) == []
+
+
+def test_failed_s3_upload_is_aborted(s3):
+    location = _storage.open_location("s3://%s/x" % s3.new_bucket(), **_s3_options(s3))
+    calls = []
+
+    def fail_third_part(**kwargs):
+        calls.append(kwargs["params"]["PartNumber"])
+        if kwargs["params"]["PartNumber"] == 3:
+            raise ConnectionAbortedError("injected failure on part 3")
+
+    location.client.meta.events.register("before-parameter-build.s3.UploadPart", fail_third_part)
+    with pytest.raises(StorageError, match="injected failure"):
+        _write(location, "app", os.urandom(40 * MiB), compression="none", size_hint=40 * MiB)
+    assert calls.count(3) == 5  # retried with backoff, then given up
+    assert location.list_multipart_uploads() == []
+    assert location.list_objects() == []
+
+
+_KILL_SCRIPT = textwrap.dedent("""
+    import os, sys, time
+    sys.path.insert(0, %(collections)r)
+    from ansible_collections.opskit.runbook.plugins.module_utils import _backup, _storage
+    loc = _storage.open_location(%(url)r, **%(options)r)
+    with _backup.BackupSession(loc, "app", "generic", compression="none") as session:
+        with session.artifact("bin") as out:
+            while True:
+                out.write(os.urandom(1024 * 1024))
+                sys.stdout.write("."); sys.stdout.flush()
+        session.publish()
+""")
+
+
+def test_killed_writer_leaves_no_backup(location):
+    script = _KILL_SCRIPT % dict(collections=COLLECTIONS, url=location.url, options=location.test_options)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE)
+    received = proc.stdout.read(20)  # 20 MiB written: several parts in flight on S3
+    assert len(received) == 20
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert _backup.list_backups(location) in ({}, {"app": []})
+    names = [info.key for info in location.list_objects()]
+    assert not any(name.endswith(".manifest.json") for name in names)
+    if location.scheme == "file":
+        # only a hidden partial file remains; it never looks like a backup
+        assert names == [] or all(os.path.basename(n).startswith(".") for n in names)
+        assert location.list_temporary()
+
+
+def test_listing_paginates_beyond_1000_objects(location):
+    count = 520  # 1040 objects: artifact + manifest each
+    template = _write(location, "bulk", b"x")
+
+    def put(index):
+        backup_id = "2025%04dT000000Z-%08x" % (101 + index % 28, index)
+        manifest = dict(template, id=backup_id, created_at="2025-01-01T00:00:00Z",
+                        artifact="%s.bin.zst" % backup_id)
+        location.write_bytes("bulk/%s.bin.zst" % backup_id, b"")
+        _backup.write_manifest(location, manifest)
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(put, range(count)))
+    objects = location.list_objects()
+    assert len(objects) == 2 * count + 2
+    listed = _backup.list_backups(location, "bulk")["bulk"]
+    assert len(listed) == count + 1 and listed[0]["id"] == template["id"]
+    grouped = _backup.scan(location)
+    assert len(grouped["bulk"]["manifests"]) == count + 1
+
+
+def test_file_artifacts_are_private(tmp_path):
+    location = _storage.open_location("file://%s/b" % tmp_path)
+    manifest = _write(location, "app", b"secret data")
+    for key in ("app/" + manifest["artifact"], _backup.manifest_key("app", manifest["id"])):
+        assert os.stat(location.path(key)).st_mode & 0o777 == 0o600
