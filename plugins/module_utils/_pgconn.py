@@ -99,6 +99,16 @@ def _passfile_escape(value):
     return str(value).replace("\\", "\\\\").replace(":", "\\:")
 
 
+def libpq_vars(params, with_password=False):
+    """The PG* variables for the connection options (the password only when asked)."""
+    conn = conn_params(params)
+    out = {var: str(conn[name]) for name, var in _LIBPQ_ENV.items() if conn.get(name) not in (None, "")}
+    out["PGAPPNAME"] = "opskit.runbook"
+    if with_password and conn.get("password"):
+        out["PGPASSWORD"] = str(conn["password"])
+    return out
+
+
 @contextlib.contextmanager
 def libpq_env(params, base_env=None):
     """Environment for pg_dump / pg_restore / psql: PG* variables and a 0600 passfile.
@@ -108,10 +118,7 @@ def libpq_env(params, base_env=None):
     env = dict(os.environ if base_env is None else base_env)
     env.pop("PGPASSWORD", None)
     conn = conn_params(params)
-    for name, var in _LIBPQ_ENV.items():
-        if conn.get(name) not in (None, ""):
-            env[var] = str(conn[name])
-    env["PGAPPNAME"] = "opskit.runbook"
+    env.update(libpq_vars(params))
     path = None
     try:
         if conn.get("password"):

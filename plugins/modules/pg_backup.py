@@ -1,0 +1,404 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: opskit.runbook contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: pg_backup
+short_description: Back up, restore and restore-test PostgreSQL databases through the backup engine
+version_added: 0.1.0
+description:
+  - O(state=dumped) runs C(pg_dump) and streams its output through the storage engine to a
+    file:// or s3:// location (compressed, sha256-checksummed, published by a manifest). No
+    temporary file is written for the custom and plain formats.
+  - O(state=restored) restores a backup into a database, after checking the stored sha256, so a
+    corrupt artifact never touches the target.
+  - O(state=verified) restores a backup into a scratch database with a unique name, runs
+    O(verify_queries), drops the scratch database (also on failure) and records the outcome in
+    the backup's manifest. A failed verification fails the task.
+  - The tools (C(pg_dump), C(pg_dumpall), C(pg_restore), C(psql)) run on the managed host, or
+    inside O(docker_container) through the Docker API so that client and server versions match.
+  - The password reaches the tools through a 0600 passfile (on the host) or the exec
+    environment (in a container), never a command line.
+author:
+  - opskit.runbook developers
+extends_documentation_fragment:
+  - opskit.runbook.storage
+  - opskit.runbook.storage.write
+  - opskit.runbook.postgres
+  - opskit.runbook.docker
+attributes:
+  check_mode:
+    support: full
+    details:
+      - Connects, checks that the databases exist, that the location is writable (dumped) or the
+        backup exists and the target can take it (restored, verified), and returns the plan.
+        Nothing is written, created or restored.
+  diff_mode:
+    support: none
+options:
+  state:
+    description:
+      - V(dumped) writes a new backup of each O(database).
+      - V(restored) restores O(backup) into O(target_database).
+      - V(verified) restores O(backup) into a scratch database, checks it and records the result.
+    type: str
+    choices: [dumped, restored, verified]
+    default: dumped
+  database:
+    description:
+      - The database(s) to dump (O(state=dumped)); each gets its own backup and series.
+      - With O(state=restored) or O(state=verified), the one database whose series holds the
+        backup (used to fill in O(series)); also the default O(target_database).
+    type: list
+    elements: str
+    aliases: [db]
+  series:
+    description:
+      - Series (folder) of the backups. V({host}) and V({database}) are filled in; with several
+        databases it must contain V({database}).
+      - V({host}) is O(host), or O(docker_container) / V(local) when connecting over a socket.
+      - Default V({host}-{database}).
+    type: str
+  format:
+    description:
+      - pg_dump format. V(custom) allows selective and parallel restores; V(plain) is SQL restored
+        with psql; V(directory) dumps in parallel with O(jobs).
+      - pg_dump's own compression is turned off; the engine compresses (O(compression)).
+      - The directory format is written by pg_dump into a private temporary directory (pg_dump
+        cannot write it to a pipe), streamed into the engine as a tar and removed.
+    type: str
+    choices: [custom, plain, directory]
+    default: custom
+  globals:
+    description:
+      - Also store C(pg_dumpall --globals-only) (roles, tablespaces) as a companion artifact.
+    type: bool
+    default: false
+  jobs:
+    description:
+      - Parallel jobs. Dumping, only with O(format=directory). Restoring a custom-format backup
+        with O(jobs) > 1 downloads it to a 0600 temporary file first (pg_restore cannot run in
+        parallel from a pipe); with V(1) it streams.
+    type: int
+    default: 1
+  backup:
+    description:
+      - The backup to restore or verify, V(latest) or an id such as V(20261123T020000Z-5f2a9c1e).
+    type: str
+    default: latest
+  target_database:
+    description:
+      - Database to restore into. Default the backed-up database's name.
+    type: str
+  create:
+    description:
+      - Create O(target_database) when it does not exist (from C(template0)). Without it a missing
+        target is an error. A database created here is dropped again if the restore fails.
+    type: bool
+    default: false
+  clean:
+    description:
+      - Restore into a non-empty target by dropping its objects first (pg_restore C(--clean
+        --if-exists)). A plain-format backup has no DROP statements, so the target database is
+        dropped and created again instead.
+    type: bool
+    default: false
+  force:
+    description:
+      - Restore into a non-empty target without dropping anything; conflicting objects then
+        fail the restore.
+    type: bool
+    default: false
+  single_transaction:
+    description:
+      - Restore in one transaction (all or nothing). Not with O(jobs) > 1.
+    type: bool
+    default: false
+  no_owner:
+    description:
+      - Restore without ownership and privileges (pg_restore C(--no-owner --no-privileges)), for
+        servers that lack the original roles. No effect on plain-format backups.
+      - Default V(true) with O(state=verified), V(false) otherwise.
+    type: bool
+  restore_globals:
+    description:
+      - Restore the backup's globals (roles, tablespaces) before the database. Roles that exist
+        already are kept as they are.
+    type: bool
+    default: false
+  verify_queries:
+    description:
+      - Checks run in the scratch database with O(state=verified), after the restore. The number
+        of restored tables is always compared with the number dumped.
+    type: list
+    elements: dict
+    default: []
+    suboptions:
+      name:
+        description: Name shown in the result.
+        type: str
+      query:
+        description: SQL to run; its first column of the first row is the value checked.
+        type: str
+        required: true
+      expect:
+        description: Expected value, compared as text.
+        type: str
+      min:
+        description: Minimum value (numeric), e.g. a minimum row count.
+        type: float
+      max:
+        description: Maximum value (numeric).
+        type: float
+      rows:
+        description: Exact number of rows returned.
+        type: int
+  docker_container:
+    description:
+      - Run the tools inside this running container (name or id) through the Docker API (exec,
+        no TTY, binary streams). O(host) then defaults to the container's local socket.
+      - Paths such as O(sslrootcert) and O(bin_dir) are paths inside the container.
+      - The directory format and restores with O(jobs) > 1 are not supported in a container.
+    type: str
+  docker_user:
+    description:
+      - User the tools run as inside O(docker_container), for example V(postgres) for peer
+        authentication. Default the container's user.
+    type: str
+  bin_dir:
+    description:
+      - Directory of pg_dump, pg_restore, psql and pg_dumpall.
+      - Default on the host C(/usr/lib/postgresql/<server major>/bin) when it exists, else the
+        C(PATH); in a container the container's C(PATH).
+    type: path
+  tmp_dir:
+    description:
+      - Where the directory format and parallel restores keep their private (0700) temporary
+        files. Default the system temporary directory.
+    type: path
+notes:
+  - A failed or killed pg_dump aborts the backup; its artifacts are deleted (and an S3 multipart
+    upload aborted), and no manifest is written, so it never appears as a backup.
+  - Plain-format restores run psql with C(ON_ERROR_STOP): an error midway fails the task.
+  - Restores verify the stored sha256 before touching the target. Streamed restores read the
+    artifact twice (verify, then restore); parallel restores verify the downloaded copy.
+seealso:
+  - module: opskit.runbook.backup_info
+"""
+
+EXAMPLES = r"""
+- name: Nightly dump of two databases with roles to S3
+  opskit.runbook.pg_backup:
+    database: [app, billing]
+    globals: true
+    destination: s3://acme-backups/prod
+    host: db1.internal
+    user: backup
+    password: "{{ vault_pg_backup_password }}"
+    sslmode: verify-full
+    sslrootcert: /etc/ssl/certs/internal-ca.pem
+  register: dumped
+
+- name: Dump with the tools of the database container (versions always match)
+  opskit.runbook.pg_backup:
+    database: wakedock
+    docker_container: wakedock_postgres
+    docker_user: postgres
+    destination: file:///srv/backups
+
+- name: Restore the latest backup into a new database, four jobs in parallel
+  opskit.runbook.pg_backup:
+    state: restored
+    database: app
+    series: db1.internal-app
+    target_database: app_restored
+    create: true
+    jobs: 4
+    destination: s3://acme-backups/prod
+
+- name: Monthly restore test, recorded in the manifest
+  opskit.runbook.pg_backup:
+    state: verified
+    database: app
+    host: scratch-db.internal
+    series: db1.internal-app
+    destination: s3://acme-backups/prod
+    verify_queries:
+      - name: orders present
+        query: SELECT count(*) FROM shop.orders
+        min: 1000
+      - query: SELECT value FROM meta WHERE key = 'schema_version'
+        expect: "42"
+"""
+
+RETURN = r"""
+backup:
+  description:
+    - The backup written (first database when several), restored or verified.
+    - Its fields are those of M(opskit.runbook.backup_info)'s backups, plus, when dumping,
+      RV(backup.duration_seconds), RV(backup.database), RV(backup.format),
+      RV(backup.server_version) and RV(backup.pg_dump_version).
+  returned: success, except in check mode with state=dumped
+  type: dict
+  contains:
+    id:
+      description: Backup id.
+      type: str
+      returned: always
+      sample: 20261123T020000Z-5f2a9c1e
+    series:
+      description: Series name.
+      type: str
+      returned: always
+      sample: db1.internal-app
+    url:
+      description: URL of the main artifact.
+      type: str
+      returned: always
+      sample: s3://acme-backups/prod/db1.internal-app/20261123T020000Z-5f2a9c1e.dump.zst
+    manifest_url:
+      description: URL of the manifest.
+      type: str
+      returned: always
+    size_bytes:
+      description: Stored (compressed) size of the main artifact.
+      type: int
+      returned: always
+      sample: 28311552
+    raw_bytes:
+      description: Size of the pg_dump output.
+      type: int
+      returned: always
+    sha256:
+      description: SHA-256 of the stored bytes.
+      type: str
+      returned: always
+    compression:
+      description: V(zstd), V(gzip) or V(none).
+      type: str
+      returned: always
+    verification:
+      description: V(unverified), V(passed) or V(failed).
+      type: str
+      returned: always
+    duration_seconds:
+      description: Wall time of the backup.
+      type: float
+      returned: when dumping
+      sample: 6.9
+    database:
+      description: The database dumped.
+      type: str
+      returned: when dumping
+    format:
+      description: pg_dump format.
+      type: str
+      returned: when dumping
+    server_version:
+      description: PostgreSQL server version.
+      type: str
+      returned: when dumping
+      sample: "15.13"
+    pg_dump_version:
+      description: Version of the pg_dump that ran.
+      type: str
+      returned: when dumping
+      sample: "15.13"
+    globals:
+      description: Whether the globals were stored.
+      type: bool
+      returned: when dumping
+backups:
+  description: Every backup written, in the order of O(database) (same fields as RV(backup)).
+  returned: state=dumped
+  type: list
+  elements: dict
+plan:
+  description:
+    - With O(state=dumped), one entry per database (database, series, format, size_bytes).
+    - Otherwise what the restore does (backup_id, series, format, target_database, steps
+      among create, recreate, clean and restore, globals, duration_seconds).
+  returned: always
+  type: raw
+  sample: {"backup_id": "20261123T020000Z-5f2a9c1e", "target_database": "app_restored",
+           "steps": ["create", "restore"], "format": "custom", "globals": false}
+verification:
+  description: The verification record written to the manifest (verified_at, method, result, details).
+  returned: state=verified
+  type: dict
+  sample: {"result": "passed", "method": "restore", "verified_at": "2026-11-23T03:00:00Z",
+           "details": {"tables": 12, "queries": [{"name": "orders present", "passed": true, "value": "1234"}]}}
+location:
+  description: The storage location.
+  returned: state=dumped
+  type: str
+  sample: s3://acme-backups/prod
+msg:
+  description: What happened, in one line.
+  returned: always
+  type: str
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.opskit.runbook.plugins.module_utils._docker import docker_argspec
+from ansible_collections.opskit.runbook.plugins.module_utils._module import run_module
+from ansible_collections.opskit.runbook.plugins.module_utils._pg_backup import (
+    dump, open_server, restore, verify)
+from ansible_collections.opskit.runbook.plugins.module_utils._pgconn import pg_argspec
+from ansible_collections.opskit.runbook.plugins.module_utils._storage import (
+    location_from_params, storage_argspec)
+
+QUERY_SPEC = dict(
+    name=dict(type="str"),
+    query=dict(type="str", required=True),
+    expect=dict(type="str"),
+    min=dict(type="float"),
+    max=dict(type="float"),
+    rows=dict(type="int"),
+)
+ACTIONS = {"dumped": dump, "restored": restore, "verified": verify}
+
+
+def main():
+    spec = storage_argspec(
+        write=True,
+        state=dict(type="str", default="dumped", choices=list(ACTIONS)),
+        database=dict(type="list", elements="str", aliases=["db"]),
+        series=dict(type="str"),
+        format=dict(type="str", default="custom", choices=["custom", "plain", "directory"]),
+        globals=dict(type="bool", default=False),
+        jobs=dict(type="int", default=1),
+        backup=dict(type="str", default="latest"),
+        target_database=dict(type="str"),
+        create=dict(type="bool", default=False),
+        clean=dict(type="bool", default=False),
+        force=dict(type="bool", default=False),
+        single_transaction=dict(type="bool", default=False),
+        no_owner=dict(type="bool"),
+        restore_globals=dict(type="bool", default=False),
+        verify_queries=dict(type="list", elements="dict", default=[], options=QUERY_SPEC),
+        docker_container=dict(type="str"),
+        docker_user=dict(type="str"),
+        bin_dir=dict(type="path"),
+        tmp_dir=dict(type="path"),
+    )
+    spec.update(pg_argspec())
+    spec.update(docker_argspec())
+    module = AnsibleModule(argument_spec=spec, supports_check_mode=True,
+                           mutually_exclusive=[("clean", "force")])
+
+    def action():
+        params = module.params
+        location = location_from_params(params)
+        with open_server(params) as server:
+            return ACTIONS[params["state"]](server, location, params, module.check_mode)
+
+    run_module(module, action)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+# -*- coding: utf-8 -*-
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Extra PostgreSQL fixtures of the pg_backup tests: a throwaway second cluster and a locally
+built PostgreSQL image for docker_container mode (no registry needed)."""
+
+from __future__ import annotations
+
+import io
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tarfile
+import tempfile
+import time
+
+BIN = "/usr/lib/postgresql/15/bin"
+IMAGE = "opskit-test/postgres:15"
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _demote():
+    """initdb and postgres refuse to run as root: run them as the postgres system user."""
+    if os.getuid() != 0:
+        return None
+    entry = pwd.getpwnam("postgres")
+
+    def change():
+        os.setgid(entry.pw_gid)
+        os.setuid(entry.pw_uid)
+    return change
+
+
+class Cluster:
+    """A PostgreSQL 15 cluster in a temporary directory with scram password auth on loopback."""
+
+    def __init__(self, password):
+        self.password = password
+        self.host, self.port, self.user = "127.0.0.1", free_port(), "postgres"
+        self.bin_dir = BIN
+        self.root = tempfile.mkdtemp(prefix="opskit-pgtest-")
+        self.data = os.path.join(self.root, "data")
+        if os.getuid() == 0:
+            entry = pwd.getpwnam("postgres")
+            os.chown(self.root, entry.pw_uid, entry.pw_gid)
+        self.env = dict(os.environ, PGHOST=self.host, PGPORT=str(self.port), PGUSER=self.user,
+                        PGPASSWORD=password)
+
+    def start(self):
+        pwfile = os.path.join(self.root, "pw")
+        with open(pwfile, "w") as fh:
+            fh.write(self.password + "\n")
+        if os.getuid() == 0:
+            entry = pwd.getpwnam("postgres")
+            os.chown(pwfile, entry.pw_uid, entry.pw_gid)
+        subprocess.run([os.path.join(BIN, "initdb"), "-D", self.data, "-U", self.user, "-A", "scram-sha-256",
+                        "--pwfile", pwfile, "-E", "UTF8", "--locale=C.UTF-8"], check=True,
+                       preexec_fn=_demote(), capture_output=True)
+        os.unlink(pwfile)
+        opts = "-c listen_addresses=127.0.0.1 -p %d -k %s -c fsync=off" % (self.port, self.root)
+        subprocess.run([os.path.join(BIN, "pg_ctl"), "-D", self.data, "-o", opts, "-l",
+                        os.path.join(self.root, "log"), "-w", "start"], check=True,
+                       preexec_fn=_demote(), capture_output=True)
+        return self
+
+    def stop(self):
+        subprocess.run([os.path.join(BIN, "pg_ctl"), "-D", self.data, "-m", "immediate", "stop"],
+                       preexec_fn=_demote(), capture_output=True)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def psql(self, sql, db="postgres"):
+        out = subprocess.run([os.path.join(BIN, "psql"), "-X", "-qAt", "-v", "ON_ERROR_STOP=1", "-d", db,
+                              "-c", sql], env=self.env, check=True, capture_output=True)
+        return out.stdout.decode()
+
+    def createdb(self, name):
+        self.psql('CREATE DATABASE "%s"' % name)
+
+    def conn_vars(self):
+        return dict(host=self.host, port=self.port, user=self.user, password=self.password)
+
+
+# ------------------------------------------------------------ PostgreSQL image
+
+ENTRYPOINT = """#!/bin/sh
+set -e
+export PATH=/usr/lib/postgresql/15/bin:/bin
+if [ ! -s /var/lib/postgresql/data/PG_VERSION ]; then
+  echo "$POSTGRES_PASSWORD" > /tmp/pw
+  initdb -D /var/lib/postgresql/data -U postgres -E UTF8 --locale=C --auth-local=trust \\
+    --auth-host=scram-sha-256 --pwfile=/tmp/pw >/dev/null
+  rm -f /tmp/pw
+fi
+exec postgres -D /var/lib/postgresql/data -c listen_addresses=127.0.0.1 \\
+  -c unix_socket_directories=/var/run/postgresql -c fsync=off
+"""
+
+
+def _libraries(paths):
+    libs = set()
+    for path in paths:
+        out = subprocess.run(["ldd", path], capture_output=True, text=True).stdout
+        for line in out.splitlines():
+            parts = line.split()
+            if "=>" in parts and len(parts) >= 3 and parts[2].startswith("/"):
+                libs.add(parts[2])
+            elif parts and parts[0].startswith("/"):
+                libs.add(parts[0])  # the dynamic loader
+    return libs
+
+
+def build_postgres_image(client, base_image):
+    """FROM the harness's busybox image: the host's PostgreSQL 15 and the libraries it links.
+
+    Cached by tag: built once per machine (about 10 s).
+    """
+    try:
+        client.images.get(IMAGE)
+        return IMAGE
+    except Exception:  # pylint: disable=broad-except
+        pass
+    binaries = [os.path.join(BIN, n) for n in ("postgres", "initdb", "pg_ctl", "pg_dump", "pg_dumpall",
+                                                 "pg_restore", "psql")]
+    lib_dir = "/usr/lib/postgresql/15/lib"
+    sos = [os.path.join(lib_dir, n) for n in os.listdir(lib_dir) if n.endswith(".so")]
+    files = set(binaries) | _libraries(binaries + sos)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        dockerfile = ("FROM %s\nCOPY rootfs/ /\nRUN chmod 755 /entrypoint.sh && mkdir -p /var/run/postgresql"
+                      " /var/lib/postgresql/data && chown -R 101:104 /var/run/postgresql /var/lib/postgresql"
+                      " && chmod 700 /var/lib/postgresql/data\nENV TZ=UTC PATH=/usr/lib/postgresql/15/bin:/bin\n"
+                      "USER 101:104\nENTRYPOINT [\"/entrypoint.sh\"]\n" % base_image)
+        _add_bytes(tar, "Dockerfile", dockerfile.encode())
+        _add_bytes(tar, "rootfs/entrypoint.sh", ENTRYPOINT.encode(), 0o755)
+        _add_bytes(tar, "rootfs/etc/passwd", b"root:x:0:0:root:/root:/bin/sh\npostgres:x:101:104::/var/lib/postgresql:/bin/sh\n")
+        _add_bytes(tar, "rootfs/etc/group", b"root:x:0:\npostgres:x:104:\n")
+        tar.add("/usr/lib/postgresql/15", arcname="rootfs/usr/lib/postgresql/15")
+        tar.add("/usr/share/postgresql/15", arcname="rootfs/usr/share/postgresql/15")
+        for zone in ("UTC", "Etc/UTC"):
+            if os.path.exists("/usr/share/zoneinfo/" + zone):
+                tar.add(os.path.realpath("/usr/share/zoneinfo/" + zone), arcname="rootfs/usr/share/zoneinfo/" + zone)
+        for path in sorted(files):
+            if path.startswith("/usr/lib/postgresql/"):
+                continue
+            tar.add(os.path.realpath(path), arcname="rootfs" + path)
+            if os.path.realpath(path) != path and path.startswith("/lib/"):
+                tar.add(os.path.realpath(path), arcname="rootfs/usr" + path)
+    buf.seek(0)
+    client.images.build(fileobj=buf, custom_context=True, tag=IMAGE, rm=True, forcerm=True)
+    return IMAGE
+
+
+def _add_bytes(tar, name, data, mode=0o644):
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = len(data), mode, int(time.time())
+    tar.addfile(info, io.BytesIO(data))
