@@ -41,7 +41,7 @@ except ImportError:  # pragma: no cover - plain Python use without ansible
 MiB = 1024 * 1024
 TiB = 1024 ** 4
 S3_MAX_PARTS = 10000
-S3_MIN_PART = 8 * MiB
+S3_MIN_PART = 5 * MiB
 S3_MAX_PART = 5 * 1024 * MiB
 DEFAULT_COVERED_SIZE = TiB
 UTC = datetime.timezone.utc
@@ -479,20 +479,27 @@ class _S3Writer:
         self.full = location.full_key(key)
         self.what = "writing %s" % location.url_for(key)
         self.args = location.put_args(content_type)
-        self.buf = bytearray()
+        self.buf = bytearray(part_size)
+        self.filled = 0
         self.upload_id = None
         self.parts = []
+        self.next_part = 0
         self.futures = collections.deque()
         self.pool = None
         self.lock = threading.Lock()
         self.done = False
 
     def write(self, data):
-        self.buf += data
-        while len(self.buf) >= self.part_size:
-            chunk = bytes(self.buf[:self.part_size])
-            del self.buf[:self.part_size]
-            self._submit(chunk)
+        view = memoryview(data)
+        while view:
+            take = min(len(view), self.part_size - self.filled)
+            self.buf[self.filled:self.filled + take] = view[:take]
+            self.filled += take
+            view = view[take:]
+            if self.filled == self.part_size:
+                self._wait_for_slot()
+                self._submit(bytes(self.buf))
+                self.filled = 0
 
     def _submit(self, chunk):
         if self.upload_id is None:
@@ -500,10 +507,14 @@ class _S3Writer:
                                  Key=self.full, **self.args)
             self.upload_id = resp["UploadId"]
             self.pool = ThreadPoolExecutor(max_workers=self.loc.max_inflight_parts)
+        self._wait_for_slot()
+        self.next_part += 1
+        number = self.next_part
+        self.futures.append(self.pool.submit(self._upload_part, number, chunk))
+
+    def _wait_for_slot(self):
         while len(self.futures) >= self.loc.max_inflight_parts:
             self.futures.popleft().result()
-        number = len(self.parts) + len(self.futures) + 1
-        self.futures.append(self.pool.submit(self._upload_part, number, chunk))
 
     def _upload_part(self, number, chunk):
         resp = self.loc.call(self.what, "upload_part", Bucket=self.loc.bucket, Key=self.full,
@@ -515,11 +526,11 @@ class _S3Writer:
         try:
             if self.upload_id is None:
                 self.loc.call(self.what, "put_object", Bucket=self.loc.bucket, Key=self.full,
-                              Body=bytes(self.buf), **self.args)
+                              Body=bytes(self.buf[:self.filled]), **self.args)
             else:
-                if self.buf:
-                    self._submit(bytes(self.buf))
-                    self.buf = bytearray()
+                if self.filled:
+                    self._submit(bytes(self.buf[:self.filled]))
+                    self.filled = 0
                 while self.futures:
                     self.futures.popleft().result()
                 parts = sorted(self.parts, key=lambda p: p["PartNumber"])
@@ -536,6 +547,7 @@ class _S3Writer:
             return
         self.done = True
         self.buf = bytearray()
+        self.filled = 0
         for fut in self.futures:
             fut.cancel()
         if self.pool is not None:

@@ -63,7 +63,7 @@ def _uploads(location):
 
 @pytest.mark.parametrize("compression", ["zstd", "gzip", "none"])
 def test_round_trip(location, compression):
-    data = _payload(20 * MiB + 12345)  # more than two 8 MiB parts: a real multipart upload on S3
+    data = _payload(20 * MiB + 12345)  # more than two 5 MiB parts: a real multipart upload on S3
     manifest = _write(location, "db1", data, compression, companions={"globals": b"CREATE ROLE app;"},
                       size_hint=len(data))
     assert manifest["raw_bytes"] == len(data)

@@ -1,0 +1,161 @@
+#!/usr/bin/env python
+# -*- coding: utf-8 -*-
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Stream 1 GiB through the S3 writer of the engine, side by side with boto3 upload_fileobj.
+
+Each variant runs in its own child process against a moto S3 server on loopback; the child
+reports throughput and its peak RSS growth (VmHWM at the end minus VmRSS before the upload).
+
+  engine-none   BackupSession, compression none, size hint 1 GiB (8 MiB parts, 2 in flight)
+  engine-zstd   the same with zstd (level 3, all cores)
+  upload_fileobj  boto3 S3Transfer.upload_fileobj of the same bytes from a file on disk
+                  (default TransferConfig: 8 MiB parts, 10 threads); the time to write the
+                  file first is not counted
+
+Usage: .venv/bin/python bench/storage_engine.py [--size-mib 1024] [--out bench/results/storage_engine.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+COLLECTIONS = os.path.join(ROOT, ".build", "collections")
+MiB = 1024 * 1024
+
+def status(field):
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def blocks(total):
+    """1 MiB blocks: 3 of 4 random (incompressible), 1 of 4 log text (compressible)."""
+    rnd = os.urandom(4 * MiB)
+    text = (b"2026-11-23 02:00:01 INFO backup of volume app_data finished in 12.3 s\n" * 15000)[:MiB]
+    sent, index = 0, 0
+    while sent < total:
+        if index % 4 == 3:
+            block = text
+        else:
+            offset = (index * 7919 % 3) * MiB
+            block = rnd[offset:offset + MiB]
+        yield block
+        sent += len(block)
+        index += 1
+
+
+def child(variant, size, endpoint, bucket, path):
+    """Run one variant in this (fresh) process and print a JSON line."""
+    sys.path.insert(0, COLLECTIONS)
+    import boto3
+    from ansible_collections.opskit.runbook.plugins.module_utils import _backup, _storage
+    opts = dict(endpoint_url=endpoint, access_key="bench", secret_key="bench-secret", region="us-east-1")
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                          aws_access_key_id="bench", aws_secret_access_key="bench-secret")
+    loc = _storage.open_location("s3://%s/bench" % bucket, **opts)
+    base = status("VmRSS")
+    start = time.monotonic()
+    if variant.startswith("engine"):
+        with _backup.BackupSession(loc, "bench", "generic", compression=variant.split("-", 1)[1],
+                                   size_hint=size) as session:
+            with session.artifact("bin") as out:
+                for block in blocks(size):
+                    out.write(block)
+            stored = session.publish()["size_bytes"]
+    else:
+        with open(path, "rb") as fh:
+            client.upload_fileobj(fh, bucket, "bench/fileobj.bin")
+        stored = os.path.getsize(path)
+    elapsed = time.monotonic() - start
+    print(json.dumps(dict(variant=variant, seconds=elapsed, stored=stored,
+                          growth=status("VmHWM") - base, base=base)))
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        child(sys.argv[2], int(sys.argv[3]), *sys.argv[4:7])
+        return
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--size-mib", type=int, default=1024)
+    parser.add_argument("--out", default=os.path.join(HERE, "results", "storage_engine.md"))
+    args = parser.parse_args()
+    size = args.size_mib * MiB
+    port = free_port()
+    endpoint = "http://127.0.0.1:%d" % port
+    moto = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "moto_server"), "-H",
+                             "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        import boto3
+        client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                              aws_access_key_id="bench", aws_secret_access_key="bench-secret")
+        for _ in range(100):
+            try:
+                client.list_buckets()
+                break
+            except Exception:  # pylint: disable=broad-except
+                time.sleep(0.1)
+        rows = []
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "payload.bin")
+            # the same bytes for upload_fileobj, written beforehand (not timed)
+            with open(path, "wb") as fh:
+                for block in blocks(size):
+                    fh.write(block)
+            for variant in ("engine-none", "upload_fileobj", "engine-zstd"):
+                bucket = "bench-%s" % variant.replace("_", "-")
+                client.create_bucket(Bucket=bucket)
+                out = subprocess.run([sys.executable, __file__, "--child", variant, str(size), endpoint, bucket, path],
+                                     check=False, capture_output=True, text=True)
+                if out.returncode:
+                    sys.exit("variant %s failed: %s" % (variant, out.stderr[-2000:]))
+                out = out.stdout
+                rows.append(json.loads(out.strip().splitlines()[-1]))
+                print(rows[-1], flush=True)
+    finally:
+        moto.terminate()
+        moto.wait()
+    lines = [
+        "# Storage engine: streaming %d MiB to S3" % args.size_mib,
+        "",
+        "Command: `.venv/bin/python bench/storage_engine.py --size-mib %d`" % args.size_mib,
+        "",
+        "Machine: %s, %d cores, Python %s; S3 endpoint: moto server on loopback." % (
+            platform.machine(), os.cpu_count(), platform.python_version()),
+        "Payload: 3/4 random bytes, 1/4 log text. Peak memory growth = VmHWM after the upload"
+        " minus VmRSS before it, in the child process that uploads.",
+        "",
+        "| variant | seconds | MiB/s (raw) | stored MiB | peak memory growth MiB |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for row in rows:
+        lines.append("| %s | %.2f | %.0f | %.0f | %.1f |" % (
+            row["variant"], row["seconds"], size / MiB / row["seconds"], row["stored"] / MiB,
+            row["growth"] / MiB))
+    lines.append("")
+    lines.append("Target: engine peak memory growth under 64 MiB for 1 GiB.")
+    with open(args.out, "w") as fh:
+        fh.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
