@@ -66,7 +66,8 @@ def series_for(template, host, database, container=None):
 def check_options(state, params):
     """One-line ConfigErrors for combinations that cannot work."""
     databases = params.get("database") or []
-    fmt, jobs = params.get("format") or "custom", params.get("jobs") or 1
+    fmt, jobs = params.get("format") or "custom", params.get("jobs")
+    jobs = 1 if jobs is None else jobs
     if jobs < 1:
         raise ConfigError("jobs must be 1 or more (got %s)" % jobs)
     if state == "dumped":

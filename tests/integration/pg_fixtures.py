@@ -140,7 +140,8 @@ def build_postgres_image(client, base_image):
         _add_bytes(tar, "rootfs/entrypoint.sh", ENTRYPOINT.encode(), 0o755)
         _add_bytes(tar, "rootfs/etc/passwd", b"root:x:0:0:root:/root:/bin/sh\npostgres:x:101:104::/var/lib/postgresql:/bin/sh\n")
         _add_bytes(tar, "rootfs/etc/group", b"root:x:0:\npostgres:x:104:\n")
-        tar.add("/usr/lib/postgresql/15", arcname="rootfs/usr/lib/postgresql/15")
+        tar.add("/usr/lib/postgresql/15", arcname="rootfs/usr/lib/postgresql/15",
+                filter=lambda info: None if "/bitcode" in info.name else info)
         tar.add("/usr/share/postgresql/15", arcname="rootfs/usr/share/postgresql/15")
         for zone in ("UTC", "Etc/UTC"):
             if os.path.exists("/usr/share/zoneinfo/" + zone):
@@ -149,8 +150,6 @@ def build_postgres_image(client, base_image):
             if path.startswith("/usr/lib/postgresql/"):
                 continue
             tar.add(os.path.realpath(path), arcname="rootfs" + path)
-            if os.path.realpath(path) != path and path.startswith("/lib/"):
-                tar.add(os.path.realpath(path), arcname="rootfs/usr" + path)
     buf.seek(0)
     client.images.build(fileobj=buf, custom_context=True, tag=IMAGE, rm=True, forcerm=True)
     return IMAGE

@@ -1,0 +1,277 @@
+# -*- coding: utf-8 -*-
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Pure logic of pg_backup: series, option checks, argument lists, quoting, parsing, plans, checks."""
+
+from __future__ import annotations
+
+import io
+import signal
+import sys
+
+import pytest
+
+from ansible_collections.opskit.runbook.plugins.module_utils import _pg_backup as pb
+from ansible_collections.opskit.runbook.plugins.module_utils import _pg_tools as pt
+from ansible_collections.opskit.runbook.plugins.module_utils._errors import (
+    ConfigError, NotFoundError, ServiceError)
+
+
+class FakeTools:
+    def __init__(self, bin_dir=None):
+        self.bin_dir = bin_dir
+
+    def path(self, tool):
+        return "%s/%s" % (self.bin_dir, tool) if self.bin_dir else tool
+
+
+@pytest.mark.parametrize("template, host, database, container, expected", [
+    (None, "db1.internal", "app", None, "db1.internal-app"),
+    (None, None, "app", None, "local-app"),
+    (None, "/var/run/postgresql", "app", None, "local-app"),
+    (None, None, "app", "wakedock_postgres", "wakedock_postgres-app"),
+    (None, "127.0.0.1", "my db/ü", None, "127.0.0.1-my-db"),
+    ("nightly-{database}", "h", "app", None, "nightly-app"),
+    ("fixed", "h", "app", None, "fixed"),
+])
+def test_series_for(template, host, database, container, expected):
+    assert pb.series_for(template, host, database, container) == expected
+
+
+@pytest.mark.parametrize("template, message", [
+    ("{db}", "only {host} and {database}"),
+    ("bad name", "is not valid"),
+])
+def test_series_for_rejects(template, message):
+    with pytest.raises(ConfigError, match=message):
+        pb.series_for(template, "h", "app")
+
+
+BASE = dict(database=["app"], format="custom", jobs=1, series=None, clean=False, force=False,
+            single_transaction=False)
+
+
+@pytest.mark.parametrize("state, changes, message", [
+    ("dumped", dict(database=[]), "database is required"),
+    ("dumped", dict(database=["a", "b", "a"]), "lists a more than once"),
+    ("dumped", dict(database=["a", "b"], series="fixed"), "must contain {database}"),
+    ("dumped", dict(jobs=2), "jobs > 1 needs format=directory"),
+    ("dumped", dict(jobs=0), "jobs must be 1 or more"),
+    ("restored", dict(database=["a", "b"]), "takes one database"),
+    ("restored", dict(database=[]), "needs database or series"),
+    ("restored", dict(clean=True, force=True), "exclude each other"),
+    ("verified", dict(single_transaction=True, jobs=2), "single_transaction cannot"),
+])
+def test_check_options_rejects(state, changes, message):
+    with pytest.raises(ConfigError, match=message):
+        pb.check_options(state, dict(BASE, **changes))
+
+
+@pytest.mark.parametrize("state, changes", [
+    ("dumped", {}),
+    ("dumped", dict(database=["a", "b"], series="n-{database}")),
+    ("dumped", dict(format="directory", jobs=4)),
+    ("restored", dict(database=[], series="fixed")),
+    ("restored", dict(jobs=4)),
+])
+def test_check_options_accepts(state, changes):
+    pb.check_options(state, dict(BASE, **changes))
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("app", "'app'"),
+    ("it's", "'it\\'s'"),
+    ("back\\slash", "'back\\\\slash'"),
+    ("host=evil port=1", "'host=evil port=1'"),
+])
+def test_conninfo_quote(value, expected):
+    assert pt.conninfo_quote(value) == expected
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("app", "'app'"),
+    ("o'brien", "'o''brien'"),
+    ("a\\b", "E'a\\\\b'"),
+])
+def test_quote_literal(value, expected):
+    assert pt.quote_literal(value) == expected
+
+
+def test_quote_ident():
+    assert pt.quote_ident('we"ird') == '"we""ird"'
+
+
+@pytest.mark.parametrize("fmt, jobs, path, expected", [
+    ("custom", 1, None, ["pg_dump", "--no-password", "--dbname=dbname='app'", "--format=custom", "--compress=0"]),
+    ("plain", 1, None, ["pg_dump", "--no-password", "--dbname=dbname='app'", "--format=plain"]),
+    ("directory", 3, "/t/d", ["pg_dump", "--no-password", "--dbname=dbname='app'", "--format=directory",
+                              "--compress=0", "--jobs=3", "--file=/t/d"]),
+])
+def test_dump_argv(fmt, jobs, path, expected):
+    assert pb.dump_argv(FakeTools(), fmt, "app", jobs, path) == expected
+
+
+def test_dump_argv_unknown_format():
+    with pytest.raises(ConfigError, match="format 'tar'"):
+        pb.dump_argv(FakeTools(), "tar", "app")
+
+
+@pytest.mark.parametrize("fmt, kwargs, expected", [
+    ("plain", {}, ["/b/psql", "--no-password", "--no-psqlrc", "--quiet", "--set=ON_ERROR_STOP=1",
+                   "--dbname=dbname='t'", "--file=-"]),
+    ("plain", dict(single_transaction=True), ["/b/psql", "--no-password", "--no-psqlrc", "--quiet",
+                                              "--set=ON_ERROR_STOP=1", "--dbname=dbname='t'",
+                                              "--single-transaction", "--file=-"]),
+    ("custom", {}, ["/b/pg_restore", "--no-password", "--exit-on-error", "--dbname=dbname='t'"]),
+    ("custom", dict(clean=True, no_owner=True, jobs=2, path="/tmp/x"),
+     ["/b/pg_restore", "--no-password", "--exit-on-error", "--dbname=dbname='t'", "--clean", "--if-exists",
+      "--no-owner", "--no-privileges", "--jobs=2", "/tmp/x"]),
+])
+def test_restore_argv(fmt, kwargs, expected):
+    assert pb.restore_argv(FakeTools("/b"), fmt, "t", **kwargs) == expected
+
+
+def test_argv_never_carries_connection_secrets():
+    argv = pb.psql_argv(FakeTools(), "db", "SELECT 1") + pb.dump_argv(FakeTools(), "custom", "db")
+    assert not any("password=" in a or "PGPASSWORD" in a for a in argv)
+
+
+@pytest.mark.parametrize("output, rows", [
+    (b"", []),
+    (b"\n", []),
+    (b"1\n", [["1"]]),
+    (b"a\x1fb\x1ec\x1fd\n", [["a", "b"], ["c", "d"]]),
+    ("ünï\x1f\n", [["ünï", ""]]),
+])
+def test_parse_rows(output, rows):
+    assert pb.parse_rows(output) == rows
+
+
+def test_version_of():
+    assert pb.version_of(b"pg_dump (PostgreSQL) 15.13 (Debian 15.13-0+deb12u1)\n") == "15.13"
+
+
+@pytest.mark.parametrize("spec, rows, passed, message", [
+    (dict(query="q"), [], True, "ok"),
+    (dict(query="q", min=10), [["10"]], True, "ok"),
+    (dict(query="q", min=10), [["9"]], False, "below the minimum"),
+    (dict(query="q", max=5), [["6"]], False, "above the maximum"),
+    (dict(query="q", min=1), [], False, "not a number"),
+    (dict(query="q", min=1), [["abc"]], False, "not a number"),
+    (dict(query="q", expect="42"), [["42"]], True, "ok"),
+    (dict(query="q", expect="42"), [["41"]], False, "expected '42'"),
+    (dict(query="q", rows=2), [["a"], ["b"]], True, "ok"),
+    (dict(query="q", rows=2), [["a"]], False, "returned 1 rows, expected 2"),
+])
+def test_evaluate_query(spec, rows, passed, message):
+    ok, _value, text = pb.evaluate_query(spec, rows)
+    assert ok is passed
+    assert message in text
+
+
+@pytest.mark.parametrize("fmt, exists, empty, create, clean, force, steps", [
+    ("custom", False, True, True, False, False, ["create", "restore"]),
+    ("custom", True, True, False, False, False, ["restore"]),
+    ("custom", True, False, False, True, False, ["clean", "restore"]),
+    ("plain", True, False, False, True, False, ["recreate", "restore"]),
+    ("custom", True, False, False, False, True, ["restore"]),
+])
+def test_restore_plan(fmt, exists, empty, create, clean, force, steps):
+    assert pb.restore_plan(fmt, exists, empty, create, clean, force, "t") == steps
+
+
+def test_restore_plan_refuses():
+    with pytest.raises(NotFoundError, match="set create=true"):
+        pb.restore_plan("custom", False, True, False, False, False, "t")
+    with pytest.raises(ConfigError, match="is not empty"):
+        pb.restore_plan("custom", True, False, False, False, False, "t")
+
+
+@pytest.mark.parametrize("stderr, expected", [
+    (b'pg_dump: error: connection to server at "h", port 1 failed: Connection refused\n'
+     b"\tIs the server running on that host and accepting TCP/IP connections?\n",
+     'connection to server at "h", port 1 failed: Connection refused'),
+    (b"NOTICE: x\npsql:<stdin>:3: ERROR:  relation \"t\" does not exist\n", 'ERROR: relation "t" does not exist'),
+    (b"pg_restore: error: could not execute query: ERROR: boom\nCommand was: X\n",
+     "could not execute query: ERROR: boom"),
+    (b"", ""),
+])
+def test_tool_message(stderr, expected):
+    assert pt.tool_message(stderr) == expected
+
+
+def test_tool_message_hides_secret_and_is_one_line():
+    text = pt.tool_message(b"psql: error: FATAL: hunter2 is wrong\nmore\n", secret="hunter2")
+    assert "hunter2" not in text and "\n" not in text
+
+
+@pytest.mark.parametrize("rc, stderr, message", [
+    (-9, b"", "pg_dump was killed by signal 9"),
+    (137, b"", "pg_dump was killed by signal 9"),
+    (1, b"pg_dump: error: boom", "pg_dump failed (exit 1): boom"),
+    (1, b"", "no error output"),
+])
+def test_failure(rc, stderr, message):
+    assert message in pt.failure("pg_dump", rc, stderr).msg
+
+
+@pytest.mark.parametrize("explicit, major, dirs, which, expected", [
+    ("/opt/pg/bin", None, {"/opt/pg/bin"}, None, "/opt/pg/bin"),
+    (None, 15, {"/usr/lib/postgresql/15/bin"}, "/usr/bin/pg_dump", "/usr/lib/postgresql/15/bin"),
+    (None, 16, {"/usr/lib/postgresql/15/bin"}, "/usr/bin/pg_dump", None),
+    (None, None, {"/usr/lib/postgresql/9/bin", "/usr/lib/postgresql/13/bin"}, None, "/usr/lib/postgresql/13/bin"),
+])
+def test_find_bin_dir(explicit, major, dirs, which, expected):
+    got = pt.find_bin_dir(explicit, major, isdir=lambda p: p in dirs, which=lambda _n: which,
+                          globber=lambda _p: sorted(dirs))
+    assert got == expected
+
+
+def test_find_bin_dir_errors():
+    with pytest.raises(ConfigError, match="is not a directory"):
+        pt.find_bin_dir("/nope", isdir=lambda p: False)
+    with pytest.raises(ConfigError, match="not found on the managed host"):
+        pt.find_bin_dir(None, None, isdir=lambda p: False, which=lambda n: None, globber=lambda p: [])
+
+
+# ------------------------------------------- LocalTools against real child processes
+
+PY = sys.executable
+
+
+def test_reader_streams_and_succeeds():
+    tools = pt.LocalTools(env=None)
+    with tools.reader([PY, "-c", "import sys; sys.stdout.buffer.write(b'x' * 3000000)"]) as pipe:
+        data = pipe.read(-1)
+    assert len(data) == 3000000
+
+
+def test_reader_raises_on_failure_with_the_error_line():
+    tools = pt.LocalTools(env=None)
+    with pytest.raises(ServiceError, match=r"failed \(exit 3\): bad thing"):
+        with tools.reader([PY, "-c", "import sys; sys.stderr.write('pg_dump: error: bad thing\\n'); sys.exit(3)"]) as pipe:
+            pipe.read(-1)
+
+
+def test_reader_reports_a_killed_tool():
+    tools = pt.LocalTools(env=None)
+    code = "import os, signal, sys; sys.stdout.write('partial'); sys.stdout.flush(); os.kill(os.getpid(), signal.SIGKILL)"
+    with pytest.raises(ServiceError, match="killed by signal %d" % signal.SIGKILL):
+        with tools.reader([PY, "-c", code]) as pipe:
+            assert pipe.read(-1) == b"partial"
+
+
+def test_feed_returns_stderr_and_raises_when_asked():
+    tools = pt.LocalTools(env=None)
+    rc, err = tools.feed([PY, "-c", "import sys; d = sys.stdin.buffer.read(); sys.stderr.write(str(len(d)))"],
+                         io.BytesIO(b"y" * 5000000))
+    assert (rc, err) == (0, b"5000000")
+    # a tool that stops reading early: its exit code wins over the broken pipe
+    with pytest.raises(ServiceError, match="exit 4"):
+        tools.feed([PY, "-c", "import sys; sys.stdin.buffer.read(10); sys.exit(4)"], io.BytesIO(b"z" * 20000000))
+    rc, _err = tools.feed([PY, "-c", "import sys; sys.exit(5)"], io.BytesIO(b""), check=False)
+    assert rc == 5
+
+
+def test_missing_program_is_one_line():
+    with pytest.raises(ServiceError, match="cannot run /nonexistent/pg_dump on the managed host"):
+        pt.LocalTools(env=None).run(["/nonexistent/pg_dump", "--version"])
