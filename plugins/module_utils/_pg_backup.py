@@ -412,7 +412,7 @@ def restore(server, location, params, check_mode=False, manifest=None, target=No
         created = False
         try:
             if params.get("restore_globals"):
-                plan["globals_skipped"] = _restore_globals(server, location, manifest)
+                plan["roles_kept"] = _restore_globals(server, location, manifest)
             if "recreate" in steps:
                 server.drop(target)
                 server.create(target)
@@ -473,21 +473,66 @@ def _local_copy(location, manifest, fmt, params, tools):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def filter_globals(script, existing_roles):
+    """Drop the CREATE ROLE / ALTER ROLE lines of roles that exist: they are kept as they are.
+
+    Above all this keeps the password and attributes of the role the restore connects as:
+    pg_dumpall's ALTER ROLE would otherwise replace its password midway. Returns (script,
+    sorted names of the roles kept).
+    """
+    forms = {}
+    for role in existing_roles:
+        forms[role] = role
+        forms[quote_ident(role)] = role
+    kept, out = set(), []
+    for line in script.splitlines(True):
+        prefix = next((p for p in ("CREATE ROLE ", "ALTER ROLE ") if line.startswith(p)), None)
+        ident = _leading_ident(line[len(prefix):]) if prefix else None
+        if ident in forms:
+            kept.add(forms[ident])
+            continue
+        out.append(line)
+    return "".join(out), sorted(kept)
+
+
+def _leading_ident(text):
+    """The identifier at the start of ``text`` as written, bare or double-quoted."""
+    if text.startswith('"'):
+        index = 1
+        while index < len(text):
+            if text[index] == '"':
+                if text[index + 1:index + 2] == '"':
+                    index += 2
+                    continue
+                return text[:index + 1]
+            index += 1
+        return None
+    end = len(text)
+    for stop in (" ", ";", "\n"):
+        if stop in text:
+            end = min(end, text.index(stop))
+    return text[:end]
+
+
 def _restore_globals(server, location, manifest):
-    """Run the globals script; 'already exists' errors are expected (the restoring role, ...).
+    """Run the globals script: new roles and tablespaces are created, existing roles are kept.
 
     psql runs without ON_ERROR_STOP here, so its exit code says nothing about SQL errors:
     they are read from its stderr and every one but 'already exists' fails the restore.
     """
+    import io
+    with ArtifactReader(location, manifest, "globals") as reader:
+        script = reader.read(-1).decode("utf-8")
+    existing = [row[0] for row in server.query("SELECT rolname FROM pg_roles")]
+    script, kept = filter_globals(script, existing)
     argv = [server.tools.path("psql"), "--no-password", "--no-psqlrc", "--quiet", db_arg(MAINTENANCE_DB),
             "--file=-"]
-    with ArtifactReader(location, manifest, "globals") as reader:
-        _rc, err = server.tools.feed(argv, reader)
+    _rc, err = server.tools.feed(argv, io.BytesIO(script.encode("utf-8")))
     errors = [" ".join(line.split()) for line in err.decode("utf-8", "replace").splitlines() if "ERROR:" in line]
     unexpected = [line for line in errors if "already exists" not in line]
     if unexpected:
         raise ServiceError("restoring globals failed: %s" % tool_message(unexpected[0], server.conn.get("password")))
-    return len(errors)
+    return kept
 
 
 # ---------------------------------------------------------------------- verify

@@ -275,3 +275,33 @@ def test_feed_returns_stderr_and_raises_when_asked():
 def test_missing_program_is_one_line():
     with pytest.raises(ServiceError, match="cannot run /nonexistent/pg_dump on the managed host"):
         pt.LocalTools(env=None).run(["/nonexistent/pg_dump", "--version"])
+
+
+GLOBALS = "".join(line + "\n" for line in [
+    "--", "-- Roles", "--", "",
+    "CREATE ROLE app;",
+    "ALTER ROLE app WITH NOSUPERUSER INHERIT NOCREATEROLE NOCREATEDB LOGIN PASSWORD 'SCRAM-SHA-256$4096:x';",
+    "CREATE ROLE postgres;",
+    "ALTER ROLE postgres WITH SUPERUSER INHERIT CREATEROLE CREATEDB LOGIN REPLICATION BYPASSRLS"
+    " PASSWORD 'SCRAM-SHA-256$4096:y';",
+    'CREATE ROLE "Odd ""Name""";',
+    'ALTER ROLE "Odd ""Name""" WITH LOGIN;',
+    'ALTER ROLE "Odd ""Name""" SET search_path TO app;',
+    "CREATE ROLE postgres_reader;",
+    "GRANT app TO postgres GRANTED BY postgres;",
+])
+
+
+@pytest.mark.parametrize("existing, kept, remaining_roles", [
+    ([], [], ["app", "postgres", '"Odd ""Name"""', "postgres_reader"]),
+    (["postgres"], ["postgres"], ["app", '"Odd ""Name"""', "postgres_reader"]),
+    (["postgres", 'Odd "Name"', "app"], ["Odd \"Name\"", "app", "postgres"], ["postgres_reader"]),
+])
+def test_filter_globals_keeps_existing_roles(existing, kept, remaining_roles):
+    script, got_kept = pb.filter_globals(GLOBALS, existing)
+    assert got_kept == sorted(kept)
+    created = [line[len("CREATE ROLE "):-2] for line in script.splitlines(True) if line.startswith("CREATE ROLE ")]
+    assert created == remaining_roles
+    assert "GRANT app TO postgres GRANTED BY postgres;" in script
+    if "postgres" in existing:
+        assert "SCRAM-SHA-256$4096:y" not in script  # the connecting role's password is never replaced

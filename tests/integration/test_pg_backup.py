@@ -1,0 +1,477 @@
+# -*- coding: utf-8 -*-
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""opskit.runbook.pg_backup through ansible-playbook against real PostgreSQL, S3 and Docker."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import signal
+import subprocess
+import threading
+import time
+
+import pytest
+
+from pg_fixtures import Cluster, build_postgres_image
+
+PG_BACKUP = "opskit.runbook.pg_backup"
+
+
+# ---------------------------------------------------------------- helpers
+
+def play(*tasks):
+    """A playbook (JSON is YAML) of pg_backup tasks; every task keeps going on failure."""
+    return json.dumps([{"hosts": "localhost", "gather_facts": False, "tasks": list(tasks)}])
+
+
+def task(name, check_mode=False, **args):
+    out = {"name": name, PG_BACKUP: args, "ignore_errors": True}
+    if check_mode:
+        out["check_mode"] = True
+    return out
+
+
+def conn(server):
+    return dict(host=server.host, port=server.port, user=server.user, password=server.password)
+
+
+def s3_args(s3, bucket, prefix="pg"):
+    return dict(destination="s3://%s/%s" % (bucket, prefix), endpoint_url=s3.endpoint_url,
+                access_key=s3.access_key, secret_key=s3.secret_key, region=s3.region)
+
+
+def file_args(path):
+    return dict(destination="file://%s" % path)
+
+
+def ok(result):
+    assert result is not None, "task did not run"
+    assert not result.get("failed"), result.get("msg")
+    return result
+
+
+def failed(result):
+    assert result is not None, "task did not run"
+    assert result.get("failed"), "task unexpectedly succeeded: %s" % result.get("msg")
+    msg = result["msg"]
+    assert "\n" not in msg and "Traceback" not in msg, msg
+    return msg
+
+
+def name(prefix):
+    return "%s_%s" % (prefix, secrets.token_hex(3))
+
+
+def bucket_keys(s3, bucket):
+    return [o["Key"] for o in s3.client.list_objects_v2(Bucket=bucket).get("Contents", [])]
+
+
+def databases(server, prefix):
+    return server.psql("SELECT datname FROM pg_database WHERE datname LIKE '%s%%'" % prefix).split()
+
+
+# ---------------------------------------------------------------- fixtures
+
+@pytest.fixture(scope="module")
+def fresh_cluster():
+    """A second, empty cluster: what a disaster recovery restores into."""
+    cluster = Cluster("fresh-" + secrets.token_hex(8)).start()
+    yield cluster
+    cluster.stop()
+
+
+RICH_SQL = r"""
+CREATE ROLE {role} LOGIN PASSWORD 'role-pw-{role}';
+CREATE EXTENSION citext;
+CREATE SCHEMA shop AUTHORIZATION {role};
+CREATE SCHEMA audit;
+CREATE SEQUENCE audit.ticket START 1000 INCREMENT 7;
+CREATE TABLE shop.customers (id serial PRIMARY KEY, email citext UNIQUE, name text);
+CREATE TABLE shop.orders (id bigserial PRIMARY KEY, customer int REFERENCES shop.customers, total numeric(10,2),
+                          placed timestamptz DEFAULT '2026-01-01 00:00:00+00');
+CREATE TABLE audit.log (ticket int DEFAULT nextval('audit.ticket'), note text, doc oid);
+ALTER TABLE shop.customers OWNER TO {role};
+INSERT INTO shop.customers (email, name) SELECT 'User' || g || '@Example.com', 'Zoë Ångström 日本 ' || g
+  FROM generate_series(1, 500) g;
+INSERT INTO shop.orders (customer, total) SELECT 1 + g % 500, g * 1.25 FROM generate_series(1, 3000) g;
+INSERT INTO audit.log (note, doc) VALUES ('ünïcode ✓', lo_from_bytea(0, convert_to('large object ☃ payload', 'UTF8')));
+INSERT INTO audit.log (note) SELECT 'n' || g FROM generate_series(1, 20) g;
+CREATE VIEW shop.big_orders AS SELECT * FROM shop.orders WHERE total > 100;
+CREATE FUNCTION shop.order_count() RETURNS bigint LANGUAGE sql AS 'SELECT count(*) FROM shop.orders';
+"""
+
+CONTENT_SQL = """
+SELECT string_agg(format('%s.%s=%s', n.nspname, c.relname,
+         (xpath('/row/h/text()', query_to_xml(format(
+           'SELECT md5(coalesce(string_agg(t::text, ''|'' ORDER BY t::text), '''')) AS h FROM %I.%I t',
+           n.nspname, c.relname), false, true, '')))[1]::text), ' ' ORDER BY n.nspname, c.relname)
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind = 'r' AND n.nspname IN ('shop', 'audit', 'public')
+"""
+LO_SQL = "SELECT string_agg(oid::text || ':' || md5(lo_get(oid)), ',' ORDER BY oid) FROM pg_largeobject_metadata"
+
+
+def schema_dump(server, database):
+    env = dict(server.env) if hasattr(server, "env") else None
+    out = subprocess.run([os.path.join(server.bin_dir, "pg_dump"), "--schema-only", "-h", server.host, "-p",
+                          str(server.port), "-U", server.user, "-d", database],
+                         env=dict(env or os.environ, PGPASSWORD=server.password), check=True, capture_output=True)
+    # pg_dump >= 15.14 brackets its output with \restrict / \unrestrict and a random key
+    return "".join(line for line in out.stdout.decode().splitlines(True)
+                   if not line.startswith(("\\restrict ", "\\unrestrict ")))
+
+
+@pytest.fixture(scope="module")
+def rich_db(pg):
+    """A database with several schemas, sequences, a large object, non-ASCII text, citext and a role."""
+    db, role = name("pgb_rich"), name("pgb_owner")
+    pg.createdb(db)
+    pg.psql(RICH_SQL.format(role=role), db=db)
+    yield db, role
+
+
+@pytest.fixture(scope="module")
+def big_db(pg):
+    """About 40 MB of incompressible text: pg_dump runs long enough to be watched and killed."""
+    db = name("pgb_big")
+    pg.createdb(db)
+    pg.psql("CREATE TABLE blob AS SELECT g, md5(g::text) || md5((-g)::text) || md5((g * 7)::text)"
+            " || md5((g * 13)::text) AS v FROM generate_series(1, 300000) g", db=db)
+    return db
+
+
+@pytest.fixture(scope="module")
+def small_db(pg):
+    db = name("pgb_small")
+    pg.createdb(db)
+    pg.psql("CREATE TABLE items (id int PRIMARY KEY, label text); CREATE TABLE notes (id int, body text);"
+            " INSERT INTO items SELECT g, 'item ' || g FROM generate_series(1, 1000) g;"
+            " INSERT INTO notes VALUES (1, 'first');", db=db)
+    return db
+
+
+# ------------------------------------------------------------------- tests
+
+def test_round_trip_into_a_fresh_cluster(pg, s3, fresh_cluster, rich_db, run_playbook):
+    db, role = rich_db
+    bucket = s3.new_bucket()
+    store = s3_args(s3, bucket)
+    res = run_playbook(play(
+        task("dump", database=db, globals=True, **conn(pg), **store),
+        task("restore", state="restored", database=db, series="%s-%s" % (pg.host, db), create=True,
+             restore_globals=True, **conn(fresh_cluster), **store),
+        task("again without clean", state="restored", database=db, series="%s-%s" % (pg.host, db),
+             **conn(fresh_cluster), **store),
+    ))
+    dumped = ok(res.task("dump"))
+    backup = dumped["backup"]
+    assert dumped["changed"] and backup["size_bytes"] > 0 and backup["raw_bytes"] > backup["size_bytes"]
+    assert re.fullmatch(r"[0-9a-f]{64}", backup["sha256"])
+    assert backup["pg_dump_version"].startswith("15.") and backup["server_version"].startswith("15.")
+    assert backup["url"].startswith("s3://%s/pg/" % bucket) and backup["duration_seconds"] > 0
+    keys = bucket_keys(s3, bucket)
+    assert any(k.endswith(".globals.sql.zst") for k in keys) and any(k.endswith(".manifest.json") for k in keys)
+    restored = ok(res.task("restore"))
+    assert restored["changed"] and restored["plan"]["steps"] == ["create", "restore"]
+    assert "not empty" in failed(res.task("again without clean"))
+
+    assert fresh_cluster.psql("SELECT rolname FROM pg_roles WHERE rolname = '%s'" % role).strip() == role
+    assert schema_dump(fresh_cluster, db) == schema_dump(pg, db)
+    assert fresh_cluster.psql(CONTENT_SQL, db) == pg.psql(CONTENT_SQL, db)
+    assert fresh_cluster.psql(LO_SQL, db) == pg.psql(LO_SQL, db) != "\n"
+    seq = "SELECT last_value, is_called FROM audit.ticket"
+    assert fresh_cluster.psql(seq, db) == pg.psql(seq, db)
+    assert "Zoë Ångström 日本 7" in fresh_cluster.psql("SELECT name FROM shop.customers WHERE id = 7", db)
+    assert fresh_cluster.psql("SELECT nextval('audit.ticket')", db) == pg.psql("SELECT nextval('audit.ticket')", db)
+
+
+def test_directory_format_parallel_and_clean(pg, small_db, run_playbook, tmp_path):
+    target = name("pgb_dir_target")
+    store = file_args(tmp_path / "store")
+    series = "dir-" + small_db
+    res = run_playbook(play(
+        task("dump", database=small_db, series=series, format="directory", jobs=2, **conn(pg), **store),
+        task("restore", state="restored", series=series, target_database=target, create=True, jobs=2,
+             **conn(pg), **store),
+        task("clean", state="restored", series=series, target_database=target, clean=True, jobs=2,
+             **conn(pg), **store),
+    ))
+    assert ok(res.task("dump"))["backup"]["url"].endswith(".tar.zst")
+    assert ok(res.task("restore"))["plan"]["steps"] == ["create", "restore"]
+    assert ok(res.task("clean"))["plan"]["steps"] == ["clean", "restore"]
+    assert pg.psql("SELECT count(*), sum(id) FROM items", target) == "1000|500500\n"
+    assert not list((tmp_path / "store").rglob(".*partial*"))
+
+
+def test_killed_pg_dump_publishes_nothing_and_leaves_no_upload(pg, s3, big_db, run_playbook):
+    bucket = s3.new_bucket()
+    store = s3_args(s3, bucket)
+    seen = {}
+
+    def killer():
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and "killed" not in seen:
+            for pid in _pids_with(b"pg_dump", big_db.encode()):
+                written = _written_bytes(pid)
+                if written > 20 * 1024 * 1024:
+                    os.kill(pid, signal.SIGSTOP)  # hold it mid-stream until an upload is open
+                    wait = time.monotonic() + 15
+                    while time.monotonic() < wait:
+                        seen["uploads"] = s3.client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+                        if seen["uploads"]:
+                            break
+                        time.sleep(0.05)
+                    os.kill(pid, signal.SIGKILL)
+                    seen["killed"] = written
+            time.sleep(0.005)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    res = run_playbook(play(task("dump", database=big_db, compression="none", **conn(pg), **store)))
+    thread.join()
+    assert seen.get("killed"), "pg_dump was never caught mid-stream"
+    assert seen.get("uploads"), "no multipart upload was in progress when pg_dump was killed"
+    assert "pg_dump was killed by signal 9" in failed(res.task("dump"))
+    assert bucket_keys(s3, bucket) == []
+    assert s3.client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+def _pids_with(*needles):
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open("/proc/%s/cmdline" % entry, "rb") as fh:
+                    cmdline = fh.read()
+            except OSError:
+                continue
+            if all(n in cmdline for n in needles):
+                yield int(entry)
+
+
+def _written_bytes(pid):
+    try:
+        with open("/proc/%d/io" % pid) as fh:
+            for line in fh:
+                if line.startswith("wchar:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def test_connection_errors_are_one_line_and_never_show_the_password(pg, big_db, run_playbook, tmp_path):
+    store = file_args(tmp_path / "store")
+    wrong = "Wr0ng-" + secrets.token_hex(6)
+    with socket_closed_port() as closed:
+        res = run_playbook(play(
+            task("wrong password", database=big_db, **dict(conn(pg), password=wrong), **store),
+            task("unreachable", database=big_db, **dict(conn(pg), port=closed), **store),
+            task("missing database", database="pgb_nope_" + secrets.token_hex(3), **conn(pg), **store),
+        ))
+    assert "password authentication failed" in failed(res.task("wrong password"))
+    assert "Connection refused" in failed(res.task("unreachable"))
+    assert "does not exist" in failed(res.task("missing database"))
+    assert wrong not in res.stdout + res.stderr and pg.password not in res.stdout + res.stderr
+
+    # while a real dump runs, no process shows the password on its command line
+    leaks, tools_seen, stop = [], set(), threading.Event()
+    secret = pg.password.encode()
+
+    def watch():
+        while not stop.is_set():
+            for pid in _pids_with(b""):
+                try:
+                    with open("/proc/%d/cmdline" % pid, "rb") as fh:
+                        cmdline = fh.read()
+                except OSError:
+                    continue
+                if secret in cmdline:
+                    leaks.append(cmdline)
+                if b"pg_dump\0" in cmdline:
+                    tools_seen.add(b"pg_dump")
+            time.sleep(0.002)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    try:
+        res = run_playbook(play(task("dump", database=big_db, **conn(pg), **store)))
+    finally:
+        stop.set()
+        thread.join()
+    ok(res.task("dump"))
+    assert b"pg_dump" in tools_seen, "the watcher never saw pg_dump run"
+    assert leaks == []
+    assert pg.password not in res.stdout + res.stderr
+
+
+class socket_closed_port:
+    def __enter__(self):
+        import socket
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        self.port = sock.getsockname()[1]
+        sock.close()
+        return self.port
+
+    def __exit__(self, *exc):
+        return False
+
+
+@pytest.mark.parametrize("damage, jobs", [("truncate", 1), ("bitflip", 1), ("bitflip", 2)])
+def test_corrupt_artifact_is_refused_before_the_target_is_touched(pg, small_db, run_playbook, tmp_path,
+                                                                 damage, jobs):
+    store = file_args(tmp_path / "store")
+    target, created = name("pgb_target"), name("pgb_never")
+    pg.createdb(target)
+    pg.psql("CREATE TABLE marker (v text); INSERT INTO marker VALUES ('untouched')", target)
+    res = run_playbook(play(task("dump", database=small_db, **conn(pg), **store)))
+    artifact = ok(res.task("dump"))["backup"]["url"][len("file://"):]
+    with open(artifact, "r+b") as fh:
+        if damage == "truncate":
+            fh.truncate(os.path.getsize(artifact) - 100)
+        else:
+            fh.seek(os.path.getsize(artifact) // 2)
+            byte = fh.read(1)
+            fh.seek(-1, 1)
+            fh.write(bytes([byte[0] ^ 0x01]))
+    series = "%s-%s" % (pg.host, small_db)
+    res = run_playbook(play(
+        task("clean over", state="restored", series=series, target_database=target, clean=True, jobs=jobs,
+             **conn(pg), **store),
+        task("create", state="restored", series=series, target_database=created, create=True, jobs=jobs,
+             **conn(pg), **store),
+    ))
+    assert "corrupt" in failed(res.task("clean over"))
+    assert "corrupt" in failed(res.task("create"))
+    assert pg.psql("SELECT string_agg(tablename, ',') FROM pg_tables WHERE schemaname = 'public'", target) == "marker\n"
+    assert pg.psql("SELECT v FROM marker", target) == "untouched\n"
+    assert databases(pg, created) == []
+
+
+def test_plain_restore_stops_at_the_first_error(pg, small_db, run_playbook, tmp_path):
+    store = file_args(tmp_path / "store")
+    atomic, partial = name("pgb_plain_atomic"), name("pgb_plain_partial")
+    for target in (atomic, partial):
+        pg.createdb(target)
+        # the dump creates "items", then "notes": an incompatible "notes" fails the restore midway
+        pg.psql("CREATE TABLE notes (other int)", target)
+    series = "plain-" + small_db
+    res = run_playbook(play(
+        task("dump", database=small_db, format="plain", series=series, **conn(pg), **store),
+        task("atomic", state="restored", series=series, target_database=atomic, force=True,
+             single_transaction=True, **conn(pg), **store),
+        task("partial", state="restored", series=series, target_database=partial, force=True,
+             **conn(pg), **store),
+    ))
+    ok(res.task("dump"))
+    assert 'relation "notes" already exists' in failed(res.task("atomic"))
+    assert 'relation "notes" already exists' in failed(res.task("partial"))
+    tables = "SELECT string_agg(tablename, ',' ORDER BY tablename) FROM pg_tables WHERE schemaname = 'public'"
+    assert pg.psql(tables, atomic) == "notes\n"
+    assert pg.psql(tables, partial) == "items,notes\n"  # what ON_ERROR_STOP reports as a failure
+    assert pg.psql("SELECT count(*) FROM items", partial) == "0\n"
+
+
+def test_check_mode_changes_nothing(pg, s3, small_db, run_playbook):
+    bucket = s3.new_bucket()
+    store = s3_args(s3, bucket)
+    target = name("pgb_check")
+    res = run_playbook(play(task("dump", database=small_db, **conn(pg), **store)))
+    ok(res.task("dump"))
+    before = {k: s3.client.get_object(Bucket=bucket, Key=k)["Body"].read() for k in bucket_keys(s3, bucket)}
+    res = run_playbook(play(
+        task("dump", database=small_db, check_mode=True, **conn(pg), **store),
+        task("restore", state="restored", database=small_db, target_database=target, create=True,
+             check_mode=True, **conn(pg), **store),
+        task("verify", state="verified", database=small_db, check_mode=True, **conn(pg), **store),
+        task("missing", database="pgb_nope", check_mode=True, **conn(pg), **store),
+    ), check=True)
+    dump = ok(res.task("dump"))
+    assert dump["changed"] and dump["plan"][0]["series"] == "%s-%s" % (pg.host, small_db)
+    assert ok(res.task("restore"))["plan"]["steps"] == ["create", "restore"]
+    assert ok(res.task("verify"))["changed"]
+    assert "does not exist" in failed(res.task("missing"))
+    after = {k: s3.client.get_object(Bucket=bucket, Key=k)["Body"].read() for k in bucket_keys(s3, bucket)}
+    assert after == before
+    assert databases(pg, target) == [] and databases(pg, "opskit_verify_") == []
+
+
+def test_verified_records_the_outcome_and_drops_the_scratch_database(pg, small_db, run_playbook, tmp_path):
+    store = file_args(tmp_path / "store")
+    res = run_playbook(play(
+        task("dump", database=small_db, **conn(pg), **store),
+        task("pass", state="verified", database=small_db, **conn(pg), **store,
+             verify_queries=[{"name": "items", "query": "SELECT count(*) FROM items", "min": 1000},
+                             {"query": "SELECT label FROM items WHERE id = 3", "expect": "item 3"}]),
+        task("fail", state="verified", database=small_db, **conn(pg), **store,
+             verify_queries=[{"name": "too few", "query": "SELECT count(*) FROM items", "min": 1001}]),
+    ))
+    ok(res.task("dump"))
+    passed = ok(res.task("pass"))
+    assert passed["verification"]["result"] == "passed"
+    assert [q["value"] for q in passed["verification"]["details"]["queries"]] == ["1000", "item 3"]
+    msg = failed(res.task("fail"))
+    assert "too few returned 1000, below the minimum 1001" in msg
+    manifests = list((tmp_path / "store").rglob("*.manifest.json"))
+    assert len(manifests) == 1
+    record = json.loads(manifests[0].read_text())["verification"]
+    assert record["result"] == "failed" and record["method"] == "restore"
+    assert databases(pg, "opskit_verify_") == []
+
+
+@pytest.fixture(scope="module")
+def pg_container(docker_engine):
+    client = docker_engine.client
+    image = build_postgres_image(client, docker_engine.busybox_image)
+    password = "ctr-" + secrets.token_hex(8)
+    container = client.containers.run(image, detach=True, name=name("pgb_ctr"),
+                                      environment={"POSTGRES_PASSWORD": password})
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            code, out = container.exec_run(["pg_isready", "-q", "-h", "/var/run/postgresql"])
+            if code == 0:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError("PostgreSQL container did not start: %s" % container.logs()[-2000:])
+            time.sleep(0.2)
+        code, out = container.exec_run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-c",
+                                        "CREATE DATABASE shop", "-c", ""])
+        assert code == 0, out
+        code, out = container.exec_run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", "shop", "-c",
+                                        "CREATE TABLE t (id int, v text); INSERT INTO t SELECT g, md5(g::text)"
+                                        " FROM generate_series(1, 20000) g"])
+        assert code == 0, out
+        container.password = password
+        yield container
+    finally:
+        container.remove(force=True)
+
+
+def test_docker_container_mode(pg_container, s3, run_playbook):
+    bucket = s3.new_bucket()
+    store = s3_args(s3, bucket)
+    ctr = dict(docker_container=pg_container.name, host="127.0.0.1", password=pg_container.password)
+    res = run_playbook(play(
+        task("dump", database="shop", globals=True, **ctr, **store),
+        task("restore", state="restored", database="shop", target_database="shop_copy", create=True,
+             **ctr, **store),
+        task("verify", state="verified", database="shop", docker_user="postgres",
+             docker_container=pg_container.name, series="127.0.0.1-shop", **store,
+             verify_queries=[{"query": "SELECT count(*) FROM t", "expect": "20000"}]),
+        task("wrong password", database="shop", **dict(ctr, password="nope-" + secrets.token_hex(4)), **store),
+    ))
+    dumped = ok(res.task("dump"))["backup"]
+    assert dumped["series"] == "127.0.0.1-shop" and dumped["pg_dump_version"].startswith("15.")
+    ok(res.task("restore"))
+    assert ok(res.task("verify"))["verification"]["result"] == "passed"
+    assert "password authentication failed" in failed(res.task("wrong password"))
+    code, out = pg_container.exec_run(["psql", "-XAt", "-d", "shop_copy", "-c", "SELECT count(*), md5(string_agg(v, '' ORDER BY id))"
+                                       " FROM t"])
+    code2, out2 = pg_container.exec_run(["psql", "-XAt", "-d", "shop", "-c", "SELECT count(*), md5(string_agg(v, '' ORDER BY id))"
+                                         " FROM t"])
+    assert code == code2 == 0 and out == out2 and out.startswith(b"20000|")
+    assert pg_container.password not in res.stdout + res.stderr
