@@ -23,7 +23,7 @@ description:
   - The password reaches the tools through a 0600 passfile (on the host) or the exec
     environment (in a container), never a command line.
 author:
-  - opskit.runbook developers
+  - opskit.runbook developers (@opskit-runbook)
 extends_documentation_fragment:
   - opskit.runbook.storage
   - opskit.runbook.storage.write
@@ -31,12 +31,14 @@ extends_documentation_fragment:
   - opskit.runbook.docker
 attributes:
   check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details:
       - Connects, checks that the databases exist, that the location is writable (dumped) or the
         backup exists and the target can take it (restored, verified), and returns the plan.
         Nothing is written, created or restored.
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
 options:
   state:
@@ -182,7 +184,7 @@ options:
 notes:
   - A failed or killed pg_dump aborts the backup; its artifacts are deleted (and an S3 multipart
     upload aborted), and no manifest is written, so it never appears as a backup.
-  - Plain-format restores run psql with C(ON_ERROR_STOP): an error midway fails the task.
+  - Plain-format restores run psql with C(ON_ERROR_STOP), so an error midway fails the task.
   - Restores verify the stored sha256 before touching the target. Streamed restores read the
     artifact twice (verify, then restore); parallel restores verify the downloaded copy.
 seealso:
