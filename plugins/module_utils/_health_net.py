@@ -1,0 +1,449 @@
+# -*- coding: utf-8 -*-
+# Copyright: opskit.runbook contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Network probes of the health engine: http, tcp, redis; JSON conditions; certificate expiry.
+
+Only the standard library: socket / ssl / http.client give the per-phase timings (DNS, connect,
+TLS handshake, first byte) and the peer certificate; redis is a minimal RESP client.
+"""
+
+from __future__ import annotations
+
+import datetime
+import http.client
+import json
+import re
+import socket
+import ssl
+import time
+from urllib.parse import urlsplit
+
+from ._errors import ConfigError
+from ._ranges import CRITICAL, UNKNOWN, format_number
+
+MAX_BODY = 1024 * 1024  # bytes of an HTTP body kept for body_contains / json_conditions
+USER_AGENT = "opskit.runbook-health_check"
+
+
+def _probe_failed(state, msg):
+    from ._health import ProbeFailed  # late import: _health imports this module
+    return ProbeFailed(state, msg)
+
+
+# --------------------------------------------------------------------------- JSON conditions
+
+_COND_RE = re.compile(r"^\s*(?P<path>[^\s=!<>]+)\s*(?P<op>==|!=|<=|>=|<|>)\s*(?P<value>.+?)\s*$")
+_ORDERING = ("<", "<=", ">", ">=")
+_OPS = {"==": lambda a, b: a == b, "!=": lambda a, b: a != b, "<": lambda a, b: a < b,
+        "<=": lambda a, b: a <= b, ">": lambda a, b: a > b, ">=": lambda a, b: a >= b}
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def parse_path(path, what="path"):
+    """``checks.db.status`` / ``items[0].name`` / ``items.0.name`` -> list of keys and indexes."""
+    text = path[2:] if path.startswith("$.") else ("" if path == "$" else path)
+    keys = []
+    for part in filter(None, re.split(r"\.(?![^\[]*\])", text)) if text else ():
+        match = re.match(r"^([^\[\]]*)((?:\[\d+\])*)$", part)
+        if not match:
+            raise ConfigError("%s: cannot parse path %r" % (what, path))
+        if match.group(1):
+            keys.append(match.group(1))
+        keys.extend(int(i) for i in re.findall(r"\[(\d+)\]", match.group(2)))
+    return keys
+
+
+def parse_condition(text, what="condition"):
+    """Parse ``<path> <op> <JSON value>``; raises ConfigError naming ``what``."""
+    match = _COND_RE.match(text or "")
+    if not match:
+        raise ConfigError("%s: cannot parse condition %r (use PATH OP VALUE, e.g. status == \"UP\";"
+                          " OP is one of ==, !=, <, <=, >, >=)" % (what, text))
+    try:
+        value = json.loads(match.group("value"))
+    except ValueError:
+        raise ConfigError("%s: the value in %r is not JSON (quote strings: \"UP\"; numbers, true, false, null)"
+                          % (what, text)) from None
+    if isinstance(value, (dict, list)):
+        raise ConfigError("%s: compare with a string, number, true, false or null, not %r" % (what, match.group("value")))
+    if match.group("op") in _ORDERING and not _is_number(value):
+        raise ConfigError("%s: %s needs a number on the right in %r" % (what, match.group("op"), text))
+    return {"text": text.strip(), "path": match.group("path"), "keys": parse_path(match.group("path"), what),
+            "op": match.group("op"), "value": value, "value_text": match.group("value")}
+
+
+_MISSING = object()
+
+
+def resolve(document, keys):
+    node = document
+    for key in keys:
+        if isinstance(key, int) and isinstance(node, list) and -len(node) <= key < len(node):
+            node = node[key]
+        elif isinstance(node, dict) and str(key) in node:
+            node = node[str(key)]
+        else:
+            return _MISSING
+    return node
+
+
+def evaluate_condition(cond, document):
+    """-> (passed: bool | None, text with the resolved value). None means UNKNOWN (cannot tell)."""
+    actual = resolve(document, cond["keys"])
+    shown = "missing" if actual is _MISSING else json.dumps(actual)[:80]
+    text = "%s (%s) %s %s" % (cond["path"], shown, cond["op"], cond["value_text"])
+    if actual is _MISSING:
+        return None, text
+    expected, op = cond["value"], cond["op"]
+    if _is_number(expected):
+        number = actual if _is_number(actual) else None
+        if isinstance(actual, str):
+            try:
+                number = float(actual)
+            except ValueError:
+                number = None
+        if number is None:
+            return None, "%s: %s is not a number" % (text, shown)
+        return _OPS[op](number, expected), text
+    if isinstance(expected, str):
+        left = actual if isinstance(actual, str) else json.dumps(actual)
+        return _OPS[op](left, expected), text
+    return _OPS[op](actual is expected if op == "==" else actual is not expected, True), text
+
+
+# --------------------------------------------------------------------------- certificates
+
+def _der(data, pos):
+    tag, length = data[pos], data[pos + 1]
+    pos += 2
+    if length & 0x80:
+        count = length & 0x7F
+        length = int.from_bytes(data[pos:pos + count], "big")
+        pos += count
+    return tag, pos, pos + length
+
+
+def cert_not_after(der):
+    """notAfter of a DER X.509 certificate as an aware datetime (tiny DER walk, no dependency)."""
+    _tag, start, _end = _der(der, 0)            # Certificate
+    _tag, pos, _end = _der(der, start)          # tbsCertificate
+    tag, _start, end = _der(der, pos)
+    if tag == 0xA0:                             # [0] version
+        pos = end
+    for _skip in range(3):                      # serialNumber, signature, issuer
+        _tag, _start, pos = _der(der, pos)
+    _tag, validity, _end = _der(der, pos)
+    _tag, _start, pos = _der(der, validity)     # notBefore
+    tag, start, end = _der(der, pos)            # notAfter
+    text = der[start:end].decode("ascii")
+    if tag == 0x17:                             # UTCTime YYMMDDHHMMSSZ
+        year = int(text[:2])
+        text = ("20" if year < 50 else "19") + text
+    return datetime.datetime.strptime(text[:14], "%Y%m%d%H%M%S").replace(tzinfo=datetime.timezone.utc)
+
+
+def cert_days_left(der, now=None):
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    return (cert_not_after(der) - now).total_seconds() / 86400.0
+
+
+# --------------------------------------------------------------------------- sockets
+
+class _Clock:
+    """Milliseconds since the probe started and seconds left in its budget."""
+
+    def __init__(self, timeout):
+        self.start = time.perf_counter()
+        self.end = self.start + timeout
+        self.timeout = timeout
+
+    def ms(self):
+        return (time.perf_counter() - self.start) * 1000.0
+
+    def left(self, phase):
+        left = self.end - time.perf_counter()
+        if left <= 0:
+            raise _probe_failed(CRITICAL, "timed out after %ss while %s" % (format_number(round(self.timeout, 3)), phase))
+        return left
+
+
+def _connect(host, port, clock, obs):
+    """Resolve and connect (DNS and connect timings in ``obs``); returns the socket."""
+    phase = "resolving %s" % host
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise _probe_failed(CRITICAL, "DNS lookup of %s failed: %s" % (host, exc.strerror or exc)) from None
+    obs.measure("dns_ms", clock.ms())
+    mark, error = clock.ms(), None
+    for family, kind, proto, _name, addr in infos:
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(clock.left("connecting to %s:%s" % (host, port)))
+            sock.connect(addr)
+        except socket.timeout:
+            sock.close()
+            raise _probe_failed(CRITICAL, "timed out after %ss while connecting to %s:%s"
+                                % (format_number(round(clock.timeout, 3)), host, port)) from None
+        except OSError as exc:
+            sock.close()
+            error = exc
+            continue
+        obs.measure("connect_ms", clock.ms() - mark)
+        return sock
+    if isinstance(error, ConnectionRefusedError):
+        raise _probe_failed(CRITICAL, "connection to %s:%s refused" % (host, port))
+    raise _probe_failed(CRITICAL, "cannot connect to %s:%s: %s" % (host, port, getattr(error, "strerror", None) or error or phase))
+
+
+def _timed(clock, phase, func, *args):
+    try:
+        return func(*args)
+    except socket.timeout:
+        raise _probe_failed(CRITICAL, "timed out after %ss while %s"
+                            % (format_number(round(clock.timeout, 3)), phase)) from None
+
+
+# --------------------------------------------------------------------------- http
+
+def _tls_context(check):
+    if check.get("validate_certs", True):
+        ctx = ssl.create_default_context(cafile=check.get("ca_path") or None)
+    else:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    if check.get("client_cert"):
+        ctx.load_cert_chain(check["client_cert"], check.get("client_key") or None)
+    return ctx
+
+
+def probe_http(check, obs, timeout, ctx=None):
+    url = urlsplit(check["url"])
+    https = url.scheme == "https"
+    host, port = url.hostname, url.port or (443 if https else 80)
+    clock = _Clock(timeout)
+    sock = _connect(host, port, clock, obs)
+    try:
+        if https:
+            mark = clock.ms()
+            try:
+                tls_ctx = _tls_context(check)
+            except (OSError, ssl.SSLError) as exc:
+                raise _probe_failed(UNKNOWN, "cannot load the TLS client certificate or CA: %s"
+                                    % (getattr(exc, "strerror", None) or exc)) from None
+            sock.settimeout(clock.left("in the TLS handshake"))
+            try:
+                sock = _timed(clock, "in the TLS handshake", lambda: tls_ctx.wrap_socket(sock, server_hostname=host))
+            except ssl.SSLCertVerificationError as exc:
+                raise _probe_failed(CRITICAL, "TLS certificate verification failed for %s: %s"
+                                    % (host, exc.verify_message or exc.reason)) from None
+            except (ssl.SSLError, ConnectionError) as exc:
+                raise _probe_failed(CRITICAL, "TLS handshake with %s:%s failed: %s"
+                                    % (host, port, getattr(exc, "reason", None) or exc)) from None
+            obs.measure("tls_ms", clock.ms() - mark)
+            der = sock.getpeercert(binary_form=True)
+            if der:
+                try:
+                    days = cert_days_left(der)
+                    obs.measure("cert_days", round(days, 2), 2)
+                    obs.details["cert_not_after"] = cert_not_after(der).strftime("%Y-%m-%dT%H:%M:%SZ")
+                except (ValueError, IndexError):
+                    obs.details["cert_not_after"] = None
+        conn = http.client.HTTPConnection(host, port, timeout=clock.left("sending the request"))
+        conn.sock = sock
+        body, headers = _request_body(check)
+        hostport = ("[%s]" % host if ":" in host else host) + ("" if url.port is None else ":%d" % port)
+        headers.setdefault("Host", hostport)
+        headers.setdefault("User-Agent", USER_AGENT)
+        headers.setdefault("Connection", "close")
+        target = (url.path or "/") + ("?" + url.query if url.query else "")
+        sock.settimeout(clock.left("sending the request"))
+        _timed(clock, "sending the request", conn.request, check["method"], target, body, headers)
+        sock.settimeout(clock.left("waiting for the first byte"))
+        try:
+            response = _timed(clock, "waiting for the first byte", conn.getresponse)
+        except (http.client.HTTPException, ConnectionError) as exc:
+            raise _probe_failed(CRITICAL, "no valid HTTP answer from %s:%s: %s" % (host, port, type(exc).__name__ if not str(exc) else exc)) from None
+        obs.measure("first_byte_ms", clock.ms())
+        sock.settimeout(clock.left("reading the body"))
+        try:
+            data = _timed(clock, "reading the body", response.read, MAX_BODY)
+        except (http.client.HTTPException, ConnectionError) as exc:
+            raise _probe_failed(CRITICAL, "reading the body from %s:%s failed: %s" % (host, port, exc)) from None
+        obs.measure("time_ms", clock.ms())
+    finally:
+        sock.close()
+    obs.measure("status_code", response.status)
+    obs.measure("body_bytes", len(data))
+    _judge_http(check, obs, response, data)
+
+
+def _request_body(check):
+    headers = {str(k): str(v) for k, v in (check.get("headers") or {}).items()}
+    body = check.get("body")
+    if body is None:
+        return None, headers
+    if isinstance(body, (dict, list)):
+        if not any(k.lower() == "content-type" for k in headers):
+            headers["Content-Type"] = "application/json"
+        return json.dumps(body).encode("utf-8"), headers
+    return str(body).encode("utf-8"), headers
+
+
+def _judge_http(check, obs, response, data):
+    status = response.status
+    accepted = check.get("status_codes")
+    obs.note("HTTP %d in %s ms" % (status, format_number(round(obs.measures["time_ms"], 1))))
+    if accepted and status not in accepted or not accepted and not 200 <= status <= 299:
+        obs.problem(CRITICAL, "status (%d) not in %s" % (status, (
+            ", ".join(str(c) for c in accepted)) if accepted else "200-299"))
+    if check.get("body_contains") and check["body_contains"] not in data.decode("utf-8", "replace"):
+        obs.problem(CRITICAL, "body does not contain %r" % check["body_contains"])
+    conditions = check.get("_conditions") or ()
+    if not conditions:
+        return
+    try:
+        document = json.loads(data.decode("utf-8"))
+    except ValueError:
+        snippet = " ".join(data[:60].decode("utf-8", "replace").split())
+        obs.problem(UNKNOWN, "body is not JSON (%r), cannot evaluate json_conditions" % snippet)
+        return
+    passed = 0
+    for cond in conditions:
+        ok, text = evaluate_condition(cond, document)
+        if ok is None:
+            obs.problem(UNKNOWN, text)
+        elif not ok:
+            obs.problem(CRITICAL, "condition failed: %s" % text)
+        else:
+            passed += 1
+    if passed:
+        obs.note("%d of %d conditions passed" % (passed, len(conditions)))
+
+
+# --------------------------------------------------------------------------- tcp
+
+def probe_tcp(check, obs, timeout, ctx=None):
+    clock = _Clock(timeout)
+    host, port = check["host"], check["port"]
+    sock = _connect(host, port, clock, obs)
+    try:
+        if check.get("send"):
+            sock.settimeout(clock.left("sending"))
+            _timed(clock, "sending", sock.sendall, check["send"].encode("utf-8"))
+        if check.get("expect"):
+            expect, got = check["expect"].encode("utf-8"), b""
+            while expect not in got and len(got) < 65536:
+                sock.settimeout(clock.left("waiting for %r" % check["expect"]))
+                chunk = _timed(clock, "waiting for %r (got %r)" % (check["expect"], got[:60].decode("utf-8", "replace")),
+                               sock.recv, 4096)
+                if not chunk:
+                    break
+                got += chunk
+            if expect not in got:
+                obs.problem(CRITICAL, "expected %r, got %r" % (check["expect"], got[:80].decode("utf-8", "replace")))
+    finally:
+        sock.close()
+    obs.measure("time_ms", clock.ms())
+    obs.note("%s:%s answered in %s ms" % (host, port, format_number(round(obs.measures["time_ms"], 1))))
+
+
+# --------------------------------------------------------------------------- redis
+
+class RespError(Exception):
+    pass
+
+
+def _resp_command(sock, reader, *args):
+    out = b"*%d\r\n" % len(args)
+    for arg in args:
+        data = str(arg).encode("utf-8")
+        out += b"$%d\r\n%s\r\n" % (len(data), data)
+    sock.sendall(out)
+    return _resp_read(reader)
+
+
+def _resp_read(reader):
+    line = reader.readline()
+    if not line.endswith(b"\r\n"):
+        raise ConnectionError("connection closed by the server")
+    kind, rest = line[:1], line[1:-2]
+    if kind == b"+":
+        return rest.decode("utf-8", "replace")
+    if kind == b"-":
+        raise RespError(rest.decode("utf-8", "replace"))
+    if kind == b":":
+        return int(rest)
+    if kind == b"$":
+        size = int(rest)
+        return None if size < 0 else reader.read(size + 2)[:-2].decode("utf-8", "replace")
+    if kind == b"*":
+        size = int(rest)
+        return None if size < 0 else [_resp_read(reader) for _i in range(size)]
+    raise ConnectionError("not a Redis answer: %r" % line[:40])
+
+
+def parse_info(text):
+    info = {}
+    for line in (text or "").splitlines():
+        if ":" in line and not line.startswith("#"):
+            key, value = line.split(":", 1)
+            info[key.strip()] = value.strip()
+    return info
+
+
+def probe_redis(check, obs, timeout, ctx=None):
+    clock = _Clock(timeout)
+    host, port = check["host"], check["port"]
+    sock = _connect(host, port, clock, obs)
+    reader = sock.makefile("rb")
+    try:
+        sock.settimeout(clock.left("talking to redis"))
+        try:
+            if check.get("password"):
+                args = ("AUTH", check["user"], check["password"]) if check.get("user") else ("AUTH", check["password"])
+                _timed(clock, "authenticating", _resp_command, sock, reader, *args)
+            mark = clock.ms()
+            pong = _timed(clock, "waiting for PONG", _resp_command, sock, reader, "PING")
+            obs.measure("ping_ms", clock.ms() - mark)
+            info = parse_info(_timed(clock, "reading INFO", _resp_command, sock, reader, "INFO"))
+        except RespError as exc:
+            text = str(exc)
+            if check.get("password"):
+                text = text.replace(check["password"], "********")
+            raise _probe_failed(CRITICAL, "redis %s:%s answered an error: %s" % (host, port, text)) from None
+        except (ConnectionError, ValueError) as exc:
+            raise _probe_failed(CRITICAL, "redis %s:%s: %s" % (host, port, exc)) from None
+    finally:
+        reader.close()
+        sock.close()
+    if pong != "PONG":
+        obs.problem(CRITICAL, "PING answered %r instead of PONG" % (pong,))
+    used, maxmem = _int(info.get("used_memory")), _int(info.get("maxmemory"))
+    system = _int(info.get("total_system_memory"))
+    obs.measure("used_memory_bytes", used)
+    obs.measure("maxmemory_bytes", maxmem)
+    obs.measure("connected_clients", _int(info.get("connected_clients")))
+    limit = maxmem or system
+    if used is not None and limit:
+        obs.measure("memory_pct", 100.0 * used / limit, 2)
+    obs.details.update({"redis_version": info.get("redis_version"), "role": info.get("role"),
+                        "memory_limit": "maxmemory" if maxmem else ("system memory" if system else None)})
+    obs.note("PONG in %s ms, %s clients, memory %s%% of %s" % (
+        format_number(round(obs.measures.get("ping_ms", 0), 2)), info.get("connected_clients", "?"),
+        format_number(round(obs.measures.get("memory_pct", 0), 1)), obs.details["memory_limit"] or "?"))
+
+
+def _int(value):
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+__all__ = ["probe_http", "probe_tcp", "probe_redis", "parse_condition", "evaluate_condition",
+           "cert_not_after", "cert_days_left", "parse_info"]

@@ -1,0 +1,307 @@
+# -*- coding: utf-8 -*-
+# Copyright: opskit.runbook contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Service and host probes of the health engine: postgres, docker_container, k8s_deployment,
+disk, memory, load; and the kubectl rollout-status judgement ``deployment_status``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+
+from ._errors import ConfigError, MissingLibraryError, ServiceError
+from ._ranges import CRITICAL, UNKNOWN, WARNING, format_number
+
+try:
+    import kubernetes.client
+    import kubernetes.config
+    from kubernetes.client.rest import ApiException
+    HAS_KUBERNETES = True
+    KUBERNETES_IMPORT_ERROR = None
+except ImportError as _exc:  # pragma: no cover - depends on the host
+    HAS_KUBERNETES = False
+    KUBERNETES_IMPORT_ERROR = _exc
+    ApiException = None
+
+ROLLOUT_SUCCESS, ROLLOUT_WAITING, ROLLOUT_FAILED = "success", "waiting", "failed"
+
+
+def _probe_failed(state, msg):
+    from ._health import ProbeFailed  # late import: _health imports this module
+    return ProbeFailed(state, msg)
+
+
+def _ms(start):
+    return (time.perf_counter() - start) * 1000.0
+
+
+# --------------------------------------------------------------------------- postgres
+
+_PG_QUERY = """
+SELECT current_setting('server_version'),
+       current_setting('max_connections')::int,
+       (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'),
+       (SELECT count(*) FROM pg_stat_activity
+         WHERE backend_type = 'client backend' AND state IS NOT NULL AND state <> 'idle'
+           AND pid <> pg_backend_pid() AND now() - query_start > make_interval(secs => %s)),
+       pg_is_in_recovery(),
+       CASE WHEN NOT pg_is_in_recovery() THEN NULL
+            WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0
+            ELSE EXTRACT(epoch FROM now() - pg_last_xact_replay_timestamp()) END
+"""
+
+
+def probe_postgres(check, obs, timeout, ctx=None):
+    from ._pgconn import connect, pg_message
+    params = dict(check)
+    limit = min(timeout, check.get("connect_timeout") or timeout)
+    params["connect_timeout"] = max(2, int(math.ceil(limit)))
+    start = time.perf_counter()
+    conn = connect(params, dbname=check["database"])
+    obs.measure("connect_ms", _ms(start))
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("SET statement_timeout = %s", (max(1, int(timeout * 1000)),))
+            start = time.perf_counter()
+            cur.execute("SELECT 1")
+            cur.fetchone()
+            obs.measure("query_ms", _ms(start))
+            cur.execute(_PG_QUERY, (float(check["long_query_seconds"]),))
+            version, max_conn, used, long_queries, replica, lag = cur.fetchone()
+    except Exception as exc:  # psycopg2.Error; the driver is imported lazily
+        if type(exc).__module__.startswith("psycopg2"):
+            raise ServiceError("PostgreSQL query failed: %s" % pg_message(exc, check.get("password"))) from None
+        raise
+    finally:
+        conn.close()
+    obs.measure("max_connections", max_conn)
+    obs.measure("connections", used)
+    obs.measure("connections_pct", 100.0 * used / max_conn if max_conn else None, 2)
+    obs.measure("long_queries", long_queries)
+    obs.measure("replication_lag_seconds", float(lag) if lag is not None else None)
+    obs.details.update({"server_version": version, "role": "replica" if replica else "primary"})
+    note = "PostgreSQL %s %s, SELECT 1 in %s ms, %d of %d connections, %d queries over %ss" % (
+        version, "replica" if replica else "primary", format_number(round(obs.measures["query_ms"], 2)),
+        used, max_conn, long_queries, format_number(check["long_query_seconds"]))
+    if replica:
+        note += ", replication lag %s" % ("unknown (nothing replayed yet)" if lag is None else "%ss" % format_number(round(float(lag), 3)))
+    obs.note(note)
+
+
+# --------------------------------------------------------------------------- docker_container
+
+_DOCKER_KEYS = ("docker_host", "tls", "tls_verify", "ca_path", "client_cert", "client_key", "docker_timeout")
+
+
+def probe_docker(check, obs, timeout, ctx):
+    from ._docker import docker_client, docker_error
+    params = {k: check.get(k) for k in _DOCKER_KEYS}
+    params["docker_timeout"] = params["docker_timeout"] or max(1, int(math.ceil(timeout)))
+    client = ctx.client("docker", tuple(sorted(params.items())), lambda: docker_client(params))
+    name = check["container"]
+    try:
+        info = client.inspect_container(name)
+    except Exception as exc:  # docker.errors.* (the SDK is imported lazily)
+        err = docker_error(exc, "container %s" % name)
+        raise _probe_failed(CRITICAL, err.msg) from None
+    judge_container(info, obs)
+
+
+def judge_container(info, obs):
+    """Map ``docker inspect`` output to problems and measures (monitoring-tool conventions)."""
+    state = info.get("State") or {}
+    status = state.get("Status") or "unknown"
+    health = (state.get("Health") or {}).get("Status")
+    obs.measure("running", int(bool(state.get("Running")) and not state.get("Paused")))
+    obs.measure("restart_count", info.get("RestartCount") or 0)
+    obs.measure("oom_killed", int(bool(state.get("OOMKilled"))))
+    name = (info.get("Name") or "").lstrip("/") or info.get("Id", "")[:12]
+    obs.details.update({"status": status, "health": health, "image": (info.get("Config") or {}).get("Image"),
+                        "started_at": state.get("StartedAt")})
+    if status == "restarting":
+        obs.problem(WARNING, "container %s is restarting (restart count %s)" % (name, info.get("RestartCount")))
+    elif status != "running" or state.get("Paused"):
+        obs.measure("exit_code", state.get("ExitCode"))
+        obs.problem(CRITICAL, "container %s is %s (exit code %s%s)" % (
+            name, "paused" if state.get("Paused") else status, state.get("ExitCode"),
+            ", OOMKilled" if state.get("OOMKilled") else ""))
+    elif health == "unhealthy":
+        log = ((state.get("Health") or {}).get("Log") or [{}])[-1]
+        output = " ".join(str(log.get("Output") or "").split())[:120]
+        obs.problem(CRITICAL, "container %s is unhealthy (%s failing streak%s)" % (
+            name, (state.get("Health") or {}).get("FailingStreak"), ": %s" % output if output else ""))
+    elif health == "starting":
+        obs.problem(WARNING, "container %s health is starting" % name)
+    obs.note("container %s %s%s, %s restarts" % (name, status, ", %s" % health if health else "",
+                                                 info.get("RestartCount") or 0))
+
+
+# --------------------------------------------------------------------------- k8s_deployment
+
+def deployment_status(deployment):
+    """kubectl rollout-status judgement of an apps/v1 Deployment (a dict in API form).
+
+    Returns (state, message) with state ROLLOUT_SUCCESS, ROLLOUT_WAITING or ROLLOUT_FAILED;
+    the rules are checked in kubectl's order.
+    """
+    meta = deployment.get("metadata") or {}
+    spec = deployment.get("spec") or {}
+    status = deployment.get("status") or {}
+    name = meta.get("name") or "deployment"
+    generation, observed = meta.get("generation") or 0, status.get("observedGeneration") or 0
+    if generation > observed:
+        return ROLLOUT_WAITING, "waiting for deployment %s spec update to be observed (generation %s, observed %s)" % (
+            name, generation, observed)
+    for cond in status.get("conditions") or ():
+        if cond.get("type") == "Progressing" and cond.get("reason") == "ProgressDeadlineExceeded":
+            return ROLLOUT_FAILED, "deployment %s exceeded its progress deadline%s" % (
+                name, ": %s" % cond["message"] if cond.get("message") else "")
+    desired = spec.get("replicas", 1)
+    desired = 1 if desired is None else desired
+    updated, replicas = status.get("updatedReplicas") or 0, status.get("replicas") or 0
+    available = status.get("availableReplicas") or 0
+    if updated < desired:
+        return ROLLOUT_WAITING, "waiting for deployment %s rollout to finish: %d out of %d new replicas have been updated" % (
+            name, updated, desired)
+    if replicas > updated:
+        return ROLLOUT_WAITING, "waiting for deployment %s rollout to finish: %d old replicas are pending termination" % (
+            name, replicas - updated)
+    if available < updated:
+        return ROLLOUT_WAITING, "waiting for deployment %s rollout to finish: %d of %d updated replicas are available" % (
+            name, available, updated)
+    return ROLLOUT_SUCCESS, "deployment %s successfully rolled out (%d of %d available)" % (name, available, desired)
+
+
+def _k8s_client(check):
+    if not HAS_KUBERNETES:
+        raise MissingLibraryError("kubernetes", KUBERNETES_IMPORT_ERROR)
+    try:
+        if check.get("in_cluster"):
+            config = kubernetes.client.Configuration()
+            kubernetes.config.load_incluster_config(client_configuration=config)
+            return kubernetes.client.ApiClient(config)
+        return kubernetes.config.new_client_from_config(config_file=check.get("kubeconfig"),
+                                                        context=check.get("context"))
+    except (kubernetes.config.ConfigException, OSError, ValueError, TypeError) as exc:
+        raise ConfigError("cannot load the Kubernetes configuration%s: %s" % (
+            " (in-cluster)" if check.get("in_cluster") else (" from %s" % check["kubeconfig"] if check.get("kubeconfig") else ""),
+            " ".join(str(exc).split())[:200])) from None
+
+
+def probe_k8s(check, obs, timeout, ctx):
+    key = (check.get("kubeconfig"), check.get("context"), bool(check.get("in_cluster")))
+    api = ctx.client("k8s", key, lambda: _k8s_client(check))
+    ns, name = check["namespace"], check["deployment"]
+    try:
+        response = kubernetes.client.AppsV1Api(api).read_namespaced_deployment(
+            name, ns, _preload_content=False, _request_timeout=timeout)
+        deployment = json.loads(response.data)
+    except ApiException as exc:
+        if exc.status == 404:
+            raise _probe_failed(CRITICAL, "deployment %s/%s not found" % (ns, name)) from None
+        reason = exc.reason or ""
+        state = UNKNOWN if exc.status in (401, 403) else CRITICAL
+        raise _probe_failed(state, "Kubernetes API answered %s %s for deployment %s/%s" % (exc.status, reason, ns, name)) from None
+    except ValueError as exc:
+        raise _probe_failed(UNKNOWN, "Kubernetes API answer is not JSON: %s" % exc) from None
+    except Exception as exc:  # urllib3 connection / timeout errors
+        text = " ".join(str(getattr(exc, "reason", None) or exc).split())[:200]
+        raise _probe_failed(CRITICAL, "cannot reach the Kubernetes API for deployment %s/%s: %s" % (ns, name, text)) from None
+    judge_deployment(deployment, obs)
+
+
+def judge_deployment(deployment, obs):
+    spec, status, meta = deployment.get("spec") or {}, deployment.get("status") or {}, deployment.get("metadata") or {}
+    desired = spec.get("replicas", 1)
+    desired = 1 if desired is None else desired
+    available = status.get("availableReplicas") or 0
+    obs.measure("desired_replicas", desired)
+    obs.measure("updated_replicas", status.get("updatedReplicas") or 0)
+    obs.measure("ready_replicas", status.get("readyReplicas") or 0)
+    obs.measure("available_replicas", available)
+    obs.measure("unavailable_replicas", status.get("unavailableReplicas") or 0)
+    obs.measure("available_pct", 100.0 * available / desired if desired else 100.0, 2)
+    obs.measure("generation", meta.get("generation") or 0)
+    obs.measure("observed_generation", status.get("observedGeneration") or 0)
+    state, message = deployment_status(deployment)
+    obs.details["rollout"] = state
+    if state == ROLLOUT_FAILED or (desired and not available):
+        obs.problem(CRITICAL, message if state == ROLLOUT_FAILED else "%s; no replica available" % message)
+    elif state == ROLLOUT_WAITING:
+        obs.problem(WARNING, message)
+    else:
+        obs.note(message)
+
+
+# --------------------------------------------------------------------------- host: disk, memory, load
+
+def probe_disk(check, obs, timeout=None, ctx=None):
+    path = check["path"]
+    try:
+        st = os.statvfs(path)
+    except OSError as exc:
+        raise _probe_failed(UNKNOWN, "cannot stat %s: %s" % (path, exc.strerror or exc)) from None
+    used = (st.f_blocks - st.f_bfree) * st.f_frsize
+    avail = st.f_bavail * st.f_frsize
+    usable = used + avail
+    obs.measure("total_bytes", st.f_blocks * st.f_frsize)
+    obs.measure("free_bytes", avail)
+    if usable:
+        obs.measure("used_pct", 100.0 * used / usable, 2)
+        obs.measure("free_pct", 100.0 * avail / usable, 2)
+    if st.f_files:
+        obs.measure("inodes_free", st.f_favail)
+        obs.measure("inodes_free_pct", 100.0 * st.f_favail / st.f_files, 2)
+    obs.note("%s: %s%% free (%s of %s bytes)%s" % (
+        path, format_number(round(obs.measures.get("free_pct", 0), 1)), avail, st.f_blocks * st.f_frsize,
+        ", inodes %s%% free" % format_number(round(obs.measures["inodes_free_pct"], 1)) if st.f_files else ""))
+
+
+def read_meminfo(text):
+    """/proc/meminfo text -> {key: bytes}."""
+    out = {}
+    for line in text.splitlines():
+        parts = line.replace(":", " ").split()
+        if len(parts) >= 2 and parts[1].isdigit():
+            out[parts[0]] = int(parts[1]) * (1024 if len(parts) > 2 and parts[2] == "kB" else 1)
+    return out
+
+
+def probe_memory(check, obs, timeout=None, ctx=None, meminfo="/proc/meminfo"):
+    try:
+        with open(meminfo) as handle:
+            info = read_meminfo(handle.read())
+    except OSError as exc:
+        raise _probe_failed(UNKNOWN, "cannot read %s: %s" % (meminfo, exc.strerror or exc)) from None
+    total = info.get("MemTotal")
+    available = info.get("MemAvailable", info.get("MemFree", 0) + info.get("Buffers", 0) + info.get("Cached", 0))
+    if not total:
+        raise _probe_failed(UNKNOWN, "no MemTotal in %s" % meminfo)
+    obs.measure("total_bytes", total)
+    obs.measure("available_bytes", available)
+    obs.measure("used_pct", 100.0 * (total - available) / total, 2)
+    if info.get("SwapTotal"):
+        obs.measure("swap_used_pct", 100.0 * (info["SwapTotal"] - info.get("SwapFree", 0)) / info["SwapTotal"], 2)
+    obs.note("memory %s%% used (%s of %s bytes available)" % (
+        format_number(round(obs.measures["used_pct"], 1)), available, total))
+
+
+def probe_load(check, obs, timeout=None, ctx=None):
+    try:
+        loads = os.getloadavg()
+    except OSError:
+        raise _probe_failed(UNKNOWN, "the load average is not available on this system") from None
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    obs.measure("cores", cores)
+    for minutes, value in zip((1, 5, 15), loads):
+        obs.measure("load%d" % minutes, round(value, 2), 2)
+        obs.measure("load%d_per_core" % minutes, round(value / cores, 3))
+    obs.note("load %s / %s / %s on %d cores" % (
+        format_number(round(loads[0], 2)), format_number(round(loads[1], 2)), format_number(round(loads[2], 2)), cores))
