@@ -1,0 +1,477 @@
+# -*- coding: utf-8 -*-
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The shared integration harness: real services as session fixtures, and run_playbook.
+
+Fixtures (each service starts on first use, once per session, on 127.0.0.1 and a free port, in a
+temporary directory, and stops at the end of the session, also on failure or Ctrl-C):
+
+- ``pg``: a PostgreSQL 15 cluster (scram-sha-256) run as an unprivileged system user.
+  Attributes: host, port, user ("postgres"), password, bin_dir, env (PG* variables for the
+  tests' own psql/pg_dump calls), ``psql(sql, db="postgres")`` -> stdout, ``createdb(name)``.
+- ``s3``: a moto S3 server. Attributes: endpoint_url, access_key, secret_key, region, client
+  (boto3 S3 client), ``new_bucket()`` -> the name of a new, uniquely named bucket.
+- ``docker_engine``: the Docker Engine (reused, or started and later stopped) and the locally
+  built image. Attributes: docker_host, client (docker.DockerClient), busybox_image.
+- ``redis``: a redis-server. Attributes: host, port.
+- ``run_playbook(playbook, extra_vars=None, check=False, env=None, timeout=600)``: runs
+  ansible-playbook against localhost and returns a PlaybookRun (rc, stdout, stderr, results,
+  task(name)).
+"""
+
+from __future__ import annotations
+
+import atexit
+import ctypes
+import json
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+COLLECTIONS = os.path.join(ROOT, ".build", "collections")
+if COLLECTIONS not in sys.path:
+    sys.path.insert(0, COLLECTIONS)
+
+VENV_BIN = os.path.dirname(sys.executable)  # the interpreter running pytest: the pinned venv
+CALLBACK_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "callback_plugins")
+DOCKER_SCRIPT = os.path.join(ROOT, "scripts", "docker-engine.sh")
+PG_BIN = os.environ.get("OPSKIT_PG_BIN", "/usr/lib/postgresql/15/bin")
+PG_SYSTEM_USER = "opskit-test"
+BUSYBOX_IMAGE = "opskit-test/busybox:1"
+S3_ACCESS_KEY = "opskit-test-access-key"
+S3_SECRET_KEY = "opskit-test-secret-key"
+S3_REGION = "us-east-1"
+
+
+# ------------------------------------------------------------------ cleanup and processes
+
+_CLEANUPS = {}
+
+
+def _register_cleanup(key, func):
+    """Run func at session end; atexit is the safety net when the fixture teardown never ran."""
+    _CLEANUPS[key] = func
+
+
+def _cleanup(key):
+    func = _CLEANUPS.pop(key, None)
+    if func is not None:
+        func()
+
+
+@atexit.register
+def _cleanup_all():
+    for key in list(_CLEANUPS)[::-1]:
+        try:
+            _cleanup(key)
+        except Exception as exc:  # pylint: disable=broad-except
+            sys.stderr.write("harness cleanup of %s failed: %s\n" % (key, exc))
+
+
+def pytest_configure(config):  # pylint: disable=unused-argument
+    """SIGTERM/SIGHUP end the session like Ctrl-C does, so the session teardown stops the services."""
+    def interrupt(signum, frame):  # pylint: disable=unused-argument
+        raise KeyboardInterrupt("signal %d" % signum)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(sig) in (signal.SIG_DFL, None):
+            signal.signal(sig, interrupt)
+
+
+def _die_with_parent():
+    """preexec_fn: the child gets SIGTERM when pytest dies, even from SIGKILL (Linux)."""
+    os.setsid()  # out of the terminal's process group: Ctrl-C goes to pytest, which stops us
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _tail(path, lines=30):
+    try:
+        with open(path, errors="replace") as fh:
+            return "".join(fh.readlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def _wait_for(check, what, proc=None, log=None, timeout=60.0):
+    """Poll check() until it returns true; fail with the service log when it never does."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            break
+        try:
+            if check():
+                return
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.1)
+    state = "exited with %s" % proc.returncode if proc is not None and proc.poll() is not None else \
+        "did not answer within %.0f s" % timeout
+    raise RuntimeError("%s %s\n%s" % (what, state, _tail(log) if log else ""))
+
+
+def _stop_process(proc, timeout=15):
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _service_dir(name):
+    return tempfile.mkdtemp(prefix="opskit-%s-" % name)
+
+
+# ------------------------------------------------------------------ PostgreSQL
+
+
+def _pg_system_user():
+    """initdb and postgres refuse to run as root: as root, use (and create) a system user."""
+    if os.getuid() != 0:
+        return None
+    try:
+        return pwd.getpwnam(PG_SYSTEM_USER)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--no-create-home", "--home-dir", "/nonexistent",
+                        "--shell", "/usr/sbin/nologin", PG_SYSTEM_USER], capture_output=True)
+        return pwd.getpwnam(PG_SYSTEM_USER)  # KeyError (with the name) if useradd failed
+
+
+class Postgres:
+    """A throwaway PostgreSQL cluster with scram-sha-256 password auth on 127.0.0.1."""
+
+    user = "postgres"
+    host = "127.0.0.1"
+
+    def __init__(self):
+        self.bin_dir = PG_BIN
+        self.port = free_port()
+        self.password = secrets.token_urlsafe(18)
+        self.root = _service_dir("pg")
+        self.data = os.path.join(self.root, "data")
+        self.log = os.path.join(self.root, "postgres.log")
+        self.env = {"PGHOST": self.host, "PGPORT": str(self.port), "PGUSER": self.user,
+                    "PGPASSWORD": self.password}
+        self._account = _pg_system_user()
+
+    def _run_as_owner(self, args, **kwargs):
+        tool = os.path.basename(args[0])
+        if self._account is not None:
+            args = ["runuser", "-u", self._account.pw_name, "--"] + args
+        proc = subprocess.run(args, capture_output=True, text=True, cwd=self.root, **kwargs)
+        if proc.returncode:
+            raise RuntimeError("%s failed (exit %d): %s\n%s" % (tool, proc.returncode, proc.stderr.strip(),
+                                                               _tail(self.log)))
+        return proc
+
+    def start(self):
+        if not os.path.exists(os.path.join(self.bin_dir, "initdb")):
+            raise RuntimeError("no PostgreSQL binaries in %s (run scripts/bootstrap.sh)" % self.bin_dir)
+        pwfile = os.path.join(self.root, "pwfile")
+        with open(os.open(pwfile, os.O_WRONLY | os.O_CREAT, 0o600), "w") as fh:
+            fh.write(self.password + "\n")
+        if self._account is not None:
+            for path in (self.root, pwfile):
+                os.chown(path, self._account.pw_uid, self._account.pw_gid)
+        self._run_as_owner([os.path.join(self.bin_dir, "initdb"), "-D", self.data, "-U", self.user,
+                            "--auth=scram-sha-256", "--pwfile=" + pwfile, "-E", "UTF8", "--locale=C",
+                            "--no-sync"])
+        os.unlink(pwfile)
+        options = "-p %d -k %s -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off " \
+                  "-c full_page_writes=off" % (self.port, self.root)
+        _register_cleanup("pg", self.stop)
+        self._run_as_owner([os.path.join(self.bin_dir, "pg_ctl"), "-D", self.data, "-l", self.log, "-w",
+                            "-t", "60", "-o", options, "start"], start_new_session=True)
+        return self
+
+    def stop(self):
+        if os.path.exists(os.path.join(self.data, "postmaster.pid")):
+            try:
+                self._run_as_owner([os.path.join(self.bin_dir, "pg_ctl"), "-D", self.data, "-m", "immediate",
+                                    "-w", "stop"])
+            except RuntimeError as exc:
+                sys.stderr.write("stopping PostgreSQL: %s\n" % exc)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def psql(self, sql, db="postgres"):
+        """Run SQL with ON_ERROR_STOP; return psql's unaligned, tuples-only stdout."""
+        proc = subprocess.run([os.path.join(self.bin_dir, "psql"), "-XAtq", "-v", "ON_ERROR_STOP=1", "-d", db,
+                               "-c", sql], env=dict(os.environ, **self.env), capture_output=True, text=True)
+        if proc.returncode:
+            raise RuntimeError("psql failed on %s: %s" % (db, proc.stderr.strip()))
+        return proc.stdout
+
+    def createdb(self, name):
+        proc = subprocess.run([os.path.join(self.bin_dir, "createdb"), name], env=dict(os.environ, **self.env),
+                              capture_output=True, text=True)
+        if proc.returncode:
+            raise RuntimeError("createdb %s failed: %s" % (name, proc.stderr.strip()))
+        return name
+
+
+@pytest.fixture(scope="session")
+def pg():
+    cluster = Postgres()
+    try:
+        cluster.start()
+    except (RuntimeError, KeyError, OSError) as exc:
+        _cleanup("pg")
+        pytest.fail("PostgreSQL fixture: %s" % exc, pytrace=False)
+    yield cluster
+    _cleanup("pg")
+
+
+# ------------------------------------------------------------------ S3 (moto)
+
+
+class S3:
+    """moto's S3 server, a real HTTP endpoint for boto3."""
+
+    access_key = S3_ACCESS_KEY
+    secret_key = S3_SECRET_KEY
+    region = S3_REGION
+
+    def __init__(self):
+        self.root = _service_dir("s3")
+        self.port = free_port()
+        self.endpoint_url = "http://127.0.0.1:%d" % self.port
+        self.log = os.path.join(self.root, "moto.log")
+        self.proc = None
+        self.client = None
+
+    def start(self):
+        import boto3  # pylint: disable=import-outside-toplevel
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen([os.path.join(VENV_BIN, "moto_server"), "-H", "127.0.0.1", "-p",
+                                          str(self.port)], stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, cwd=self.root, preexec_fn=_die_with_parent)
+        _register_cleanup("s3", self.stop)
+        self.client = boto3.client("s3", endpoint_url=self.endpoint_url, region_name=self.region,
+                                   aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key)
+        _wait_for(lambda: socket.create_connection(("127.0.0.1", self.port), timeout=1).close() or True,
+                  "moto_server", self.proc, self.log)
+        self.client.list_buckets()
+        return self
+
+    def stop(self):
+        if self.proc is not None:
+            _stop_process(self.proc)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def new_bucket(self, prefix="opskit-test"):
+        name = "%s-%s" % (prefix, uuid.uuid4().hex[:12])
+        self.client.create_bucket(Bucket=name)
+        return name
+
+
+@pytest.fixture(scope="session")
+def s3():
+    server = S3()
+    try:
+        server.start()
+    except Exception as exc:  # pylint: disable=broad-except
+        _cleanup("s3")
+        pytest.fail("S3 fixture: %s" % exc, pytrace=False)
+    yield server
+    _cleanup("s3")
+
+
+# ------------------------------------------------------------------ Docker Engine
+
+
+class DockerEngine:
+    busybox_image = BUSYBOX_IMAGE
+
+    def __init__(self):
+        self.docker_host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+        self.client = None
+
+    @staticmethod
+    def script(action):
+        proc = subprocess.run([DOCKER_SCRIPT, action], capture_output=True, text=True)
+        if proc.returncode:
+            raise RuntimeError("scripts/docker-engine.sh %s: %s" % (action, (proc.stderr or proc.stdout).strip()))
+        return proc.stdout.strip()
+
+    def start(self):
+        import docker  # pylint: disable=import-outside-toplevel
+        if self.script("up") == "started":
+            _register_cleanup("docker", lambda: self.script("down"))
+        self.script("image")
+        self.client = docker.DockerClient(base_url=self.docker_host)
+        return self
+
+
+@pytest.fixture(scope="session")
+def docker_engine():
+    engine = DockerEngine()
+    try:
+        engine.start()
+    except Exception as exc:  # pylint: disable=broad-except
+        _cleanup("docker")
+        pytest.fail("Docker Engine fixture: the engine cannot run here: %s" % exc, pytrace=False)
+    yield engine
+    engine.client.close()
+    _cleanup("docker")
+
+
+# ------------------------------------------------------------------ Redis
+
+
+class Redis:
+    host = "127.0.0.1"
+
+    def __init__(self):
+        self.port = free_port()
+        self.root = _service_dir("redis")
+        self.log = os.path.join(self.root, "redis.log")
+        self.proc = None
+
+    def ping(self):
+        with socket.create_connection((self.host, self.port), timeout=2) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64) == b"+PONG\r\n"
+
+    def start(self):
+        server = shutil.which("redis-server")
+        if server is None:
+            raise RuntimeError("redis-server is not installed (run scripts/bootstrap.sh)")
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen([server, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                                          "--appendonly", "no", "--daemonize", "no", "--dir", self.root],
+                                         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         preexec_fn=_die_with_parent)
+        _register_cleanup("redis", self.stop)
+        _wait_for(self.ping, "redis-server", self.proc, self.log, timeout=30)
+        return self
+
+    def stop(self):
+        if self.proc is not None:
+            _stop_process(self.proc)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def redis():
+    server = Redis()
+    try:
+        server.start()
+    except Exception as exc:  # pylint: disable=broad-except
+        _cleanup("redis")
+        pytest.fail("Redis fixture: %s" % exc, pytrace=False)
+    yield server
+    _cleanup("redis")
+
+
+# ------------------------------------------------------------------ ansible-playbook
+
+
+class PlaybookRun:
+    """The outcome of one ansible-playbook run."""
+
+    def __init__(self, rc, stdout, stderr, results):
+        self.rc, self.stdout, self.stderr, self.results = rc, stdout, stderr, results
+
+    def task(self, name):
+        """The last result of the task with this name (a role task also answers to "role : name")."""
+        for result in reversed(self.results):
+            if name in (result["_task"], "%s : %s" % (result.get("_role"), result["_task"])):
+                return result
+        raise AssertionError("no result for task %r; tasks run: %s\nrc=%s\n--- stdout\n%s\n--- stderr\n%s" % (
+            name, [r["_task"] for r in self.results], self.rc, self.stdout[-4000:], self.stderr[-4000:]))
+
+    def __repr__(self):
+        return "PlaybookRun(rc=%s, tasks=%s)" % (self.rc, [r["_task"] for r in self.results])
+
+
+INVENTORY = "localhost ansible_connection=local\n"
+
+
+def _playbook_file(playbook, workdir):
+    if isinstance(playbook, (list, dict)):
+        playbook = json.dumps(playbook if isinstance(playbook, list) else [playbook])  # YAML is a superset
+    elif isinstance(playbook, os.PathLike) or ("\n" not in playbook and os.path.isfile(playbook)):
+        return os.path.abspath(playbook)
+    elif "\n" not in playbook and playbook.endswith((".yml", ".yaml")):
+        raise FileNotFoundError("playbook %s does not exist" % playbook)
+    path = os.path.join(workdir, "playbook.yml")
+    with open(path, "w") as fh:
+        fh.write(playbook)
+    return path
+
+
+def run_playbook_in(base_dir, playbook, extra_vars=None, check=False, env=None, timeout=600):
+    """Run ansible-playbook on localhost; every task result is captured by the opskit_capture callback."""
+    workdir = tempfile.mkdtemp(prefix="play-", dir=base_dir)
+    path = _playbook_file(playbook, workdir)
+    capture = os.path.join(workdir, "results.jsonl")
+    inventory = os.path.join(workdir, "inventory.ini")
+    with open(inventory, "w") as fh:
+        fh.write(INVENTORY)
+    args = [os.path.join(VENV_BIN, "ansible-playbook"), "-i", inventory, path]
+    if extra_vars:
+        vars_file = os.path.join(workdir, "extra_vars.json")
+        with open(os.open(vars_file, os.O_WRONLY | os.O_CREAT, 0o600), "w") as fh:
+            json.dump(extra_vars, fh)
+        args += ["-e", "@" + vars_file]
+    if check:
+        args.append("--check")
+    run_env = {k: v for k, v in os.environ.items() if k != "ANSIBLE_CONFIG"}
+    run_env.update(
+        ANSIBLE_COLLECTIONS_PATH=COLLECTIONS,
+        ANSIBLE_PYTHON_INTERPRETER=sys.executable,
+        ANSIBLE_CALLBACK_PLUGINS=CALLBACK_DIR,
+        ANSIBLE_CALLBACKS_ENABLED="opskit_capture",
+        OPSKIT_CAPTURE_FILE=capture,
+        ANSIBLE_NOCOLOR="1",
+        ANSIBLE_RETRY_FILES_ENABLED="0",
+        ANSIBLE_HOST_KEY_CHECKING="0",
+    )
+    run_env.update(env or {})
+    proc = subprocess.Popen(args, cwd=workdir, env=run_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, text=True, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        raise AssertionError("ansible-playbook did not finish within %s s\n--- stdout\n%s\n--- stderr\n%s"
+                             % (timeout, stdout[-4000:], stderr[-4000:])) from None
+    except BaseException:  # Ctrl-C: do not leave the playbook running
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
+    results = []
+    if os.path.exists(capture):
+        with open(capture) as fh:
+            results = [json.loads(line) for line in fh if line.strip()]
+    shutil.rmtree(workdir, ignore_errors=True)
+    return PlaybookRun(proc.returncode, stdout, stderr, results)
+
+
+@pytest.fixture(scope="session")
+def run_playbook(tmp_path_factory):
+    base_dir = str(tmp_path_factory.mktemp("playbooks"))
+
+    def run(playbook, extra_vars=None, check=False, env=None, timeout=600):
+        return run_playbook_in(base_dir, playbook, extra_vars=extra_vars, check=check, env=env, timeout=timeout)
+    return run
