@@ -285,8 +285,8 @@ def dump(server, location, params, check_mode=False):
     if missing:
         raise NotFoundError("database %s does not exist on %s" % (", ".join(missing), server.label))
     location.check_writable()
-    plans = [{"database": n, "series": series_for(params.get("series"), server.conn.get("host"), n,
-                                                   params.get("docker_container")),
+    host, container = server.conn.get("host"), params.get("docker_container")
+    plans = [{"database": n, "series": series_for(params.get("series"), host, n, container),
               "format": fmt, "size_bytes": sizes[n]} for n in names]
     if check_mode:
         return {"changed": True, "backups": [], "plan": plans, "location": location.url,

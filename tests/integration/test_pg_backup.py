@@ -38,6 +38,12 @@ def conn(server):
     return dict(host=server.host, port=server.port, user=server.user, password=server.password)
 
 
+def with_changes(args, **changes):
+    out = dict(args)
+    out.update(changes)
+    return out
+
+
 def s3_args(s3, bucket, prefix="pg"):
     return dict(destination="s3://%s/%s" % (bucket, prefix), endpoint_url=s3.endpoint_url,
                 access_key=s3.access_key, secret_key=s3.secret_key, region=s3.region)
@@ -267,8 +273,8 @@ def test_connection_errors_are_one_line_and_never_show_the_password(pg, big_db, 
     wrong = "Wr0ng-" + secrets.token_hex(6)
     with socket_closed_port() as closed:
         res = run_playbook(play(
-            task("wrong password", database=big_db, **dict(conn(pg), password=wrong), **store),
-            task("unreachable", database=big_db, **dict(conn(pg), port=closed), **store),
+            task("wrong password", database=big_db, **with_changes(conn(pg), password=wrong), **store),
+            task("unreachable", database=big_db, **with_changes(conn(pg), port=closed), **store),
             task("missing database", database="pgb_nope_" + secrets.token_hex(3), **conn(pg), **store),
         ))
     assert "password authentication failed" in failed(res.task("wrong password"))
@@ -321,8 +327,8 @@ class socket_closed_port:
 
 
 @pytest.mark.parametrize("damage, jobs", [("truncate", 1), ("bitflip", 1), ("bitflip", 2)])
-def test_corrupt_artifact_is_refused_before_the_target_is_touched(pg, small_db, run_playbook, tmp_path,
-                                                                 damage, jobs):
+def test_corrupt_artifact_is_refused_before_the_target_is_touched(
+        pg, small_db, run_playbook, tmp_path, damage, jobs):
     store = file_args(tmp_path / "store")
     target, created = name("pgb_target"), name("pgb_never")
     pg.createdb(target)
@@ -462,7 +468,8 @@ def test_docker_container_mode(pg_container, s3, run_playbook):
         task("verify", state="verified", database="shop", docker_user="postgres",
              docker_container=pg_container.name, series="127.0.0.1-shop", **store,
              verify_queries=[{"query": "SELECT count(*) FROM t", "expect": "20000"}]),
-        task("wrong password", database="shop", **dict(ctr, password="nope-" + secrets.token_hex(4)), **store),
+        task("wrong password", database="shop", **with_changes(ctr, password="nope-" + secrets.token_hex(4)),
+             **store),
     ))
     dumped = ok(res.task("dump"))["backup"]
     assert dumped["series"] == "127.0.0.1-shop" and dumped["pg_dump_version"].startswith("15.")
