@@ -81,8 +81,8 @@ _MISSING = object()
 def resolve(document, keys):
     node = document
     for key in keys:
-        if isinstance(key, int) and isinstance(node, list) and -len(node) <= key < len(node):
-            node = node[key]
+        if isinstance(node, list) and str(key).isdigit() and int(key) < len(node):
+            node = node[int(key)]
         elif isinstance(node, dict) and str(key) in node:
             node = node[str(key)]
         else:
@@ -111,7 +111,8 @@ def evaluate_condition(cond, document):
     if isinstance(expected, str):
         left = actual if isinstance(actual, str) else json.dumps(actual)
         return _OPS[op](left, expected), text
-    return _OPS[op](actual is expected if op == "==" else actual is not expected, True), text
+    same = actual is expected  # true, false and null compare by identity (1 is not true)
+    return (same if op == "==" else not same), text
 
 
 # --------------------------------------------------------------------------- certificates
