@@ -199,11 +199,18 @@ def restore_plan(fmt, exists, empty, create, clean, force, target):
 class Server:
     """SQL through psql, wherever the tools run (the same path in a container)."""
 
-    def __init__(self, tools, conn):
+    def __init__(self, tools, conn, auto_bin_dir=False):
         self.tools, self.conn = tools, conn
+        self.auto_bin_dir = auto_bin_dir
         self._info = None
         self.label = "%s@%s:%s" % (conn.get("user") or "postgres",
                                    conn.get("host") or "local socket", conn.get("port") or 5432)
+
+    def _learn(self, version, version_num):
+        """Remember the server version; on the host, pick the client tools of its major version."""
+        self._info = {"server_version": version, "server_major": int(version_num) // 10000}
+        if self.auto_bin_dir:
+            self.tools.bin_dir = find_bin_dir(None, self._info["server_major"])
 
     def query(self, sql, database=MAINTENANCE_DB):
         rc, out, err = self.tools.run(psql_argv(self.tools, database, sql))
@@ -222,14 +229,18 @@ class Server:
     def info(self):
         if self._info is None:
             rows = self.query("SELECT current_setting('server_version'), current_setting('server_version_num')")
-            self._info = {"server_version": rows[0][0], "server_major": int(rows[0][1]) // 10000}
+            self._learn(rows[0][0], rows[0][1])
         return self._info
 
     def databases(self, names):
-        """{name: size in bytes} of the names that exist."""
-        sql = ("SELECT datname, pg_database_size(datname) FROM pg_database WHERE datname = ANY(ARRAY[%s]::text[])"
-               % ", ".join(quote_literal(n) for n in names))
-        return {row[0]: int(row[1]) for row in self.query(sql)}
+        """{name: size in bytes} of the names that exist (server info too, in the same round trip)."""
+        sql = ("SELECT datname, pg_database_size(datname), current_setting('server_version'),"
+               " current_setting('server_version_num') FROM pg_database"
+               " WHERE datname = ANY(ARRAY[%s]::text[])" % ", ".join(quote_literal(n) for n in names))
+        rows = self.query(sql)
+        if rows and self._info is None:
+            self._learn(rows[0][2], rows[0][3])
+        return {row[0]: int(row[1]) for row in rows}
 
     def exists(self, database):
         return bool(self.databases([database]))
@@ -266,10 +277,7 @@ def open_server(params):
         return
     with libpq_env(params) as env:
         tools = LocalTools(env, find_bin_dir(params.get("bin_dir")), conn.get("password"))
-        server = Server(tools, conn)
-        if not params.get("bin_dir"):
-            tools.bin_dir = find_bin_dir(None, server.info()["server_major"])
-        yield server
+        yield Server(tools, conn, auto_bin_dir=not params.get("bin_dir"))
 
 
 # ------------------------------------------------------------------------ dump
@@ -278,9 +286,9 @@ def dump(server, location, params, check_mode=False):
     """Back up each database of ``params["database"]``; returns the module result."""
     check_options("dumped", params)
     fmt, jobs = params["format"], params["jobs"]
-    info = server.info()
     names = params["database"]
     sizes = server.databases(names)
+    info = server.info()
     missing = [n for n in names if n not in sizes]
     if missing:
         raise NotFoundError("database %s does not exist on %s" % (", ".join(missing), server.label))

@@ -1,0 +1,277 @@
+#!/usr/bin/env python
+# -*- coding: utf-8 -*-
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""pg_backup side by side with pg_dump / pg_restore, on one throwaway PostgreSQL 15 cluster.
+
+Databases (built once, kept in --cluster-dir for reruns):
+  pgbench    pgbench -i -s SCALE (compresses trivially)
+  pgbench_s  pgbench -i -s SMALL_SCALE (second size, for the memory comparison)
+  randtext   ROWS rows of two random md5 strings (does not compress trivially)
+
+Per database, in one run, on a warm cache (one discarded warm-up dump first):
+  floor        pg_dump -Fc -Z0 > /dev/null          (pg_dump alone)
+  pg_dump -Fc  pg_dump -Fc -f FILE                   (pg_dump's gzip)
+  zstd pipe    pg_dump -Fc -Z0 | zstd -T2 -3 > FILE
+  module file  pg_backup state=dumped to file://     (the module's code in a child process)
+  module s3    pg_backup state=dumped to s3:// (moto server on loopback)
+Restores (pgbench and randtext): pg_restore -j2 from the local pg_dump -Fc file vs pg_backup
+state=restored jobs=2 from the S3 endpoint, each into a new database.
+
+The module runs as `dump()` / `restore()` of plugins/module_utils/_pg_backup.py in a fresh child
+Python process (what the module's main() calls), so the peak RSS (VmHWM) is that process's
+alone; pg_dump runs as its child and is not counted.
+
+Usage: .venv/bin/python bench/pg_backup.py [--scale 100] [--small-scale 10] [--rows 8000000]
+       [--cluster-dir /var/tmp/opskit-bench-pg] [--out bench/results/pg_backup.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+COLLECTIONS = os.path.join(ROOT, ".build", "collections")
+sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
+MiB = 1024 * 1024
+BIN = "/usr/lib/postgresql/15/bin"
+
+
+def vm(field):
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+# ------------------------------------------------------------ child process
+
+def child(spec):
+    sys.path.insert(0, COLLECTIONS)
+    from ansible_collections.opskit.runbook.plugins.module_utils import _pg_backup, _storage
+    params = dict(spec["params"])
+    location = _storage.open_location(params["location"], **spec.get("storage", {}))
+    base = vm("VmRSS")
+    start = time.monotonic()
+    with _pg_backup.open_server(params) as server:
+        if spec["action"] == "dump":
+            result = _pg_backup.dump(server, location, params)
+            stored = result["backup"]["size_bytes"]
+        else:
+            _pg_backup.restore(server, location, params)
+            stored = None
+    print(json.dumps(dict(seconds=time.monotonic() - start, stored=stored, hwm=vm("VmHWM"), base=base)))
+
+
+def run_child(spec):
+    out = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True,
+                         text=True, check=False)
+    if out.returncode:
+        sys.exit("module child failed: %s" % out.stderr[-3000:])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# ------------------------------------------------------------------ helpers
+
+def timed(argv, env, stdout=None, shell_pipe=None):
+    start = time.monotonic()
+    if shell_pipe:
+        first = subprocess.Popen(shell_pipe[0], env=env, stdout=subprocess.PIPE)
+        with open(shell_pipe[2], "wb") as fh:
+            second = subprocess.Popen(shell_pipe[1], stdin=first.stdout, stdout=fh)
+            first.stdout.close()
+            rc = second.wait() or first.wait()
+    else:
+        with open(stdout or os.devnull, "wb") as fh:
+            rc = subprocess.run(argv, env=env, stdout=fh, check=False).returncode
+    if rc:
+        sys.exit("command failed: %s" % (argv or shell_pipe))
+    return time.monotonic() - start
+
+
+def cluster(args):
+    from pg_fixtures import Cluster
+    state = os.path.join(args.cluster_dir, "state.json")
+    if os.path.exists(state):
+        with open(state) as fh:
+            info = json.load(fh)
+        c = Cluster.__new__(Cluster)
+        c.__dict__.update(info)
+        c.env = dict(os.environ, PGHOST=c.host, PGPORT=str(c.port), PGUSER=c.user, PGPASSWORD=c.password)
+        try:
+            c.psql("SELECT 1")
+            return c
+        except subprocess.CalledProcessError:
+            subprocess.run([os.path.join(BIN, "pg_ctl"), "-D", c.data, "-o",
+                            "-c listen_addresses=127.0.0.1 -p %d -k %s" % (c.port, c.root), "-l",
+                            os.path.join(c.root, "log"), "-w", "start"], check=True,
+                           preexec_fn=_demote(), capture_output=True)
+            return c
+    os.makedirs(args.cluster_dir, exist_ok=True)
+    c = Cluster("bench-password")
+    c.start()
+    with open(state, "w") as fh:
+        json.dump({k: v for k, v in c.__dict__.items() if k != "env"}, fh)
+    return c
+
+
+def _demote():
+    from pg_fixtures import _demote as demote
+    return demote()
+
+
+def ensure_databases(c, args):
+    have = set(c.psql("SELECT datname FROM pg_database").split())
+    for name, scale in (("pgbench", args.scale), ("pgbench_s", args.small_scale)):
+        if name not in have:
+            print("creating %s (pgbench scale %d) ..." % (name, scale), flush=True)
+            c.createdb(name)
+            subprocess.run([os.path.join(BIN, "pgbench"), "-i", "-q", "-s", str(scale), name], env=c.env,
+                           check=True, capture_output=True)
+    if "randtext" not in have:
+        print("creating randtext (%d rows) ..." % args.rows, flush=True)
+        c.createdb("randtext")
+        c.psql("CREATE TABLE r AS SELECT g AS id, md5(random()::text) AS a, md5(random()::text) AS b"
+               " FROM generate_series(1, %d) g" % args.rows, "randtext")
+    c.psql("CHECKPOINT")
+
+
+def size_of(c, db):
+    return int(c.psql("SELECT pg_database_size('%s')" % db))
+
+
+# -------------------------------------------------------------------- main
+
+def main():
+    if len(sys.argv) > 2 and sys.argv[1] == "--child":
+        child(json.loads(sys.argv[2]))
+        return
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--scale", type=int, default=100)
+    parser.add_argument("--small-scale", type=int, default=10)
+    parser.add_argument("--rows", type=int, default=8000000)
+    parser.add_argument("--cluster-dir", default="/var/tmp/opskit-bench-pg")
+    parser.add_argument("--skip-restore", action="store_true")
+    parser.add_argument("--out", default=os.path.join(HERE, "results", "pg_backup.md"))
+    args = parser.parse_args()
+    from pg_fixtures import free_port
+    c = cluster(args)
+    ensure_databases(c, args)
+    env = c.env
+    conn = dict(host=c.host, port=c.port, user=c.user, password=c.password)
+    port = free_port()
+    endpoint = "http://127.0.0.1:%d" % port
+    moto = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "moto_server"), "-H", "127.0.0.1",
+                             "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    storage = dict(endpoint_url=endpoint, access_key="bench", secret_key="bench-secret", region="us-east-1")
+    tmp = tempfile.mkdtemp(prefix="opskit-bench-", dir="/var/tmp")
+    dumps, restores = [], []
+    try:
+        import boto3
+        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="bench",
+                          aws_secret_access_key="bench-secret")
+        for _ in range(100):
+            try:
+                s3.create_bucket(Bucket="bench")
+                break
+            except Exception:  # pylint: disable=broad-except
+                time.sleep(0.1)
+        pg_dump = os.path.join(BIN, "pg_dump")
+        for db in ("pgbench", "randtext", "pgbench_s"):
+            row = {"db": db, "size": size_of(c, db)}
+            print("== %s (%.0f MiB)" % (db, row["size"] / MiB), flush=True)
+            timed([pg_dump, "-Fc", "-Z0", "-d", db], env)  # warm-up, discarded
+            row["floor"] = timed([pg_dump, "-Fc", "-Z0", "-d", db], env)
+            fc_file = os.path.join(tmp, db + ".dump")
+            row["fc"] = timed([pg_dump, "-Fc", "-d", db, "-f", fc_file], env)
+            row["fc_size"] = os.path.getsize(fc_file)
+            zfile = os.path.join(tmp, db + ".dump.zst")
+            row["zstd"] = timed(None, env, shell_pipe=([pg_dump, "-Fc", "-Z0", "-d", db],
+                                                       ["zstd", "-q", "-T2", "-3", "-c"], zfile))
+            row["zstd_size"] = os.path.getsize(zfile)
+            os.unlink(zfile)
+            params = dict(conn, database=[db], format="custom", jobs=1, compression="zstd",
+                          compression_level=None, compression_threads=-1, series=None)
+            got = run_child({"action": "dump", "params": dict(params, location="file://%s/store" % tmp)})
+            row.update(module_file=got["seconds"], module_size=got["stored"], hwm_file=got["hwm"])
+            got = run_child({"action": "dump", "params": dict(params, location="s3://bench/%s" % db),
+                             "storage": storage})
+            row.update(module_s3=got["seconds"], module_s3_size=got["stored"], hwm_s3=got["hwm"])
+            print(json.dumps(row), flush=True)
+            dumps.append(row)
+            if db == "pgbench_s" or args.skip_restore:
+                os.unlink(fc_file)
+                continue
+            target = db + "_r1"
+            c.psql("DROP DATABASE IF EXISTS %s" % target)
+            c.createdb(target)
+            rrow = {"db": db}
+            rrow["pg_restore"] = timed([os.path.join(BIN, "pg_restore"), "-j2", "-d", target, fc_file], env)
+            c.psql("DROP DATABASE %s" % target)
+            rparams = dict(conn, state="restored", database=[db], series="%s-%s" % (c.host, db), jobs=2,
+                           format="custom", target_database=target, create=True, clean=False, force=False,
+                           single_transaction=False, restore_globals=False, backup="latest",
+                           location="s3://bench/%s" % db)
+            got = run_child({"action": "restore", "params": rparams, "storage": storage})
+            rrow.update(module=got["seconds"], hwm=got["hwm"])
+            c.psql("DROP DATABASE %s" % target)
+            os.unlink(fc_file)
+            print(json.dumps(rrow), flush=True)
+            restores.append(rrow)
+    finally:
+        moto.terminate()
+        moto.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
+    write_report(args, dumps, restores)
+
+
+def write_report(args, dumps, restores):
+    cmd = ".venv/bin/python bench/pg_backup.py --scale %d --small-scale %d --rows %d%s" % (
+        args.scale, args.small_scale, args.rows, " --skip-restore" if args.skip_restore else "")
+    lines = [
+        "# pg_backup: dumps and restores side by side with pg_dump / pg_restore", "",
+        "Command: `%s`" % cmd, "",
+        "Machine: %s, %d cores, Python %s, PostgreSQL 15 on the same machine (throwaway cluster)."
+        " S3: moto server on loopback. One run each, warm cache (a discarded warm-up dump first)." % (
+            platform.machine(), os.cpu_count(), platform.python_version()),
+        "`module` = `_pg_backup.dump()` / `restore()` (what the module's main() runs) in a fresh child"
+        " Python process, zstd level 3 on all cores, custom format; time excludes interpreter start.", "",
+        "## Dumps", "",
+        "| database | size MiB | floor s (pg_dump -Fc -Z0 >/dev/null) | pg_dump -Fc s | MiB | pg_dump -Z0 \\| zstd -T2 -3 s"
+        " | MiB | module file:// s | MiB | module s3:// s | MiB | s3/file | speedup vs pg_dump -Fc | module/floor"
+        " | peak RSS MiB (file / s3) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in dumps:
+        lines.append("| %s | %.0f | %.2f | %.2f | %.1f | %.2f | %.1f | %.2f | %.1f | %.2f | %.1f | %.2f | %.2fx | %.2f | %.0f / %.0f |" % (
+            r["db"], r["size"] / MiB, r["floor"], r["fc"], r["fc_size"] / MiB, r["zstd"], r["zstd_size"] / MiB,
+            r["module_file"], r["module_size"] / MiB, r["module_s3"], r["module_s3_size"] / MiB,
+            r["module_s3"] / r["module_file"], r["fc"] / r["module_file"], r["module_file"] / r["floor"],
+            r["hwm_file"] / MiB, r["hwm_s3"] / MiB))
+    if restores:
+        lines += ["", "## Restores (custom format, 2 jobs)", "",
+                  "| database | pg_restore -j2 from a local -Fc file s | module restored jobs=2 from s3:// s | ratio |"
+                  " module peak RSS MiB |", "| --- | ---: | ---: | ---: | ---: |"]
+        for r in restores:
+            lines.append("| %s | %.2f | %.2f | %.2f | %.0f |" % (r["db"], r["pg_restore"], r["module"],
+                                                                  r["module"] / r["pg_restore"], r["hwm"] / MiB))
+    lines += ["", "Targets (issue 8): pgbench dumped to file:// >= 1.2x faster than pg_dump -Fc and within 1.2x"
+              " of the floor, stored size <= half; random text >= 2.5x faster than pg_dump -Fc, size no larger;"
+              " peak RSS < 128 MiB and flat across sizes; restore within 1.2x of pg_restore -j2."]
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as fh:
+        fh.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
