@@ -1,0 +1,417 @@
+# -*- coding: utf-8 -*-
+# Copyright: opskit.runbook contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Tar streams of volume and directory backups: counting, member checks, safe re-emission.
+
+Archive layout (the same for Docker volumes and host directories): member names are relative
+to the backed-up root, the root itself is ``.`` and the others ``./a``, ``./a/b`` (what
+``tar -C root -c .`` and Docker's ``GET /containers/{id}/archive?path=<mount>/.`` produce).
+
+* ``TarScanner`` walks the headers of a raw tar byte stream without copying its data: it counts
+  entries and detects a truncated stream (no end-of-archive block), cheaply, during a backup.
+* ``MemberChecker`` rejects what a restore must never write: absolute names, ``..``
+  components, device files, members reached through a symlink of the archive, hard links that
+  point outside the archive.
+* ``SafeTarStream`` reads a tar (stream mode, bounded memory), checks each member, renames it
+  under a new root and re-emits it as PAX tar bytes: the body of ``PUT /containers/{id}/archive``.
+"""
+
+from __future__ import annotations
+
+import collections
+import copy
+import os
+import tarfile
+
+from ._errors import IntegrityError
+
+BLOCK = 512
+ZERO_BLOCK = b"\0" * BLOCK
+CHUNK = 1024 * 1024
+OUT_CHUNK = 256 * 1024
+TAR_ENCODING = "utf-8"
+TAR_ERRORS = "surrogateescape"  # non-UTF-8 names round-trip byte for byte
+
+# Kinds counted by TarScanner / SafeTarStream, by tar type flag.
+KIND_BY_TYPE = {
+    b"0": "files", b"\0": "files", b"7": "files", b"S": "files",
+    b"1": "hardlinks", b"2": "symlinks", b"5": "directories", b"6": "fifos",
+    b"3": "devices", b"4": "devices",
+}
+META_TYPES = (b"x", b"g", b"L", b"K")
+# PAX keys that tarfile turns into TarInfo attributes: dropped when re-emitting, so the
+# (possibly renamed) attributes are written afresh.
+PAX_ATTRIBUTE_KEYS = ("path", "linkpath", "size", "mtime", "uid", "gid", "uname", "gname",
+                      "hdrcharset")
+
+
+class UnsafeArchiveError(IntegrityError):
+    """An archive member that a restore refuses to write."""
+
+
+def _display(name):
+    return repr(name)[1:-1] if isinstance(name, str) else repr(name)
+
+
+def clean_name(name, what="member"):
+    """``./a//b/`` -> ``a/b``; the root (``.``, ``./``) -> ``""``.
+
+    Raises UnsafeArchiveError for absolute names, ``..`` components and NUL bytes.
+    """
+    if not isinstance(name, str) or "\0" in name:
+        raise UnsafeArchiveError("archive %s %s: invalid name" % (what, _display(name)))
+    if name.startswith("/"):
+        raise UnsafeArchiveError("archive %s %s: absolute paths are refused" % (what, _display(name)))
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise UnsafeArchiveError("archive %s %s: '..' components are refused" % (what, _display(name)))
+    return "/".join(parts)
+
+
+def rebase(rel, root):
+    """The name of relative path ``rel`` under ``root`` (``root`` itself for the archive root)."""
+    if not rel:
+        return root
+    return rel if root in ("", ".") else "%s/%s" % (root, rel)
+
+
+def kind_of(member):
+    """Counting kind of a TarInfo."""
+    if member.isdir():
+        return "directories"
+    if member.issym():
+        return "symlinks"
+    if member.islnk():
+        return "hardlinks"
+    if member.ischr() or member.isblk():
+        return "devices"
+    if member.isfifo():
+        return "fifos"
+    if member.isreg():
+        return "files"
+    return "other"
+
+
+class MemberChecker:
+    """Checks archive members in order; returns each one's clean relative name."""
+
+    def __init__(self):
+        self.symlinks = set()
+
+    def _through_symlink(self, rel):
+        parts = rel.split("/")
+        for i in range(1, len(parts)):
+            prefix = "/".join(parts[:i])
+            if prefix in self.symlinks:
+                return prefix
+        return None
+
+    def check(self, member):
+        rel = clean_name(member.name)
+        shown = _display(member.name)
+        if member.ischr() or member.isblk():
+            raise UnsafeArchiveError("archive member %s: device files are refused" % shown)
+        if not (member.isreg() or member.isdir() or member.issym() or member.islnk()
+                or member.isfifo()):
+            raise UnsafeArchiveError("archive member %s: unsupported member type %r"
+                                     % (shown, member.type))
+        if not rel and not member.isdir():
+            raise UnsafeArchiveError("archive root %s is not a directory" % shown)
+        via = self._through_symlink(rel)
+        if via is not None:
+            raise UnsafeArchiveError("archive member %s: its path goes through the symlink %s"
+                                     % (shown, _display(via)))
+        if member.islnk():
+            target = clean_name(member.linkname, "hard link target of %s:" % shown)
+            if not target:
+                raise UnsafeArchiveError("archive member %s: a hard link to the root is refused" % shown)
+            via = self._through_symlink(target)
+            if via is not None:
+                raise UnsafeArchiveError("archive member %s: its link target goes through the"
+                                         " symlink %s" % (shown, _display(via)))
+        if member.issym():
+            self.symlinks.add(rel)
+        else:
+            self.symlinks.discard(rel)
+        return rel
+
+
+def _number(field):
+    """A numeric tar header field: octal ASCII or GNU base-256."""
+    if field[:1] in (b"\x80", b"\xff"):
+        value = int.from_bytes(field[1:], "big")
+        if field[:1] == b"\xff":
+            value -= 256 ** (len(field) - 1)
+        return value
+    text = field.split(b"\0", 1)[0].strip(b" ")
+    if not text:
+        return 0
+    try:
+        return int(text, 8)
+    except ValueError:
+        raise IntegrityError("tar header has an invalid numeric field %r" % bytes(field)) from None
+
+
+def _checksum_ok(block):
+    stored = block[148:156]
+    try:
+        expected = _number(stored)
+    except IntegrityError:
+        return False
+    unsigned = sum(block[:148]) + 8 * 32 + sum(block[156:])
+    return expected == unsigned
+
+
+def _pax_size(data):
+    """The ``size`` record of a PAX extended header, or None."""
+    pos = 0
+    size = None
+    while pos < len(data):
+        space = data.find(b" ", pos)
+        if space < 0:
+            break
+        try:
+            length = int(data[pos:space])
+        except ValueError:
+            break
+        if length <= 0:
+            break
+        record = data[space + 1:pos + length - 1]
+        key, _, value = record.partition(b"=")
+        if key == b"size":
+            try:
+                size = int(value)
+            except ValueError:
+                raise IntegrityError("tar PAX header has an invalid size %r" % value) from None
+        pos += length
+    return size
+
+
+class TarScanner:
+    """Walks the headers of a raw tar byte stream, fed in chunks, without copying file data.
+
+    ``counts`` holds entries per kind (files, directories, symlinks, hardlinks, fifos, devices);
+    ``finish()`` raises IntegrityError if the stream is not a complete tar archive.
+    """
+
+    def __init__(self, what="archive"):
+        self.what = what
+        self.counts = collections.Counter()
+        self.entries = 0
+        self.header = bytearray()
+        self.skip = 0          # data bytes (incl. padding) still to pass over
+        self.collect = None    # bytearray collecting a PAX header's data
+        self.collect_left = 0
+        self.pax_size = None
+        self.sparse_ext = False
+        self.ended = False
+
+    def feed(self, data):
+        view = memoryview(data)
+        pos, end = 0, len(view)
+        while pos < end and not self.ended:
+            if self.collect is not None:
+                take = min(self.collect_left, end - pos)
+                self.collect += view[pos:pos + take]
+                self.collect_left -= take
+                pos += take
+                if self.collect_left == 0:
+                    self.pax_size = _pax_size(bytes(self.collect))
+                    self.collect = None
+                continue
+            if self.skip:
+                take = min(self.skip, end - pos)
+                self.skip -= take
+                pos += take
+                continue
+            take = min(BLOCK - len(self.header), end - pos)
+            self.header += view[pos:pos + take]
+            pos += take
+            if len(self.header) == BLOCK:
+                block = bytes(self.header)
+                self.header.clear()
+                self._block(block)
+        return len(data)
+
+    def write(self, data):
+        return self.feed(data)
+
+    def _block(self, block):
+        if self.sparse_ext:  # old GNU sparse extension blocks
+            self.sparse_ext = bool(block[504])
+            return
+        if block == ZERO_BLOCK:
+            self.ended = True
+            return
+        if not _checksum_ok(block):
+            raise IntegrityError("%s is not a valid tar stream (bad header checksum after %d entries)"
+                                 % (self.what, self.entries))
+        typeflag = block[156:157]
+        size = _number(block[124:136])
+        if typeflag in (b"1", b"2", b"3", b"4", b"5", b"6"):
+            size = 0  # no data follows these, whatever the size field says
+        if typeflag == b"x":
+            self.collect, self.collect_left = bytearray(), size
+            self.skip = _padding(size)
+            if size == 0:
+                self.collect = None
+            return
+        if typeflag in META_TYPES:
+            self.skip = _padded(size)
+            return
+        if self.pax_size is not None:
+            size = self.pax_size
+            self.pax_size = None
+        if typeflag == b"S" and block[482]:
+            self.sparse_ext = True
+        self.skip = _padded(size)
+        self.entries += 1
+        self.counts[KIND_BY_TYPE.get(typeflag, "other")] += 1
+
+    def finish(self):
+        if not self.ended or self.skip or self.collect is not None or self.header:
+            raise IntegrityError("%s ended early: the tar stream is incomplete (%d entries read)"
+                                 % (self.what, self.entries))
+        return self.summary()
+
+    def summary(self):
+        return summary(self.counts, self.entries)
+
+
+def _padded(size):
+    return (size + BLOCK - 1) // BLOCK * BLOCK
+
+
+def _padding(size):
+    return _padded(size) - size
+
+
+def summary(counts, entries):
+    return {"entries": entries, "files": counts.get("files", 0) + counts.get("hardlinks", 0),
+            "directories": counts.get("directories", 0), "symlinks": counts.get("symlinks", 0),
+            "hardlinks": counts.get("hardlinks", 0)}
+
+
+def open_stream(fileobj, what="archive"):
+    """tarfile in stream mode over a file-like object of raw tar bytes."""
+    try:
+        return tarfile.open(fileobj=fileobj, mode="r|", bufsize=CHUNK, encoding=TAR_ENCODING,
+                            errors=TAR_ERRORS)
+    except tarfile.ReadError as exc:
+        raise IntegrityError("%s is not a valid tar archive: %s" % (what, exc)) from None
+
+
+def renamed(member, rel, root, link_root=None):
+    """A copy of ``member`` named ``rel`` under ``root`` with stale PAX attributes dropped."""
+    out = copy.copy(member)
+    out.name = rebase(rel, root)
+    if member.islnk():
+        out.linkname = rebase(clean_name(member.linkname), root if link_root is None else link_root)
+    out.pax_headers = {k: v for k, v in member.pax_headers.items()
+                       if k not in PAX_ATTRIBUTE_KEYS and not k.startswith("GNU.sparse.")}
+    if member.issparse() or member.type in (tarfile.CONTTYPE, tarfile.GNUTYPE_SPARSE):
+        out.type = tarfile.REGTYPE
+        out.sparse = None
+    return out
+
+
+class SafeTarStream:
+    """Iterate over the checked, renamed, re-emitted tar bytes of ``fileobj``.
+
+    Bounded memory: file data is copied in chunks of at most ``chunk`` bytes. Raises
+    UnsafeArchiveError at the first unsafe member (nothing of that member is emitted).
+    """
+
+    def __init__(self, fileobj, root, what="archive", chunk=CHUNK, out_chunk=OUT_CHUNK):
+        self.fileobj, self.root, self.what = fileobj, root, what
+        self.chunk, self.out_chunk = chunk, out_chunk
+        self.counts = collections.Counter()
+        self.entries = 0
+        self.raw_bytes = 0
+
+    def __iter__(self):
+        checker = MemberChecker()
+        buf = bytearray()
+        tar = open_stream(self.fileobj, self.what)
+        try:
+            for member in _members(tar, self.what):
+                rel = checker.check(member)
+                out = renamed(member, rel, self.root)
+                buf += out.tobuf(tarfile.PAX_FORMAT, TAR_ENCODING, TAR_ERRORS)
+                self.entries += 1
+                self.counts[kind_of(member)] += 1
+                if member.isreg() and member.size:
+                    source = tar.extractfile(member)
+                    left = member.size
+                    while left:
+                        try:
+                            data = source.read(min(self.chunk, left))
+                        except tarfile.TarError:
+                            data = b""
+                        if not data:
+                            raise IntegrityError("%s: member %s is truncated"
+                                                 % (self.what, _display(member.name)))
+                        left -= len(data)
+                        if len(buf) + len(data) > self.out_chunk and buf:
+                            yield bytes(buf)
+                            buf.clear()
+                        if len(data) >= self.out_chunk:
+                            yield data
+                        else:
+                            buf += data
+                    pad = _padding(member.size)
+                    if pad:
+                        buf += b"\0" * pad
+                self.raw_bytes += member.size if member.isreg() else 0
+                if len(buf) >= self.out_chunk:
+                    yield bytes(buf)
+                    buf.clear()
+            buf += ZERO_BLOCK * 2
+            yield bytes(buf)
+        finally:
+            tar.close()
+
+    def summary(self):
+        return summary(self.counts, self.entries)
+
+
+def _members(tar, what):
+    try:
+        for member in tar:
+            yield member
+    except tarfile.TarError as exc:
+        raise IntegrityError("%s is not a valid tar archive: %s" % (what, exc)) from None
+
+
+def checked_members(tar, checker, root, counts, what="archive"):
+    """Members of ``tar`` checked and renamed relative to ``root`` (for tarfile.extractall)."""
+    for member in _members(tar, what):
+        rel = checker.check(member)
+        counts[kind_of(member)] += 1
+        yield renamed(member, rel, root)
+
+
+def directory_members(root):
+    """(absolute path, arcname) pairs of a directory tree, parents before children, root first.
+
+    Names are sorted within a directory; symlinks are listed, never followed.
+    """
+    yield root, "."
+    stack = [(root, ".")]
+    while stack:
+        path, arc = stack.pop()
+        try:
+            with os.scandir(path) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            raise IntegrityError("cannot list %s: %s" % (path, exc.strerror)) from None
+        subdirs = []
+        for entry in entries:
+            child_arc = "%s/%s" % (arc, entry.name)
+            yield entry.path, child_arc
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    subdirs.append((entry.path, child_arc))
+            except OSError:
+                pass
+        stack.extend(reversed(subdirs))

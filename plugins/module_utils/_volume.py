@@ -1,0 +1,512 @@
+# -*- coding: utf-8 -*-
+# Copyright: opskit.runbook contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""volume_backup: Docker named volumes and host directories, backed up and restored as tar.
+
+Docker volumes go through the Engine API only: a helper container is created (never started)
+with the volume mounted, ``GET /containers/{id}/archive`` streams its content out and
+``PUT /containers/{id}/archive`` streams it back; no tar binary and no particular image are
+needed. Host directories are read and written with Python's tarfile. Both produce the same
+archive layout (see ``_tarsafe``) and the same manifest, so either restores into the other.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import platform
+import secrets
+import shutil
+import socket
+import tarfile
+
+from ._backup import (ArtifactReader, BackupSession, resolve_backup, sanitize_series, summarize,
+                      validate_series, verify_stored)
+from ._docker import DEFAULT_DOCKER_HOST, docker_client, docker_error
+from ._errors import ConfigError, NotFoundError, OpsError, ServiceError
+from ._quiesce import (HELPER_LABEL, Guardian, Quiescer, container_view, normalize_selection,
+                       select_containers, uses)
+from ._tarsafe import (CHUNK, TAR_ENCODING, TAR_ERRORS, MemberChecker, SafeTarStream,
+                       TarScanner, checked_members, directory_members, kind_of, open_stream,
+                       summary)
+
+MOUNT = "/.opskit-volume"          # where helper containers mount the volume
+NEVER_RUN = ["/.opskit-helper-never-started"]
+LAYOUT = "tar; member names relative to the root: '.', './a', './a/b'"
+RESTORABLE_KINDS = ("volume", "directory")
+EXTRACT_KW = {"filter": "fully_trusted"} if hasattr(tarfile, "fully_trusted_filter") else {}
+
+
+class SourceError(OpsError):
+    """The volume or directory to back up or restore into cannot be used."""
+
+
+def _api_error(exc, what):
+    if isinstance(exc, OpsError):
+        return exc
+    return docker_error(exc, what)
+
+
+# ------------------------------------------------------------------ Docker volumes
+
+class VolumeTarget:
+    kind = "volume"
+
+    def __init__(self, client, name, helper_image=None, guardian=None):
+        self.client, self.name, self.helper_image = client, name, helper_image
+        self.guardian = guardian
+        self.info = None
+        self.image = None
+
+    @property
+    def label(self):
+        return "volume %s" % self.name
+
+    def load(self):
+        try:
+            self.info = self.client.inspect_volume(self.name)
+        except Exception as exc:  # pylint: disable=broad-except
+            err = docker_error(exc, "volume %s" % self.name)
+            if getattr(exc, "status_code", None) == 404 or "not found" in err.msg:
+                self.info = None
+            else:
+                raise err from None
+        return self.info is not None
+
+    def require(self):
+        if not self.load():
+            raise NotFoundError("volume %s does not exist on the Docker host" % self.name)
+
+    def choose_image(self, containers):
+        """The helper image: helper_image, else the image of a container using the volume,
+        else the smallest image present locally. Nothing is ever pulled."""
+        if self.helper_image:
+            try:
+                self.image = self.client.inspect_image(self.helper_image)["Id"]
+            except Exception as exc:  # pylint: disable=broad-except
+                raise ConfigError("helper_image %s is not present on the Docker host (images are"
+                                  " never pulled): %s" % (self.helper_image,
+                                                          docker_error(exc, "inspect").msg)) from None
+            return self.image
+        users = [c for c in containers if uses(c, volume=self.name) and c["image"]]
+        if users:
+            self.image = users[0]["image"]
+            return self.image
+        try:
+            images = self.client.images()
+        except Exception as exc:  # pylint: disable=broad-except
+            raise docker_error(exc, "listing images") from None
+        if not images:
+            raise ConfigError("no image is present on the Docker host to create the helper"
+                              " container from: set helper_image to a local image")
+        self.image = min(images, key=lambda i: (i.get("Size") or 0, i["Id"]))["Id"]
+        return self.image
+
+    def size(self):
+        """Bytes used by the volume as the daemon reports them (None if unknown)."""
+        try:
+            for vol in self.client.df().get("Volumes") or []:
+                if vol.get("Name") == self.name:
+                    size = (vol.get("UsageData") or {}).get("Size")
+                    return size if size is not None and size >= 0 else None
+        except Exception:  # pylint: disable=broad-except
+            return None
+        return None
+
+    def describe(self):
+        info = self.info or {}
+        return {"volume": self.name, "driver": info.get("Driver"),
+                "labels": info.get("Labels") or {}, "layout": LAYOUT}
+
+    @contextlib.contextmanager
+    def helper(self, read_only, entrypoint=None):
+        from docker.types import Mount  # imported here: _docker guards the import
+        host_config = self.client.create_host_config(
+            mounts=[Mount(MOUNT, self.name, type="volume", read_only=read_only, no_copy=True)],
+            network_mode="none")
+        name = "opskit-volume-%s-%s" % (self.name[:40], secrets.token_hex(4))
+        try:
+            cid = self.client.create_container(
+                self.image, entrypoint=entrypoint or NEVER_RUN, host_config=host_config,
+                labels={HELPER_LABEL: "volume_backup"}, network_disabled=True, user="0:0",
+                name=name)["Id"]
+        except Exception as exc:  # pylint: disable=broad-except
+            raise docker_error(exc, "creating the helper container for volume %s" % self.name) from None
+        if self.guardian:
+            self.guardian.note("helper", cid)
+        try:
+            yield cid
+        finally:
+            try:
+                self.client.remove_container(cid, force=True)
+                if self.guardian:
+                    self.guardian.note("removed", cid)
+            except Exception:  # pylint: disable=broad-except
+                pass  # the guardian removes it when it can
+
+    def is_empty(self):
+        if self.info is None:
+            return True
+        with self.helper(read_only=True) as cid:
+            scanner = TarScanner("volume %s" % self.name)
+            try:
+                stream, _stat = self.client.get_archive(cid, MOUNT + "/.", chunk_size=64 * 1024)
+                for chunk in stream:
+                    scanner.feed(chunk)
+                    if scanner.entries > 1 or scanner.ended:
+                        break
+            except Exception as exc:  # pylint: disable=broad-except
+                raise _api_error(exc, "reading volume %s" % self.name) from None
+            return scanner.entries <= 1
+
+    def backup_to(self, out):
+        """Stream the volume's tar into ``out``; return the entry counts."""
+        scanner = TarScanner("the archive of volume %s" % self.name)
+        with self.helper(read_only=True) as cid:
+            try:
+                stream, _stat = self.client.get_archive(cid, MOUNT + "/.", chunk_size=CHUNK)
+                for chunk in stream:
+                    scanner.feed(chunk)
+                    out.write(chunk)
+            except Exception as exc:  # pylint: disable=broad-except
+                raise _api_error(exc, "reading volume %s" % self.name) from None
+        return scanner.finish()
+
+    def create(self):
+        if self.info is None:
+            try:
+                self.info = self.client.create_volume(self.name)
+            except Exception as exc:  # pylint: disable=broad-except
+                raise docker_error(exc, "creating volume %s" % self.name) from None
+
+    def empty(self):
+        command = ["find", MOUNT, "-mindepth", "1", "-maxdepth", "1", "-exec", "rm", "-rf", "--",
+                   "{}", "+"]
+        with self.helper(read_only=False, entrypoint=command) as cid:
+            try:
+                self.client.start(cid)
+                status = self.client.wait(cid, timeout=None).get("StatusCode")
+            except Exception as exc:  # pylint: disable=broad-except
+                raise docker_error(exc, "emptying volume %s (force=true)" % self.name) from None
+            if status != 0:
+                try:
+                    logs = self.client.logs(cid, tail=3).decode("utf-8", "replace")
+                except Exception:  # pylint: disable=broad-except
+                    logs = ""
+                raise ServiceError("emptying volume %s (force=true) failed with exit code %s: %s"
+                                   " (the helper image needs find and rm: set helper_image)"
+                                   % (self.name, status, " ".join(logs.split())[:300]))
+
+    def restore_from(self, reader):
+        stream = SafeTarStream(reader, MOUNT.lstrip("/"), what="backup archive")
+        with self.helper(read_only=False) as cid:
+            try:
+                self.client.put_archive(cid, "/", iter(stream))
+            except Exception as exc:  # pylint: disable=broad-except
+                raise _api_error(exc, "writing volume %s" % self.name) from None
+        return stream.summary()
+
+
+# ----------------------------------------------------------------- host directories
+
+class DirectoryTarget:
+    kind = "directory"
+
+    def __init__(self, path):
+        if not path or not os.path.isabs(path):
+            raise ConfigError("path %r must be an absolute path" % (path,))
+        self.path = os.path.normpath(path)
+        self.info = None
+
+    @property
+    def label(self):
+        return "directory %s" % self.path
+
+    def load(self):
+        self.info = os.path.isdir(self.path) or None
+        if self.info is None and os.path.lexists(self.path):
+            raise SourceError("path %s exists and is not a directory" % self.path)
+        return self.info is not None
+
+    def require(self):
+        if not self.load():
+            raise NotFoundError("path %s does not exist" % self.path)
+
+    def choose_image(self, containers):
+        return None
+
+    def size(self):
+        total = 0
+        for dirpath, _dirs, files in os.walk(self.path):
+            for name in files:
+                try:
+                    total += os.lstat(os.path.join(dirpath, name)).st_size
+                except OSError:
+                    pass
+        return total
+
+    def describe(self):
+        return {"path": self.path, "host": socket.gethostname(), "layout": LAYOUT}
+
+    def is_empty(self):
+        if not self.load():
+            return True
+        with os.scandir(self.path) as it:
+            return next(it, None) is None
+
+    def backup_to(self, out):
+        root = os.path.realpath(self.path)
+        counts, entries, skipped = collections.Counter(), 0, 0
+        tar = tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT, bufsize=CHUNK,
+                           encoding=TAR_ENCODING, errors=TAR_ERRORS)
+        try:
+            for abspath, arcname in directory_members(root):
+                info = tar.gettarinfo(abspath, arcname)
+                if info is None or info.ischr() or info.isblk():
+                    skipped += 1  # sockets and device files
+                    continue
+                info.mtime = int(info.mtime)
+                if info.isreg():
+                    with open(abspath, "rb") as data:
+                        tar.addfile(info, data)
+                else:
+                    tar.addfile(info)
+                counts[kind_of(info)] += 1
+                entries += 1
+            tar.close()
+        except OSError as exc:
+            raise SourceError("reading %s failed: %s%s" % (
+                self.path, exc.strerror or exc, (" (%s)" % exc.filename) if getattr(exc, "filename", None) else "")) from None
+        result = summary(counts, entries)
+        result["skipped"] = skipped
+        return result
+
+    def create(self):
+        if not self.load():
+            try:
+                os.makedirs(self.path, mode=0o700)
+            except OSError as exc:
+                raise SourceError("cannot create %s: %s" % (self.path, exc.strerror)) from None
+            self.info = True
+
+    def empty(self):
+        if self.path == "/":
+            raise ConfigError("refusing to empty / (force=true)")
+        try:
+            with os.scandir(self.path) as it:
+                for entry in list(it):
+                    if entry.is_dir(follow_symlinks=False):
+                        shutil.rmtree(entry.path)
+                    else:
+                        os.unlink(entry.path)
+        except OSError as exc:
+            raise SourceError("emptying %s (force=true) failed: %s" % (self.path, exc.strerror)) from None
+
+    def restore_from(self, reader):
+        counts = collections.Counter()
+        tar = open_stream(reader, "backup archive")
+        tar.errorlevel = 2
+        try:
+            tar.extractall(self.path, members=checked_members(tar, MemberChecker(), ".", counts),
+                           numeric_owner=True, **EXTRACT_KW)
+        except tarfile.TarError as exc:
+            raise SourceError("restoring into %s failed: %s" % (self.path, exc)) from None
+        except OSError as exc:
+            raise SourceError("restoring into %s failed: %s (%s)"
+                              % (self.path, exc.strerror or exc, exc.filename)) from None
+        finally:
+            tar.close()
+        return summary(counts, sum(counts.values()))
+
+
+# ------------------------------------------------------------------------ the action
+
+def _docker_wanted(params):
+    """Docker is needed for volumes; for a path only to stop containers, when reachable."""
+    if params.get("volume"):
+        return True
+    mode, _names = normalize_selection(params.get("stop_containers"))
+    if mode == "list":
+        return True
+    if mode == "auto":
+        host = params.get("docker_host") or DEFAULT_DOCKER_HOST
+        return not host.startswith("unix://") or os.path.exists(host[len("unix://"):])
+    return False
+
+
+def _list_containers(client):
+    try:
+        return [container_view(c) for c in client.containers(all=True)]
+    except Exception as exc:  # pylint: disable=broad-except
+        raise docker_error(exc, "listing containers") from None
+
+
+def default_series(params, client):
+    if params.get("series"):
+        return validate_series(params["series"])
+    if params.get("volume"):
+        try:
+            host = client.info().get("Name") or "docker"
+        except Exception as exc:  # pylint: disable=broad-except
+            raise docker_error(exc, "docker info") from None
+        return sanitize_series("%s-%s" % (host, params["volume"]))
+    return sanitize_series("%s-%s" % (socket.gethostname(), params["path"]))
+
+
+def _tools(client):
+    tools = {"python": platform.python_version()}
+    if client is not None:
+        try:
+            import docker
+            version = client.version()
+            tools.update(docker_engine=version.get("Version"), docker_api=version.get("ApiVersion"),
+                         docker_sdk=docker.__version__)
+        except Exception:  # pylint: disable=broad-except
+            pass
+    return tools
+
+
+class VolumeBackup:
+    """One run of the volume_backup module: plan, then (unless check mode) apply."""
+
+    def __init__(self, params, location, check_mode=False, client_factory=None):
+        self.params, self.location, self.check_mode = params, location, check_mode
+        self.client_factory = client_factory or (lambda: docker_client(params))
+        self.client = self.client_factory() if _docker_wanted(params) else None
+        if params.get("volume"):
+            self.target = VolumeTarget(self.client, params["volume"], params.get("helper_image"))
+        else:
+            self.target = DirectoryTarget(params["path"])
+        self.series = default_series(params, self.client)
+        self.mode, self.names = normalize_selection(params.get("stop_containers"))
+
+    def _plan_stop(self):
+        containers = _list_containers(self.client) if self.client is not None else []
+        if self.mode == "list" and self.client is None:
+            raise ConfigError("stop_containers lists containers but Docker is not reachable")
+        to_stop, _considered = select_containers(
+            containers, self.mode, self.names, volume=self.params.get("volume"),
+            path=self.target.path if self.target.kind == "directory" else None)
+        return containers, to_stop
+
+    def _base(self):
+        out = {"state": self.params["state"], "series": self.series, "location": self.location.url,
+               "kind": self.target.kind, "stopped": [], "restarted": [], "downtime_seconds": 0.0}
+        out["volume" if self.target.kind == "volume" else "path"] = \
+            self.params.get("volume") or self.target.path
+        return out
+
+    def _quiesced(self, to_stop, work):
+        """Run ``work(quiescer)`` with ``to_stop`` stopped; containers restart in any case."""
+        guardian = Guardian(self.client_factory) if self.client is not None else None
+        self.target.guardian = guardian
+        quiescer = Quiescer(self.client, to_stop, self.params.get("stop_timeout", 30), guardian,
+                            docker_error)
+        error, value = None, None
+        try:
+            quiescer.stop()
+            value = work(quiescer)
+        except OpsError as exc:
+            error = exc
+        finally:
+            quiescer.resume()
+            if guardian is not None:
+                guardian.done()
+        return value, error, quiescer
+
+    @staticmethod
+    def _finish(result, error, quiescer, what):
+        result.update(quiescer.report())
+        if quiescer.failures:
+            msg = quiescer.failure_message()
+            msg += ("; %s failed as well: %s" % (what, error.msg)) if error else \
+                   ("; the %s itself completed" % what)
+            raise ServiceError(msg, **result)
+        if error is not None:
+            error.result.update({k: v for k, v in result.items() if k not in error.result})
+            raise error
+        return result
+
+    # ---------------------------------------------------------------- backed_up
+    def backup(self):
+        self.target.require()
+        containers, to_stop = self._plan_stop()
+        result = self._base()
+        result.update(changed=True, would_stop=[c["name"] for c in to_stop], backup=None)
+        if self.check_mode:
+            return result
+        self.target.choose_image(containers)
+        self.location.check_writable()
+        size_hint = self.target.size()
+        source = self.target.describe()
+        params = self.params
+
+        def work(quiescer):
+            with BackupSession(self.location, self.series, self.target.kind,
+                               compression=params.get("compression") or "zstd",
+                               level=params.get("compression_level"),
+                               threads=params.get("compression_threads", -1),
+                               size_hint=size_hint) as session:
+                with session.artifact("tar", content_type="application/x-tar") as out:
+                    stats = self.target.backup_to(out)
+                    quiescer.resume()  # the source is read: restart while the upload finishes
+                source.update(stats, size_estimate_bytes=size_hint,
+                              stopped=[c["name"] for c in quiescer.stopped],
+                              downtime_seconds=quiescer.downtime)
+                return session.publish(source=source, tools=_tools(self.client)), stats
+
+        value, error, quiescer = self._quiesced(to_stop, work)
+        if value is not None:
+            manifest, stats = value
+            result["backup"] = summarize(manifest, self.location)
+            result.update(stats)
+            result["raw_bytes"] = manifest["raw_bytes"]
+            result["size_bytes"] = manifest["size_bytes"]
+        return self._finish(result, error, quiescer, "backup")
+
+    # ----------------------------------------------------------------- restored
+    def restore(self):
+        exists = self.target.load()
+        manifest = resolve_backup(self.location, self.series, self.params.get("backup") or "latest")
+        if manifest.get("kind") not in RESTORABLE_KINDS:
+            raise ConfigError("backup %s of series %s is a %s backup, not a volume or directory"
+                              " archive" % (manifest["id"], self.series, manifest.get("kind")))
+        containers, to_stop = self._plan_stop()
+        empty = self.target.is_empty() if exists else True
+        force = bool(self.params.get("force"))
+        result = self._base()
+        result.update(changed=True, would_stop=[c["name"] for c in to_stop],
+                      backup=summarize(manifest, self.location), created=not exists,
+                      emptied=bool(not empty and force))
+        if not empty and not force:
+            raise ConfigError(
+                "%s is not empty: refusing to restore backup %s into it (a second restore of the"
+                " same backup is refused too); set force=true to delete its content first"
+                % (self.target.label, manifest["id"]), **result)
+        if self.check_mode:
+            return result
+        self.target.choose_image(containers)
+        verify_stored(self.location, manifest)  # before anything is written
+
+        def work(_quiescer):
+            self.target.create()
+            if not empty:
+                self.target.empty()
+            with ArtifactReader(self.location, manifest) as reader:
+                return self.target.restore_from(reader)
+
+        stats, error, quiescer = self._quiesced(to_stop, work)
+        if stats is not None:
+            result.update(stats)
+            result["raw_bytes"] = manifest.get("raw_bytes")
+        return self._finish(result, error, quiescer, "restore")
+
+    def run(self):
+        if self.params["state"] == "restored":
+            return self.restore()
+        return self.backup()
+
+
+def run(params, location, check_mode=False):
+    return VolumeBackup(params, location, check_mode).run()

@@ -1,0 +1,363 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: opskit.runbook contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: volume_backup
+short_description: Back up and restore Docker named volumes and host directories, with safe quiescing
+version_added: 0.1.0
+description:
+  - With O(state=backed_up), streams the content of a Docker named volume (O(volume)) or of a
+    directory of the managed host (O(path)) as a tar archive, compresses it (zstd,
+    multithreaded) and writes it to a file:// or s3:// location, where a manifest publishes it.
+  - Volumes are read through the Docker Engine API only. A helper container is created (never
+    started) with the volume mounted read-only and its content is streamed out through the
+    archive API, so no tar binary is needed and nothing is pulled.
+  - Ownership, permissions, symlinks, hard links, empty directories, modification times (to the
+    second) and non-UTF-8 file names are preserved. Sparse files are stored as plain data.
+  - Containers using the volume can be stopped for a consistent copy (O(stop_containers)).
+    Exactly the containers that were running are started again, also when the backup fails,
+    and also when the module process is killed (a small watchdog process does it then). The
+    containers are started as soon as the volume has been read, before the upload completes.
+  - With O(state=restored), restores a backup into the volume (created if missing) or
+    directory. The stored sha256 is verified before anything is written. Members with absolute
+    paths, C(..) components, device files and paths through an archive symlink are refused.
+  - A non-empty target is refused unless O(force=true), which deletes its content first. So a
+    second identical restore is refused, never applied on top of the first.
+  - Volume and directory backups have the same archive layout and manifest; either restores
+    into the other.
+author:
+  - opskit.runbook developers
+extends_documentation_fragment:
+  - opskit.runbook.storage
+  - opskit.runbook.storage.write
+  - opskit.runbook.docker
+attributes:
+  check_mode:
+    support: full
+    details:
+      - Reports what would be stopped and written (RV(would_stop), RV(series)); stops nothing
+        and writes nothing.
+      - For O(state=restored) it resolves the backup and checks that the target is empty,
+        which for a volume creates and removes a helper container that mounts it read-only.
+  diff_mode:
+    support: none
+options:
+  state:
+    description:
+      - V(backed_up) writes a new backup; V(restored) restores one.
+    type: str
+    choices: [backed_up, restored]
+    default: backed_up
+  volume:
+    description:
+      - Name of the Docker named volume to back up or restore into.
+      - Exactly one of O(volume) and O(path) is required.
+    type: str
+  path:
+    description:
+      - Absolute path of a directory of the managed host to back up or restore into, such as
+        configuration files or the source of a bind mount. A symlink to a directory is followed
+        for the root only.
+      - Sockets and device files are skipped when backing up a directory (RV(skipped)).
+    type: path
+  series:
+    description:
+      - Backup series (the folder under O(location)).
+      - Default is C(<docker host name>-<volume>) for a volume and C(<host name>-<path>) for a
+        directory, made safe for a series name (for example V(web1-pgdata) or V(web1-etc-nginx)).
+    type: str
+  backup:
+    description:
+      - With O(state=restored), the backup to restore, V(latest) or a backup id
+        (C(YYYYmmddTHHMMSSZ-xxxxxxxx)).
+    type: str
+    default: latest
+  force:
+    description:
+      - With O(state=restored), delete the content of a non-empty target before restoring.
+      - Emptying a volume runs a helper container with C(find) and C(rm) from the helper image.
+    type: bool
+    default: false
+  stop_containers:
+    description:
+      - Containers to stop while the volume or directory is read or written.
+      - V(auto) stops the running containers that mount the volume (or bind-mount the path);
+        if any of them carries the label C(opskit.runbook.stop-during-backup=true), only those
+        labelled are stopped. For a path, V(auto) consults Docker only when it is reachable.
+      - V(none) stops nothing.
+      - Otherwise a list of container names (or ids of at least 6 characters) to stop, which
+        must exist. Those not running are left alone.
+      - The stopped containers are started again in reverse order.
+    type: list
+    elements: str
+    default: [auto]
+  stop_timeout:
+    description:
+      - Seconds a container is given to stop before it is killed.
+    type: int
+    default: 30
+  helper_image:
+    description:
+      - Local image for the helper container that mounts the volume. It is never pulled.
+      - Default is the image of a container that uses the volume, else the smallest local
+        image. The image needs no tools, except C(find) and C(rm) for O(force=true).
+    type: str
+notes:
+  - The archive is a tar whose member names are relative to the volume (or directory) root,
+    like C(tar -C root -c .); the manifest records C(kind) V(volume) or V(directory) and the
+    entry counts in C(source).
+  - The S3 part size comes from the volume size reported by the daemon (C(docker system df))
+    or the directory size, so memory stays bounded.
+  - A backup whose containers fail to restart is still published (its data is complete); the
+    task fails and names the containers.
+  - Restoring does not stop at the first unsafe member before writing the ones before it; the
+    unsafe member itself is never written and the task fails naming it.
+seealso:
+  - module: opskit.runbook.backup_info
+"""
+
+EXAMPLES = r"""
+- name: Back up the uploads volume to S3, stopping the containers that use it
+  opskit.runbook.volume_backup:
+    volume: app_uploads
+    location: s3://acme-backups/web1
+    endpoint_url: https://minio.internal:9000
+  register: uploads
+
+- name: Back up a volume, stopping only the worker (the web container keeps serving)
+  opskit.runbook.volume_backup:
+    volume: app_data
+    location: file:///srv/backups
+    stop_containers: [app-worker-1]
+
+- name: Back up the nginx configuration directory
+  opskit.runbook.volume_backup:
+    path: /etc/nginx
+    location: s3://acme-backups/web1
+    stop_containers: none
+
+- name: Restore the latest uploads backup into a fresh volume
+  opskit.runbook.volume_backup:
+    state: restored
+    volume: app_uploads_restored
+    series: web1-app_uploads
+    location: s3://acme-backups/web1
+
+- name: Roll the volume back to a given backup, replacing its content
+  opskit.runbook.volume_backup:
+    state: restored
+    volume: app_uploads
+    backup: 20261123T020000Z-5f2a9c1e
+    force: true
+    location: s3://acme-backups/web1
+"""
+
+RETURN = r"""
+state:
+  description: The requested state.
+  returned: always
+  type: str
+  sample: backed_up
+kind:
+  description: V(volume) or V(directory).
+  returned: always
+  type: str
+  sample: volume
+volume:
+  description: The volume name.
+  returned: when O(volume) is set
+  type: str
+  sample: app_uploads
+path:
+  description: The directory.
+  returned: when O(path) is set
+  type: str
+  sample: /etc/nginx
+series:
+  description: The backup series used.
+  returned: always
+  type: str
+  sample: web1-app_uploads
+location:
+  description: The storage location.
+  returned: always
+  type: str
+  sample: s3://acme-backups/web1
+backup:
+  description:
+    - The backup written (O(state=backed_up)) or restored (O(state=restored)); null in check
+      mode for a backup.
+  returned: always
+  type: dict
+  contains:
+    id:
+      description: Backup id.
+      type: str
+      returned: always
+      sample: 20261123T020000Z-5f2a9c1e
+    series:
+      description: Series name.
+      type: str
+      returned: always
+    kind:
+      description: V(volume) or V(directory).
+      type: str
+      returned: always
+    created_at:
+      description: Start of the backup (UTC, RFC 3339).
+      type: str
+      returned: always
+    completed_at:
+      description: When the backup was published.
+      type: str
+      returned: always
+    age_seconds:
+      description: Seconds since RV(backup.created_at).
+      type: int
+      returned: always
+    size_bytes:
+      description: Stored (compressed) size.
+      type: int
+      returned: always
+    raw_bytes:
+      description: Size of the tar archive before compression.
+      type: int
+      returned: always
+    sha256:
+      description: SHA-256 of the stored bytes.
+      type: str
+      returned: always
+    compression:
+      description: V(zstd), V(gzip) or V(none).
+      type: str
+      returned: always
+    url:
+      description: URL of the archive.
+      type: str
+      returned: always
+    manifest_url:
+      description: URL of the manifest.
+      type: str
+      returned: always
+    verification:
+      description: V(unverified), V(passed) or V(failed).
+      type: str
+      returned: always
+    verified_at:
+      description: When the last verification ran, or null.
+      type: str
+      returned: always
+entries:
+  description: Archive entries written or restored (files, directories, links, ...).
+  returned: success, not in check mode
+  type: int
+  sample: 1532
+files:
+  description: Regular files (hard links included) written or restored.
+  returned: success, not in check mode
+  type: int
+  sample: 1402
+directories:
+  description: Directories written or restored.
+  returned: success, not in check mode
+  type: int
+  sample: 120
+symlinks:
+  description: Symbolic links written or restored.
+  returned: success, not in check mode
+  type: int
+  sample: 8
+hardlinks:
+  description: Hard links (entries after the first name of a file) written or restored.
+  returned: success, not in check mode
+  type: int
+  sample: 2
+skipped:
+  description: Sockets and device files left out of a directory backup.
+  returned: success, O(path) with O(state=backed_up)
+  type: int
+  sample: 0
+raw_bytes:
+  description: Bytes of the tar archive.
+  returned: success, not in check mode
+  type: int
+  sample: 1073741824
+size_bytes:
+  description: Stored (compressed) bytes of the new backup.
+  returned: success, O(state=backed_up), not in check mode
+  type: int
+  sample: 412316860
+would_stop:
+  description: Names of the running containers selected by O(stop_containers).
+  returned: always
+  type: list
+  elements: str
+  sample: [app-web-1]
+stopped:
+  description: Names of the containers that were stopped.
+  returned: always
+  type: list
+  elements: str
+  sample: [app-web-1]
+restarted:
+  description: Names of the stopped containers that were started again.
+  returned: always
+  type: list
+  elements: str
+  sample: [app-web-1]
+downtime_seconds:
+  description: Seconds from the first stop to the last restart (0 when nothing was stopped).
+  returned: always
+  type: float
+  sample: 4.211
+created:
+  description: Whether the restore target did not exist and is created.
+  returned: O(state=restored)
+  type: bool
+  sample: false
+emptied:
+  description: Whether the restore target's content is deleted first (O(force=true)).
+  returned: O(state=restored)
+  type: bool
+  sample: false
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.opskit.runbook.plugins.module_utils._docker import docker_argspec
+from ansible_collections.opskit.runbook.plugins.module_utils._module import run_module
+from ansible_collections.opskit.runbook.plugins.module_utils._storage import (
+    location_from_params, storage_argspec)
+from ansible_collections.opskit.runbook.plugins.module_utils._volume import run
+
+
+def main():
+    spec = storage_argspec(
+        write=True,
+        state=dict(type="str", default="backed_up", choices=["backed_up", "restored"]),
+        volume=dict(type="str"),
+        path=dict(type="path"),
+        series=dict(type="str"),
+        backup=dict(type="str", default="latest"),
+        force=dict(type="bool", default=False),
+        stop_containers=dict(type="list", elements="str", default=["auto"]),
+        stop_timeout=dict(type="int", default=30),
+        helper_image=dict(type="str"),
+    )
+    spec.update(docker_argspec())
+    module = AnsibleModule(
+        argument_spec=spec,
+        required_one_of=[("volume", "path")],
+        mutually_exclusive=[("volume", "path")],
+        supports_check_mode=True,
+    )
+    run_module(module, lambda: run(module.params, location_from_params(module.params),
+                                   module.check_mode))
+
+
+if __name__ == "__main__":
+    main()

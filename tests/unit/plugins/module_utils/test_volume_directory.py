@@ -1,0 +1,139 @@
+# -*- coding: utf-8 -*-
+# Copyright: opskit.runbook contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Host-directory backups of volume_backup: tarfile in and out, without any service."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import os
+import tarfile
+
+import pytest
+
+from ansible_collections.opskit.runbook.plugins.module_utils._errors import ConfigError, NotFoundError
+from ansible_collections.opskit.runbook.plugins.module_utils._tarsafe import UnsafeArchiveError
+from ansible_collections.opskit.runbook.plugins.module_utils._volume import DirectoryTarget, SourceError
+
+_SPEC = importlib.util.spec_from_file_location(
+    "volume_fixtures", os.path.join(os.path.dirname(__file__), "..", "..", "..", "integration",
+                                    "volume_fixtures.py"))
+fixtures = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(fixtures)
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown to other users needs root")
+
+
+class Sink:
+    def __init__(self):
+        self.buf = io.BytesIO()
+
+    def write(self, data):
+        return self.buf.write(data)
+
+
+def _backup(path):
+    sink = Sink()
+    stats = DirectoryTarget(str(path)).backup_to(sink)
+    return sink.buf.getvalue(), stats
+
+
+@needs_root
+def test_round_trip_keeps_everything(tmp_path):
+    src = fixtures.make_tricky_tree(tmp_path / "src")
+    data, stats = _backup(tmp_path / "src")
+    assert stats["skipped"] == 0
+    assert stats["hardlinks"] == 1 and stats["symlinks"] == 3
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        names = tar.getnames()
+    assert names[0] == "." and all(n.startswith("./") for n in names[1:])
+    dst = DirectoryTarget(str(tmp_path / "dst"))
+    dst.create()
+    restored = dst.restore_from(io.BytesIO(data))
+    assert restored["entries"] == stats["entries"]
+    assert fixtures.listing(tmp_path / "dst") == fixtures.listing(src)
+
+
+def test_sockets_are_skipped(tmp_path):
+    import socket
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "f").write_text("x")
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(tmp_path / "d" / "sock"))
+        _data, stats = _backup(tmp_path / "d")
+    assert stats["skipped"] == 1 and stats["files"] == 1
+
+
+def test_a_symlinked_root_is_followed(tmp_path):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "f").write_text("x")
+    (tmp_path / "alias").symlink_to(tmp_path / "real")
+    data, stats = _backup(tmp_path / "alias")
+    assert stats["files"] == 1 and stats["directories"] == 1
+
+
+def _evil(members):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, kind, payload, link in members:
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = kind, link
+            info.size = len(payload) if kind == tarfile.REGTYPE else 0
+            info.mode = 0o755 if kind == tarfile.DIRTYPE else 0o644
+            tar.addfile(info, io.BytesIO(payload) if payload else None)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("members, message", [
+    ([(".", tarfile.DIRTYPE, b"", ""), ("./../escaped", tarfile.REGTYPE, b"x", "")], "'..'"),
+    ([(".", tarfile.DIRTYPE, b"", ""), ("/abs-escaped", tarfile.REGTYPE, b"x", "")], "absolute"),
+    ([(".", tarfile.DIRTYPE, b"", ""), ("./link", tarfile.SYMTYPE, b"", ".."),
+      ("./link/escaped", tarfile.REGTYPE, b"x", "")], "through the symlink"),
+    ([(".", tarfile.DIRTYPE, b"", ""), ("./zero", tarfile.CHRTYPE, b"", "")], "device"),
+])
+def test_unsafe_members_are_refused_and_nothing_escapes(tmp_path, members, message):
+    target = tmp_path / "restore" / "here"
+    dst = DirectoryTarget(str(target))
+    dst.create()
+    with pytest.raises(UnsafeArchiveError, match=message):
+        dst.restore_from(io.BytesIO(_evil(members)))
+    assert sorted(os.listdir(tmp_path)) == ["restore"]
+    assert sorted(os.listdir(tmp_path / "restore")) == ["here"]
+    assert not (target / "zero").exists()
+
+
+def test_empty_and_is_empty(tmp_path):
+    target = tmp_path / "t"
+    dst = DirectoryTarget(str(target))
+    assert dst.is_empty()  # missing counts as empty
+    (target / "sub" / "deeper").mkdir(parents=True)
+    (target / "f").write_text("x")
+    (target / "l").symlink_to(tmp_path)  # never followed when emptying
+    (tmp_path / "outside").write_text("keep")
+    assert not dst.is_empty()
+    dst.empty()
+    assert dst.is_empty() and os.path.isdir(target)
+    assert (tmp_path / "outside").read_text() == "keep"
+
+
+@pytest.mark.parametrize("path, error, message", [
+    ("relative/dir", ConfigError, "absolute"),
+    ("", ConfigError, "absolute"),
+])
+def test_bad_paths(path, error, message):
+    with pytest.raises(error, match=message):
+        DirectoryTarget(path)
+
+
+def test_missing_and_non_directory_sources(tmp_path):
+    with pytest.raises(NotFoundError, match="does not exist"):
+        DirectoryTarget(str(tmp_path / "missing")).require()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SourceError, match="not a directory"):
+        DirectoryTarget(str(tmp_path / "file")).require()
+
+
+def test_refuses_to_empty_the_root():
+    with pytest.raises(ConfigError, match="refusing to empty /"):
+        DirectoryTarget("/").empty()
