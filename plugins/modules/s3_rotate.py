@@ -1,0 +1,281 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: opskit.runbook contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: s3_rotate
+short_description: Grandfather-father-son retention of the backups at a storage location
+version_added: 0.1.0
+description:
+  - Deletes the backups a retention policy does not keep, series by series, at a file:// or
+    s3:// location, with the semantics of restic C(forget) and safety rules no policy can weaken.
+  - Each bucket rule (O(keep_last), O(keep_hourly), O(keep_daily), O(keep_weekly),
+    O(keep_monthly), O(keep_yearly)) scans the backups newest first and keeps the newest backup of
+    each of its N most recent buckets that contain backups; V(-1) is unlimited. Rules are ORed.
+    A rule that still has count left after the scan also keeps the oldest backup.
+  - O(keep_within) keeps every backup created within that duration of the newest backup (not of
+    the current time), so a backup job that stopped cannot age every backup out.
+  - The time of a backup is its creation time as recorded in its key and manifest, never the
+    storage object's modification time.
+  - "Safety: an empty policy is refused; at least O(min_keep) backups are kept; the newest
+    verified backup (a restore test passed) and every newer one are kept; backups under an S3
+    Object Lock retention date or legal hold are kept and reported; backups dated in the future
+    are kept and reported as anomalies."
+  - Artifacts without a manifest (failed or interrupted backups), hidden partial files of the
+    file backend and incomplete S3 multipart uploads are deleted (aborted) only when older than
+    O(orphan_grace).
+  - A backup is deleted artifacts first, manifest last, in a separate later request; a backup
+    whose artifact could not be deleted keeps its manifest.
+author:
+  - opskit.runbook developers
+extends_documentation_fragment:
+  - opskit.runbook.storage
+attributes:
+  check_mode:
+    support: full
+    details: Computes and returns the same plan and deletes nothing.
+  diff_mode:
+    support: full
+    details: Before and after lists of C(series/id) of the backups.
+options:
+  series:
+    description:
+      - Only this series. It must exist at the location.
+      - Default is every series at the location, each rotated on its own.
+    type: str
+  keep_last:
+    description:
+      - Keep the N newest backups. V(-1) keeps all.
+    type: int
+  keep_hourly:
+    description:
+      - Keep the newest backup of each of the N most recent hours that have backups. V(-1) is unlimited.
+    type: int
+  keep_daily:
+    description:
+      - Keep the newest backup of each of the N most recent days that have backups. V(-1) is unlimited.
+    type: int
+  keep_weekly:
+    description:
+      - Keep the newest backup of each of the N most recent ISO weeks (starting Monday) that have
+        backups. V(-1) is unlimited.
+    type: int
+  keep_monthly:
+    description:
+      - Keep the newest backup of each of the N most recent months that have backups. V(-1) is unlimited.
+    type: int
+  keep_yearly:
+    description:
+      - Keep the newest backup of each of the N most recent years that have backups. V(-1) is unlimited.
+    type: int
+  keep_within:
+    description:
+      - Keep every backup created within this duration before the newest backup.
+      - A duration such as V(36h), V(30d), V(2w) or V(1y6m) (units y, m (months), w, d, h, min, s).
+    type: str
+  timezone:
+    description:
+      - IANA time zone in which hour, day, week, month and year boundaries are computed, for
+        example V(Europe/Berlin).
+    type: str
+    default: UTC
+  min_keep:
+    description:
+      - Never keep fewer backups than this per series (the newest are added when the rules keep fewer).
+    type: int
+    default: 1
+  orphan_grace:
+    description:
+      - Artifacts without a manifest and incomplete uploads are deleted only when older than this
+        (a backup may still be running). Their age is the storage modification or initiation time.
+    type: str
+    default: 24h
+  verified_lookback:
+    description:
+      - How many manifests, newest first, are read at most to find the newest verified backup.
+        Manifests are read only when the policy would delete something, 16 at a time, and the
+        reading stops at the first verified backup.
+      - When none of them is verified the verified-backup guard does not apply (RV(series.newest_verified)
+        is null). V(-1) reads until one is found, at the cost of one request per backup in a series
+        that has never been verified.
+    type: int
+    default: 100
+notes:
+  - "Requests: one paginated listing (1000 keys per request); manifest reads only as described in
+    O(verified_lookback); on S3 one GetObjectLockConfiguration when something is to be deleted and,
+    only on buckets with Object Lock enabled, one HeadObject per key to delete; then DeleteObjects
+    calls of up to 1000 keys, artifacts before manifests."
+  - On a versioned bucket a deletion leaves noncurrent versions; expire them with a lifecycle rule.
+seealso:
+  - module: opskit.runbook.backup_info
+"""
+
+EXAMPLES = r"""
+- name: Keep 7 daily, 4 weekly and 12 monthly backups of every series
+  opskit.runbook.s3_rotate:
+    location: s3://acme-backups/prod
+    keep_daily: 7
+    keep_weekly: 4
+    keep_monthly: 12
+
+- name: Show what a policy would delete, in local time, without deleting anything
+  opskit.runbook.s3_rotate:
+    location: file:///srv/backups
+    series: db1-app
+    keep_within: 36h
+    keep_daily: 14
+    timezone: Europe/Berlin
+  check_mode: true
+  register: plan
+
+- name: List the planned deletions
+  ansible.builtin.debug:
+    msg: "{{ plan.series['db1-app'].deleted | map(attribute='id') | list }}"
+"""
+
+RETURN = r"""
+location:
+  description: The location that was rotated.
+  returned: always
+  type: str
+  sample: s3://acme-backups/prod
+checked_at:
+  description: The time the plan was computed for (UTC, RFC 3339).
+  returned: always
+  type: str
+  sample: "2026-11-23T09:00:00Z"
+policy:
+  description: The policy as applied (rules with a count of 0 are left out).
+  returned: always
+  type: dict
+  sample: {keep_daily: 7, keep_weekly: 4, keep_within: null, timezone: UTC, min_keep: 1}
+requests:
+  description: Storage requests made besides the listing.
+  returned: always
+  type: dict
+  contains:
+    manifest_reads:
+      description: Manifests read to find the newest verified backups.
+      type: int
+      returned: always
+    lock_checks:
+      description: Object Lock requests (GetObjectLockConfiguration and HeadObject).
+      type: int
+      returned: always
+    delete_calls:
+      description: Delete requests (each up to 1000 keys on S3); 0 in check mode.
+      type: int
+      returned: always
+failed:
+  description: Keys that could not be deleted, with the storage error (the task fails).
+  returned: on a partial failure
+  type: list
+  elements: dict
+series:
+  description: The plan and its outcome, per series name.
+  returned: always
+  type: dict
+  contains:
+    kept:
+      description: Kept backups, newest first, each with the reasons it was kept.
+      type: list
+      elements: dict
+      returned: always
+      sample:
+        - {id: 20261123T020000Z-5f2a9c1e, created_at: "2026-11-23T02:00:00Z",
+           reasons: ["daily 2026-11-23", "weekly 2026-W48"]}
+    deleted:
+      description: Deleted backups (planned ones in check mode), newest first, with id and created_at.
+      type: list
+      elements: dict
+      returned: always
+    locked:
+      description: Backups the policy would delete that are under Object Lock or legal hold (kept).
+      type: list
+      elements: dict
+      returned: always
+    orphans:
+      description: >-
+        Artifacts without a manifest and partial files with key, size_bytes, last_modified and
+        action (V(deleted) or V(kept) while younger than O(orphan_grace) or locked).
+      type: list
+      elements: dict
+      returned: always
+    uploads:
+      description: Incomplete multipart uploads with key, upload_id, initiated and action (V(aborted) or V(kept)).
+      type: list
+      elements: dict
+      returned: always
+    anomalies:
+      description: >-
+        Backups dated in the future, unreadable manifests and manifests without artifacts,
+        with id, created_at and problem.
+      type: list
+      elements: dict
+      returned: always
+    newest_verified:
+      description: Id of the newest verified backup found, or null.
+      type: str
+      returned: always
+    manifests_read:
+      description: Manifests read for this series.
+      type: int
+      returned: always
+    counts:
+      description: >-
+        Numbers of backups, kept, deleted, locked, orphans_deleted, orphans_kept,
+        uploads_aborted and anomalies.
+      type: dict
+      returned: always
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.opskit.runbook.plugins.module_utils._module import run_module
+from ansible_collections.opskit.runbook.plugins.module_utils._retention import (
+    diff_lists, parse_policy, rotate)
+from ansible_collections.opskit.runbook.plugins.module_utils._storage import (
+    location_from_params, storage_argspec)
+
+POLICY_OPTIONS = ("keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly",
+                  "keep_yearly", "keep_within", "timezone", "min_keep")
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=storage_argspec(
+            series=dict(type="str"),
+            keep_last=dict(type="int"),
+            keep_hourly=dict(type="int"),
+            keep_daily=dict(type="int"),
+            keep_weekly=dict(type="int"),
+            keep_monthly=dict(type="int"),
+            keep_yearly=dict(type="int"),
+            keep_within=dict(type="str"),
+            timezone=dict(type="str", default="UTC"),
+            min_keep=dict(type="int", default=1),
+            orphan_grace=dict(type="str", default="24h"),
+            verified_lookback=dict(type="int", default=100),
+        ),
+        supports_check_mode=True,
+    )
+
+    def action():
+        params = module.params
+        policy = parse_policy(**{name: params[name] for name in POLICY_OPTIONS})
+        result = rotate(location_from_params(params), policy, series=params["series"],
+                        orphan_grace=params["orphan_grace"],
+                        verified_lookback=params["verified_lookback"],
+                        check_mode=module.check_mode)
+        if module._diff:
+            result["diff"] = diff_lists(result)
+        return result
+
+    run_module(module, action)
+
+
+if __name__ == "__main__":
+    main()
