@@ -245,7 +245,7 @@ class _FileWriter:
         try:
             os.makedirs(directory, mode=0o700, exist_ok=True)
             self.tmp = os.path.join(directory, ".%s%s%s" % (os.path.basename(self.final), TMP_MARK,
-                                                             secrets.token_hex(4)))
+                                                            secrets.token_hex(4)))
             fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except OSError as exc:
             raise location._os_error(exc, "writing %s" % location.url_for(key)) from None

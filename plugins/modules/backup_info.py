@@ -19,14 +19,16 @@ description:
     being written is never shown.
   - Never changes anything.
 author:
-  - opskit.runbook developers
+  - opskit.runbook developers (@opskit-runbook)
 extends_documentation_fragment:
   - opskit.runbook.storage
 attributes:
   check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: The module only reads.
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in diff mode).
     support: none
 options:
   series:

@@ -152,7 +152,7 @@ def _pg_system_user():
         return pwd.getpwnam(PG_SYSTEM_USER)
     except KeyError:
         subprocess.run(["useradd", "--system", "--no-create-home", "--home-dir", "/nonexistent",
-                        "--shell", "/usr/sbin/nologin", PG_SYSTEM_USER], capture_output=True)
+                        "--shell", "/usr/sbin/nologin", PG_SYSTEM_USER], capture_output=True, check=False)
         return pwd.getpwnam(PG_SYSTEM_USER)  # KeyError (with the name) if useradd failed
 
 
@@ -177,10 +177,10 @@ class Postgres:
         tool = os.path.basename(args[0])
         if self._account is not None:
             args = ["runuser", "-u", self._account.pw_name, "--"] + args
-        proc = subprocess.run(args, capture_output=True, text=True, cwd=self.root, **kwargs)
+        proc = subprocess.run(args, capture_output=True, text=True, cwd=self.root, check=False, **kwargs)
         if proc.returncode:
-            raise RuntimeError("%s failed (exit %d): %s\n%s" % (tool, proc.returncode, proc.stderr.strip(),
-                                                               _tail(self.log)))
+            raise RuntimeError("%s failed (exit %d): %s\n%s" % (
+                tool, proc.returncode, proc.stderr.strip(), _tail(self.log)))
         return proc
 
     def start(self):
@@ -215,14 +215,15 @@ class Postgres:
     def psql(self, sql, db="postgres"):
         """Run SQL with ON_ERROR_STOP; return psql's unaligned, tuples-only stdout."""
         proc = subprocess.run([os.path.join(self.bin_dir, "psql"), "-XAtq", "-v", "ON_ERROR_STOP=1", "-d", db,
-                               "-c", sql], env=dict(os.environ, **self.env), capture_output=True, text=True)
+                               "-c", sql], env=dict(os.environ, **self.env), capture_output=True, text=True,
+                              check=False)
         if proc.returncode:
             raise RuntimeError("psql failed on %s: %s" % (db, proc.stderr.strip()))
         return proc.stdout
 
     def createdb(self, name):
         proc = subprocess.run([os.path.join(self.bin_dir, "createdb"), name], env=dict(os.environ, **self.env),
-                              capture_output=True, text=True)
+                              capture_output=True, text=True, check=False)
         if proc.returncode:
             raise RuntimeError("createdb %s failed: %s" % (name, proc.stderr.strip()))
         return name
@@ -307,7 +308,7 @@ class DockerEngine:
 
     @staticmethod
     def script(action):
-        proc = subprocess.run([DOCKER_SCRIPT, action], capture_output=True, text=True)
+        proc = subprocess.run([DOCKER_SCRIPT, action], capture_output=True, text=True, check=False)
         if proc.returncode:
             raise RuntimeError("scripts/docker-engine.sh %s: %s" % (action, (proc.stderr or proc.stdout).strip()))
         return proc.stdout.strip()

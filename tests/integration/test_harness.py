@@ -29,7 +29,7 @@ def test_pg_requires_the_password(pg):
     env = dict(os.environ, **pg.env)
     env["PGPASSWORD"] = "wrong"
     out = subprocess.run([os.path.join(pg.bin_dir, "psql"), "-XAtc", "SELECT 1"], env=env,
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, check=False)
     assert out.returncode != 0 and "password authentication failed" in out.stderr
 
 
@@ -117,7 +117,7 @@ def test_run_playbook_captures_every_result(run_playbook, tmp_path):
 
 
 def test_run_playbook_check_mode_and_failures(run_playbook, tmp_path):
-    location, _ = _one_backup(tmp_path)
+    location = _one_backup(tmp_path)[0]
     res = run_playbook(PLAY, {"location": location, "marker": "x"}, check=True)
     assert res.rc == 0
     assert res.task("info")["series"]["harness"]["count"] == 1
