@@ -6,18 +6,26 @@
 from __future__ import annotations
 
 import os
+import sys
 
 from ._errors import ConfigError, MissingLibraryError, ServiceError
 
-try:
-    import docker
-    import docker.errors
-    import docker.tls
-    HAS_DOCKER = True
-    DOCKER_IMPORT_ERROR = None
-except ImportError as _exc:  # pragma: no cover - depends on the host
-    HAS_DOCKER = False
-    DOCKER_IMPORT_ERROR = _exc
+_SDK = {}
+
+
+def _docker_sdk():
+    """The docker SDK, imported on first use: importing it costs ~0.5 s, and every module that
+    merely declares the Docker options (docker_argspec) would pay that on every run."""
+    if "docker" not in _SDK:
+        try:
+            import docker
+            import docker.errors
+            import docker.tls
+        except ImportError as exc:  # pragma: no cover - depends on the host
+            raise MissingLibraryError("docker", exc) from None
+        _SDK["docker"] = docker
+    return _SDK["docker"]
+
 
 try:
     from ansible.module_utils.basic import env_fallback
@@ -54,8 +62,7 @@ def docker_client(params):
 
     Raises ServiceError naming the daemon when it cannot be reached.
     """
-    if not HAS_DOCKER:
-        raise MissingLibraryError("docker", DOCKER_IMPORT_ERROR)
+    docker = _docker_sdk()
     host = params.get("docker_host") or DEFAULT_DOCKER_HOST
     tls_config = None
     if params.get("tls") or params.get("tls_verify"):
@@ -88,7 +95,8 @@ def _short(exc):
 
 def docker_error(exc, what):
     """One-line ServiceError for a docker SDK / API exception."""
-    if HAS_DOCKER and isinstance(exc, docker.errors.NotFound):
+    errors = sys.modules.get("docker.errors")  # loaded if ``exc`` came from the SDK
+    if errors is not None and isinstance(exc, errors.NotFound):
         return ServiceError("%s: not found (%s)" % (what, getattr(exc, "explanation", None) or _short(exc)))
     explanation = getattr(exc, "explanation", None)
     return ServiceError("%s: %s" % (what, " ".join(str(explanation or _short(exc)).split())))
