@@ -1,0 +1,332 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: opskit.runbook contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: rollout
+short_description: Upgrade a container, Compose service or Deployment behind a health gate, with automatic rollback
+version_added: 0.1.0
+description:
+  - Replaces the image of a Docker container (O(target=docker_container)), of every container of
+    a Compose service (O(target=compose_service)) or of one container of a Kubernetes Deployment
+    (O(target=k8s_deployment)), then waits for it to pass a gate, and rolls back at once when it
+    does not.
+  - B(Record before change.) The last-known-good (image reference, resolved digest and the spec
+    that re-creates it) is stored with the target before anything changes, and returned. Docker
+    keeps it in the label C(opskit.runbook.last-known-good) of the new container (the
+    container's create request, derived from C(inspect)); Kubernetes in the annotation
+    C(opskit.runbook/last-known-good) of the Deployment (the pod template), written by a patch
+    that touches no other annotation. A rollback restores exactly that, never "the previous
+    revision".
+  - B(Docker re-creation) keeps every setting of the container: environment, bind mounts, named
+    and anonymous volumes (re-attached by name), published ports, networks with aliases and
+    static addresses, labels, restart policy, resources, command, entrypoint, user, working
+    directory, hostname, healthcheck. Settings equal to the old image's defaults (ENV, CMD,
+    HEALTHCHECK, ...) are left to the new image. The old container is renamed and stopped, kept
+    until the new one passed the gate (so a rollback is a rename and a start), then removed.
+  - B(Gate.) First the platform's readiness - Docker health status C(healthy), or running and
+    not restarting for an image without a healthcheck; for Kubernetes the C(kubectl rollout
+    status) rules - within O(timeout). Then O(health_checks) must pass, and everything must stay
+    passing for O(monitor) seconds.
+  - B(Fail fast.) An exited, restarting, OOM-killed or unhealthy container, a pod in
+    CrashLoopBackOff, ImagePullBackOff, ErrImagePull or CreateContainerConfigError, an exceeded
+    progress deadline or a missing image ends the gate at once, not at the deadline.
+  - B(Rollback) restores the recorded spec and verifies it with the same gate within
+    O(rollback_timeout). A rolled-back rollout fails the task unless O(fail_on_rollback=false);
+    a failed rollback always fails it. A missing Docker image is found before anything is
+    stopped; the result is then V(rolled_back) with C(changed=false).
+  - O(state=rolled_back) rolls back by hand to the recorded last-known-good;
+    O(state=restarted) restarts the target without changing its image (C(docker restart),
+    C(kubectl rollout restart)) through the same gate.
+author:
+  - opskit.runbook developers (@opskit-runbook)
+extends_documentation_fragment:
+  - opskit.runbook.docker
+attributes:
+  check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
+    support: full
+    details: Reports the from/to it would apply (and the outcome it would aim for) and changes nothing;
+      a Docker image that is not present is not pulled, its digest is then null.
+  diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
+    support: none
+options:
+  target:
+    description:
+      - What to upgrade. V(docker_container) is the container O(name); V(compose_service) is every
+        container of service O(name) of Compose project O(project) (found by the
+        C(com.docker.compose.*) labels, replaced one after another); V(k8s_deployment) is the
+        container O(container) of Deployment O(name) in O(namespace).
+    type: str
+    required: true
+    choices: [docker_container, compose_service, k8s_deployment]
+  name:
+    description:
+      - Container name (or id), Compose service name, or Deployment name.
+    type: str
+    required: true
+  project:
+    description:
+      - Compose project name (label C(com.docker.compose.project)). Required for
+        O(target=compose_service).
+    type: str
+  image:
+    description:
+      - The image to run, for example V(registry.example.com/api:2.4.1) or a reference by digest.
+      - Required for O(state=deployed). When the target already runs this image (the same image
+        id for Docker, the same reference for Kubernetes) nothing changes (V(unchanged)).
+    type: str
+  state:
+    description:
+      - V(deployed) upgrades to O(image); V(rolled_back) restores the recorded last-known-good
+        (fails when none is recorded); V(restarted) restarts without changing the image.
+    type: str
+    default: deployed
+    choices: [deployed, rolled_back, restarted]
+  health_checks:
+    description:
+      - Probes that must pass after the platform reports ready and keep passing through the
+        O(monitor) window; the same schema as the O(opskit.runbook.health_check#module:checks)
+        option of M(opskit.runbook.health_check) (types V(http), V(tcp), V(postgres), V(redis),
+        V(docker_container), V(k8s_deployment), ...).
+      - A check counts as failed when it ends V(CRITICAL) or V(UNKNOWN). Its own C(retries) and
+        C(interval) decide how long it may fail while the service starts (for example
+        C(retries=10), C(interval=1)); they run within what is left of O(timeout).
+    type: list
+    elements: dict
+  timeout:
+    description:
+      - Seconds the upgrade may take to become ready and pass O(health_checks) (the platform's
+        readiness plus the checks), not counting O(monitor).
+    type: float
+    default: 300
+  monitor:
+    description:
+      - Seconds the new version must stay ready (and O(health_checks) passing) after it first
+        passed, Docker Swarm's C(monitor). Failing inside this window rolls back. V(0) disables it.
+    type: float
+    default: 10
+  rollback_timeout:
+    description:
+      - Seconds the restored version may take to pass the gate again (a separate budget).
+    type: float
+    default: 120
+  fail_on_rollback:
+    description:
+      - Fail the task when the rollout was rolled back. The full result is returned either way.
+    type: bool
+    default: true
+  pull:
+    description:
+      - Docker only. V(missing) pulls O(image) when it is not present, V(always) pulls it every
+        time, V(never) uses local images only.
+    type: str
+    default: missing
+    choices: [missing, always, never]
+  stop_timeout:
+    description:
+      - Docker only. Seconds to wait for the old container to stop before it is killed.
+    type: int
+    default: 10
+  log_lines:
+    description:
+      - How many of the last log lines of a failed container (or failing pod) to return.
+    type: int
+    default: 20
+  namespace:
+    description:
+      - Kubernetes namespace of the Deployment.
+    type: str
+    default: default
+  container:
+    description:
+      - Kubernetes only. The container of the pod template whose image changes. Needed when the
+        pod has more than one container.
+    type: str
+  kubeconfig:
+    description:
+      - Kubernetes only. Path to the kubeconfig file; default E(KUBECONFIG), then C(~/.kube/config).
+    type: path
+  context:
+    description:
+      - Kubernetes only. The kubeconfig context to use; default the current context.
+    type: str
+  in_cluster:
+    description:
+      - Kubernetes only. Use the service account of the pod the module runs in.
+    type: bool
+    default: false
+notes:
+  - Docker containers keep their name and published host ports, so the old container is stopped
+    before the new one starts (Swarm's C(stop-first)); bench/RESULTS.md has the measured
+    unavailability window.
+  - The Kubernetes digest is read from the pods' C(imageID) after the rollout; it is null until a
+    pod runs the image.
+requirements:
+  - docker (the Docker SDK for Python) >= 7.0, for the Docker targets
+  - kubernetes (the official Python client), for O(target=k8s_deployment)
+seealso:
+  - module: opskit.runbook.health_check
+"""
+
+EXAMPLES = r"""
+- name: Upgrade the api container, gate on its HTTP health endpoint, roll back on failure
+  opskit.runbook.rollout:
+    target: docker_container
+    name: api
+    image: registry.example.com/api:2.4.1
+    health_checks:
+      - name: api
+        type: http
+        url: http://127.0.0.1:8080/health
+        status_codes: [200]
+        retries: 10
+        interval: 1
+    monitor: 15
+  register: upgrade
+
+- name: Upgrade every container of the worker service of the shop Compose project
+  opskit.runbook.rollout:
+    target: compose_service
+    project: shop
+    name: worker
+    image: registry.example.com/worker:7.1
+
+- name: Upgrade a Deployment's app container; keep going when it was rolled back
+  opskit.runbook.rollout:
+    target: k8s_deployment
+    namespace: payments
+    name: checkout
+    container: app
+    image: registry.example.com/checkout:3.2.0
+    timeout: 600
+    fail_on_rollback: false
+  register: checkout
+
+- name: Tell the on-call channel why it was rolled back
+  ansible.builtin.debug:
+    msg: "{{ checkout.reason }} (last log lines: {{ checkout.logs[-3:] }})"
+  when: checkout.outcome == 'rolled_back'
+
+- name: Roll back by hand to the recorded last-known-good
+  opskit.runbook.rollout:
+    target: docker_container
+    name: api
+    state: rolled_back
+
+- name: The runbook's "docker-compose restart", checked by the same gate
+  opskit.runbook.rollout:
+    target: compose_service
+    project: discovery
+    name: discovery-agent
+    state: restarted
+"""
+
+RETURN = r"""
+outcome:
+  description:
+    - V(deployed), V(rolled_back), V(rollback_failed), V(unchanged) or V(restarted).
+    - For O(state=rolled_back) a successful restore is V(rolled_back); when the restored version
+      fails the gate, what ran before is put back and the outcome is V(rollback_failed).
+    - In check mode, the outcome the run would aim for.
+  returned: always
+  type: str
+  sample: rolled_back
+reason:
+  description: In words, why the outcome is what it is.
+  returned: always
+  type: str
+  sample: "container api: check api CRITICAL: HTTP 503 on 3 attempts"
+target:
+  description: What was acted on (the first container for a Compose service).
+  returned: always
+  type: dict
+  sample: {"kind": "docker_container", "name": "api", "id": "4f1c2a9b7d3e"}
+from:
+  description: The image that ran before, with its resolved digest (the image id for local Docker images).
+  returned: always
+  type: dict
+  sample: {"image": "registry.example.com/api:2.4.0", "digest": "sha256:4b6f..."}
+to:
+  description: The image applied (or that would be), with its digest (null when not known yet).
+  returned: always
+  type: dict
+  sample: {"image": "registry.example.com/api:2.4.1", "digest": "sha256:9a0c..."}
+units:
+  description: One entry (target, from, to) per replaced container (several for a Compose service).
+  returned: always
+  type: list
+  elements: dict
+last_known_good:
+  description: The last-known-good recorded with the target (image, digest, recorded_at), or null.
+  returned: always
+  type: dict
+  sample: {"image": "registry.example.com/api:2.4.0", "digest": "sha256:4b6f...",
+           "recorded_at": "2026-11-23T10:00:00Z"}
+timings:
+  description:
+    - Seconds per phase. C(upgrade) is the switch plus the gate of the new version, made of
+      C(ready) (until the platform reported ready), C(checks) (first run of O(health_checks)) and
+      C(monitor); C(rollback) is the restore until it passed readiness and checks, and
+      C(rollback_monitor) its monitor window; C(total) is the whole run.
+  returned: always
+  type: dict
+  sample: {"upgrade": 3.41, "ready": 0.21, "checks": null, "monitor": null, "rollback": 1.12,
+           "rollback_monitor": 10.0, "total": 14.6}
+logs:
+  description: The last O(log_lines) log lines of the failed container or pod.
+  returned: always
+  type: list
+  elements: str
+  sample: ["fatal: cannot read config /etc/app.conf"]
+health:
+  description: The last report of O(health_checks) (the report of M(opskit.runbook.health_check)).
+  returned: when health_checks ran
+  type: dict
+healthy:
+  description: For O(state=restarted), whether the target came back and passed the gate.
+  returned: when state=restarted
+  type: bool
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.opskit.runbook.plugins.module_utils._docker import docker_argspec
+from ansible_collections.opskit.runbook.plugins.module_utils._module import run_module
+from ansible_collections.opskit.runbook.plugins.module_utils._rollout import run
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=docker_argspec(
+            target=dict(type="str", required=True, choices=["docker_container", "compose_service", "k8s_deployment"]),
+            name=dict(type="str", required=True),
+            project=dict(type="str"),
+            image=dict(type="str"),
+            state=dict(type="str", default="deployed", choices=["deployed", "rolled_back", "restarted"]),
+            health_checks=dict(type="list", elements="dict"),
+            timeout=dict(type="float", default=300.0),
+            monitor=dict(type="float", default=10.0),
+            rollback_timeout=dict(type="float", default=120.0),
+            fail_on_rollback=dict(type="bool", default=True),
+            pull=dict(type="str", default="missing", choices=["missing", "always", "never"]),
+            stop_timeout=dict(type="int", default=10),
+            log_lines=dict(type="int", default=20),
+            namespace=dict(type="str", default="default"),
+            container=dict(type="str"),
+            kubeconfig=dict(type="path"),
+            context=dict(type="str"),
+            in_cluster=dict(type="bool", default=False),
+        ),
+        required_if=[("state", "deployed", ("image",)), ("target", "compose_service", ("project",))],
+        supports_check_mode=True,
+    )
+    run_module(module, lambda: run(module.params, module.check_mode))
+
+
+if __name__ == "__main__":
+    main()
