@@ -11,7 +11,9 @@ Deployment. The drivers (``_rollout_docker``, ``_rollout_k8s``) implement the un
     resolve(image) -> {"image", "digest", "id"}   the target image (may raise ImageMissing)
     same(target) -> bool                     the target already runs
     recorded() -> record or None             the last-known-good stored with the unit
-    replace(target) / restore(record)        record the last-known-good, then switch
+    replace(target, keep_record)             record the last-known-good (or keep the recorded
+                                             one when ``keep_record``), then switch
+    restore(record)                          switch to a recorded last-known-good
     restart()                                restart without changing the image
     observe() -> (state, reason)             READY, WAITING or FAILED, in words
     revert()                                 undo replace/restore/restart's switch (fast path)
@@ -301,6 +303,8 @@ def execute(units, action, image=None, settings=None, check_mode=False,
         if action == "deploy":
             plan["to"] = unit.resolve(image, check_mode)
             plan["switch"] = not unit.same(plan["to"])
+            if not plan["switch"] and not plan["to"].get("digest"):
+                plan["to"]["digest"] = plan["from"].get("digest")
         elif action == "rollback":
             record = unit.recorded()
             if record is None:
@@ -334,7 +338,8 @@ def execute(units, action, image=None, settings=None, check_mode=False,
     for unit, plan in switching:
         try:
             if action == "deploy":
-                unit.replace(plan["to"])
+                # a target that is not healthy now is no "known good": keep the older record
+                unit.replace(plan["to"], keep_record=unit.observe()[0] != READY)
             elif action == "rollback":
                 unit.restore(plan["record"])
             else:

@@ -259,11 +259,13 @@ class DockerContainer:
         return record.get("id") == self.inspect["Image"]
 
     # -- switching
-    def replace(self, target):
+    def replace(self, target, keep_record=False):
         old_img = self._image(self.inspect["Image"])
         spec = create_spec(self.inspect, old_img.get("Config") if old_img else None)
-        cur = self.current()
-        record = make_record(cur["image"], cur["digest"], spec, self.inspect["Image"])
+        record = self.recorded() if keep_record else None
+        if record is None:
+            cur = self.current()
+            record = make_record(cur["image"], cur["digest"], spec, self.inspect["Image"])
         self._switch(spec, target["image"], record)
 
     def restore(self, record):

@@ -180,12 +180,13 @@ class K8sDeployment:
     def matches(self, record):
         return _normal(self._template()) == _normal((record.get("spec") or {}).get("template") or {})
 
-    def replace(self, target):
-        cur = self.current()
-        record = make_record(cur["image"], cur["digest"], {"template": self._template()})
+    def replace(self, target, keep_record=False):
         self.before = self._template()
-        self._patch({"metadata": {"annotations": {RECORD_KEY: json.dumps(record, separators=(",", ":"),
-                                                                          sort_keys=True)}}})
+        if not (keep_record and self.recorded()):
+            cur = self.current()
+            record = make_record(cur["image"], cur["digest"], {"template": self._template()})
+            self._patch({"metadata": {"annotations": {RECORD_KEY: json.dumps(record, separators=(",", ":"),
+                                                                              sort_keys=True)}}})
         self._patch({"spec": {"template": {"spec": {"containers": [{"name": self.container,
                                                                     "image": target["image"]}]}}}})
 
