@@ -431,7 +431,7 @@ def probe_redis(check, obs, timeout, ctx=None):
     obs.measure("connected_clients", _int(info.get("connected_clients")))
     limit = maxmem or system
     if used is not None and limit:
-        obs.measure("memory_pct", 100.0 * used / limit, 2)
+        obs.measure("memory_pct", 100.0 * used / limit, 3)
     obs.details.update({"redis_version": info.get("redis_version"), "role": info.get("role"),
                         "memory_limit": "maxmemory" if maxmem else ("system memory" if system else None)})
     obs.note("PONG in %s ms, %s clients, memory %s%% of %s" % (

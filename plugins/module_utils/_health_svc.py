@@ -15,16 +15,20 @@ import time
 from ._errors import ConfigError, MissingLibraryError, ServiceError
 from ._ranges import CRITICAL, UNKNOWN, WARNING, format_number
 
-try:
-    import kubernetes.client
-    import kubernetes.config
-    from kubernetes.client.rest import ApiException
-    HAS_KUBERNETES = True
-    KUBERNETES_IMPORT_ERROR = None
-except ImportError as _exc:  # pragma: no cover - depends on the host
-    HAS_KUBERNETES = False
-    KUBERNETES_IMPORT_ERROR = _exc
-    ApiException = None
+_KUBERNETES = {}
+
+
+def _kubernetes():
+    """Import the kubernetes client on first use (it takes seconds to import)."""
+    if not _KUBERNETES:
+        try:
+            import kubernetes.client
+            import kubernetes.config
+        except ImportError as exc:  # pragma: no cover - depends on the host
+            raise MissingLibraryError("kubernetes", exc) from None
+        _KUBERNETES["k"] = kubernetes
+    return _KUBERNETES["k"]
+
 
 ROLLOUT_SUCCESS, ROLLOUT_WAITING, ROLLOUT_FAILED = "success", "waiting", "failed"
 
@@ -177,8 +181,7 @@ def deployment_status(deployment):
 
 
 def _k8s_client(check):
-    if not HAS_KUBERNETES:
-        raise MissingLibraryError("kubernetes", KUBERNETES_IMPORT_ERROR)
+    kubernetes = _kubernetes()
     try:
         if check.get("in_cluster"):
             config = kubernetes.client.Configuration()
@@ -194,13 +197,14 @@ def _k8s_client(check):
 
 def probe_k8s(check, obs, timeout, ctx):
     key = (check.get("kubeconfig"), check.get("context"), bool(check.get("in_cluster")))
+    kubernetes = _kubernetes()
     api = ctx.client("k8s", key, lambda: _k8s_client(check))
     ns, name = check["namespace"], check["deployment"]
     try:
         response = kubernetes.client.AppsV1Api(api).read_namespaced_deployment(
             name, ns, _preload_content=False, _request_timeout=timeout)
         deployment = json.loads(response.data)
-    except ApiException as exc:
+    except kubernetes.client.ApiException as exc:
         if exc.status == 404:
             raise _probe_failed(CRITICAL, "deployment %s/%s not found" % (ns, name)) from None
         reason = exc.reason or ""

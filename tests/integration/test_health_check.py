@@ -1,0 +1,407 @@
+# -*- coding: utf-8 -*-
+# Copyright: opskit.runbook contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""opskit.runbook.health_check through ansible-playbook against real targets.
+
+Targets: an HTTP(S) server started here (JSON, slow, failing, flaky endpoints; TLS with a
+self-signed certificate that expires in a few days), a socket that never answers, the harness's
+PostgreSQL, Redis and Docker Engine, and a stand-in of the Kubernetes Deployment endpoint
+(plus a real cluster when KUBECONFIG points at a reachable one).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import time
+import uuid
+
+import pytest
+
+from health_fixtures import CERT_DAYS, deployment, health_targets, kube_stand_in  # noqa: F401 (fixtures)
+
+HEADER = """
+- hosts: localhost
+  gather_facts: false
+  tasks:
+"""
+
+
+def _closed_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _by_name(result):
+    return {check["name"]: check for check in result["checks"]}
+
+
+def _assert_no_crash(run):
+    text = run.stdout + run.stderr
+    assert "Traceback" not in text and "MODULE FAILURE" not in text, text[-3000:]
+
+
+# --------------------------------------------------------------------------- http, tcp, host checks
+
+def test_http_tcp_and_host_checks(run_playbook, health_targets):  # noqa: F811
+    t = health_targets
+    key = uuid.uuid4().hex[:8]
+    play = HEADER + """
+    - name: probes
+      opskit.runbook.health_check:
+        fail_on: never
+        concurrency: 8
+        checks:
+          - {name: json_ok, type: http, url: "{{ http }}/health", thresholds: {time_ms: {warning: 5000}},
+             json_conditions: ['status == "UP"', 'checks.db.status == "ok"', 'checks.db.latency < 20', 'pool.used <= 80']}
+          - {name: down, type: http, url: "{{ http }}/down", json_conditions: ['status == "UP"']}
+          - {name: not_a_number, type: http, url: "{{ http }}/health", json_conditions: ['word > 3']}
+          - {name: not_json, type: http, url: "{{ http }}/text", json_conditions: ['status == "UP"']}
+          - {name: body, type: http, url: "{{ http }}/text", body_contains: "hello from"}
+          - {name: body_missing, type: http, url: "{{ http }}/text", body_contains: "goodbye"}
+          - {name: slow_warning, type: http, url: "{{ http }}/slow?ms=300", warning: 100, critical: 5000}
+          - {name: slow_timeout, type: http, url: "{{ http }}/slow?ms=3000", timeout: 0.5}
+          - {name: refused, type: http, url: "http://127.0.0.1:{{ closed }}/"}
+          - {name: dns, type: http, url: "http://no-such-host.invalid/health"}
+          - {name: tls_untrusted, type: http, url: "{{ https }}/health"}
+          - {name: tls_expiring, type: http, url: "{{ https }}/health", validate_certs: false,
+             thresholds: {cert_days: {warning: "14:", critical: "2:"}}}
+          - {name: tls_trusted, type: http, url: "{{ https }}/health", ca_path: "{{ cert }}",
+             thresholds: {cert_days: {critical: "2:"}}, json_conditions: ['status == "UP"']}
+          - {name: tls_on_plain_port, type: http, url: "{{ http | replace('http:', 'https:') }}/health"}
+          - {name: tls_handshake_timeout, type: http, url: "https://127.0.0.1:{{ silent }}/", timeout: 0.5}
+          - {name: post, type: http, url: "{{ http }}/echo", method: POST, body: {a: 1}, headers: {X-Token: t0k},
+             json_conditions: ['content_type == "application/json"', 'token == "t0k"', 'body == "{\\"a\\": 1}"']}
+          - {name: flaky, type: http, url: "{{ http }}/flaky/{{ key }}/2", retries: 3, interval: 0.1, consecutive: 2}
+          - {name: status_codes, type: http, url: "{{ http }}/down", status_codes: [503]}
+          - {name: tcp_expect, type: tcp, host: 127.0.0.1, port: "{{ http_port }}",
+             send: "GET /health HTTP/1.0\\r\\n\\r\\n", expect: "200 OK"}
+          - {name: tcp_refused, type: tcp, host: 127.0.0.1, port: "{{ closed }}"}
+          - {name: tcp_timeout, type: tcp, host: 127.0.0.1, port: "{{ silent }}", send: "x", expect: "y", timeout: 0.5}
+          - {name: disk, type: disk, path: /, thresholds: {free_pct: {critical: "@0:100"}, inodes_free_pct: {warning: "101:"}}}
+          - {name: memory, type: memory, warning: 100}
+          - {name: load, type: load, critical: "~:"}
+      register: report
+    - name: same checks in check mode
+      opskit.runbook.health_check:
+        checks:
+          - {name: json_ok, type: http, url: "{{ http }}/health"}
+          - {type: disk}
+      check_mode: true
+    - name: fail on critical
+      opskit.runbook.health_check:
+        checks:
+          - {name: down, type: http, url: "{{ http }}/down"}
+          - {name: up, type: http, url: "{{ http }}/health"}
+      ignore_errors: true
+    - name: fail on warning
+      opskit.runbook.health_check:
+        fail_on: warning
+        checks:
+          - {name: slow, type: http, url: "{{ http }}/slow?ms=150", warning: 50}
+      ignore_errors: true
+    - name: warning passes by default
+      opskit.runbook.health_check:
+        checks:
+          - {name: slow, type: http, url: "{{ http }}/slow?ms=150", warning: 50}
+"""
+    run = run_playbook(play, extra_vars={
+        "http": t.http_url, "https": t.https_url, "cert": t.cert_path, "silent": t.silent_port,
+        "closed": _closed_port(), "key": key, "http_port": t.http.server_address[1]})
+    _assert_no_crash(run)
+    assert run.rc == 0, run.stdout[-3000:]
+    report = run.task("probes")
+    checks = _by_name(report)
+    assert report["changed"] is False and report["_status"] == "ok"
+    assert report["status"] == "CRITICAL"
+    assert sum(report["counts"].values()) == len(report["checks"]) == 24
+    assert [c["name"] for c in report["checks"]][:3] == ["json_ok", "down", "not_a_number"]
+
+    def expect(name, status, *fragments):
+        check = checks[name]
+        assert check["status"] == status, (name, check)
+        for fragment in fragments:
+            assert fragment in check["message"], (name, fragment, check["message"])
+        return check
+
+    ok = expect("json_ok", "OK", "HTTP 200 in ", "4 of 4 conditions passed")
+    assert {"dns_ms", "connect_ms", "first_byte_ms", "time_ms"} <= set(ok["measures"]) and "tls_ms" not in ok["measures"]
+    assert ok["measures"]["status_code"] == 200 and ok["attempts"] == 1
+    assert "'time_ms'=" in ok["perfdata"] and ";5000;;0" in ok["perfdata"]
+    expect("down", "CRITICAL", "status (503) not in 200-299", 'condition failed: status ("DOWN") == "UP"')
+    expect("not_a_number", "UNKNOWN", 'word ("abc") > 3: "abc" is not a number')
+    expect("not_json", "UNKNOWN", "body is not JSON")
+    expect("body", "OK")
+    expect("body_missing", "CRITICAL", "body does not contain 'goodbye'")
+    slow = expect("slow_warning", "WARNING", "> 100 (warning)")
+    assert slow["measures"]["time_ms"] >= 300 and slow["measures"]["first_byte_ms"] >= 300
+    assert ";100;5000;0" in slow["perfdata"]
+    expect("slow_timeout", "CRITICAL", "timed out after 0.5s while waiting for the first byte")
+    expect("refused", "CRITICAL", "connection to 127.0.0.1:", "refused")
+    expect("dns", "CRITICAL", "DNS lookup of no-such-host.invalid failed")
+    expect("tls_untrusted", "CRITICAL", "TLS certificate verification failed for 127.0.0.1", "self")
+    expiring = expect("tls_expiring", "WARNING", "< 14 (warning)")
+    assert CERT_DAYS - 1 < expiring["measures"]["cert_days"] <= CERT_DAYS
+    assert expiring["details"]["cert_not_after"].endswith("Z") and expiring["measures"]["tls_ms"] > 0
+    trusted = expect("tls_trusted", "OK", "1 of 1 conditions passed")
+    assert CERT_DAYS - 1 < trusted["measures"]["cert_days"] <= CERT_DAYS
+    expect("tls_on_plain_port", "CRITICAL", "TLS handshake with 127.0.0.1:")
+    expect("tls_handshake_timeout", "CRITICAL", "timed out after 0.5s while in the TLS handshake")
+    expect("post", "OK", "3 of 3 conditions passed")
+    flaky = expect("flaky", "OK", "2 consecutive OK")
+    assert flaky["history"] == ["CRITICAL", "CRITICAL", "OK", "OK"] and flaky["attempts"] == 4
+    expect("status_codes", "OK", "HTTP 503")
+    expect("tcp_expect", "OK", "answered in")
+    expect("tcp_refused", "CRITICAL", "refused")
+    expect("tcp_timeout", "CRITICAL", "timed out after 0.5s while waiting for 'y'")
+    disk = expect("disk", "CRITICAL", "free_pct (", "inside @0:100 (critical)", "inodes_free_pct (", "< 101 (warning)")
+    assert 0 <= disk["measures"]["free_pct"] <= 100 and disk["measures"]["total_bytes"] > 0
+    expect("memory", "OK", "memory ")
+    load = expect("load", "OK", "cores")
+    assert load["measures"]["cores"] >= 1
+    for check in report["checks"]:     # every failure is a structured result, with a message
+        assert check["message"] and check["duration_ms"] is not None
+
+    in_check_mode = run.task("same checks in check mode")
+    assert in_check_mode["changed"] is False and in_check_mode["status"] == "OK"
+    assert len(in_check_mode["checks"]) == 2
+
+    failed = run.task("fail on critical")
+    assert failed["_status"] == "failed" and failed["status"] == "CRITICAL"
+    assert failed["msg"].startswith("CRITICAL: 2 checks, 1 OK, 1 CRITICAL; CRITICAL down: HTTP 503")
+    assert [c["status"] for c in failed["checks"]] == ["CRITICAL", "OK"]      # the whole report comes back
+    warned = run.task("fail on warning")
+    assert warned["_status"] == "failed" and warned["status"] == "WARNING"
+    passed = run.task("warning passes by default")
+    assert passed["_status"] == "ok" and passed["status"] == "WARNING"
+
+
+# --------------------------------------------------------------------------- services
+
+def _wait(predicate, what, timeout=30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError("timed out waiting for %s" % what)
+
+
+@pytest.fixture
+def containers(docker_engine):
+    """Containers in the states a docker_container check must tell apart (random names, removed after)."""
+    client, image, prefix = docker_engine.client, docker_engine.busybox_image, "opskit-hc-%s" % uuid.uuid4().hex[:8]
+    created = []
+
+    def run(suffix, command, **kwargs):
+        container = client.containers.run(image, command, name="%s-%s" % (prefix, suffix), detach=True, **kwargs)
+        created.append(container)
+        return container
+
+    def health(cmd):
+        return {"test": ["CMD-SHELL", cmd], "interval": 200_000_000, "timeout": 1_000_000_000, "retries": 1}
+    try:
+        run("plain", "sleep 300")
+        healthy = run("healthy", "sleep 300", healthcheck=health("exit 0"))
+        unhealthy = run("unhealthy", "sleep 300", healthcheck=health("echo db down; exit 1"))
+        exited = run("exited", "sh -c 'exit 3'")
+
+        def status(container, path):
+            container.reload()
+            node = container.attrs
+            for key in path:
+                node = (node or {}).get(key)
+            return node
+        _wait(lambda: status(healthy, ("State", "Health", "Status")) == "healthy", "a healthy container")
+        _wait(lambda: status(unhealthy, ("State", "Health", "Status")) == "unhealthy", "an unhealthy container")
+        _wait(lambda: status(exited, ("State", "Status")) == "exited", "an exited container")
+        yield prefix
+    finally:
+        for container in created:
+            try:
+                container.remove(force=True)
+            except Exception:  # pylint: disable=broad-except
+                pass
+
+
+def test_service_checks(run_playbook, pg, redis, docker_engine, containers, kube_stand_in, tmp_path):  # noqa: F811
+    kube_stand_in.add(deployment("web", "shop"))
+    kube_stand_in.add(deployment("rolling", "shop", updated=3, total=4, available=2))
+    kube_stand_in.add(deployment("down", "shop", available=0))
+    kube_stand_in.add(deployment("stuck", "shop", updated=1, available=2, conditions=[
+        {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
+         "message": 'ReplicaSet "stuck-7d" has timed out progressing.'}]))
+    kube_stand_in.add(deployment("unobserved", "shop", generation=5, observed=4))
+    unreachable = tmp_path / "unreachable-kubeconfig"
+    unreachable.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "x",
+        "clusters": [{"name": "x", "cluster": {"server": "http://127.0.0.1:%d" % _closed_port()}}],
+        "users": [{"name": "x", "user": {}}], "contexts": [{"name": "x", "context": {"cluster": "x", "user": "x"}}]}))
+    wrong_password = "wrong-%s" % uuid.uuid4().hex
+    # a long-running query for the long_queries measure
+    sleeper = subprocess.Popen([os.path.join(pg.bin_dir, "psql"), "-XAtq", "-c", "SELECT pg_sleep(60)"],
+                               env=dict(os.environ, **pg.env), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait(lambda: pg.psql("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(60)%'"
+                              " AND now() - query_start > interval '0.6 s'").strip() == "1", "the sleeping query")
+        play = HEADER + """
+    - name: services
+      opskit.runbook.health_check:
+        fail_on: never
+        host: 127.0.0.1
+        port: "{{ pg_port }}"
+        password: "{{ pg_password }}"
+        docker_host: "{{ docker_host }}"
+        checks:
+          - {name: pg, type: postgres, warning: 80, critical: 95}
+          - {name: pg_long_queries, type: postgres, long_query_seconds: 0.5, thresholds: {long_queries: {critical: 0}}}
+          - {name: pg_wrong_password, type: postgres, password: "{{ wrong_password }}"}
+          - {name: pg_no_server, type: postgres, port: "{{ closed }}"}
+          - {name: redis, type: redis, host: 127.0.0.1, port: "{{ redis_port }}",
+             thresholds: {connected_clients: {critical: "1:"}, memory_pct: {critical: 99}}}
+          - {name: redis_down, type: redis, host: 127.0.0.1, port: "{{ closed }}"}
+          - {name: plain, type: docker_container, container: "{{ prefix }}-plain", thresholds: {restart_count: {critical: 0}}}
+          - {name: healthy, type: docker_container, container: "{{ prefix }}-healthy"}
+          - {name: unhealthy, type: docker_container, container: "{{ prefix }}-unhealthy"}
+          - {name: exited, type: docker_container, container: "{{ prefix }}-exited"}
+          - {name: missing, type: docker_container, container: "{{ prefix }}-missing"}
+          - {name: k8s_web, type: k8s_deployment, kubeconfig: "{{ kubeconfig }}", namespace: shop, deployment: web}
+          - {name: k8s_rolling, type: k8s_deployment, kubeconfig: "{{ kubeconfig }}", namespace: shop, deployment: rolling}
+          - {name: k8s_down, type: k8s_deployment, kubeconfig: "{{ kubeconfig }}", namespace: shop, deployment: down}
+          - {name: k8s_stuck, type: k8s_deployment, kubeconfig: "{{ kubeconfig }}", namespace: shop, deployment: stuck}
+          - {name: k8s_unobserved, type: k8s_deployment, kubeconfig: "{{ kubeconfig }}", namespace: shop,
+             deployment: unobserved}
+          - {name: k8s_missing, type: k8s_deployment, kubeconfig: "{{ kubeconfig }}", namespace: shop, deployment: nope}
+          - {name: k8s_pct, type: k8s_deployment, kubeconfig: "{{ kubeconfig }}", namespace: shop,
+             deployment: rolling, critical: "100:"}
+          - {name: k8s_unreachable, type: k8s_deployment, kubeconfig: "{{ unreachable }}", deployment: web, timeout: 3}
+      register: report
+"""
+        run = run_playbook(play, extra_vars={
+            "pg_port": pg.port, "pg_password": pg.password, "wrong_password": wrong_password,
+            "closed": _closed_port(), "redis_port": redis.port, "docker_host": docker_engine.docker_host,
+            "prefix": containers, "kubeconfig": kube_stand_in.kubeconfig, "unreachable": str(unreachable)})
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    _assert_no_crash(run)
+    assert run.rc == 0, run.stdout[-3000:]
+    assert wrong_password not in run.stdout + run.stderr and pg.password not in run.stdout + run.stderr
+    report = run.task("services")
+    checks = _by_name(report)
+
+    def expect(name, status, *fragments):
+        check = checks[name]
+        assert check["status"] == status, (name, check)
+        for fragment in fragments:
+            assert fragment in check["message"], (name, fragment, check["message"])
+        return check
+
+    pgc = expect("pg", "OK", "PostgreSQL 15", "primary", "SELECT 1 in")
+    assert pgc["measures"]["max_connections"] >= pgc["measures"]["connections"] >= 1
+    assert 0 < pgc["measures"]["connections_pct"] < 80 and pgc["details"]["server_version"].startswith("15")
+    assert "replication_lag_seconds" not in pgc["measures"] and ";80;95;0;100" in pgc["perfdata"]
+    long_q = expect("pg_long_queries", "CRITICAL", "long_queries (1) > 0 (critical)")
+    assert long_q["measures"]["long_queries"] == 1
+    expect("pg_wrong_password", "CRITICAL", "cannot connect to PostgreSQL", "password authentication failed")
+    expect("pg_no_server", "CRITICAL", "cannot connect to PostgreSQL")
+    red = expect("redis", "OK", "PONG in")
+    assert red["measures"]["connected_clients"] >= 1 and red["measures"]["used_memory_bytes"] > 0
+    assert red["details"]["memory_limit"] == "system memory" and 0 <= red["measures"]["memory_pct"] < 99
+    expect("redis_down", "CRITICAL", "refused")
+    plain = expect("plain", "OK", "running, 0 restarts")
+    assert plain["measures"] == {"running": 1, "restart_count": 0, "oom_killed": 0}
+    expect("healthy", "OK", "running, healthy")
+    expect("unhealthy", "CRITICAL", "is unhealthy", "db down")
+    exited = expect("exited", "CRITICAL", "is exited (exit code 3)")
+    assert exited["measures"]["running"] == 0 and exited["measures"]["exit_code"] == 3
+    expect("missing", "CRITICAL", "not found")
+    web = expect("k8s_web", "OK", "successfully rolled out (3 of 3 available)")
+    assert web["measures"]["available_pct"] == 100 and web["details"]["rollout"] == "success"
+    expect("k8s_rolling", "WARNING", "1 old replicas are pending termination")
+    expect("k8s_down", "CRITICAL", "no replica available")
+    expect("k8s_stuck", "CRITICAL", "exceeded its progress deadline", "timed out progressing")
+    expect("k8s_unobserved", "WARNING", "generation 5, observed 4")
+    expect("k8s_missing", "CRITICAL", "deployment shop/nope not found")
+    expect("k8s_pct", "CRITICAL", "available_pct (66.67) < 100 (critical)")
+    expect("k8s_unreachable", "CRITICAL", "cannot reach the Kubernetes API")
+    assert any(path.startswith("/apis/apps/v1/namespaces/shop/deployments/web") for path in kube_stand_in.requests)
+
+
+# --------------------------------------------------------------------------- bad input
+
+def test_bad_input_names_the_check(run_playbook):
+    play = HEADER + """
+    - name: unknown type
+      opskit.runbook.health_check:
+        checks: [{type: disk}, {name: api, type: htpp, url: "http://x"}]
+      ignore_errors: true
+    - name: missing field
+      opskit.runbook.health_check:
+        checks: [{name: db-port, type: tcp, host: db1}]
+      ignore_errors: true
+    - name: malformed range
+      opskit.runbook.health_check:
+        checks: [{name: root, type: disk, warning: "20:10"}]
+      ignore_errors: true
+    - name: malformed condition
+      opskit.runbook.health_check:
+        checks: [{name: api, type: http, url: "http://x", json_conditions: ["status is UP"]}]
+      ignore_errors: true
+    - name: option of another type
+      opskit.runbook.health_check:
+        checks: [{name: api, type: http, url: "http://x", container: web}]
+      ignore_errors: true
+"""
+    run = run_playbook(play)
+    _assert_no_crash(run)
+    messages = {name: run.task(name) for name in ("unknown type", "missing field", "malformed range",
+                                                   "malformed condition", "option of another type")}
+    for name, result in messages.items():
+        assert result["_status"] == "failed", name
+        assert "\n" not in result["msg"], result["msg"]
+    assert messages["unknown type"]["msg"].startswith("check 'api' (checks[1]): unknown type 'htpp'")
+    assert messages["missing field"]["msg"] == "check 'db-port' (checks[0]): type tcp requires port"
+    assert messages["malformed range"]["msg"] == "check 'root' (checks[0]): free_pct warning: range '20:10' has start 20 greater than end 10"
+    assert messages["malformed condition"]["msg"].startswith("check 'api' (checks[0]): json_conditions[0]: cannot parse condition")
+    assert messages["option of another type"]["msg"] == "check 'api' (checks[0]): option(s) container do not apply to type http"
+
+
+# --------------------------------------------------------------------------- a real cluster, when there is one
+
+def _real_cluster():
+    """(kubeconfig, namespace, deployment) of a reachable cluster, or the reason why there is none."""
+    path = os.environ.get("KUBECONFIG")
+    if not path:
+        return None, "KUBECONFIG is not set: no real Kubernetes cluster to test against"
+    try:
+        import kubernetes
+        api = kubernetes.config.new_client_from_config(config_file=path.split(os.pathsep)[0])
+        kubernetes.client.VersionApi(api).get_code(_request_timeout=5)
+    except Exception as exc:  # pylint: disable=broad-except
+        return None, "KUBECONFIG=%s does not point at a reachable cluster: %s" % (path, str(exc).splitlines()[0][:200])
+    target = os.environ.get("OPSKIT_K8S_DEPLOYMENT", "kube-system/coredns")
+    namespace, _sep, name = target.rpartition("/")
+    return (path.split(os.pathsep)[0], namespace or "default", name), None
+
+
+def test_k8s_deployment_on_a_real_cluster(run_playbook):
+    target, reason = _real_cluster()
+    if target is None:
+        pytest.skip(reason)
+    kubeconfig, namespace, name = target
+    play = HEADER + """
+    - name: real
+      opskit.runbook.health_check:
+        fail_on: never
+        checks:
+          - {name: dep, type: k8s_deployment, kubeconfig: "%s", namespace: "%s", deployment: "%s"}
+""" % (kubeconfig, namespace, name)
+    run = run_playbook(play)
+    _assert_no_crash(run)
+    check = run.task("real")["checks"][0]
+    assert check["status"] in ("OK", "WARNING", "CRITICAL"), check
+    assert "desired_replicas" in check["measures"] or "not found" in check["message"], check
