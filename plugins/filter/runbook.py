@@ -1,0 +1,125 @@
+# -*- coding: utf-8 -*-
+# Copyright: opskit.runbook contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Filters of the runbook reports: durations in seconds, backup rows and inline SVG bar charts.
+
+Documentation: the sidecar files duration_seconds.yml, svg_bars.yml and backup_rows.yml here.
+"""
+
+from __future__ import annotations
+
+from html import escape
+
+from ansible.errors import AnsibleFilterError
+
+from ansible_collections.opskit.runbook.plugins.module_utils._errors import ConfigError
+from ansible_collections.opskit.runbook.plugins.module_utils._timeutil import Duration
+
+BAR_HEIGHT = 18
+GAP = 6
+LABEL_WIDTH = 190
+VALUE_WIDTH = 90
+CHART_WIDTH = 640
+PALETTE = {"ok": "#2e7d32", "bad": "#c62828", "neutral": "#1565c0"}
+
+
+def duration_seconds(value):
+    """'4h' -> 14400.0; numbers are seconds already. Months and years count back from now."""
+    if isinstance(value, bool):
+        raise AnsibleFilterError("duration_seconds: %r is not a duration" % (value,))
+    if isinstance(value, (int, float)):
+        return float(value)
+    try:
+        return float(Duration.parse(value, option="duration_seconds").seconds())
+    except ConfigError as exc:
+        raise AnsibleFilterError(str(exc)) from None
+
+
+def _number(item, key, index):
+    value = item.get(key)
+    if isinstance(value, bool) or value is None:
+        raise AnsibleFilterError("svg_bars: item %d has no numeric %r" % (index, key))
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise AnsibleFilterError("svg_bars: item %d: %r is not a number (%r)" % (index, key, value)) from None
+
+
+def _fmt(value, unit):
+    if unit == "s":
+        if value >= 7200:
+            return "%.1f h" % (value / 3600)
+        if value >= 120:
+            return "%.1f min" % (value / 60)
+        return "%.2f s" % value
+    return "%g %s" % (round(value, 2), unit) if unit else "%g" % round(value, 2)
+
+
+def svg_bars(items, label="name", value="seconds", unit="s", limit=None, title=""):
+    """A horizontal bar chart as an inline <svg> element (no scripts, no external assets).
+
+    items: list of dicts; label/value: their keys. limit: a target drawn as a dashed line; bars
+    beyond it are red, the others green (without a limit every bar is blue).
+    """
+    if not isinstance(items, (list, tuple)):
+        raise AnsibleFilterError("svg_bars: expected a list of dicts, got %s" % type(items).__name__)
+    rows = []
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise AnsibleFilterError("svg_bars: item %d is not a dict" % index)
+        rows.append((str(item.get(label, "")), _number(item, value, index)))
+    limit = None if limit in (None, "") else duration_seconds(limit) if unit == "s" else float(limit)
+    scale_max = max([v for _, v in rows] + ([limit] if limit else []) + [1e-9])
+    plot = CHART_WIDTH - LABEL_WIDTH - VALUE_WIDTH
+    top = 22 if title else 4
+    height = top + len(rows) * (BAR_HEIGHT + GAP) + 4
+    out = ['<svg xmlns="http://www.w3.org/2000/svg" role="img" width="%d" height="%d" viewBox="0 0 %d %d"'
+           ' font-family="sans-serif" font-size="12">' % (CHART_WIDTH, height, CHART_WIDTH, height)]
+    if title:
+        out.append('<text x="0" y="14" font-weight="bold">%s</text>' % escape(str(title)))
+    for row, (name, number) in enumerate(rows):
+        y = top + row * (BAR_HEIGHT + GAP)
+        width = max(1.0, plot * number / scale_max) if number > 0 else 0.0
+        colour = PALETTE["neutral"] if limit is None else PALETTE["ok" if number <= limit else "bad"]
+        out.append('<text x="0" y="%d">%s</text>' % (y + 13, escape(name[:32])))
+        out.append('<rect x="%d" y="%d" width="%.1f" height="%d" fill="%s"><title>%s: %s</title></rect>'
+                   % (LABEL_WIDTH, y, width, BAR_HEIGHT, colour, escape(name), escape(_fmt(number, unit))))
+        out.append('<text x="%.1f" y="%d">%s</text>' % (LABEL_WIDTH + width + 4, y + 13, escape(_fmt(number, unit))))
+    if limit:
+        x = LABEL_WIDTH + plot * limit / scale_max
+        out.append('<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="#555" stroke-dasharray="4 3">'
+                   '<title>target %s</title></line>' % (x, top - 2, x, height - 2, escape(_fmt(limit, unit))))
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+def backup_rows(series, only=None):
+    """backup_info's ``series`` dict -> one flat row per series (sorted), optionally only some."""
+    if not isinstance(series, dict):
+        raise AnsibleFilterError("backup_rows: expected the series dict of backup_info, got %s"
+                                 % type(series).__name__)
+    rows = []
+    for name in sorted(series):
+        if only is not None and name not in only:
+            continue
+        entry = series[name] or {}
+        newest = entry.get("newest") or {}
+        rows.append({
+            "series": name,
+            "kind": newest.get("kind"),
+            "id": newest.get("id"),
+            "created_at": newest.get("created_at"),
+            "age_seconds": entry.get("newest_age_seconds"),
+            "size_bytes": newest.get("size_bytes"),
+            "count": entry.get("count"),
+            "total_size_bytes": entry.get("total_size_bytes"),
+            "verified_id": (entry.get("newest_verified") or {}).get("id"),
+            "verified_age_seconds": entry.get("newest_verified_age_seconds"),
+            "stale": bool(entry.get("stale")),
+        })
+    return rows
+
+
+class FilterModule:
+    def filters(self):
+        return {"duration_seconds": duration_seconds, "svg_bars": svg_bars, "backup_rows": backup_rows}
