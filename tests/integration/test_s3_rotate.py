@@ -1,0 +1,208 @@
+# -*- coding: utf-8 -*-
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""s3_rotate through ansible-playbook on a real directory and a real S3 endpoint (moto)."""
+
+from __future__ import annotations
+
+import datetime
+import os
+
+import pytest
+
+from ansible_collections.opskit.runbook.plugins.module_utils import _backup, _storage
+from ansible_collections.opskit.runbook.plugins.module_utils._retention import (
+    Backup, parse_policy, plan_rotation)
+
+UTC = datetime.timezone.utc
+NOW = datetime.datetime.now(UTC).replace(microsecond=0)
+SECRET = "s3cr3t-Rotate-never-shown-9876543210"
+POLICY = dict(keep_daily=7, keep_weekly=4, timezone="Europe/Berlin", orphan_grace="1s")
+
+PLAY = """
+- hosts: localhost
+  gather_facts: false
+  tasks:
+    - name: rotate
+      opskit.runbook.s3_rotate: "{{ rotate_args }}"
+      diff: true
+"""
+
+
+def _write(location, series, when, verified=False):
+    with _backup.BackupSession(location, series, "generic", compression="none", now=when) as session:
+        with session.artifact("bin") as out:
+            out.write(b"payload " + when.isoformat().encode())
+        manifest = session.publish()
+    if verified:
+        manifest = _backup.update_verification(location, manifest, "restore", "passed")
+    return manifest
+
+
+def _days_ago(days):
+    return (NOW - datetime.timedelta(days=days)).replace(hour=2, minute=0, second=0)
+
+
+def _s3_location(s3, bucket_args=None):
+    bucket = "opskit-rot-%s" % os.urandom(6).hex()
+    s3.client.create_bucket(Bucket=bucket, **(bucket_args or {}))
+    args = {"location": "s3://%s/prod" % bucket, "endpoint_url": s3.endpoint_url,
+            "access_key": s3.access_key, "secret_key": s3.secret_key}
+    return args, _storage.open_location(args["location"], **{k: v for k, v in args.items() if k != "location"})
+
+
+@pytest.fixture(params=["file", "s3"])
+def history(request, tmp_path):
+    """db: one backup a day for 40 days (the 10-day-old one verified); cfg: 3 backups;
+    an orphan artifact and a partial write (S3: an incomplete multipart upload) in db."""
+    if request.param == "file":
+        args = {"location": "file://%s/backups" % tmp_path}
+        location = _storage.open_location(args["location"])
+    else:
+        args, location = _s3_location(request.getfixturevalue("s3"))
+    made = [_write(location, "db", _days_ago(d), verified=(d == 10)) for d in range(1, 41)]
+    for d in (1, 2, 3):
+        _write(location, "cfg", _days_ago(d))
+    orphan = "db/%s.bin" % _backup.new_backup_id(_days_ago(50))
+    location.write_bytes(orphan, b"half a backup")
+    if location.scheme == "s3":
+        location.client.create_multipart_upload(Bucket=location.bucket, Key=location.full_key(
+            "db/%s.bin" % _backup.new_backup_id(_days_ago(45))))
+        partial = None
+    else:
+        partial = "db/.%s.bin.partial-0badc0de" % _backup.new_backup_id(_days_ago(45))
+        with open(location.path(partial), "wb") as fh:
+            fh.write(b"partial")
+    return args, location, made, orphan, partial
+
+
+def _keys(location):
+    return sorted(i.key for i in location.list_objects())
+
+
+def test_check_mode_then_rotate_then_nothing_to_do(run_playbook, history):
+    args, location, made, orphan, partial = history
+    rotate_args = dict(args, **POLICY)
+    before = _keys(location)
+    expected = plan_rotation([Backup(m["id"], _backup.backup_time(m["id"])) for m in made],
+                             parse_policy(keep_daily=7, keep_weekly=4, timezone="Europe/Berlin"),
+                             NOW, newest_verified=made[9]["id"])
+    expected_deleted = [b.id for b in expected["deleted"]]
+    assert 20 <= len(expected_deleted) <= 28
+
+    checked = run_playbook(PLAY, {"rotate_args": rotate_args}, check=True)
+    res = checked.task("rotate")
+    assert checked.rc == 0, checked.stdout[-3000:]
+    assert res["changed"] is True
+    assert _keys(location) == before, "check mode deleted something"
+    db = res["series"]["db"]
+    assert [d["id"] for d in db["deleted"]] == expected_deleted
+    assert db["newest_verified"] == made[9]["id"]
+    kept = {k["id"]: k["reasons"] for k in db["kept"]}
+    assert kept[made[9]["id"]] == ["newest verified"]
+    assert kept[made[8]["id"]] == ["newer than the newest verified"]
+    assert any(r.startswith("weekly ") for r in kept[made[0]["id"]])
+    assert res["series"]["cfg"]["counts"] == dict(backups=3, kept=3, deleted=0, locked=0, orphans_deleted=0,
+                                                  orphans_kept=0, uploads_aborted=0, anomalies=0)
+    assert sorted(o["key"] for o in db["orphans"] if o["action"] == "deleted") == \
+        sorted([orphan] + ([partial] if partial else []))
+    if location.scheme == "s3":
+        assert [u["action"] for u in db["uploads"]] == ["aborted"]
+        assert len(location.list_multipart_uploads()) == 1
+    assert res["diff"]["before"].count("\n") == 43
+    assert res["diff"]["after"].count("\n") == 43 - len(expected_deleted)
+    assert res["requests"]["delete_calls"] == 0
+
+    applied = run_playbook(PLAY, {"rotate_args": rotate_args})
+    res2 = applied.task("rotate")
+    assert applied.rc == 0 and res2["changed"] is True
+    assert res2["series"]["db"]["deleted"] == db["deleted"]
+    after = _keys(location)
+    for backup_id in expected_deleted:
+        assert not any(backup_id in key for key in after)
+    assert orphan not in after
+    assert len(after) == len(before) - 2 * len(expected_deleted) - 1 - (1 if partial else 0)
+    if location.scheme == "s3":
+        assert location.list_multipart_uploads() == []
+        assert res2["requests"]["delete_calls"] == 2   # artifacts + orphan, then manifests
+    else:
+        assert not os.path.exists(location.path(partial))
+    survivors = _backup.list_backups(location, "db")["db"]
+    assert [m["id"] for m in survivors] == [k["id"] for k in db["kept"]]
+
+    again = run_playbook(PLAY, {"rotate_args": rotate_args})
+    res3 = again.task("rotate")
+    assert again.rc == 0 and res3["changed"] is False
+    assert res3["series"]["db"]["deleted"] == []
+    # the 3 backups kept only by the verified guard are candidates again: one batch of reads
+    assert 10 <= res3["series"]["db"]["manifests_read"] <= 16
+    assert res3["series"]["cfg"]["manifests_read"] == 0
+    assert _keys(location) == after
+
+
+def test_object_lock_and_legal_hold_are_never_deleted(run_playbook, s3):
+    args, location = _s3_location(s3, {"ObjectLockEnabledForBucket": True})
+    made = [_write(location, "db", _days_ago(d)) for d in range(1, 6)]
+    oldest, second = made[-1], made[-2]
+    s3.client.put_object_legal_hold(Bucket=location.bucket, Key=location.full_key("db/" + oldest["artifact"]),
+                                    LegalHold={"Status": "ON"})
+    until = NOW + datetime.timedelta(days=30)
+    s3.client.put_object_retention(Bucket=location.bucket,
+                                   Key=location.full_key(_backup.manifest_key("db", second["id"])),
+                                   Retention={"Mode": "GOVERNANCE", "RetainUntilDate": until})
+    run = run_playbook(PLAY, {"rotate_args": dict(args, keep_last=1)})
+    res = run.task("rotate")
+    assert run.rc == 0, run.stdout[-3000:]
+    db = res["series"]["db"]
+    assert {x["id"]: x["reason"] for x in db["locked"]} == {
+        oldest["id"]: "legal hold",
+        second["id"]: "object lock GOVERNANCE until %s" % until.strftime("%Y-%m-%dT%H:%M:%SZ")}
+    assert [d["id"] for d in db["deleted"]] == [m["id"] for m in made[1:3]]
+    assert res["requests"]["lock_checks"] == 1 + 2 * 4   # configuration + one HEAD per key of 4 candidates
+    listed = [m["id"] for m in _backup.list_backups(location, "db")["db"]]
+    assert listed == [made[0]["id"], second["id"], oldest["id"]]
+    again = run_playbook(PLAY, {"rotate_args": dict(args, keep_last=1)})
+    assert again.task("rotate")["changed"] is False
+
+
+BAD = """
+- hosts: localhost
+  gather_facts: false
+  tasks:
+""" + "".join("""
+    - name: {name}
+      opskit.runbook.s3_rotate: "{{{{ base | combine({options}) }}}}"
+      ignore_errors: true
+""".format(name=name, options=options) for name, options in [
+    ("negative", "{'keep_daily': -3}"),
+    ("duration", "{'keep_daily': 7, 'keep_within': '30 days'}"),
+    ("timezone", "{'keep_daily': 7, 'timezone': 'Mars/Olympus_Mons'}"),
+    ("series", "{'keep_daily': 7, 'series': 'no-such-series'}"),
+    ("empty", "{}"),
+    ("grace", "{'keep_daily': 7, 'orphan_grace': 'a while'}"),
+])
+
+
+def test_bad_input_fails_with_one_line_errors(run_playbook, s3):
+    bucket = s3.new_bucket("opskit-rot")
+    location = _storage.open_location("s3://%s" % bucket, endpoint_url=s3.endpoint_url,
+                                      access_key=s3.access_key, secret_key=s3.secret_key)
+    _write(location, "db", _days_ago(1))
+    # moto accepts any secret: a distinctive one shows that no error or log line carries it
+    base = {"location": "s3://%s" % bucket, "endpoint_url": s3.endpoint_url,
+            "access_key": s3.access_key, "secret_key": SECRET}
+    run = run_playbook(BAD, {"base": base})
+    expected = {
+        "negative": "keep_daily: -3 is not valid: use a count of 0 or more, or -1 for unlimited",
+        "duration": "keep_within: cannot parse duration '30 days'",
+        "timezone": "timezone 'Mars/Olympus_Mons' is unknown",
+        "series": "series no-such-series not found at s3://%s" % bucket,
+        "empty": "empty retention policy",
+        "grace": "orphan_grace: cannot parse duration 'a while'",
+    }
+    for name, message in expected.items():
+        result = run.task(name)
+        assert result["_status"] == "failed", name
+        assert message in result["msg"], (name, result["msg"])
+        assert "\n" not in result["msg"] and "Traceback" not in result.get("module_stderr", "")
+    assert len(_backup.list_backups(location, "db")["db"]) == 1
+    assert SECRET not in run.stdout and SECRET not in run.stderr
