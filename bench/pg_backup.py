@@ -73,7 +73,7 @@ def child(spec):
 
 
 def run_child(spec):
-    out = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True,
+    out = subprocess.run([sys.executable, __file__, "--child"], input=json.dumps(spec), capture_output=True,
                          text=True, check=False)
     if out.returncode:
         sys.exit("module child failed: %s" % out.stderr[-3000:])
@@ -152,8 +152,8 @@ def size_of(c, db):
 # -------------------------------------------------------------------- main
 
 def main():
-    if len(sys.argv) > 2 and sys.argv[1] == "--child":
-        child(json.loads(sys.argv[2]))
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        child(json.loads(sys.stdin.read()))  # the spec holds a password: stdin, not argv
         return
     parser = argparse.ArgumentParser()
     parser.add_argument("--scale", type=int, default=100)
@@ -161,6 +161,7 @@ def main():
     parser.add_argument("--rows", type=int, default=8000000)
     parser.add_argument("--cluster-dir", default="/var/tmp/opskit-bench-pg")
     parser.add_argument("--skip-restore", action="store_true")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", default=os.path.join(HERE, "results", "pg_backup.md"))
     args = parser.parse_args()
     from pg_fixtures import free_port
@@ -187,25 +188,37 @@ def main():
                 time.sleep(0.1)
         pg_dump = os.path.join(BIN, "pg_dump")
         for db in ("pgbench", "randtext", "pgbench_s"):
-            row = {"db": db, "size": size_of(c, db)}
+            row = {"db": db, "size": size_of(c, db), "load_before": os.getloadavg()[0]}
             print("== %s (%.0f MiB)" % (db, row["size"] / MiB), flush=True)
             timed([pg_dump, "-Fc", "-Z0", "-d", db], env)  # warm-up, discarded
-            row["floor"] = timed([pg_dump, "-Fc", "-Z0", "-d", db], env)
             fc_file = os.path.join(tmp, db + ".dump")
-            row["fc"] = timed([pg_dump, "-Fc", "-d", db, "-f", fc_file], env)
-            row["fc_size"] = os.path.getsize(fc_file)
             zfile = os.path.join(tmp, db + ".dump.zst")
-            row["zstd"] = timed(None, env, shell_pipe=([pg_dump, "-Fc", "-Z0", "-d", db],
-                                                       ["zstd", "-q", "-T2", "-3", "-c"], zfile))
-            row["zstd_size"] = os.path.getsize(zfile)
-            os.unlink(zfile)
             params = dict(conn, database=[db], format="custom", jobs=1, compression="zstd",
                           compression_level=None, compression_threads=-1, series=None)
-            got = run_child({"action": "dump", "params": dict(params, location="file://%s/store" % tmp)})
-            row.update(module_file=got["seconds"], module_size=got["stored"], hwm_file=got["hwm"])
-            got = run_child({"action": "dump", "params": dict(params, location="s3://bench/%s" % db),
-                             "storage": storage})
-            row.update(module_s3=got["seconds"], module_s3_size=got["stored"], hwm_s3=got["hwm"])
+            runs = {}
+
+            def variant(key, func):
+                runs.setdefault(key, []).append(func())
+
+            for _round in range(args.rounds):  # interleaved rounds: the same load for every variant
+                variant("floor", lambda: timed([pg_dump, "-Fc", "-Z0", "-d", db], env))
+                variant("fc", lambda: timed([pg_dump, "-Fc", "-d", db, "-f", fc_file], env))
+                row["fc_size"] = os.path.getsize(fc_file)
+                variant("zstd", lambda: timed(None, env, shell_pipe=(
+                    [pg_dump, "-Fc", "-Z0", "-d", db], ["zstd", "-q", "-T2", "-3", "-c"], zfile)))
+                row["zstd_size"] = os.path.getsize(zfile)
+                got = run_child({"action": "dump", "params": dict(params, location="file://%s/store" % tmp)})
+                runs.setdefault("module_file", []).append(got["seconds"])
+                row.update(module_size=got["stored"], hwm_file=max(row.get("hwm_file", 0), got["hwm"]))
+                got = run_child({"action": "dump", "params": dict(params, location="s3://bench/%s" % db),
+                                 "storage": storage})
+                runs.setdefault("module_s3", []).append(got["seconds"])
+                row.update(module_s3_size=got["stored"], hwm_s3=max(row.get("hwm_s3", 0), got["hwm"]))
+            os.unlink(zfile)
+            for key, values in runs.items():
+                row[key] = min(values)
+                row[key + "_all"] = [round(v, 2) for v in values]
+            row["load_after"] = os.getloadavg()[0]
             print(json.dumps(row), flush=True)
             dumps.append(row)
             if db == "pgbench_s" or args.skip_restore:
@@ -214,7 +227,7 @@ def main():
             target = db + "_r1"
             c.psql("DROP DATABASE IF EXISTS %s" % target)
             c.createdb(target)
-            rrow = {"db": db}
+            rrow = {"db": db, "load_before": os.getloadavg()[0]}
             rrow["pg_restore"] = timed([os.path.join(BIN, "pg_restore"), "-j2", "-d", target, fc_file], env)
             c.psql("DROP DATABASE %s" % target)
             rparams = dict(conn, state="restored", database=[db], series="%s-%s" % (c.host, db), jobs=2,
@@ -224,6 +237,7 @@ def main():
             got = run_child({"action": "restore", "params": rparams, "storage": storage})
             rrow.update(module=got["seconds"], hwm=got["hwm"])
             c.psql("DROP DATABASE %s" % target)
+            rrow["load_after"] = os.getloadavg()[0]
             os.unlink(fc_file)
             print(json.dumps(rrow), flush=True)
             restores.append(rrow)
@@ -235,35 +249,41 @@ def main():
 
 
 def write_report(args, dumps, restores):
-    cmd = ".venv/bin/python bench/pg_backup.py --scale %d --small-scale %d --rows %d%s" % (
-        args.scale, args.small_scale, args.rows, " --skip-restore" if args.skip_restore else "")
+    cmd = ".venv/bin/python bench/pg_backup.py --scale %d --small-scale %d --rows %d --rounds %d%s" % (
+        args.scale, args.small_scale, args.rows, args.rounds, " --skip-restore" if args.skip_restore else "")
     lines = [
         "# pg_backup: dumps and restores side by side with pg_dump / pg_restore", "",
         "Command: `%s`" % cmd, "",
         "Machine: %s, %d cores, Python %s, PostgreSQL 15 on the same machine (throwaway cluster)."
-        " S3: moto server on loopback. One run each, warm cache (a discarded warm-up dump first)." % (
-            platform.machine(), os.cpu_count(), platform.python_version()),
+        " S3: moto server on loopback." % (platform.machine(), os.cpu_count(), platform.python_version()),
+        "Dumps: best of %d interleaved rounds (each round runs every variant once; all runs in the JSON"
+        " log), warm cache (a discarded warm-up dump first). Restores: one run each. The machine is"
+        " shared with other work: the 1-minute load average before/after each database is shown." % args.rounds,
         "`module` = `_pg_backup.dump()` / `restore()` (what the module's main() runs) in a fresh child"
-        " Python process, zstd level 3 on all cores, custom format; time excludes interpreter start.", "",
+        " Python process, zstd level 3 on all cores, custom format; time excludes interpreter start."
+        " Peak RSS = VmHWM of that process (pg_dump / pg_restore not counted).", "",
         "## Dumps", "",
-        "| database | size MiB | floor s (pg_dump -Fc -Z0 >/dev/null) | pg_dump -Fc s | MiB | pg_dump -Z0 \\| zstd -T2 -3 s"
-        " | MiB | module file:// s | MiB | module s3:// s | MiB | s3/file | speedup vs pg_dump -Fc | module/floor"
-        " | peak RSS MiB (file / s3) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| database | size MiB | load | floor s (pg_dump -Fc -Z0 >/dev/null) | pg_dump -Fc s | MiB"
+        " | pg_dump -Z0 \\| zstd -T2 -3 s | MiB | module file:// s | MiB | module s3:// s | s3/file"
+        " | speedup vs pg_dump -Fc | module/floor | peak RSS MiB (file / s3) |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in dumps:
-        lines.append("| %s | %.0f | %.2f | %.2f | %.1f | %.2f | %.1f | %.2f | %.1f | %.2f | %.1f | %.2f | %.2fx | %.2f | %.0f / %.0f |" % (
-            r["db"], r["size"] / MiB, r["floor"], r["fc"], r["fc_size"] / MiB, r["zstd"], r["zstd_size"] / MiB,
-            r["module_file"], r["module_size"] / MiB, r["module_s3"], r["module_s3_size"] / MiB,
-            r["module_s3"] / r["module_file"], r["fc"] / r["module_file"], r["module_file"] / r["floor"],
-            r["hwm_file"] / MiB, r["hwm_s3"] / MiB))
+        lines.append("| %s | %.0f | %.1f/%.1f | %.2f | %.2f | %.1f | %.2f | %.1f | %.2f | %.1f | %.2f | %.2f"
+                     " | %.2fx | %.2f | %.0f / %.0f |" % (
+                         r["db"], r["size"] / MiB, r["load_before"], r["load_after"], r["floor"], r["fc"],
+                         r["fc_size"] / MiB, r["zstd"], r["zstd_size"] / MiB, r["module_file"],
+                         r["module_size"] / MiB, r["module_s3"], r["module_s3"] / r["module_file"],
+                         r["fc"] / r["module_file"], r["module_file"] / r["floor"], r["hwm_file"] / MiB,
+                         r["hwm_s3"] / MiB))
     if restores:
         lines += ["", "## Restores (custom format, 2 jobs)", "",
-                  "| database | pg_restore -j2 from a local -Fc file s | module restored jobs=2 from s3:// s | ratio |"
-                  " module peak RSS MiB |", "| --- | ---: | ---: | ---: | ---: |"]
+                  "| database | load | pg_restore -j2 from a local -Fc file s | module restored jobs=2 from s3:// s"
+                  " | ratio | module peak RSS MiB |", "| --- | --- | ---: | ---: | ---: | ---: |"]
         for r in restores:
-            lines.append("| %s | %.2f | %.2f | %.2f | %.0f |" % (r["db"], r["pg_restore"], r["module"],
-                                                                  r["module"] / r["pg_restore"], r["hwm"] / MiB))
+            lines.append("| %s | %.1f/%.1f | %.2f | %.2f | %.2f | %.0f |" % (
+                r["db"], r["load_before"], r["load_after"], r["pg_restore"], r["module"],
+                r["module"] / r["pg_restore"], r["hwm"] / MiB))
     lines += ["", "Targets (issue 8): pgbench dumped to file:// >= 1.2x faster than pg_dump -Fc and within 1.2x"
               " of the floor, stored size <= half; random text >= 2.5x faster than pg_dump -Fc, size no larger;"
               " peak RSS < 128 MiB and flat across sizes; restore within 1.2x of pg_restore -j2."]

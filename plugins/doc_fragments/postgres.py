@@ -27,8 +27,9 @@ options:
   password:
     description:
       - Password of O(user). Falls back to E(PGPASSWORD).
-      - Handed to pg_dump, pg_restore and psql through a 0600 passfile that is removed afterwards,
-        never on a command line; never logged.
+      - Handed to pg_dump, pg_restore and psql through a 0600 passfile that is removed afterwards
+        (or, when the tools run in a container, through the exec environment), never on a command
+        line; never logged.
     type: str
     aliases: [login_password]
   sslmode:

@@ -81,6 +81,8 @@ def check_options(state, params):
         if jobs > 1 and fmt != "directory":
             raise ConfigError("jobs > 1 needs format=directory when dumping (pg_dump runs in"
                               " parallel only for the directory format)")
+        if fmt == "directory" and params.get("docker_container"):
+            raise ConfigError("format=directory is not supported with docker_container: use custom")
     else:
         if len(databases) > 1:
             raise ConfigError("state=%s takes one database (got %d)" % (state, len(databases)))
@@ -339,8 +341,6 @@ def _dump_one(server, location, params, plan, info, tools):
 
 def _dump_directory(tools, params, database, out):
     """pg_dump -Fd (optionally -j) into a private temporary directory, then stream it as a tar."""
-    if not hasattr(tools, "env") or not isinstance(tools.env, dict):
-        raise ConfigError("format=directory is not supported with docker_container")
     tmp = tempfile.mkdtemp(prefix="opskit-pgdump-", dir=params.get("tmp_dir"))
     try:
         path = os.path.join(tmp, "dump")
@@ -394,6 +394,11 @@ def restore(server, location, params, check_mode=False, manifest=None, target=No
         raise ConfigError("backup %s has no globals: it was taken without globals=true" % manifest["id"])
     if params.get("jobs", 1) > 1 and fmt == "plain":
         raise ConfigError("jobs > 1 needs a custom or directory format backup (this one is plain)")
+    streamed = fmt == "plain" or (fmt == "custom" and params.get("jobs", 1) <= 1)
+    if not streamed and not server.tools.local:
+        raise ConfigError("restoring a %s format backup%s is not supported with docker_container: use jobs=1"
+                          " with a custom or plain format backup"
+                          % (fmt, " with jobs > 1" if fmt == "custom" else ""))
     server.info()
     exists = server.exists(target)
     empty = server.is_empty(target) if exists else True
@@ -408,13 +413,12 @@ def restore(server, location, params, check_mode=False, manifest=None, target=No
         return {"changed": True, "plan": plan, "backup": summarize(manifest, location),
                 "msg": "would restore backup %s into database %s" % (manifest["id"], target)}
     started = time.monotonic()
-    streamed = fmt == "plain" or (fmt == "custom" and params.get("jobs", 1) <= 1)
     with contextlib.ExitStack() as stack:
         local_copy = None
         if streamed:
             verify_stored(location, manifest)  # nothing touches the target before this passed
         else:
-            local_copy = stack.enter_context(_local_copy(location, manifest, fmt, params, server.tools))
+            local_copy = stack.enter_context(_local_copy(location, manifest, fmt, params))
         if params.get("restore_globals"):
             verify_stored(location, manifest, "globals")
         created = False
@@ -448,15 +452,12 @@ def restore(server, location, params, check_mode=False, manifest=None, target=No
 
 
 @contextlib.contextmanager
-def _local_copy(location, manifest, fmt, params, tools):
+def _local_copy(location, manifest, fmt, params):
     """Download (and verify) the artifact into a private temporary file or directory.
 
     pg_restore --jobs cannot read a pipe, and the directory format is a directory. The sha256
     is checked at the end of the download, before the path is handed out.
     """
-    if not hasattr(tools, "env") or not isinstance(tools.env, dict):
-        raise ConfigError("jobs > 1 and format=directory restores are not supported with docker_container:"
-                          " use jobs=1 with a custom or plain format backup")
     tmp = tempfile.mkdtemp(prefix="opskit-pgrestore-", dir=params.get("tmp_dir"))  # mode 0700
     try:
         with ArtifactReader(location, manifest) as reader:

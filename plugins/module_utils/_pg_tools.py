@@ -128,6 +128,7 @@ class LocalTools:
     """The tools as child processes of the module on the managed host."""
 
     where = "on the managed host"
+    local = True
 
     def __init__(self, env, bin_dir=None, secret=None):
         self.env, self.bin_dir, self.secret = env, bin_dir, secret
@@ -259,6 +260,8 @@ def _raw_socket(sock):
 
 class DockerTools:
     """The tools inside a running container, through the Docker API (exec, no TTY)."""
+
+    local = False
 
     def __init__(self, client, container, env, user=None, bin_dir=None, secret=None):
         self.client, self.container, self.user = client, container, user

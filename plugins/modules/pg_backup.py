@@ -103,9 +103,10 @@ options:
     default: false
   clean:
     description:
-      - Restore into a non-empty target by dropping its objects first (pg_restore C(--clean
-        --if-exists)). A plain-format backup has no DROP statements, so the target database is
-        dropped and created again instead.
+      - Restore into a non-empty target by dropping the backup's objects from it first
+        (pg_restore C(--clean --if-exists)); objects that are not in the backup stay.
+      - A plain-format backup has no DROP statements, so the target database is dropped
+        (C(WITH (FORCE)), ending its sessions) and created again instead.
     type: bool
     default: false
   force:

@@ -5,6 +5,7 @@ built PostgreSQL image for docker_container mode (no registry needed)."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import pwd
@@ -90,15 +91,19 @@ class Cluster:
 
 ENTRYPOINT = """#!/bin/sh
 set -e
-export PATH=/usr/lib/postgresql/15/bin:/bin
 if [ ! -s /var/lib/postgresql/data/PG_VERSION ]; then
-  echo "$POSTGRES_PASSWORD" > /tmp/pw
-  initdb -D /var/lib/postgresql/data -U postgres -E UTF8 --locale=C --auth-local=trust \\
-    --auth-host=scram-sha-256 --pwfile=/tmp/pw >/dev/null
-  rm -f /tmp/pw
+  echo "$POSTGRES_PASSWORD" | initdb -D /var/lib/postgresql/data -U postgres -E UTF8 --locale=C \\
+    --auth-local=trust --auth-host=scram-sha-256 --pwfile=/dev/stdin >/dev/null
 fi
 exec postgres -D /var/lib/postgresql/data -c listen_addresses=127.0.0.1 \\
   -c unix_socket_directories=/var/run/postgresql -c fsync=off
+"""
+DOCKERFILE = """FROM {base}
+COPY rootfs/ /
+COPY --chown=101:104 pgdirs/ /var/
+ENV TZ=UTC PATH=/usr/lib/postgresql/15/bin:/bin
+USER 101:104
+ENTRYPOINT ["/entrypoint.sh"]
 """
 
 
@@ -116,30 +121,38 @@ def _libraries(paths):
 
 
 def build_postgres_image(client, base_image):
-    """FROM the harness's busybox image: the host's PostgreSQL 15 and the libraries it links.
+    """FROM the harness's busybox image (only its /bin/sh is used): the host's PostgreSQL 15
+    binaries and the shared libraries they link, a postgres user and a small entrypoint.
 
-    Cached by tag: built once per machine (about 10 s).
+    No RUN step (nothing but sh is assumed in the base). The tag carries a hash of the recipe
+    and the base image id, so the image is built once per machine (about 5 s) and rebuilt
+    when either changes.
     """
+    base_id = client.images.get(base_image).id
+    recipe = hashlib.sha256((DOCKERFILE + ENTRYPOINT + base_id).encode()).hexdigest()[:12]
+    tag = "%s-%s" % (IMAGE, recipe)
     try:
-        client.images.get(IMAGE)
-        return IMAGE
+        client.images.get(tag)
+        return tag
     except Exception:  # pylint: disable=broad-except
         pass
-    tools = ("postgres", "initdb", "pg_ctl", "pg_dump", "pg_dumpall", "pg_restore", "psql")
+    tools = ("postgres", "initdb", "pg_ctl", "pg_dump", "pg_dumpall", "pg_restore", "psql", "pg_isready")
     binaries = [os.path.join(BIN, n) for n in tools]
     lib_dir = "/usr/lib/postgresql/15/lib"
     sos = [os.path.join(lib_dir, n) for n in os.listdir(lib_dir) if n.endswith(".so")]
     files = set(binaries) | _libraries(binaries + sos)
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
-        dockerfile = ("FROM %s\nCOPY rootfs/ /\nRUN chmod 755 /entrypoint.sh && mkdir -p /var/run/postgresql"
-                      " /var/lib/postgresql/data && chown -R 101:104 /var/run/postgresql /var/lib/postgresql"
-                      " && chmod 700 /var/lib/postgresql/data\nENV TZ=UTC PATH=/usr/lib/postgresql/15/bin:/bin\n"
-                      "USER 101:104\nENTRYPOINT [\"/entrypoint.sh\"]\n" % base_image)
-        _add_bytes(tar, "Dockerfile", dockerfile.encode())
+        _add_bytes(tar, "Dockerfile", DOCKERFILE.format(base=base_image).encode())
         _add_bytes(tar, "rootfs/entrypoint.sh", ENTRYPOINT.encode(), 0o755)
-        _add_bytes(tar, "rootfs/etc/passwd", b"root:x:0:0:root:/root:/bin/sh\npostgres:x:101:104::/var/lib/postgresql:/bin/sh\n")
+        _add_bytes(tar, "rootfs/etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n"
+                                             b"postgres:x:101:104::/var/lib/postgresql:/bin/sh\n")
         _add_bytes(tar, "rootfs/etc/group", b"root:x:0:\npostgres:x:104:\n")
+        for path, mode in (("pgdirs/run/postgresql", 0o775), ("pgdirs/lib/postgresql", 0o755),
+                           ("pgdirs/lib/postgresql/data", 0o700)):
+            info = tarfile.TarInfo(path)
+            info.type, info.mode, info.mtime = tarfile.DIRTYPE, mode, int(time.time())
+            tar.addfile(info)
         tar.add("/usr/lib/postgresql/15", arcname="rootfs/usr/lib/postgresql/15",
                 filter=lambda info: None if "/bitcode" in info.name else info)
         tar.add("/usr/share/postgresql/15", arcname="rootfs/usr/share/postgresql/15")
@@ -147,12 +160,11 @@ def build_postgres_image(client, base_image):
             if os.path.exists("/usr/share/zoneinfo/" + zone):
                 tar.add(os.path.realpath("/usr/share/zoneinfo/" + zone), arcname="rootfs/usr/share/zoneinfo/" + zone)
         for path in sorted(files):
-            if path.startswith("/usr/lib/postgresql/"):
-                continue
-            tar.add(os.path.realpath(path), arcname="rootfs" + path)
+            if not path.startswith("/usr/lib/postgresql/"):
+                tar.add(os.path.realpath(path), arcname="rootfs" + path)
     buf.seek(0)
-    client.images.build(fileobj=buf, custom_context=True, tag=IMAGE, rm=True, forcerm=True)
-    return IMAGE
+    client.images.build(fileobj=buf, custom_context=True, tag=tag, rm=True, forcerm=True)
+    return tag
 
 
 def _add_bytes(tar, name, data, mode=0o644):
