@@ -16,6 +16,7 @@ import datetime
 import errno
 import os
 import secrets
+import stat
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
@@ -163,10 +164,16 @@ class FileLocation(Location):
         return StorageError("%s: %s (%s)" % (what, exc.strerror, exc.filename or self.root))
 
     def check_readable(self):
-        if not os.path.isdir(self.root):
-            if os.path.exists(self.root):
-                raise StorageError("location %s is not a directory" % self.url)
-            raise NotFoundError("location %s does not exist" % self.url)
+        try:
+            st = os.stat(self.root)
+        except OSError as exc:
+            if exc.errno in (errno.EACCES, errno.EPERM):
+                raise StorageError("location %s: permission denied (cannot reach the directory)" % self.url) from None
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+                raise NotFoundError("location %s does not exist" % self.url) from None
+            raise self._os_error(exc, "location %s" % self.url) from None
+        if not stat.S_ISDIR(st.st_mode):
+            raise StorageError("location %s is not a directory" % self.url)
         if not os.access(self.root, os.R_OK | os.X_OK):
             raise StorageError("location %s: permission denied (cannot list the directory)" % self.url)
 

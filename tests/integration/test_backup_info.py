@@ -7,9 +7,11 @@ from __future__ import annotations
 import datetime
 import os
 import pwd
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -63,7 +65,7 @@ def test_lists_every_series_and_flags_rpo_breach(run_playbook, seeded):
     args, made = seeded
     res = run_playbook(PLAY, {"info_args": dict(args, max_age="26h")})
     info = res.task("info")
-    assert res.rc == 0 and not info.get("failed") and info["changed"] is False
+    assert res.rc == 0 and info["_status"] == "ok" and info["changed"] is False
     assert sorted(info["series"]) == ["db-app", "old-cfg", "vol-data"]
     assert info["stale_series"] == ["old-cfg"]
     app = info["series"]["db-app"]
@@ -81,7 +83,7 @@ def test_fail_on_stale_fails_with_the_report(run_playbook, seeded):
     args, _made = seeded
     res = run_playbook(PLAY, {"info_args": dict(args, max_age="26h", fail_on_stale=True)})
     info = res.task("info")
-    assert info["failed"] is True
+    assert info["_status"] == "failed"
     assert info["msg"] == "RPO breach: newest backup older than 26h in series old-cfg"
     assert info["stale_series"] == ["old-cfg"] and "db-app" in info["series"]
 
@@ -90,7 +92,7 @@ def test_one_series_in_check_mode(run_playbook, seeded):
     args, made = seeded
     res = run_playbook(PLAY, {"info_args": dict(args, series="vol-data", max_age="2h")}, check=True)
     info = res.task("info")
-    assert not info.get("failed") and info["changed"] is False
+    assert info["_status"] == "ok" and info["changed"] is False
     assert list(info["series"]) == ["vol-data"] and info["stale_series"] == []
     assert info["series"]["vol-data"]["newest"]["id"] == made["vol-data"][0]["id"]
     res = run_playbook(PLAY, {"info_args": dict(args, series="nope")})
@@ -99,14 +101,15 @@ def test_one_series_in_check_mode(run_playbook, seeded):
 
 def _assert_clean_failure(res, expected):
     info = res.task("info")
-    assert info["failed"] is True, info
+    assert info["_status"] == "failed", info
     assert expected in info["msg"], info["msg"]
     assert "\n" not in info["msg"]
-    assert "Traceback" not in res.stdout + res.stderr and "exception" not in info
+    assert "Traceback" not in res.stdout + res.stderr
+    assert info.get("exception") in (None, "(traceback unavailable)")  # no Python traceback
     assert SECRET not in res.stdout + res.stderr
 
 
-@pytest.mark.parametrize("args, expected", [
+BAD_INPUT = [
     ({"location": "ftp://example.com/x"}, "unknown URL scheme 'ftp'"),
     ({"location": "backups/daily"}, "is not a URL"),
     ({"location": "file://backups/daily"}, "file URLs take an absolute path"),
@@ -114,9 +117,29 @@ def _assert_clean_failure(res, expected):
     ({"location": "file:///etc/hostname"}, "is not a directory"),
     ({"location": "file:///tmp", "max_age": "soon"}, "max_age: cannot parse duration 'soon'"),
     ({"location": "file:///tmp", "series": "../etc"}, "series '../etc' is not valid"),
-])
-def test_bad_input_is_one_line(run_playbook, args, expected):
-    _assert_clean_failure(run_playbook(PLAY, {"info_args": dict(args, secret_key=SECRET)}), expected)
+]
+
+LOOP_PLAY = """
+- hosts: localhost
+  gather_facts: false
+  module_defaults:
+    opskit.runbook.backup_info:
+      secret_key: "{{ secret }}"
+  tasks:
+    - name: info
+      opskit.runbook.backup_info: "{{ item }}"
+      loop: "{{ cases }}"
+      ignore_errors: true
+"""
+
+
+def test_bad_input_is_one_line(run_playbook):
+    res = run_playbook(LOOP_PLAY, {"cases": [args for args, _ in BAD_INPUT], "secret": SECRET})
+    items = res.task("info")["results"]
+    assert len(items) == len(BAD_INPUT)
+    assert "Traceback" not in res.stdout + res.stderr and SECRET not in res.stdout + res.stderr
+    for item, (_args, expected) in zip(items, BAD_INPUT):
+        assert item["failed"] is True and expected in item["msg"] and "\n" not in item["msg"], item
 
 
 def test_missing_bucket(run_playbook, s3):
@@ -173,7 +196,7 @@ def test_credentials_are_checked(run_playbook, auth_s3):
     endpoint, access_key, secret_key = auth_s3
     base = {"location": "s3://auth-bucket/x", "endpoint_url": endpoint}
     ok = run_playbook(PLAY, {"info_args": dict(base, access_key=access_key, secret_key=secret_key)})
-    assert not ok.task("info").get("failed") and ok.task("info")["series"] == {}
+    assert ok.task("info")["_status"] == "ok" and ok.task("info")["series"] == {}
     _assert_clean_failure(run_playbook(PLAY, {"info_args": dict(base, access_key=access_key, secret_key=SECRET)}),
                           "access denied by the S3 endpoint")
     _assert_clean_failure(run_playbook(PLAY, {"info_args": dict(base, access_key="AKIAWRONG", secret_key=SECRET)}),
@@ -185,21 +208,25 @@ def test_credentials_from_environment(run_playbook, s3, tmp_path):
     env = {"AWS_ACCESS_KEY_ID": s3.access_key, "AWS_SECRET_ACCESS_KEY": s3.secret_key,
            "AWS_ENDPOINT_URL": s3.endpoint_url}
     res = run_playbook(PLAY, {"info_args": {"location": "s3://%s" % bucket}}, env=env)
-    assert not res.task("info").get("failed") and res.task("info")["location"] == "s3://%s" % bucket
+    assert res.task("info")["_status"] == "ok" and res.task("info")["location"] == "s3://%s" % bucket
 
 
-def test_unreadable_directory(run_playbook, tmp_path):
+def test_unreadable_directory(run_playbook):
     """Run the module as an unprivileged user (become via su) on a 0700 directory owned by root."""
     try:
         pwd.getpwnam("nobody")
     except KeyError:
         pytest.fail("the test needs the 'nobody' user")
-    locked = tmp_path / "locked"
-    locked.mkdir(mode=0o700)
-    os.chmod(tmp_path, 0o755)
+    base = tempfile.mkdtemp(prefix="opskit-unreadable-")  # /tmp/...: reachable by nobody
+    os.chmod(base, 0o755)
+    locked = os.path.join(base, "locked")
+    os.mkdir(locked, 0o700)
+    # the venv's interpreter lives under /root, so the unprivileged user runs the system Python
     play = PLAY.replace("      ignore_errors: true", "      ignore_errors: true\n      become: true\n"
                         "      become_method: ansible.builtin.su\n      become_user: nobody\n"
-                        "      become_flags: '-s /bin/sh'")
+                        "      become_flags: '-s /bin/sh'\n      vars:\n"
+                        "        ansible_python_interpreter: /usr/bin/python3")
     res = run_playbook(play, {"info_args": {"location": "file://%s" % locked}},
                        env={"ANSIBLE_SHELL_ALLOW_WORLD_READABLE_TEMP": "true"})
-    _assert_clean_failure(res, "permission denied")
+    shutil.rmtree(base)
+    _assert_clean_failure(res, "permission denied (cannot list the directory)")
