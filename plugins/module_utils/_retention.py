@@ -481,4 +481,3 @@ def diff_lists(before_result):
             "after": "\n".join(after) + ("\n" if after else ""),
             "before_header": "%s (backups)" % before_result["location"],
             "after_header": "%s (backups)" % before_result["location"]}
-

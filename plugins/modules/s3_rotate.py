@@ -30,14 +30,16 @@ description:
   - A backup is deleted artifacts first, manifest last, in a separate later request; a backup
     whose artifact could not be deleted keeps its manifest.
 author:
-  - opskit.runbook developers
+  - opskit.runbook developers (@opskit-runbook)
 extends_documentation_fragment:
   - opskit.runbook.storage
 attributes:
   check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: Computes and returns the same plan and deletes nothing.
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in diff mode).
     support: full
     details: Before and after lists of C(series/id) of the backups.
 options:
