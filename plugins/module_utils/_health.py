@@ -272,9 +272,14 @@ def _validate_http(label, check):
     except ValueError:
         raise ConfigError("%s: url has an invalid port: %r" % (label, check["url"])) from None
     check["method"] = str(check["method"]).upper()
+    codes = []
     for code in check.get("status_codes") or ():
+        if isinstance(code, str) and code.strip().isdigit():
+            code = int(code)  # raw dicts (rollout's health_checks) may carry templated strings
         if isinstance(code, bool) or not isinstance(code, int) or not 100 <= code <= 599:
             raise ConfigError("%s: status_codes must be HTTP status codes (100-599), got %r" % (label, code))
+        codes.append(code)
+    check["status_codes"] = codes or None
     check["_conditions"] = [parse_condition(text, "%s: json_conditions[%d]" % (label, i))
                             for i, text in enumerate(check.get("json_conditions") or ())]
     if check.get("client_key") and not check.get("client_cert"):

@@ -299,7 +299,7 @@ def _judge_http(check, obs, response, data):
     status = response.status
     accepted = check.get("status_codes")
     obs.note("HTTP %d in %s ms" % (status, format_number(round(obs.measures["time_ms"], 1))))
-    if accepted and status not in accepted or not accepted and not 200 <= status <= 299:
+    if (status not in accepted) if accepted else not 200 <= status <= 299:
         obs.problem(CRITICAL, "status (%d) not in %s" % (status, (
             ", ".join(str(c) for c in accepted)) if accepted else "200-299"))
     if check.get("body_contains") and check["body_contains"] not in data.decode("utf-8", "replace"):

@@ -109,8 +109,8 @@ options:
         type: raw
       thresholds:
         description:
-          - Ranges for any measure, as a mapping of measure name to C({warning, critical}), for
-            example C({time_ms: {warning: 200, critical: 1000}, cert_days: {warning: "14:", critical: "7:"}}).
+          - 'Ranges for any measure, as a mapping of measure name to C({warning, critical}), for
+            example C({time_ms: {warning: 200, critical: 1000}, cert_days: {warning: "14:", critical: "7:"}}).'
           - A thresholded measure that a successful probe could not measure makes the check V(UNKNOWN).
         type: dict
       url:

@@ -1,0 +1,227 @@
+#!/usr/bin/env python
+# -*- coding: utf-8 -*-
+# Copyright: opskit.runbook contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""200 HTTP checks against a local server that answers after 100 ms, side by side:
+
+  health_check (playbook)   one opskit.runbook.health_check task with the N checks (concurrency 32);
+                            the task's wall time (a callback times task start -> result) and the
+                            whole ansible-playbook run
+  health_check (module)     the module alone: python -m ...health_check args.json (interpreter start,
+                            imports, probes, JSON out), as Ansible runs it on the target minus transport
+  uri loop                  ansible.builtin.uri with loop over the same N URLs (what runbooks do today)
+  ping task                 ansible.builtin.ping: the fixed cost of any one task on this machine, for scale
+
+The server is a ThreadingHTTPServer on loopback in this process. The health_check variants run
+--repeat times (median reported); the uri loop runs once (it takes minutes).
+
+Usage: .venv/bin/python bench/health_check.py [--checks 200] [--delay-ms 100] [--repeat 3]
+                                              [--out bench/results/health_check.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.server
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+COLLECTIONS = os.path.join(ROOT, ".build", "collections")
+VENV_BIN = os.path.dirname(sys.executable)
+
+CALLBACK = '''
+from __future__ import annotations
+import json, os, time
+from ansible.plugins.callback import CallbackBase
+
+class CallbackModule(CallbackBase):
+    CALLBACK_VERSION = 2.0
+    CALLBACK_TYPE = "aggregate"
+    CALLBACK_NAME = "bench_timer"
+    CALLBACK_NEEDS_ENABLED = True
+
+    def v2_playbook_on_task_start(self, task, is_conditional):
+        self._start = time.perf_counter()
+
+    def _done(self, result):
+        with open(os.environ["BENCH_TIMER_FILE"], "a") as fh:
+            fh.write(json.dumps({"task": result._task.get_name(), "seconds": time.perf_counter() - self._start,
+                                 "failed": result.is_failed()}) + "\\n")
+
+    v2_runner_on_ok = v2_runner_on_failed = _done
+'''
+
+
+class SlowHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    delay = 0.1
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):  # noqa: N802
+        time.sleep(self.delay)
+        body = b'{"status": "UP"}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 1024
+
+
+def _env(workdir):
+    env = {k: v for k, v in os.environ.items() if k != "ANSIBLE_CONFIG"}
+    env.update(ANSIBLE_COLLECTIONS_PATH=COLLECTIONS, ANSIBLE_PYTHON_INTERPRETER=sys.executable,
+               ANSIBLE_CALLBACK_PLUGINS=workdir, ANSIBLE_CALLBACKS_ENABLED="bench_timer",
+               BENCH_TIMER_FILE=os.path.join(workdir, "timer.jsonl"), ANSIBLE_NOCOLOR="1",
+               ANSIBLE_DISPLAY_OK_HOSTS="false", ANSIBLE_DISPLAY_SKIPPED_HOSTS="false")
+    return env
+
+
+def run_playbook(workdir, play, task_name):
+    path = os.path.join(workdir, "play.yml")
+    with open(path, "w") as fh:
+        fh.write(play)
+    timer = os.path.join(workdir, "timer.jsonl")
+    if os.path.exists(timer):
+        os.unlink(timer)
+    start = time.perf_counter()
+    proc = subprocess.run([os.path.join(VENV_BIN, "ansible-playbook"), "-i", "localhost,", "-c", "local", path],
+                          env=_env(workdir), capture_output=True, text=True, cwd=workdir)
+    wall = time.perf_counter() - start
+    if proc.returncode:
+        raise SystemExit("playbook failed:\n%s\n%s" % (proc.stdout[-3000:], proc.stderr[-3000:]))
+    with open(timer) as fh:
+        rows = [json.loads(line) for line in fh]
+    task = [r for r in rows if r["task"] == task_name]
+    return {"task_s": task[-1]["seconds"], "playbook_s": wall}
+
+
+def health_play(urls):
+    checks = "\n".join('          - {name: "c%03d", type: http, url: "%s"}' % (i, u) for i, u in enumerate(urls))
+    return """- hosts: localhost
+  gather_facts: false
+  tasks:
+    - name: probe
+      opskit.runbook.health_check:
+        checks:
+%s
+""" % checks
+
+
+def uri_play(urls):
+    return """- hosts: localhost
+  gather_facts: false
+  tasks:
+    - name: probe
+      ansible.builtin.uri:
+        url: "{{ item }}"
+        return_content: false
+      loop: %s
+""" % json.dumps(urls)
+
+
+def module_alone(workdir, urls):
+    args = os.path.join(workdir, "args.json")
+    with open(args, "w") as fh:
+        json.dump({"ANSIBLE_MODULE_ARGS": {"checks": [{"name": "c%03d" % i, "type": "http", "url": u}
+                                                      for i, u in enumerate(urls)]}}, fh)
+    env = dict(os.environ, PYTHONPATH=COLLECTIONS)
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "ansible_collections.opskit.runbook.plugins.modules.health_check", args],
+                          env=env, capture_output=True, text=True, cwd=workdir)
+    wall = time.perf_counter() - start
+    report = json.loads(proc.stdout)
+    if report.get("status") != "OK":
+        raise SystemExit("module run not OK: %s" % report.get("summary"))
+    durations = [c["duration_ms"] for c in report["checks"]]
+    return {"wall_s": wall, "run_ms": report["duration_ms"], "check_median_ms": statistics.median(durations),
+            "check_max_ms": max(durations)}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checks", type=int, default=200)
+    parser.add_argument("--delay-ms", type=int, default=100)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--skip-uri", action="store_true", help="do not run the (slow) uri loop")
+    parser.add_argument("--out", default=os.path.join(HERE, "results", "health_check.md"))
+    opts = parser.parse_args()
+
+    SlowHandler.delay = opts.delay_ms / 1000.0
+    server = Server(("127.0.0.1", 0), SlowHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = "http://127.0.0.1:%d" % server.server_address[1]
+    urls = ["%s/health/%d" % (base, i) for i in range(opts.checks)]
+    workdir = tempfile.mkdtemp(prefix="bench-health-")
+    with open(os.path.join(workdir, "bench_timer.py"), "w") as fh:
+        fh.write(CALLBACK)
+    load_before = os.getloadavg()
+
+    ping_play = "- hosts: localhost\n  gather_facts: false\n  tasks:\n    - name: probe\n      ansible.builtin.ping:\n"
+    playbook_runs, module_runs, ping_runs = [], [], []
+    for i in range(opts.repeat):
+        ping_runs.append(run_playbook(workdir, ping_play, "probe"))
+        playbook_runs.append(run_playbook(workdir, health_play(urls), "probe"))
+        module_runs.append(module_alone(workdir, urls))
+        print("ping task %.2f s;" % ping_runs[-1]["task_s"], end=" ")
+        print("health_check run %d: task %.2f s, playbook %.2f s; module alone %.2f s (probes %.0f ms)" % (
+            i + 1, playbook_runs[-1]["task_s"], playbook_runs[-1]["playbook_s"], module_runs[-1]["wall_s"],
+            module_runs[-1]["run_ms"]), flush=True)
+    uri = None
+    if not opts.skip_uri:
+        uri = run_playbook(workdir, uri_play(urls), "probe")
+        print("uri loop: task %.1f s, playbook %.1f s" % (uri["task_s"], uri["playbook_s"]), flush=True)
+    load_after = os.getloadavg()
+    server.shutdown()
+
+    med = lambda rows, key: statistics.median(r[key] for r in rows)  # noqa: E731
+    hc_task, hc_play = med(playbook_runs, "task_s"), med(playbook_runs, "playbook_s")
+    mod_wall, mod_run = med(module_runs, "wall_s"), med(module_runs, "run_ms")
+    lines = [
+        "# health_check benchmark: %d HTTP checks, server answers after %d ms" % (opts.checks, opts.delay_ms),
+        "",
+        "Command: `.venv/bin/python bench/health_check.py %s`" % " ".join(sys.argv[1:]),
+        "",
+        "Machine: %s, %d CPUs, Python %s; load average %.2f before, %.2f after (other work was running)."
+        % (platform.platform(), os.cpu_count(), platform.python_version(), load_before[0], load_after[0]),
+        "Measured %s." % time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "",
+        "| variant | wall time | notes |",
+        "|---|---|---|",
+        "| health_check task (ansible-playbook, median of %d) | %.2f s | playbook total %.2f s |" % (
+            len(playbook_runs), hc_task, hc_play),
+        "| health_check module alone (median of %d) | %.2f s | probes %.0f ms; per-check latency median %.0f ms, max %.0f ms |" % (
+            len(module_runs), mod_wall, mod_run, med(module_runs, "check_median_ms"), med(module_runs, "check_max_ms")),
+        "| ansible.builtin.ping task (median of %d) | %.2f s | the fixed cost of one task here, for scale |" % (
+            len(ping_runs), med(ping_runs, "task_s")),
+    ]
+    if uri:
+        lines += ["| ansible.builtin.uri loop (1 run) | %.1f s | playbook total %.1f s |" % (uri["task_s"], uri["playbook_s"]),
+                  "", "Speed-up of the task: **%.0fx** (uri loop task / health_check task)." % (uri["task_s"] / hc_task)]
+    lines += ["", "Every run: %s" % json.dumps({"health_check_playbook": playbook_runs, "module_alone": module_runs,
+                                                  "ping": ping_runs, "uri": uri}, default=lambda x: round(x, 3))]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if opts.out:
+        os.makedirs(os.path.dirname(opts.out), exist_ok=True)
+        with open(opts.out, "w") as fh:
+            fh.write(text)
+
+
+if __name__ == "__main__":
+    main()
