@@ -53,15 +53,19 @@ def file_args(path):
     return dict(destination="file://%s" % path)
 
 
+def _failed(result):
+    return bool(result.get("failed")) or result.get("_status") == "failed"
+
+
 def ok(result):
     assert result is not None, "task did not run"
-    assert not result.get("failed"), result.get("msg")
+    assert not _failed(result), result.get("msg")
     return result
 
 
 def failed(result):
     assert result is not None, "task did not run"
-    assert result.get("failed"), "task unexpectedly succeeded: %s" % result.get("msg")
+    assert _failed(result), "task unexpectedly succeeded: %s" % result.get("msg")
     msg = result["msg"]
     assert "\n" not in msg and "Traceback" not in msg, msg
     return msg
@@ -121,10 +125,9 @@ LO_SQL = "SELECT string_agg(oid::text || ':' || md5(lo_get(oid)), ',' ORDER BY o
 
 
 def schema_dump(server, database):
-    env = dict(server.env) if hasattr(server, "env") else None
     out = subprocess.run([os.path.join(server.bin_dir, "pg_dump"), "--schema-only", "-h", server.host, "-p",
                           str(server.port), "-U", server.user, "-d", database],
-                         env=dict(env or os.environ, PGPASSWORD=server.password), check=True, capture_output=True)
+                         env=dict(os.environ, PGPASSWORD=server.password), check=True, capture_output=True)
     # pg_dump >= 15.14 brackets its output with \restrict / \unrestrict and a random key
     return "".join(line for line in out.stdout.decode().splitlines(True)
                    if not line.startswith(("\\restrict ", "\\unrestrict ")))
