@@ -13,9 +13,13 @@ import http.server
 import ipaddress
 import json
 import os
+import pwd
 import re
+import shutil
 import socket
 import ssl
+import subprocess
+import tempfile
 import threading
 import time
 from urllib.parse import parse_qs, urlsplit
@@ -203,3 +207,44 @@ def kube_stand_in(tmp_path_factory):
     stand_in = KubeStandIn(str(tmp_path_factory.mktemp("kube")))
     yield stand_in
     stand_in.close()
+
+
+# --------------------------------------------------------------------------- a PostgreSQL streaming replica
+
+def _as_cluster_owner(args, account, **kwargs):
+    tool = os.path.basename(args[0])
+    if account is not None:
+        args = ["runuser", "-u", account.pw_name, "--"] + args
+    proc = subprocess.run(args, capture_output=True, text=True, **kwargs)
+    if proc.returncode:
+        raise RuntimeError("%s failed: %s" % (tool, proc.stderr.strip()[-500:]))
+    return proc
+
+
+@pytest.fixture(scope="module")
+def pg_replica(pg):
+    """A hot standby of the harness cluster (pg_basebackup -R), for the replication-lag measure."""
+    account = None
+    if os.getuid() == 0:
+        account = pwd.getpwnam("opskit-test")  # the harness runs its cluster as this user
+    root = tempfile.mkdtemp(prefix="opskit-replica-")
+    data = os.path.join(root, "data")
+    if account is not None:
+        os.chown(root, account.pw_uid, account.pw_gid)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = dict(os.environ, PGPASSWORD=pg.password)
+    pg_ctl = os.path.join(pg.bin_dir, "pg_ctl")
+    try:
+        _as_cluster_owner([os.path.join(pg.bin_dir, "pg_basebackup"), "-h", pg.host, "-p", str(pg.port), "-U", pg.user,
+                           "-D", data, "-R", "-X", "stream", "--no-sync"], account, env=env, cwd=root)
+        _as_cluster_owner([pg_ctl, "-D", data, "-l", os.path.join(root, "replica.log"), "-w", "-t", "60", "-o",
+                           "-p %d -k %s -c listen_addresses=127.0.0.1 -c hot_standby=on" % (port, root), "start"],
+                          account, cwd=root, start_new_session=True)
+        yield port
+    finally:
+        if os.path.exists(os.path.join(data, "postmaster.pid")):
+            subprocess.run((["runuser", "-u", account.pw_name, "--"] if account else []) +
+                           [pg_ctl, "-D", data, "-m", "immediate", "-w", "stop"], capture_output=True, cwd=root)
+        shutil.rmtree(root, ignore_errors=True)

@@ -20,7 +20,7 @@ import uuid
 
 import pytest
 
-from health_fixtures import CERT_DAYS, deployment, health_targets, kube_stand_in  # noqa: F401 (fixtures)
+from health_fixtures import CERT_DAYS, deployment, health_targets, kube_stand_in, pg_replica  # noqa: F401 (fixtures)
 
 HEADER = """
 - hosts: localhost
@@ -227,7 +227,7 @@ def containers(docker_engine):
                 pass
 
 
-def test_service_checks(run_playbook, pg, redis, docker_engine, containers, kube_stand_in, tmp_path):  # noqa: F811
+def test_service_checks(run_playbook, pg, pg_replica, redis, docker_engine, containers, kube_stand_in, tmp_path):  # noqa: F811
     kube_stand_in.add(deployment("web", "shop"))
     kube_stand_in.add(deployment("rolling", "shop", updated=3, total=4, available=2))
     kube_stand_in.add(deployment("down", "shop", available=0))
@@ -260,6 +260,7 @@ def test_service_checks(run_playbook, pg, redis, docker_engine, containers, kube
           - {name: pg_long_queries, type: postgres, long_query_seconds: 0.5, thresholds: {long_queries: {critical: 0}}}
           - {name: pg_wrong_password, type: postgres, password: "{{ wrong_password }}"}
           - {name: pg_no_server, type: postgres, port: "{{ closed }}"}
+          - {name: pg_replica, type: postgres, port: "{{ replica_port }}", thresholds: {replication_lag_seconds: {critical: 60}}}
           - {name: redis, type: redis, host: 127.0.0.1, port: "{{ redis_port }}",
              thresholds: {connected_clients: {critical: "1:"}, memory_pct: {critical: 99}}}
           - {name: redis_down, type: redis, host: 127.0.0.1, port: "{{ closed }}"}
@@ -282,7 +283,7 @@ def test_service_checks(run_playbook, pg, redis, docker_engine, containers, kube
 """
         run = run_playbook(play, extra_vars={
             "pg_port": pg.port, "pg_password": pg.password, "wrong_password": wrong_password,
-            "closed": _closed_port(), "redis_port": redis.port, "docker_host": docker_engine.docker_host,
+            "closed": _closed_port(), "redis_port": redis.port, "replica_port": pg_replica, "docker_host": docker_engine.docker_host,
             "prefix": containers, "kubeconfig": kube_stand_in.kubeconfig, "unreachable": str(unreachable)})
     finally:
         sleeper.kill()
@@ -308,6 +309,8 @@ def test_service_checks(run_playbook, pg, redis, docker_engine, containers, kube
     assert long_q["measures"]["long_queries"] == 1
     expect("pg_wrong_password", "CRITICAL", "cannot connect to PostgreSQL", "password authentication failed")
     expect("pg_no_server", "CRITICAL", "cannot connect to PostgreSQL")
+    replica = expect("pg_replica", "OK", "replica", "replication lag")
+    assert replica["details"]["role"] == "replica" and 0 <= replica["measures"]["replication_lag_seconds"] < 60
     red = expect("redis", "OK", "PONG in")
     assert red["measures"]["connected_clients"] >= 1 and red["measures"]["used_memory_bytes"] > 0
     assert red["details"]["memory_limit"] == "system memory" and 0 <= red["measures"]["memory_pct"] < 99
