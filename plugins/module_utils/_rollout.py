@@ -219,7 +219,8 @@ def gate(observe, timeout, monitor, checks=None, interval=0.25, check_every=1.0,
         ok, creason, report = checks(max(1.0, timeout - (clock() - start)))
         timings["checks"] = took(cstart)
         if not ok:
-            return GateResult(False, "checks", creason, timings, report)
+            state, reason = observe()  # a crashed container explains a failed check better
+            return GateResult(False, "checks", creason if state == READY else reason, timings, report)
     # 3. monitor window: must stay ready (and the checks passing) throughout
     mstart = clock()
     last_checks = mstart

@@ -93,21 +93,26 @@ def create_spec(inspect, image_config=None):
         host["Links"] = [_link(entry) for entry in host["Links"]]
     body["HostConfig"] = host
     mode = host.get("NetworkMode") or "default"
+    if mode in ("host", "none") or mode.startswith("container:"):
+        return {"body": body, "networks": []}
     networks = []
     attached = ((inspect.get("NetworkSettings") or {}).get("Networks") or {})
-    for name in sorted(attached, key=lambda n: (n != mode, n)):
+    for name in sorted(attached):
         ep = attached[name] or {}
-        aliases = [a for a in ep.get("Aliases") or [] if a not in (short_id, inspect.get("Id"))]
+        # the daemon adds the hostname (by default the short id) itself
+        aliases = [a for a in ep.get("Aliases") or [] if a not in (short_id, inspect.get("Id"), cfg.get("Hostname"))]
         ipam = ep.get("IPAMConfig") or {}
         networks.append({"name": name, "aliases": aliases, "ipv4": ipam.get("IPv4Address") or None,
                          "ipv6": ipam.get("IPv6Address") or None,
                          "links": [_link(x) for x in ep.get("Links") or []]})
-    first = [n for n in networks if n["name"] == mode]
-    if first and mode not in _BUILTIN_NETWORKS and not mode.startswith("container:"):
-        body["NetworkingConfig"] = {"EndpointsConfig": {mode: _endpoint(first[0])}}
-    extra = [n for n in networks if n["name"] != mode and not (mode == "default" and n["name"] == "bridge")]
-    if mode == "host" or mode == "none" or mode.startswith("container:"):
-        extra = []
+    # the network given at create: the mode's own when attached, else the first attached one
+    # (a container created with NetworkMode "default" and an EndpointsConfig is only on that one)
+    mode_net = "bridge" if mode == "default" else mode
+    names = [n["name"] for n in networks]
+    primary = mode_net if mode_net in names else (names[0] if names else None)
+    if primary and primary != "bridge":
+        body["NetworkingConfig"] = {"EndpointsConfig": {primary: _endpoint(networks[names.index(primary)])}}
+    extra = [n for n in networks if n["name"] != primary]
     return {"body": body, "networks": extra}
 
 

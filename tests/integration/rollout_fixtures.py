@@ -150,11 +150,11 @@ def settings_view(inspect):
         "hostname": cfg.get("Hostname"), "workdir": cfg.get("WorkingDir"), "cmd": cfg.get("Cmd"),
         "entrypoint": cfg.get("Entrypoint"), "user": cfg.get("User"), "stop_signal": cfg.get("StopSignal"),
         "port_bindings": host.get("PortBindings"), "restart": host.get("RestartPolicy"),
-        "binds": sorted(host.get("Binds") or []) if host.get("Binds") else None,
         "mounts": sorted((m["Type"], m.get("Name"), m["Destination"]) for m in inspect["Mounts"]),
         "extra_hosts": host.get("ExtraHosts"), "cap_drop": host.get("CapDrop"), "memory": host.get("Memory"),
         "dns_search": host.get("DnsSearch"), "network_mode": host.get("NetworkMode"),
-        "networks": {n: sorted(a for a in (ep.get("Aliases") or []) if a != short) for n, ep in nets.items()},
+        "networks": {n: sorted(a for a in (ep.get("Aliases") or []) if a not in (short, cfg.get("Hostname")))
+                     for n, ep in nets.items()},
     }
 
 
