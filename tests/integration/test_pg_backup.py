@@ -329,35 +329,43 @@ class socket_closed_port:
         return False
 
 
-@pytest.mark.parametrize("damage, jobs", [("truncate", 1), ("bitflip", 1), ("bitflip", 2)])
-def test_corrupt_artifact_is_refused_before_the_target_is_touched(
-        pg, small_db, run_playbook, tmp_path, damage, jobs):
-    store = file_args(tmp_path / "store")
-    target, created = name("pgb_target"), name("pgb_never")
-    pg.createdb(target)
-    pg.psql("CREATE TABLE marker (v text); INSERT INTO marker VALUES ('untouched')", target)
-    res = run_playbook(play(task("dump", database=small_db, **conn(pg), **store)))
-    artifact = ok(res.task("dump"))["backup"]["url"][len("file://"):]
-    with open(artifact, "r+b") as fh:
-        if damage == "truncate":
-            fh.truncate(os.path.getsize(artifact) - 100)
+def _damage(path, how):
+    with open(path, "r+b") as fh:
+        if how == "truncate":
+            fh.truncate(os.path.getsize(path) - 100)
         else:
-            fh.seek(os.path.getsize(artifact) // 2)
+            fh.seek(os.path.getsize(path) // 2)
             byte = fh.read(1)
             fh.seek(-1, 1)
             fh.write(bytes([byte[0] ^ 0x01]))
-    series = "%s-%s" % (pg.host, small_db)
-    res = run_playbook(play(
-        task("clean over", state="restored", series=series, target_database=target, clean=True, jobs=jobs,
-             **conn(pg), **store),
-        task("create", state="restored", series=series, target_database=created, create=True, jobs=jobs,
-             **conn(pg), **store),
-    ))
-    assert "corrupt" in failed(res.task("clean over"))
-    assert "corrupt" in failed(res.task("create"))
-    assert pg.psql("SELECT string_agg(tablename, ',') FROM pg_tables WHERE schemaname = 'public'", target) == "marker\n"
-    assert pg.psql("SELECT v FROM marker", target) == "untouched\n"
-    assert databases(pg, created) == []
+
+
+def test_corrupt_artifact_is_refused_before_the_target_is_touched(pg, small_db, run_playbook, tmp_path):
+    store = file_args(tmp_path / "store")
+    target = name("pgb_target")
+    pg.createdb(target)
+    # a table the backup has too: clean=true would drop it first if the restore got that far
+    pg.psql("CREATE TABLE items (id int PRIMARY KEY, label text); INSERT INTO items VALUES (0, 'untouched')", target)
+    cases = [("truncate", 1), ("bitflip", 1), ("bitflip", 2)]  # streamed, streamed, downloaded for -j2
+    res = run_playbook(play(*[task("dump %d" % i, database=small_db, series="corrupt%d-{database}" % i,
+                                   **conn(pg), **store) for i in range(len(cases))]))
+    for index, (how, _jobs) in enumerate(cases):
+        _damage(ok(res.task("dump %d" % index))["backup"]["url"][len("file://"):], how)
+    never = [name("pgb_never") for _case in cases]
+    tasks = []
+    for index, (how, jobs) in enumerate(cases):
+        series = "corrupt%d-%s" % (index, small_db)
+        tasks += [task("clean over %d" % index, state="restored", series=series, target_database=target,
+                       clean=True, jobs=jobs, **conn(pg), **store),
+                  task("create %d" % index, state="restored", series=series, target_database=never[index],
+                       create=True, jobs=jobs, **conn(pg), **store)]
+    res = run_playbook(play(*tasks))
+    for index in range(len(cases)):
+        assert "is corrupt" in failed(res.task("clean over %d" % index))
+        assert "is corrupt" in failed(res.task("create %d" % index))
+    assert pg.psql("SELECT string_agg(tablename, ',') FROM pg_tables WHERE schemaname = 'public'", target) == "items\n"
+    assert pg.psql("SELECT id, label FROM items", target) == "0|untouched\n"
+    assert databases(pg, "pgb_never") == []
 
 
 def test_plain_restore_stops_at_the_first_error(pg, small_db, run_playbook, tmp_path):
