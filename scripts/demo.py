@@ -1,0 +1,209 @@
+# -*- coding: utf-8 -*-
+# Copyright: opskit.runbook contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The demo behind `make demo` (run by scripts/demo.sh after the bootstrap).
+
+Starts a throwaway PostgreSQL with a sample database (the integration harness's Postgres class:
+initdb as an unprivileged user, scram auth on 127.0.0.1), and, when a Docker Engine answers or
+can be started, a sample volume; runs playbooks/daily.yml then playbooks/dr_drill.yml against
+inventories/local with file:// storage under demo/; prints the measured RTO and RPO and where
+the report is; stops what it started.
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib.util
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import time
+import uuid
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEMO = os.path.abspath(os.environ.get("OPSKIT_DEMO_DIR") or os.path.join(ROOT, "demo"))
+VENV_BIN = os.path.dirname(sys.executable)
+DOCKER_SCRIPT = os.path.join(ROOT, "scripts", "docker-engine.sh")
+IMAGE = "opskit-test/busybox:1"
+ORDERS = 5000
+
+
+def say(msg):
+    print("demo: %s" % msg, flush=True)
+
+
+def load_harness():
+    """The integration harness's service classes (one implementation of "start PostgreSQL")."""
+    spec = importlib.util.spec_from_file_location(
+        "opskit_harness", os.path.join(ROOT, "tests", "integration", "conftest.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def sample_database(pg):
+    pg.createdb("shop")
+    pg.psql("""
+        CREATE TABLE customers (id int PRIMARY KEY, name text NOT NULL);
+        CREATE TABLE orders (id int PRIMARY KEY, customer_id int REFERENCES customers, total numeric(10,2));
+        INSERT INTO customers SELECT g, 'customer ' || g FROM generate_series(1, 500) g;
+        INSERT INTO orders SELECT g, 1 + g %% 500, (g * 7 %% 1000) / 10.0 FROM generate_series(1, %d) g;
+    """ % ORDERS, db="shop")
+    checksum = pg.psql("SELECT md5(string_agg(id || ':' || customer_id || ':' || total, ',' ORDER BY id)) FROM orders",
+                       db="shop").strip()
+    return checksum
+
+
+def docker_volume():
+    """Start (or reuse) the Docker Engine and create a sample volume; return (name, files, started, why)."""
+    try:
+        proc = subprocess.run([DOCKER_SCRIPT, "up"], capture_output=True, text=True, timeout=120)
+        if proc.returncode:
+            return None, 0, False, (proc.stderr or proc.stdout).strip().splitlines()[-1]
+        started = proc.stdout.strip() == "started"
+        proc = subprocess.run([DOCKER_SCRIPT, "image"], capture_output=True, text=True, timeout=120)
+        if proc.returncode:
+            return None, 0, started, "cannot build the local image: %s" % proc.stderr.strip()
+        import docker  # pylint: disable=import-outside-toplevel
+        client = docker.from_env()
+        name = "opskit-demo-%s-uploads" % uuid.uuid4().hex[:8]
+        client.volumes.create(name, labels={"opskit.demo": "true"})
+        # fill it through the archive API of a created (never started) container
+        helper = client.containers.create(IMAGE, command=["true"], volumes={name: {"bind": "/data", "mode": "rw"}},
+                                          labels={"opskit.demo": "true"})
+        buf = io.BytesIO()
+        files = 0
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            for i in range(20):
+                data = ("upload %d\n" % i).encode() * (50 + i)
+                info = tarfile.TarInfo("uploads/file-%02d.txt" % i)
+                info.size, info.mtime, info.mode = len(data), int(time.time()), 0o644
+                tar.addfile(info, io.BytesIO(data))
+                files += 1
+        helper.put_archive("/data", buf.getvalue())
+        helper.remove()
+        client.close()
+        return name, files, started, None
+    except Exception as exc:  # pylint: disable=broad-except
+        return None, 0, False, str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def remove_volume(name):
+    try:
+        import docker  # pylint: disable=import-outside-toplevel
+        client = docker.from_env()
+        client.volumes.get(name).remove(force=True)
+        client.close()
+    except Exception as exc:  # pylint: disable=broad-except
+        say("could not remove the sample volume %s: %s" % (name, exc))
+
+
+def playbook(name, extra_vars_file):
+    env = dict(os.environ,
+               ANSIBLE_COLLECTIONS_PATH=os.path.join(ROOT, ".build", "collections"),
+               ANSIBLE_DISPLAY_SKIPPED_HOSTS="false",
+               ANSIBLE_RETRY_FILES_ENABLED="0",
+               ANSIBLE_PIPELINING="1",
+               ANSIBLE_FORCE_COLOR=os.environ.get("ANSIBLE_FORCE_COLOR", "0"))
+    env.pop("ANSIBLE_CONFIG", None)
+    log = os.path.join(DEMO, "logs", "%s.log" % name)
+    say("running playbooks/%s.yml (output in %s)" % (name, os.path.relpath(log)))
+    t0 = time.monotonic()
+    with open(log, "w") as out:
+        proc = subprocess.run([os.path.join(VENV_BIN, "ansible-playbook"), "-i", os.path.join(ROOT, "inventories", "local"),
+                               os.path.join(ROOT, "playbooks", "%s.yml" % name), "-e", "@" + extra_vars_file],
+                              cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    took = time.monotonic() - t0
+    if proc.returncode:
+        with open(log) as fh:
+            sys.stdout.write("".join(fh.readlines()[-40:]))
+        raise SystemExit("demo: playbooks/%s.yml failed (exit %d); full output in %s" % (name, proc.returncode, log))
+    say("playbooks/%s.yml passed in %.1f s" % (name, took))
+
+
+def newest(pattern):
+    paths = sorted(glob.glob(pattern), key=os.path.getmtime)
+    return paths[-1] if paths else None
+
+
+def fmt(seconds):
+    if seconds is None:
+        return "not measured"
+    return "%.1f s" % seconds if seconds < 120 else "%.1f min" % (seconds / 60)
+
+
+def main():
+    t_start = time.monotonic()
+    for sub in ("backups", "reports", "logs"):
+        os.makedirs(os.path.join(DEMO, sub), exist_ok=True)
+    harness = load_harness()
+    pg = harness.Postgres()
+    volume, docker_started = None, False
+    try:
+        say("starting an embedded PostgreSQL 15 on 127.0.0.1 (initdb as an unprivileged user)")
+        pg.start()
+        checksum = sample_database(pg)
+        say("sample database 'shop' on port %d: 500 customers, %d orders (md5 %s)" % (pg.port, ORDERS, checksum[:12]))
+
+        volume, files, docker_started, why = docker_volume()
+        if volume:
+            say("sample Docker volume %s with %d files" % (volume, files))
+        else:
+            say("SKIPPING the Docker volume part: no Docker Engine can run here (%s)" % why)
+
+        extra = {
+            "opskit_location": "file://%s/backups" % DEMO,
+            "opskit_report_dir": "%s/reports" % DEMO,
+            "opskit_series_prefix": "demo-",
+            "opskit_postgres": {"host": pg.host, "port": pg.port, "user": pg.user, "password": pg.password,
+                                "bin_dir": pg.bin_dir},
+            "opskit_databases": [{"name": "shop", "verify_queries": [
+                {"name": "all orders restored", "query": "SELECT count(*) FROM orders", "expect": str(ORDERS)},
+                {"name": "orders identical", "expect": checksum,
+                 "query": "SELECT md5(string_agg(id || ':' || customer_id || ':' || total, ',' ORDER BY id)) FROM orders"},
+            ]}],
+            "opskit_volumes": [{"name": volume, "stop_containers": ["none"], "min_files": files}] if volume else [],
+            "opskit_health_checks": [{"name": "shop database", "type": "postgres", "database": "shop"}],
+            "opskit_disk_paths": [DEMO],
+        }
+        vars_file = os.path.join(DEMO, "vars.json")
+        with open(os.open(vars_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as fh:
+            json.dump(extra, fh, indent=2)
+
+        playbook("daily", vars_file)
+        playbook("dr_drill", vars_file)
+
+        report = newest(os.path.join(DEMO, "reports", "dr_drill-*.json"))
+        with open(report) as fh:
+            doc = json.load(fh)
+        print()
+        print("DR drill %s on %s (targets: RTO %s, RPO %s)" % (doc["status"].upper(), doc["host"],
+                                                                doc["targets"]["rto"], doc["targets"]["rpo"]))
+        for asset in doc["assets"]:
+            print("  %-8s %-34s restored + verified in %-9s RPO %-9s (%s, backup %s)" % (
+                asset["kind"], asset["name"], fmt(asset["rto_seconds"]), fmt(asset["rpo_seconds"]),
+                asset["verification"], asset["backup_id"]))
+        print("  measured RTO %s (%s), RPO %s (%s)" % (
+            fmt(doc["rto_seconds"]), "met" if doc["rto_met"] else "MISSED",
+            fmt(doc["rpo_seconds"]), "met" if doc["rpo_met"] else "MISSED"))
+        if not volume:
+            print("  (Docker volume part skipped: %s)" % why)
+        print("  report: %s" % report[:-5] + ".html")
+        print("  JSON:   %s" % report)
+        print("  daily report: %s" % newest(os.path.join(DEMO, "reports", "daily-*.html")))
+        print("  backups: %s/backups" % DEMO)
+        print()
+        say("done in %.0f s" % (time.monotonic() - t_start))
+    finally:
+        if volume:
+            remove_volume(volume)
+        pg.stop()
+        if docker_started:
+            subprocess.run([DOCKER_SCRIPT, "down"], capture_output=True)
+
+
+if __name__ == "__main__":
+    main()
