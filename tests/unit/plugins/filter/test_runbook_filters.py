@@ -1,0 +1,140 @@
+# -*- coding: utf-8 -*-
+# Copyright: opskit.runbook contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The report filters: duration_seconds, backup_rows, svg_bars."""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+
+import pytest
+from ansible.errors import AnsibleFilterError
+
+from ansible_collections.opskit.runbook.plugins.filter.runbook import (
+    FilterModule, backup_rows, duration_seconds, svg_bars)
+
+SVG = "{http://www.w3.org/2000/svg}"
+
+
+@pytest.mark.parametrize("value, seconds", [
+    ("4h", 14400.0),
+    ("24h", 86400.0),
+    ("1d12h", 129600.0),
+    ("90min", 5400.0),
+    ("2w", 1209600.0),
+    ("30s", 30.0),
+    (42, 42.0),
+    (1.5, 1.5),
+])
+def test_duration_seconds(value, seconds):
+    assert duration_seconds(value) == seconds
+
+
+def test_duration_seconds_months_are_calendar_months():
+    assert 28 * 86400 <= duration_seconds("1m") <= 31 * 86400
+
+
+@pytest.mark.parametrize("value", ["", "4 hours", "h4", "4x", True, None, "-1h"])
+def test_duration_seconds_rejects(value):
+    with pytest.raises(AnsibleFilterError):
+        duration_seconds(value)
+
+
+SERIES = {
+    "web1-pg-app": {"count": 3, "total_size_bytes": 300, "newest_age_seconds": 60, "stale": False,
+                    "newest": {"id": "20261123T020000Z-aaaaaaaa", "kind": "postgres", "size_bytes": 100,
+                               "created_at": "2026-11-23T02:00:00Z"},
+                    "newest_verified": {"id": "20261122T020000Z-bbbbbbbb"}, "newest_verified_age_seconds": 86460},
+    "web1-vol-data": {"count": 1, "total_size_bytes": 7, "newest_age_seconds": 99999, "stale": True,
+                      "newest": {"id": "20261121T020000Z-cccccccc", "kind": "volume", "size_bytes": 7,
+                                 "created_at": "2026-11-21T02:00:00Z"},
+                      "newest_verified": None, "newest_verified_age_seconds": None},
+}
+
+
+def test_backup_rows_flattens_sorted():
+    rows = backup_rows(SERIES)
+    assert [r["series"] for r in rows] == ["web1-pg-app", "web1-vol-data"]
+    assert rows[0] == {"series": "web1-pg-app", "kind": "postgres", "id": "20261123T020000Z-aaaaaaaa",
+                       "created_at": "2026-11-23T02:00:00Z", "age_seconds": 60, "size_bytes": 100, "count": 3,
+                       "total_size_bytes": 300, "verified_id": "20261122T020000Z-bbbbbbbb",
+                       "verified_age_seconds": 86460, "stale": False}
+    assert rows[1]["verified_id"] is None and rows[1]["stale"] is True
+
+
+@pytest.mark.parametrize("only, expected", [
+    (None, ["web1-pg-app", "web1-vol-data"]),
+    (["web1-vol-data"], ["web1-vol-data"]),
+    ([], []),
+    (["other"], []),
+])
+def test_backup_rows_only(only, expected):
+    assert [r["series"] for r in backup_rows(SERIES, only)] == expected
+
+
+def test_backup_rows_rejects_a_list():
+    with pytest.raises(AnsibleFilterError, match="series dict"):
+        backup_rows([1, 2])
+
+
+def _bars(svg):
+    root = ET.fromstring(svg)
+    return root, [r for r in root.iter(SVG + "rect")]
+
+
+def test_svg_bars_scales_to_the_largest_value():
+    svg = svg_bars([{"name": "a", "seconds": 10}, {"name": "b", "seconds": 5}, {"name": "c", "seconds": 0}])
+    root, rects = _bars(svg)
+    widths = [float(r.get("width")) for r in rects]
+    assert widths[0] == pytest.approx(2 * widths[1]) and widths[2] == 0
+    assert root.get("width") == "640"
+    assert not list(root.iter(SVG + "line"))  # no limit, no target line
+    assert {r.get("fill") for r in rects} == {"#1565c0"}
+
+
+@pytest.mark.parametrize("limit, colours", [
+    ("4h", ["#2e7d32", "#c62828"]),
+    (14400, ["#2e7d32", "#c62828"]),
+    ("10h", ["#2e7d32", "#2e7d32"]),
+])
+def test_svg_bars_limit_colours_and_line(limit, colours):
+    svg = svg_bars([{"name": "db", "rto_seconds": 600}, {"name": "vol", "rto_seconds": 5 * 3600}],
+                   value="rto_seconds", limit=limit, title="RTO")
+    root, rects = _bars(svg)
+    assert [r.get("fill") for r in rects] == colours
+    assert len(list(root.iter(SVG + "line"))) == 1
+    assert "RTO" in svg
+
+
+def test_svg_bars_escapes_labels():
+    svg = svg_bars([{"name": "<script>alert(1)</script>", "seconds": 1}], title="a & b")
+    assert "<script>" not in svg and "&lt;script&gt;" in svg and "a &amp; b" in svg
+    ET.fromstring(svg)
+
+
+def test_svg_bars_formats_seconds():
+    svg = svg_bars([{"name": "a", "seconds": 1.234}, {"name": "b", "seconds": 600}, {"name": "c", "seconds": 10800}])
+    texts = re.findall(r">([0-9.]+ (?:s|min|h))<", svg)
+    assert texts == ["1.23 s", "10.0 min", "3.0 h"]
+
+
+def test_svg_bars_empty_list():
+    root, rects = _bars(svg_bars([]))
+    assert rects == []
+
+
+@pytest.mark.parametrize("items, message", [
+    ("nope", "expected a list"),
+    ([1], "item 0 is not a dict"),
+    ([{"name": "a"}], "no numeric 'seconds'"),
+    ([{"name": "a", "seconds": "fast"}], "not a number"),
+    ([{"name": "a", "seconds": True}], "no numeric"),
+])
+def test_svg_bars_rejects_bad_items(items, message):
+    with pytest.raises(AnsibleFilterError, match=message):
+        svg_bars(items)
+
+
+def test_filter_module_exports():
+    assert set(FilterModule().filters()) == {"duration_seconds", "svg_bars", "backup_rows"}
