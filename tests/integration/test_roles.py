@@ -1,0 +1,255 @@
+# -*- coding: utf-8 -*-
+# Copyright: opskit.runbook contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The roles and runbook playbooks through ansible-playbook against real services."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import subprocess
+import time
+import uuid
+
+import psycopg2
+import pytest
+
+from ansible_collections.opskit.runbook.plugins.module_utils import _backup, _storage
+
+from roles_fixtures import ROOT, Webhook, conn, playbook, reports
+
+ROLES = ["backup", "restore", "upgrade", "maintenance", "health", "report"]
+
+# One wrong-typed input per role, and the words the message must contain.
+WRONG_TYPES = {
+    "backup": ({"backup_retention": "7 days"}, "backup_retention"),
+    "restore": ({"restore_volumes": {"name": "x"}}, "restore_volumes"),
+    "upgrade": ({"upgrade_images": "web:2"}, "upgrade_images"),
+    "maintenance": ({"maintenance_idle_minutes": "ten"}, "maintenance_idle_minutes"),
+    "health": ({"health_fail_on": "sometimes"}, "health_fail_on"),
+    "report": ({"report_data": ["not", "a", "dict"]}, "report_data"),
+}
+
+
+def test_argument_specs_reject_wrong_types(run_playbook):
+    tasks = []
+    for role, (bad, _word) in WRONG_TYPES.items():
+        tasks.append({"name": "wrong " + role, "block": [
+            {"name": "include " + role, "ansible.builtin.include_role": {"name": "opskit.runbook." + role},
+             "vars": bad}],
+            "rescue": [{"name": "caught " + role, "ansible.builtin.set_fact": {
+                "caught_" + role: "{{ ansible_failed_result.msg }}"}}]})
+    tasks.append({"name": "messages", "ansible.builtin.debug": {
+        "msg": {role: "{{ caught_%s | default('NOT REJECTED') }}" % role for role in WRONG_TYPES}}})
+    run = run_playbook([{"hosts": "localhost", "gather_facts": False, "tasks": tasks}])
+    msgs = run.task("messages")["msg"]
+    for role, (_bad, word) in WRONG_TYPES.items():
+        msg = msgs[role]
+        assert msg != "NOT REJECTED", role
+        assert "Validation of arguments failed" in msg and word in msg, (role, msg)
+        assert "Traceback" not in msg
+    assert "backup_retention' is of type str and we were unable to convert to dict" in msgs["backup"]
+    assert "restore_volumes' is of type dict and we were unable to convert to list" in msgs["restore"]
+    assert "value of health_fail_on must be one of: critical, warning, never" in msgs["health"]
+    assert "maintenance_idle_minutes" in msgs["maintenance"] and "float" in msgs["maintenance"]
+
+
+@pytest.fixture
+def shop(pg):
+    name = "shop_%s" % uuid.uuid4().hex[:8]
+    pg.createdb(name)
+    pg.psql("CREATE TABLE orders (id int PRIMARY KEY, total numeric); "
+            "INSERT INTO orders SELECT g, g * 1.5 FROM generate_series(1, 300) g;", db=name)
+    return name
+
+
+def _base_vars(tmp_path, pg, db, **extra):
+    out = {
+        "opskit_location": "file://%s/backups" % tmp_path,
+        "opskit_report_dir": str(tmp_path / "reports"),
+        "opskit_series_prefix": "t-",
+        "opskit_postgres": conn(pg),
+        "opskit_databases": [{"name": db, "verify_queries": [
+            {"name": "orders", "query": "SELECT count(*) FROM orders", "expect": "300"}]}],
+        "opskit_disk_paths": [str(tmp_path)],
+    }
+    out.update(extra)
+    return out
+
+
+def test_backup_daily_then_drill(run_playbook, pg, redis, shop, tmp_path):
+    conf = tmp_path / "etc-app"
+    conf.mkdir()
+    (conf / "app.conf").write_text("listen 8080\n")
+    (conf / "secrets.env").write_text("TOKEN=x\n")
+    metrics = tmp_path / "metrics"
+    metrics.mkdir()
+    redis_dir = tmp_path / "redis-data"
+    redis_dir.mkdir()
+    subprocess.run(["redis-cli", "-h", redis.host, "-p", str(redis.port), "CONFIG", "SET", "dir", str(redis_dir)],
+                   check=True, capture_output=True)
+    subprocess.run(["redis-cli", "-h", redis.host, "-p", str(redis.port), "SET", "greeting", "hello"],
+                   check=True, capture_output=True)
+    extra = _base_vars(tmp_path, pg, shop,
+                       opskit_directories=[{"name": "etc-app", "path": str(conf)}],
+                       opskit_redis=[{"name": "cache", "host": redis.host, "port": redis.port, "path": str(redis_dir)}],
+                       opskit_metrics_dir=str(metrics),
+                       opskit_health_checks=[{"name": "shop db", "type": "postgres", "database": shop}])
+
+    # check mode: the plan, nothing written anywhere
+    planned = run_playbook(playbook("daily"), extra, check=True)
+    assert planned.rc == 0, planned.stdout[-3000:]
+    assert not (tmp_path / "backups").exists()
+    assert not (metrics / "opskit_backup.prom").exists()
+    assert planned.task("PostgreSQL | dump the databases")["plan"][0]["database"] == shop
+
+    run = run_playbook(playbook("daily"), extra)
+    assert run.rc == 0, run.stdout[-3000:]
+    series = sorted(os.listdir(tmp_path / "backups"))
+    assert series == ["t-dir-etc-app", "t-pg-%s" % shop, "t-redis-cache"]
+    assert (redis_dir / "dump.rdb").exists()  # BGSAVE finished before the copy
+    daily = reports(tmp_path / "reports", "daily")[-1]
+    assert daily["status"] == "passed" and daily["health_status"] == "OK"
+    assert {b["series"] for b in daily["backups"]} == set(series)
+    assert [p["name"] for p in daily["phases"]][:2] == ["health", "redis cache"]
+    prom = (metrics / "opskit_backup.prom").read_text()
+    for name in series:
+        assert 'opskit_backup_last_success_timestamp_seconds{host="localhost",series="%s"' % name in prom
+    assert 'opskit_backup_stale{host="localhost",series="t-pg-%s",kind="postgres",rpo="24h"} 0' % shop in prom
+    assert 'opskit_health_status{host="localhost",check="shop db",type="postgres"} 0' in (metrics / "opskit_health.prom").read_text()
+    assert not [n for n in os.listdir(metrics) if n.endswith(".prom") and n.startswith(".")]
+
+    drill = run_playbook(playbook("dr_drill"), extra)
+    assert drill.rc == 0, drill.stdout[-3000:]
+    doc = reports(tmp_path / "reports", "dr_drill")[-1]
+    assert doc["status"] == "passed" and doc["rto_met"] is True and doc["rpo_met"] is True
+    assert isinstance(doc["rto_seconds"], float) and isinstance(doc["rpo_seconds"], float)
+    assets = {a["name"]: a for a in doc["assets"]}
+    assert set(assets) == {shop, "etc-app"}
+    assert all(a["verification"] == "passed" and a["rto_seconds"] > 0 for a in assets.values())
+    # the database restore test is recorded in the manifest
+    location = _storage.open_location("file://%s/backups" % tmp_path)
+    newest = _backup.list_backups(location, "t-pg-%s" % shop)[0]
+    assert newest["verification"]["result"] == "passed" and newest["id"] == assets[shop]["backup_id"]
+    # scratch databases and directories are gone
+    assert pg.psql("SELECT count(*) FROM pg_database WHERE datname LIKE '%%scratch%%' OR datname LIKE '%%opskit%%'").strip() == "0"
+    assert not [p for p in os.listdir("/tmp") if p.startswith("opskit-drill-etc-app-")]
+
+
+def test_failure_alerts_the_webhook_and_reports(run_playbook, pg, shop, tmp_path):
+    bad = dict(conn(pg), password="wrong-password-Zq93")
+    with Webhook() as hook:
+        extra = _base_vars(tmp_path, pg, shop, opskit_postgres=bad, opskit_webhook_url=hook.url)
+        run = run_playbook(playbook("daily"), extra)
+    assert run.rc != 0
+    assert len(hook.posts) == 1
+    text = hook.posts[0]["json"]["text"]
+    assert "daily FAILED on localhost" in text and "PostgreSQL | dump the databases" in text
+    assert "password authentication failed" in text
+    assert "wrong-password-Zq93" not in json.dumps(hook.posts) and "secret-token" not in run.stdout
+    doc = reports(tmp_path / "reports", "daily")[-1]
+    assert doc["status"] == "failed" and doc["failure"]["task"] == "PostgreSQL | dump the databases"
+    assert "wrong-password-Zq93" not in json.dumps(doc)
+
+
+def test_raw_webhook_and_unreachable_webhook(run_playbook, tmp_path):
+    with Webhook(status=500) as hook:
+        play = [{"hosts": "localhost", "gather_facts": False, "tasks": [
+            {"name": "alert", "ansible.builtin.include_role": {"name": "opskit.runbook.report", "tasks_from": "alert"},
+             "vars": {"report_name": "weekly", "report_webhook_url": hook.url, "report_webhook_format": "raw",
+                      "report_failure": {"task": "Verify | x", "msg": "it broke"}}}]}]
+        run = run_playbook(play)
+    assert run.rc == 0  # a webhook answering 500 is a warning, never a second failure
+    body = hook.posts[0]["json"]
+    assert body["event"] == "opskit.runbook.failure" and body["task"] == "Verify | x" and body["msg"] == "it broke"
+    assert body["host"] == "localhost" and body["report"] == "weekly"
+    assert "could not be posted" in run.stdout
+
+
+def test_dr_restore_needs_the_confirmation_then_recovers(run_playbook, pg, shop, tmp_path):
+    extra = _base_vars(tmp_path, pg, shop)
+    assert run_playbook(os.path.join(ROOT, "playbooks", "daily.yml"), extra).rc == 0
+    pg.psql("DELETE FROM orders WHERE id > 100", db=shop)
+
+    refused = run_playbook(playbook("dr_restore"), dict(extra, opskit_dr_confirm="yes"))
+    assert refused.rc != 0 and "opskit_dr_confirm=overwrite-production" in refused.stdout
+    assert pg.psql("SELECT count(*) FROM orders", db=shop).strip() == "100"
+
+    run = run_playbook(playbook("dr_restore"), dict(extra, opskit_dr_confirm="overwrite-production"))
+    assert run.rc == 0, run.stdout[-3000:]
+    assert pg.psql("SELECT count(*) FROM orders", db=shop).strip() == "300"
+    doc = reports(tmp_path / "reports", "dr_restore")[-1]
+    assert doc["assets"][0]["mode"] == "recover" and doc["assets"][0]["target"] == shop
+
+
+def test_maintenance_plans_then_cleans(run_playbook, pg, shop, tmp_path):
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    old = logs / "app.log.1.gz"
+    old.write_text("old")
+    month_ago = time.time() - 40 * 86400
+    os.utime(old, (month_ago, month_ago))
+    fresh = logs / "app.log.2.gz"
+    fresh.write_text("new")
+    idle = psycopg2.connect(host=pg.host, port=pg.port, user=pg.user, password=pg.password, dbname=shop,
+                            application_name="opskit-idle-test")
+    idle.autocommit = True
+    idle.cursor().execute("SELECT 1")
+    time.sleep(1.5)
+    extra = _base_vars(tmp_path, pg, shop,
+                       opskit_log_cleanup=[{"paths": [str(logs)], "patterns": ["*.gz"], "max_age_days": 30}],
+                       opskit_idle_connection_minutes=0.02)
+    try:
+        plan = run_playbook(playbook("monthly"), extra, check=True)
+        assert plan.rc == 0, plan.stdout[-3000:]
+        assert old.exists()
+        assert plan.task("Logs | find files older than the limit")["results"][0]["matched"] == 1
+        assert idle.closed == 0 and pg.psql(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'opskit-idle-test'").strip() == "1"
+
+        run = run_playbook(playbook("monthly"), extra)
+        assert run.rc == 0, run.stdout[-3000:]
+        assert not old.exists() and fresh.exists()
+        assert pg.psql("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'opskit-idle-test'").strip() == "0"
+        doc = reports(tmp_path / "reports", "monthly")[-1]
+        assert doc["maintenance"]["terminated"] >= 1 and doc["maintenance"]["old_logs"] == [str(old)]
+        assert doc["maintenance"]["vacuumed"] == [shop]
+    finally:
+        idle.close()
+
+
+def test_maintenance_docker_prune_respects_the_keep_label(run_playbook, docker_engine, tmp_path):
+    client = docker_engine.client
+    select = "opskit-test-prune-%s" % uuid.uuid4().hex[:8]
+    made = {}
+    for kind, labels in (("drop", {select: "1"}), ("keep", {select: "1", "opskit.keep": "1"})):
+        container = client.containers.create(docker_engine.busybox_image, command=["true"], labels=labels,
+                                             name="%s-%s" % (select, kind))
+        made[kind] = container
+    time.sleep(1.2)
+    extra = {"opskit_docker_prune": True, "opskit_docker_prune_until": "1s", "opskit_disk_paths": [str(tmp_path)],
+             "opskit_report_dir": str(tmp_path / "reports"),
+             "maintenance_docker_select_label": select, "maintenance_docker_images": "none",
+             "opskit_databases": []}
+    play = [{"hosts": "localhost", "gather_facts": False, "roles": [
+        {"role": "opskit.runbook.maintenance", "maintenance_docker_select_label": select,
+         "maintenance_docker_images": "none"}]}]
+    try:
+        plan = run_playbook(play, extra, check=True)
+        assert plan.rc == 0, plan.stdout[-3000:]
+        planned = plan.task("Docker | plan")["ansible_facts"]["__maintenance_stale_containers"]
+        assert [c["Names"][0] for c in planned] == ["/%s-drop" % select]
+        assert len(client.containers.list(all=True, filters={"label": select})) == 2
+
+        run = run_playbook(play, extra)
+        assert run.rc == 0, run.stdout[-3000:]
+        left = [c.name for c in client.containers.list(all=True, filters={"label": select})]
+        assert left == ["%s-keep" % select]
+        assert run.task("Docker | remove the stopped containers")["changed"] is True
+    finally:
+        for container in made.values():
+            try:
+                container.remove(force=True)
+            except Exception:  # pylint: disable=broad-except
+                pass
