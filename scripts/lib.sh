@@ -3,6 +3,7 @@
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BUILD="$ROOT/.build"
+# shellcheck disable=SC2034  # used by the scripts that source this file
 VENV="$ROOT/.venv"
 mkdir -p "$BUILD"
 
