@@ -92,8 +92,8 @@ def docker_state(inspect, baseline_restarts=0):
         return FAILED, "container restarted %d time(s) (last exit code %s)" % (restarts - baseline_restarts, code)
     if status in ("exited", "dead"):
         err = (st.get("Error") or "").strip()
-        return FAILED, "container %s with code %s%s" % ("exited" if status == "exited" else "is dead", code,
-                                                         (": %s" % err) if err else "")
+        what = "exited" if status == "exited" else "is dead"
+        return FAILED, "container %s with code %s%s" % (what, code, (": %s" % err) if err else "")
     if status == "paused":
         return FAILED, "container is paused"
     if status in ("created", "unknown"):
@@ -108,8 +108,8 @@ def docker_state(inspect, baseline_restarts=0):
         log = health.get("Log") or []
         last = " ".join(str((log[-1] or {}).get("Output") or "").split())[:200] if log else ""
         if hs == "unhealthy":
-            return FAILED, "healthcheck failed %s time(s)%s" % (health.get("FailingStreak"),
-                                                               (": %s" % last) if last else "")
+            return FAILED, "healthcheck failed %s time(s)%s" % (
+                health.get("FailingStreak"), (": %s" % last) if last else "")
         return WAITING, "health is %s%s" % (hs, (" (last: %s)" % last) if last else "")
     return READY, "running (no healthcheck)"
 
@@ -281,7 +281,7 @@ def _gate(unit, settings, timeout, clock, sleep):
 def _safe_logs(unit, lines):
     try:
         return unit.logs(lines) if lines else []
-    except Exception:  # pylint: disable=broad-except - logs are a courtesy, never the failure
+    except Exception:  # pylint: disable=broad-except
         return []
 
 
@@ -331,7 +331,7 @@ def execute(units, action, image=None, settings=None, check_mode=False,
     if check_mode:
         result["reason"] = "check mode: would %s %s" % (
             {"deploy": "upgrade", "rollback": "roll back", "restart": "restart"}[action],
-            ", ".join(u.label() for u, _ in switching))
+            ", ".join(u.label() for u, _plan in switching))
         return _finish(result, t0, clock)
 
     done, failure = [], None
@@ -362,7 +362,7 @@ def execute(units, action, image=None, settings=None, check_mode=False,
     result["timings"]["upgrade"] = round(clock() - upgrade_start, 3)
     for unit, plan in switching:
         plan["last_known_good"] = _recorded_summary(unit) if unit in done else None
-    result["last_known_good"] = next((p["last_known_good"] for _, p in switching if p["last_known_good"]), None)
+    result["last_known_good"] = next((p["last_known_good"] for _unit, p in switching if p["last_known_good"]), None)
 
     if failure is None:
         for unit in done:
@@ -433,7 +433,7 @@ def _merge(total, part):
 
 
 def _success_reason(action, switching):
-    labels = ", ".join(u.label() for u, _ in switching)
+    labels = ", ".join(u.label() for u, _plan in switching)
     return {"deploy": "%s upgraded and passed the gate" % labels,
             "rollback": "%s restored to the recorded last-known-good and passed the gate" % labels,
             "restart": "%s restarted and passed the gate" % labels}[action]
@@ -451,8 +451,8 @@ def missing_image_result(units, image, exc):
     unit = units[0]
     result = {"changed": False, "outcome": "rolled_back", "target": unit.describe(), "from": unit.current(),
               "to": {"image": image, "digest": None}, "logs": [], "last_known_good": None,
-              "reason": "%s; nothing was changed, %s keeps running %s" % (exc.msg, unit.label(),
-                                                                         unit.current().get("image")),
+              "reason": "%s; nothing was changed, %s keeps running %s" % (
+                  exc.msg, unit.label(), unit.current().get("image")),
               "timings": {"upgrade": 0.0, "ready": None, "checks": None, "monitor": None, "rollback": 0.0,
                           "rollback_monitor": None, "total": 0.0}}
     result["units"] = [{"target": u.describe(), "from": u.current(), "to": result["to"]} for u in units]

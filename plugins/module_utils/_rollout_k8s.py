@@ -87,7 +87,7 @@ class K8sDeployment:
         self.core = kubernetes.client.CoreV1Api(api_client)
         self.namespace, self.name, self.timeout = namespace, name, request_timeout
         self.dep = self._get()
-        names = [n for n, _ in template_images(self.dep["spec"]["template"])]
+        names = [n for n, _image in template_images(self.dep["spec"]["template"])]
         if container is None:
             if len(names) != 1:
                 raise ConfigError("%s has %d containers (%s): set container to the one to upgrade"
@@ -106,7 +106,7 @@ class K8sDeployment:
             resp = func(*args, _preload_content=False, _request_timeout=self.timeout, **kwargs)
         except ApiException as exc:
             raise api_error(exc, what) from None
-        except Exception as exc:  # pylint: disable=broad-except - urllib3/socket errors
+        except Exception as exc:  # pylint: disable=broad-except
             if type(exc).__module__.startswith(("urllib3", "socket", "ssl")) or isinstance(exc, OSError):
                 raise api_error(exc, what) from None
             raise
@@ -185,8 +185,8 @@ class K8sDeployment:
         if not (keep_record and self.recorded()):
             cur = self.current()
             record = make_record(cur["image"], cur["digest"], {"template": self._template()})
-            self._patch({"metadata": {"annotations": {RECORD_KEY: json.dumps(record, separators=(",", ":"),
-                                                                              sort_keys=True)}}})
+            text = json.dumps(record, separators=(",", ":"), sort_keys=True)
+            self._patch({"metadata": {"annotations": {RECORD_KEY: text}}})
         self._patch({"spec": {"template": {"spec": {"containers": [{"name": self.container,
                                                                     "image": target["image"]}]}}}})
 

@@ -21,10 +21,10 @@ description:
     C(opskit.runbook/last-known-good) of the Deployment (the pod template), written by a patch
     that touches no other annotation. A rollback restores exactly that, never "the previous
     revision".
-  - B(Docker re-creation) keeps every setting of the container: environment, bind mounts, named
+  - B(Docker re-creation) keeps every setting of the container (environment, bind mounts, named
     and anonymous volumes (re-attached by name), published ports, networks with aliases and
     static addresses, labels, restart policy, resources, command, entrypoint, user, working
-    directory, hostname, healthcheck. Settings equal to the old image's defaults (ENV, CMD,
+    directory, hostname, healthcheck). Settings equal to the old image's defaults (ENV, CMD,
     HEALTHCHECK, ...) are left to the new image. The old container is renamed and stopped, kept
     until the new one passed the gate (so a rollback is a rename and a start), then removed.
   - B(Gate.) First the platform's readiness - Docker health status C(healthy), or running and

@@ -80,7 +80,7 @@ def build_images(client, tags=tuple(VARIANTS)):
     refs = {}
     for tag in tags:
         ref = "%s:%s" % (REPO, tag)
-        for _ in client.build(fileobj=_context(tag), custom_context=True, tag=ref, rm=True, decode=True):
+        for _line in client.build(fileobj=_context(tag), custom_context=True, tag=ref, rm=True, decode=True):
             pass
         client.inspect_image(ref)  # raises when the build failed
         refs[tag] = ref

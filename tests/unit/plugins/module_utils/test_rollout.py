@@ -521,3 +521,13 @@ def test_split_ref(ref, expect):
 ])
 def test_image_digest(img, ref, expect):
     assert D.image_digest(img, ref) == expect
+
+
+def test_create_spec_network_given_at_create_with_default_mode():
+    # created with NetworkMode "default" and an EndpointsConfig: only on that network, not on bridge
+    data = _inspect()
+    data["HostConfig"]["NetworkMode"] = "default"
+    data["NetworkSettings"]["Networks"] = {"appnet": {"Aliases": ["0123456789ab", "web"]}}
+    spec = D.create_spec(data, IMAGE_CFG)
+    assert spec["body"]["NetworkingConfig"] == {"EndpointsConfig": {"appnet": {"Aliases": ["web"]}}}
+    assert spec["networks"] == []
