@@ -415,7 +415,8 @@ def _attempt(check, ctx):
     try:
         _PROBES[check["type"]](check, obs, timeout, ctx)
         failure = None
-    except Exception as exc:  # pylint: disable=broad-except - a probe never crashes the run
+    except Exception as exc:  # pylint: disable=broad-except
+        # a probe never crashes the run: whatever escaped becomes this check's state
         failure = _exception_state(exc, timeout)
     obs.details["probe_ms"] = round((time.perf_counter() - started) * 1000, 3)
     states, parts = [], list(obs.notes)

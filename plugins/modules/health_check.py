@@ -151,7 +151,7 @@ options:
       validate_certs:
         description:
           - V(http) - verify the server certificate and host name. Default V(true).
-          - With V(false), RV(checks[].measures.cert_days) of a self-signed or expired certificate is
+          - With V(false), C(cert_days) in RV(checks[].measures) of a self-signed or expired certificate is
             still reported.
         type: bool
       ca_path:
@@ -218,7 +218,7 @@ options:
       long_query_seconds:
         description:
           - V(postgres) - a non-idle query running longer than this counts in
-            RV(checks[].measures.long_queries). Default V(60).
+            C(long_queries) in RV(checks[].measures). Default V(60).
         type: float
       container:
         description:

@@ -215,7 +215,7 @@ def _as_cluster_owner(args, account, **kwargs):
     tool = os.path.basename(args[0])
     if account is not None:
         args = ["runuser", "-u", account.pw_name, "--"] + args
-    proc = subprocess.run(args, capture_output=True, text=True, **kwargs)
+    proc = subprocess.run(args, capture_output=True, text=True, check=False, **kwargs)
     if proc.returncode:
         raise RuntimeError("%s failed: %s" % (tool, proc.stderr.strip()[-500:]))
     return proc
@@ -246,5 +246,5 @@ def pg_replica(pg):
     finally:
         if os.path.exists(os.path.join(data, "postmaster.pid")):
             subprocess.run((["runuser", "-u", account.pw_name, "--"] if account else []) +
-                           [pg_ctl, "-D", data, "-m", "immediate", "-w", "stop"], capture_output=True, cwd=root)
+                           [pg_ctl, "-D", data, "-m", "immediate", "-w", "stop"], capture_output=True, check=False, cwd=root)
         shutil.rmtree(root, ignore_errors=True)

@@ -20,7 +20,8 @@ import uuid
 
 import pytest
 
-from health_fixtures import CERT_DAYS, deployment, health_targets, kube_stand_in, pg_replica  # noqa: F401 (fixtures)
+from health_fixtures import CERT_DAYS, deployment
+from health_fixtures import health_targets, kube_stand_in, pg_replica  # noqa: F401  pylint: disable=unused-import
 
 HEADER = """
 - hosts: localhost
