@@ -484,30 +484,80 @@ def _artifact_record(manifest, name=None):
     raise NotFoundError("backup %s has no %s artifact" % (manifest["id"], name))
 
 
+class _StoredSource:
+    """What the zstd stream reader pulls from: the stored bytes, hashed and counted on the way."""
+
+    def __init__(self, owner):
+        self.owner = owner
+
+    def read(self, size=CHUNK):
+        return self.owner._read_stored(size)  # pylint: disable=protected-access
+
+
 class ArtifactReader:
     """File-like reader of an artifact's raw (decompressed) bytes.
 
     The stored bytes are hashed as they pass; at the end the sha256 and size are compared with
     the manifest and an IntegrityError is raised on any mismatch. With ``decompress=False``
     the stored bytes are returned as they are (to verify or copy).
+
+    Memory stays bounded whatever the compression ratio: each read() decompresses at most
+    ``size`` bytes (a 1 MiB zstd chunk of a pgbench dump expands to about 200 MiB).
     """
 
     def __init__(self, location, manifest, name=None, decompress=True):
         rec = _artifact_record(manifest, name)
         self.key = "%s/%s" % (manifest["series"], rec["key"])
         self.expected_sha, self.expected_size = rec["sha256"], rec["size_bytes"]
+        self.compression = rec["compression"] if decompress else "none"
+        if self.compression == "zstd":
+            _need_zstd()
+        elif self.compression not in ("gzip", "none"):
+            raise IntegrityError("unknown compression %r in manifest" % (self.compression,))
         self.stream = location.open_read(self.key)
-        self.dec = make_decompressor(rec["compression"]) if decompress else _Identity()
         self.sha = hashlib.sha256()
         self.size = 0
-        self.pending = b""
         self.eof = False
+        self.tail = b""
+        if self.compression == "zstd":
+            self.dec = zstandard.ZstdDecompressor().stream_reader(
+                _StoredSource(self), read_size=CHUNK, read_across_frames=True)
+        else:
+            self.dec = make_decompressor(self.compression)
 
     def _check(self):
         if self.size != self.expected_size or self.sha.hexdigest() != self.expected_sha:
             raise IntegrityError(
                 "artifact %s is corrupt: sha256 %s (%d bytes) does not match the manifest's %s (%d bytes)"
                 % (self.key, self.sha.hexdigest(), self.size, self.expected_sha, self.expected_size))
+
+    def _read_stored(self, size):
+        if self.eof:
+            return b""
+        data = self.stream.read(size)
+        if not data:
+            self.eof = True
+            self._check()
+            return b""
+        self.sha.update(data)
+        self.size += len(data)
+        if self.size > self.expected_size:
+            self._check()
+        return data
+
+    def _decompressed(self, size):
+        if self.compression == "zstd":
+            return self.dec.read(size)
+        if self.compression == "gzip":
+            while True:
+                data = self.tail or self._read_stored(CHUNK)
+                if not data:
+                    return self.dec.flush()
+                out = self.dec.decompress(data, size)
+                self.tail = self.dec.unconsumed_tail
+                if out:
+                    return out
+        return self._read_stored(size)
 
     def read(self, size=CHUNK):
         if size is None or size < 0:
@@ -517,25 +567,16 @@ class ArtifactReader:
                 if not data:
                     return b"".join(chunks)
                 chunks.append(data)
-        while not self.pending and not self.eof:
-            data = self.stream.read(CHUNK)
-            if not data:
-                self.eof = True
-                self._check()
-                self.pending = self.dec.flush() if hasattr(self.dec, "flush") else b""
-                break
-            self.sha.update(data)
-            self.size += len(data)
-            if self.size > self.expected_size:
-                self._check()
-            try:
-                self.pending = self.dec.decompress(data)
-            except (zlib.error, Exception) as exc:  # pylint: disable=broad-except
-                if isinstance(exc, OpsError):
-                    raise
-                raise IntegrityError("artifact %s cannot be decompressed: %s" % (self.key, exc)) from None
-        out, self.pending = self.pending[:size], self.pending[size:]
-        return out
+        try:
+            data = self._decompressed(size)
+        except OpsError:
+            raise
+        except Exception as exc:  # pylint: disable=broad-except
+            raise IntegrityError("artifact %s cannot be decompressed: %s" % (self.key, exc)) from None
+        if not data:
+            while self._read_stored(CHUNK):  # the end of the data: the whole object is checked
+                pass
+        return data
 
     def close(self):
         self.stream.close()
