@@ -17,8 +17,8 @@ OK < WARNING < UNKNOWN < CRITICAL (UNKNOWN: the probe could not tell whether the
 
 from __future__ import annotations
 
-import concurrent.futures
 import copy
+import queue
 import socket
 import ssl
 import threading
@@ -502,21 +502,47 @@ def run_checks(checks, concurrency=32, deadline=None, clients=None):
         raise ConfigError("deadline must be a positive number of seconds, got %r" % (deadline,))
     started = time.perf_counter()
     ctx = Context(time.monotonic() + deadline if deadline else None, clients)
-    results = [None] * len(checks)
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=min(concurrency, len(checks)),
-                                                 thread_name_prefix="opskit-health")
-    try:
-        futures = {pool.submit(_run_check, check, ctx): i for i, check in enumerate(checks)}
-        wait = None if deadline is None else max(0.0, ctx.remaining()) + _GRACE
-        done, _pending = concurrent.futures.wait(futures, timeout=wait)
-        for future, index in futures.items():
-            if future in done:
-                results[index] = future.result()
-            else:
-                results[index] = _not_finished(checks[index], "not started" if future.cancel() else "hung")
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+    wait = None if deadline is None else max(0.0, ctx.remaining()) + _GRACE
+    results = _run_pool(checks, ctx, min(concurrency, len(checks)), wait)
     return build_report(results, duration_ms=round((time.perf_counter() - started) * 1000, 3))
+
+
+def _run_pool(checks, ctx, workers, wait):
+    """Run the checks on ``workers`` daemon threads; return the results after at most ``wait`` s.
+
+    Daemon threads (not concurrent.futures, whose workers are joined at interpreter exit) so that a
+    probe stuck past the deadline, e.g. in a DNS lookup, cannot hold the module process open.
+    """
+    todo = queue.SimpleQueue()
+    for index in range(len(checks)):
+        todo.put(index)
+    results, started = [None] * len(checks), [False] * len(checks)
+    lock, left, finished = threading.Lock(), [len(checks)], threading.Event()
+
+    def worker():
+        while True:
+            try:
+                index = todo.get_nowait()
+            except queue.Empty:
+                return
+            started[index] = True
+            try:
+                results[index] = _run_check(checks[index], ctx)
+            except Exception as exc:  # pylint: disable=broad-except
+                # a bug outside the probes still ends as this check's result, not a crash
+                results[index] = dict(_not_finished(checks[index], "hung"), status=UNKNOWN, attempts=1,
+                                      message="internal error: %s: %s" % (type(exc).__name__, exc))
+            with lock:
+                left[0] -= 1
+                if not left[0]:
+                    finished.set()
+
+    for number in range(workers):
+        threading.Thread(target=worker, name="opskit-health-%d" % number, daemon=True).start()
+    finished.wait(wait)
+    snapshot = list(results)
+    return [result if result is not None else _not_finished(checks[i], "hung" if started[i] else "not started")
+            for i, result in enumerate(snapshot)]
 
 
 def build_report(results, duration_ms=None):

@@ -412,3 +412,40 @@ def test_clients_are_built_once_per_connection_and_injectable():
     for thread in threads:
         thread.join()
     assert results == ["fake"] * 8 and built == ["injected"]
+
+
+def test_a_bug_outside_the_probe_is_a_result_not_a_crash(scripted, monkeypatch):
+    scripts, _calls = scripted
+    scripts["m"] = [50]
+    scripts["n"] = [50]
+
+    def broken(measures, ranges):
+        if "used_pct" in measures:
+            raise KeyError("perfdata bug")
+        return ""
+    monkeypatch.setattr(_health, "_perfdata", broken)
+    report = run_checks([_mem("m"), _mem("n")])
+    assert [c["status"] for c in report["checks"]] == [UNKNOWN, UNKNOWN]
+    assert report["checks"][0]["message"] == "internal error: KeyError: 'perfdata bug'"
+
+
+HANG = """
+import sys, time
+sys.path.insert(0, %r)
+from ansible_collections.opskit.runbook.plugins.module_utils import _health
+_health._GRACE = 0.05
+_health._PROBES["memory"] = lambda check, obs, timeout, ctx: time.sleep(300)
+report = _health.run_checks([{"type": "memory"}], deadline=0.2)
+print(report["checks"][0]["status"], report["checks"][0]["message"])
+"""
+
+
+def test_a_hung_probe_does_not_keep_the_process_alive():
+    """The workers are daemon threads: the module exits at the deadline, not when a stuck probe returns."""
+    import subprocess
+    import sys
+    collections = [p for p in sys.path if p.endswith(".build/collections")][0]
+    proc = subprocess.run([sys.executable, "-c", HANG % collections], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "CRITICAL did not finish before the overall deadline"
