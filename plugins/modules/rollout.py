@@ -166,6 +166,11 @@ notes:
     unavailability window.
   - The Kubernetes digest is read from the pods' C(imageID) after the rollout; it is null until a
     pod runs the image.
+  - While a Docker upgrade is being gated, the old container exists, stopped, as
+    C(<name>_opskit_prev_<milliseconds>). If the run is interrupted (the controller is killed),
+    it stays there; C(docker rename) and C(docker start) it to go back by hand.
+  - A target that is not healthy when the upgrade starts is not recorded as last-known-good;
+    the record it carries (if any) is kept instead.
 requirements:
   - docker (the Docker SDK for Python) >= 7.0, for the Docker targets
   - kubernetes (the official Python client), for O(target=k8s_deployment)

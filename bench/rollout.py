@@ -1,0 +1,290 @@
+#!/usr/bin/env python
+# -*- coding: utf-8 -*-
+# Copyright: opskit.runbook contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""rollout on a real Docker Engine, side by side with the runbooks' recreate-and-wait.
+
+Two measurements, each repeated ``--runs`` times, for both variants:
+
+1. Broken upgrade: the new image exits at start (``opskit-test/rollout-web:exit``, restart
+   policy unless-stopped). Detection = from the start of the upgrade until the failure is known;
+   restore = from then until the previous version answers GET /version again (seen by a poller
+   asking every 50 ms). rollout runs with its DEFAULT settings (timeout 300, monitor 10,
+   rollback_timeout 120); its total also contains the 10 s monitor window of the restored version.
+     rollout         opskit.runbook.rollout's code (the module's ``run``), fail fast + recorded rollback
+     recreate+wait   the runbooks' procedure as community.docker's docker_container does it:
+                     remove the old container, run the new one with the same settings, then the
+                     runbooks' verify step (an ``uri`` until-loop: GET /cgi-bin/health every 1 s
+                     until 200 or ``--deadline``, default 60 s), then re-run the old image with
+                     the same settings ("pull the old tag, restart")
+
+2. Healthy upgrade of a container with a published port (v1 -> v2, both with a HEALTHCHECK):
+   GET /version every 50 ms during the upgrade; unavailability window = the longest stretch
+   without a 200 answer, from the last 200 before to the first 200 after.
+     rollout         (monitor 2 s; the window closes when the new container answers)
+     recreate+wait   stop + remove old, create + start new
+
+Usage: .venv/bin/python bench/rollout.py [--runs 5] [--deadline 60] [--out bench/results/rollout.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, os.path.join(ROOT, ".build", "collections"))
+sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
+
+import docker  # noqa: E402
+
+from rollout_fixtures import BASE_IMAGE, build_images, free_port, run_web, wait_http  # noqa: E402
+
+LINK = os.path.join(ROOT, ".build", "collections", "ansible_collections", "opskit", "runbook")
+if not os.path.exists(LINK):
+    os.makedirs(os.path.dirname(LINK), exist_ok=True)
+    os.symlink(ROOT, LINK)
+
+from ansible_collections.opskit.runbook.plugins.module_utils import _rollout  # noqa: E402
+
+
+class Poller:
+    """GET url every 50 ms; keeps (monotonic time, status or None, body)."""
+
+    def __init__(self, url, every=0.05):
+        self.url, self.every, self.samples = url, every, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        import urllib.request
+        while not self._stop.is_set():
+            t = time.monotonic()
+            try:
+                with urllib.request.urlopen(self.url, timeout=0.5) as resp:
+                    self.samples.append((t, resp.status, resp.read().decode().strip()))
+            except Exception:  # pylint: disable=broad-except
+                self.samples.append((t, None, ""))
+            self._stop.wait(max(0.0, self.every - (time.monotonic() - t)))
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def first_serving_after(self, since, body):
+        for t, status, text in self.samples:
+            if t >= since and status == 200 and text == body:
+                return t
+        return None
+
+    def longest_gap(self):
+        """Longest time from a 200 answer to the next 200 answer, and the failed requests in it."""
+        best, failed, last_ok, run = 0.0, 0, None, 0
+        for t, status, _text in self.samples:
+            if status == 200:
+                if last_ok is not None and t - last_ok > best:
+                    best, failed = t - last_ok, run
+                last_ok, run = t, 0
+            else:
+                run += 1
+        return best, failed
+
+
+def _remove(api, name):
+    try:
+        api.remove_container(name, force=True)
+    except docker.errors.NotFound:
+        pass
+
+
+def _recreate(api, name, image, port):
+    """docker_container-style: remove the old container, run the new image with the same settings."""
+    _remove(api, name)
+    return run_web(api, name, image, port)
+
+
+def _wait_http_ok(port, deadline, delay=1.0):
+    """The runbooks' verify step, an ``uri`` until-loop: GET /cgi-bin/health until 200 or the deadline."""
+    import urllib.request
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        try:
+            with urllib.request.urlopen("http://127.0.0.1:%d/cgi-bin/health" % port, timeout=1) as resp:
+                if resp.status == 200:
+                    return True
+        except Exception:  # pylint: disable=broad-except
+            pass
+        time.sleep(delay)
+    return False
+
+
+def broken_rollout(api, images, name, port):
+    run_web(api, name, images["plain"], port)
+    wait_http("http://127.0.0.1:%d/version" % port, "plain")
+    with Poller("http://127.0.0.1:%d/version" % port) as poller:
+        t0 = time.monotonic()
+        res = _rollout.run(dict(target="docker_container", name=name, image=images["exit"], pull="never",
+                                timeout=300.0, monitor=10.0, rollback_timeout=120.0, stop_timeout=10,
+                                fail_on_rollback=False, log_lines=20), False)
+        t_end = time.monotonic()
+    assert res["outcome"] == "rolled_back", res
+    detected = t0 + res["timings"]["upgrade"]
+    served = poller.first_serving_after(detected, "plain")
+    return {"detect": res["timings"]["upgrade"], "restore": served - detected if served else None,
+            "serving_again": served - t0 if served else None, "total": t_end - t0,
+            "module_rollback": res["timings"]["rollback"], "reason": res["reason"]}
+
+
+def broken_recreate(api, images, name, port, deadline):
+    run_web(api, name, images["plain"], port)
+    wait_http("http://127.0.0.1:%d/version" % port, "plain")
+    with Poller("http://127.0.0.1:%d/version" % port) as poller:
+        t0 = time.monotonic()
+        _recreate(api, name, images["exit"], port)
+        ok = _wait_http_ok(port, deadline)
+        detected = time.monotonic()
+        assert not ok
+        _recreate(api, name, images["plain"], port)  # the manual rollback: run the old tag again
+        _wait_http_ok(port, 60, delay=0.1)
+        t_end = time.monotonic()
+        time.sleep(0.3)
+    served = poller.first_serving_after(detected, "plain")
+    return {"detect": detected - t0, "restore": served - detected if served else None,
+            "serving_again": served - t0 if served else None, "total": t_end - t0}
+
+
+def healthy_rollout(api, images, name, port):
+    run_web(api, name, images["v1"], port)
+    wait_http("http://127.0.0.1:%d/version" % port, "v1")
+    with Poller("http://127.0.0.1:%d/version" % port) as poller:
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        res = _rollout.run(dict(target="docker_container", name=name, image=images["v2"], pull="never",
+                                timeout=60.0, monitor=2.0, rollback_timeout=60.0, stop_timeout=10), False)
+        t_end = time.monotonic()
+        time.sleep(0.5)
+    assert res["outcome"] == "deployed", res
+    gap, failed = poller.longest_gap()
+    return {"gap": gap, "failed_requests": failed, "total": t_end - t0}
+
+
+def healthy_recreate(api, images, name, port):
+    run_web(api, name, images["v1"], port)
+    wait_http("http://127.0.0.1:%d/version" % port, "v1")
+    with Poller("http://127.0.0.1:%d/version" % port) as poller:
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        api.stop(name, timeout=10)
+        _recreate(api, name, images["v2"], port)
+        _wait_http_ok(port, 60, delay=0.1)
+        t_end = time.monotonic()
+        time.sleep(0.5)
+    gap, failed = poller.longest_gap()
+    return {"gap": gap, "failed_requests": failed, "total": t_end - t0}
+
+
+def _stats(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return "n/a", "n/a"
+    return "%.2f" % statistics.median(values), "%.2f" % max(values)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--deadline", type=float, default=60.0)
+    parser.add_argument("--out", default=os.path.join(HERE, "results", "rollout.md"))
+    args = parser.parse_args()
+
+    api = docker.APIClient(version="auto")
+    try:
+        api.inspect_image(BASE_IMAGE)
+    except docker.errors.ImageNotFound:
+        subprocess.run([os.path.join(ROOT, "scripts", "docker-engine.sh"), "image"], check=True)
+    images = build_images(api, tags=("v1", "v2", "plain", "exit"))
+    prefix = "rltbench%s" % uuid.uuid4().hex[:6]
+    rows = {k: [] for k in ("broken/rollout", "broken/recreate+wait", "healthy/rollout", "healthy/recreate+wait")}
+    try:
+        for i in range(args.runs):
+            for key, func in (("broken/rollout", lambda n, p: broken_rollout(api, images, n, p)),
+                              ("broken/recreate+wait", lambda n, p: broken_recreate(api, images, n, p, args.deadline)),
+                              ("healthy/rollout", lambda n, p: healthy_rollout(api, images, n, p)),
+                              ("healthy/recreate+wait", lambda n, p: healthy_recreate(api, images, n, p))):
+                name = "%s-%s-%d" % (prefix, key.replace("/", "-").replace("+", ""), i)
+                try:
+                    rows[key].append(func(name, free_port()))
+                finally:
+                    for c in api.containers(all=True, filters={"name": name}):
+                        api.remove_container(c["Id"], force=True, v=True)
+                print(key, i, {k: (round(v, 3) if isinstance(v, float) else v) for k, v in rows[key][-1].items()},
+                      flush=True)
+    finally:
+        for c in api.containers(all=True, filters={"name": prefix}):
+            api.remove_container(c["Id"], force=True, v=True)
+
+    load = os.getloadavg()
+    lines = [
+        "# rollout: broken and healthy upgrades of a Docker container",
+        "",
+        "Command: `.venv/bin/python bench/rollout.py --runs %d --deadline %g`" % (args.runs, args.deadline),
+        "",
+        "Machine: %s, %d cores, Python %s, Docker Engine %s; load average at the end %.1f / %.1f / %.1f."
+        % (platform.machine(), os.cpu_count(), platform.python_version(), api.version()["Version"], *load),
+        "rollout is driven through the module's `run()` (the code path of the module minus Ansible's",
+        "own task start-up). Times in seconds, median and max of %d runs." % args.runs,
+        "",
+        "## Broken upgrade (new image exits at start), rollout with default settings",
+        "",
+        "| variant | detect median | detect max | restore median | restore max | serving again after (median) | serving again max | task total median |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for key in ("broken/rollout", "broken/recreate+wait"):
+        r = rows[key]
+        d, r_, s, t = (_stats([x[k] for x in r]) for k in ("detect", "restore", "serving_again", "total"))
+        lines.append("| %s | %s | %s | %s | %s | %s | %s | %s |" % (key.split("/")[1], d[0], d[1], r_[0], r_[1],
+                                                                   s[0], s[1], t[0]))
+    lines += [
+        "",
+        "detect: upgrade start until the failure is known (rollout: the switch plus its fail-fast gate;",
+        "recreate+wait: the %g s deadline of the verify loop). restore: from detection until the previous version answers" % args.deadline,
+        "GET /version again (50 ms poller). rollout's task total also holds the 10 s monitor window that",
+        "verifies the restored version. Target: previous version serving again within 10 s.",
+        "",
+        "## Healthy upgrade v1 -> v2, published port, GET every 50 ms",
+        "",
+        "| variant | unavailability median | unavailability max | failed requests median | task total median |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for key in ("healthy/rollout", "healthy/recreate+wait"):
+        r = rows[key]
+        g, f, t = (_stats([x[k] for x in r]) for k in ("gap", "failed_requests", "total"))
+        lines.append("| %s | %s | %s | %s | %s |" % (key.split("/")[1], g[0], g[1], f[0], t[0]))
+    lines += [
+        "",
+        "Unavailability: the longest stretch from a 200 answer to the next one. Both variants stop the old",
+        "container before the new one starts (same name, same host port: Swarm's stop-first); rollout",
+        "renames and creates first, so only stop + start separate the two.",
+        "",
+    ]
+    text = "\n".join(lines)
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as fh:
+        fh.write(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
