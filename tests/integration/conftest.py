@@ -96,6 +96,25 @@ def _die_with_parent():
         pass
 
 
+# Run argv (then remove a directory) when pytest dies, even from SIGKILL: for services that
+# detach from pytest (pg_ctl starts the postmaster in the background).
+_WATCHDOG = """
+import shutil, signal, subprocess, sys
+def cleanup(*_):
+    subprocess.run(sys.argv[2:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+    shutil.rmtree(sys.argv[1], ignore_errors=True)
+    sys.exit(0)
+signal.signal(signal.SIGTERM, cleanup)
+while True:
+    signal.pause()
+"""
+
+
+def _watchdog(remove_dir, argv):
+    return subprocess.Popen([sys.executable, "-c", _WATCHDOG, remove_dir] + argv, stdin=subprocess.DEVNULL,
+                            preexec_fn=_die_with_parent)
+
+
 def free_port():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -172,12 +191,19 @@ class Postgres:
         self.env = {"PGHOST": self.host, "PGPORT": str(self.port), "PGUSER": self.user,
                     "PGPASSWORD": self.password}
         self._account = _pg_system_user()
+        self._watchdog = None
+
+    def _as_owner(self, args):
+        if self._account is None:
+            return args
+        return ["runuser", "-u", self._account.pw_name, "--"] + args
+
+    def _stop_args(self):
+        return [os.path.join(self.bin_dir, "pg_ctl"), "-D", self.data, "-m", "immediate", "-w", "stop"]
 
     def _run_as_owner(self, args, **kwargs):
         tool = os.path.basename(args[0])
-        if self._account is not None:
-            args = ["runuser", "-u", self._account.pw_name, "--"] + args
-        proc = subprocess.run(args, capture_output=True, text=True, cwd=self.root, check=False, **kwargs)
+        proc = subprocess.run(self._as_owner(args), capture_output=True, text=True, cwd=self.root, check=False, **kwargs)
         if proc.returncode:
             raise RuntimeError("%s failed (exit %d): %s\n%s" % (
                 tool, proc.returncode, proc.stderr.strip(), _tail(self.log)))
@@ -199,15 +225,18 @@ class Postgres:
         options = "-p %d -k %s -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off " \
                   "-c full_page_writes=off" % (self.port, self.root)
         _register_cleanup("pg", self.stop)
+        self._watchdog = _watchdog(self.root, self._as_owner(self._stop_args()))
         self._run_as_owner([os.path.join(self.bin_dir, "pg_ctl"), "-D", self.data, "-l", self.log, "-w",
                             "-t", "60", "-o", options, "start"], start_new_session=True)
         return self
 
     def stop(self):
+        if self._watchdog is not None:
+            self._watchdog.kill()
+            self._watchdog.wait()
         if os.path.exists(os.path.join(self.data, "postmaster.pid")):
             try:
-                self._run_as_owner([os.path.join(self.bin_dir, "pg_ctl"), "-D", self.data, "-m", "immediate",
-                                    "-w", "stop"])
+                self._run_as_owner(self._stop_args())
             except RuntimeError as exc:
                 sys.stderr.write("stopping PostgreSQL: %s\n" % exc)
         shutil.rmtree(self.root, ignore_errors=True)
