@@ -248,14 +248,16 @@ def test_service_checks(run_playbook, pg, pg_replica, redis, docker_engine, cont
     try:
         _wait(lambda: pg.psql("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(60)%'"
                               " AND now() - query_start > interval '0.6 s'").strip() == "1", "the sleeping query")
-        play = HEADER + """
+        play = HEADER.replace("  tasks:", """  module_defaults:      # the Docker connection through the action group
+    group/opskit.runbook.docker:
+      docker_host: "{{ docker_host }}"
+  tasks:""") + """
     - name: services
       opskit.runbook.health_check:
         fail_on: never
         host: 127.0.0.1
         port: "{{ pg_port }}"
         password: "{{ pg_password }}"
-        docker_host: "{{ docker_host }}"
         checks:
           - {name: pg, type: postgres, warning: 80, critical: 95}
           - {name: pg_long_queries, type: postgres, long_query_seconds: 0.5, thresholds: {long_queries: {critical: 0}}}
@@ -281,6 +283,14 @@ def test_service_checks(run_playbook, pg, pg_replica, redis, docker_engine, cont
              deployment: rolling, critical: "100:"}
           - {name: k8s_unreachable, type: k8s_deployment, kubeconfig: "{{ unreachable }}", deployment: web, timeout: 3}
       register: report
+    - module_defaults:
+        group/opskit.runbook.docker:
+          docker_host: unix:///nonexistent/docker.sock
+      block:
+        - name: daemon from the group defaults
+          opskit.runbook.health_check:
+            fail_on: never
+            checks: [{name: c, type: docker_container, container: "{{ prefix }}-plain"}]
 """
         run = run_playbook(play, extra_vars={
             "pg_port": pg.port, "pg_password": pg.password, "wrong_password": wrong_password,
@@ -333,6 +343,9 @@ def test_service_checks(run_playbook, pg, pg_replica, redis, docker_engine, cont
     expect("k8s_pct", "CRITICAL", "available_pct (66.67) < 100 (critical)")
     expect("k8s_unreachable", "CRITICAL", "cannot reach the Kubernetes API")
     assert any(path.startswith("/apis/apps/v1/namespaces/shop/deployments/web") for path in kube_stand_in.requests)
+    via_group = run.task("daemon from the group defaults")["checks"][0]
+    assert via_group["status"] == "CRITICAL"
+    assert "cannot connect to the Docker daemon at unix:///nonexistent/docker.sock" in via_group["message"]
 
 
 # --------------------------------------------------------------------------- bad input
