@@ -157,17 +157,19 @@ def plan_rotation(backups, policy, now, newest_verified=None, holds=None, skew=F
             normal.append(b)
 
     left = dict(policy.counts)
+    active = [rule for rule in RULES if left.get(rule)]
     last_key = {}
     for pos, b in enumerate(normal):
-        for rule in RULES:
-            if not left.get(rule):
-                continue
+        if not active:
+            break  # every rule has used its count: the rest of the scan cannot keep anything
+        for rule in active:
             key = bucket_key(rule, b.created_at, policy.tz, pos)
             if key != last_key.get(rule):
                 last_key[rule] = key
                 reasons[b.id].append("%s %s" % (rule, key))
                 if left[rule] > 0:
                     left[rule] -= 1
+        active = [rule for rule in active if left[rule]]
     if normal:
         oldest = normal[-1]
         for rule in RULES:

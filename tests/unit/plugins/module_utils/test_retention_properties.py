@@ -134,10 +134,11 @@ def single_rule_cases(draw):
     return backups, options, now, None
 
 
-SETTINGS = settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+REFERENCE_SETTINGS = settings(SETTINGS, max_examples=600)
 
 
-@SETTINGS
+@REFERENCE_SETTINGS
 @given(st.one_of(cases(), single_rule_cases()))
 def test_plan_equals_the_reference(case):
     backups, options, now, verified = case
