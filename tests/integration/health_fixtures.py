@@ -111,7 +111,8 @@ def _serve(server):
 
 
 class HealthTargets:
-    """http_url, https_url (self-signed, expires in CERT_DAYS days), cert_path, silent_port."""
+    """http_url, https_url (self-signed, expires in CERT_DAYS days), mtls_url (wants a client
+    certificate: cert_path/key_path), cert_path, silent_port."""
 
     def __init__(self, directory):
         self.cert_path, key_path = _self_signed(directory)
@@ -121,15 +122,24 @@ class HealthTargets:
         ctx.load_cert_chain(self.cert_path, key_path)
         tls.socket = ctx.wrap_socket(tls.socket, server_side=True)
         self.https = _serve(tls)
+        mtls = _Server(("127.0.0.1", 0), _Handler)  # demands a client certificate signed by the test CA
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(self.cert_path, key_path)
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.load_verify_locations(self.cert_path)
+        mtls.socket = ctx.wrap_socket(mtls.socket, server_side=True)
+        self.mtls = _serve(mtls)
+        self.key_path = key_path
         self.silent = socket.socket()
         self.silent.bind(("127.0.0.1", 0))
         self.silent.listen(64)  # accepts (backlog) and never answers
         self.http_url = "http://127.0.0.1:%d" % self.http.server_address[1]
         self.https_url = "https://127.0.0.1:%d" % self.https.server_address[1]
+        self.mtls_url = "https://127.0.0.1:%d" % self.mtls.server_address[1]
         self.silent_port = self.silent.getsockname()[1]
 
     def close(self):
-        for server in (self.http, self.https):
+        for server in (self.http, self.https, self.mtls):
             server.shutdown()
             server.server_close()
         self.silent.close()
@@ -248,3 +258,30 @@ def pg_replica(pg):
             subprocess.run((["runuser", "-u", account.pw_name, "--"] if account else []) +
                            [pg_ctl, "-D", data, "-m", "immediate", "-w", "stop"], capture_output=True, check=False, cwd=root)
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def redis_auth(tmp_path_factory):
+    """A redis-server with requirepass (the harness's has none): (port, password)."""
+    password = "redis-%s" % os.urandom(8).hex()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    directory = str(tmp_path_factory.mktemp("redis-auth"))
+    proc = subprocess.Popen([shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                             "--save", "", "--appendonly", "no", "--dir", directory, "--requirepass", password],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError("redis-server with requirepass did not start") from None
+                time.sleep(0.05)
+        yield port, password
+    finally:
+        proc.terminate()
+        proc.wait(10)

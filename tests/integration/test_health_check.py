@@ -21,7 +21,7 @@ import uuid
 import pytest
 
 from health_fixtures import CERT_DAYS, deployment
-from health_fixtures import health_targets, kube_stand_in, pg_replica  # noqa: F401  pylint: disable=unused-import
+from health_fixtures import health_targets, kube_stand_in, pg_replica, redis_auth  # noqa: F401  pylint: disable=unused-import
 
 HEADER = """
 - hosts: localhost
@@ -72,6 +72,9 @@ def test_http_tcp_and_host_checks(run_playbook, health_targets):  # noqa: F811
              thresholds: {cert_days: {warning: "14:", critical: "2:"}}}
           - {name: tls_trusted, type: http, url: "{{ https }}/health", ca_path: "{{ cert }}",
              thresholds: {cert_days: {critical: "2:"}}, json_conditions: ['status == "UP"']}
+          - {name: mtls, type: http, url: "{{ mtls }}/health", ca_path: "{{ cert }}", client_cert: "{{ cert }}",
+             client_key: "{{ key_file }}"}
+          - {name: mtls_without_cert, type: http, url: "{{ mtls }}/health", ca_path: "{{ cert }}"}
           - {name: tls_on_plain_port, type: http, url: "{{ http | replace('http:', 'https:') }}/health"}
           - {name: tls_handshake_timeout, type: http, url: "https://127.0.0.1:{{ silent }}/", timeout: 0.5}
           - {name: post, type: http, url: "{{ http }}/echo", method: POST, body: {a: 1}, headers: {X-Token: t0k},
@@ -110,7 +113,7 @@ def test_http_tcp_and_host_checks(run_playbook, health_targets):  # noqa: F811
           - {name: slow, type: http, url: "{{ http }}/slow?ms=150", warning: 50}
 """
     run = run_playbook(play, extra_vars={
-        "http": t.http_url, "https": t.https_url, "cert": t.cert_path, "silent": t.silent_port,
+        "http": t.http_url, "https": t.https_url, "cert": t.cert_path, "mtls": t.mtls_url, "key_file": t.key_path, "silent": t.silent_port,
         "closed": _closed_port(), "key": key, "http_port": t.http.server_address[1]})
     _assert_no_crash(run)
     assert run.rc == 0, run.stdout[-3000:]
@@ -118,7 +121,7 @@ def test_http_tcp_and_host_checks(run_playbook, health_targets):  # noqa: F811
     checks = _by_name(report)
     assert report["changed"] is False and report["_status"] == "ok"
     assert report["status"] == "CRITICAL"
-    assert sum(report["counts"].values()) == len(report["checks"]) == 24
+    assert sum(report["counts"].values()) == len(report["checks"]) == 26
     assert [c["name"] for c in report["checks"]][:3] == ["json_ok", "down", "not_a_number"]
 
     def expect(name, status, *fragments):
@@ -149,6 +152,9 @@ def test_http_tcp_and_host_checks(run_playbook, health_targets):  # noqa: F811
     assert expiring["details"]["cert_not_after"].endswith("Z") and expiring["measures"]["tls_ms"] > 0
     trusted = expect("tls_trusted", "OK", "1 of 1 conditions passed")
     assert CERT_DAYS - 1 < trusted["measures"]["cert_days"] <= CERT_DAYS
+    expect("mtls", "OK", "HTTP 200")
+    no_cert = expect("mtls_without_cert", "CRITICAL")
+    assert "TLS" in no_cert["message"] or "CERTIFICATE" in no_cert["message"].upper(), no_cert
     expect("tls_on_plain_port", "CRITICAL", "TLS handshake with 127.0.0.1:")
     expect("tls_handshake_timeout", "CRITICAL", "timed out after 0.5s while in the TLS handshake")
     expect("post", "OK", "3 of 3 conditions passed")
@@ -228,7 +234,8 @@ def containers(docker_engine):
                 pass
 
 
-def test_service_checks(run_playbook, pg, pg_replica, redis, docker_engine, containers, kube_stand_in, tmp_path):  # noqa: F811
+def test_service_checks(run_playbook, pg, pg_replica, redis, redis_auth, docker_engine, containers, kube_stand_in,  # noqa: F811
+                        tmp_path):
     kube_stand_in.add(deployment("web", "shop"))
     kube_stand_in.add(deployment("rolling", "shop", updated=3, total=4, available=2))
     kube_stand_in.add(deployment("down", "shop", available=0))
@@ -267,6 +274,9 @@ def test_service_checks(run_playbook, pg, pg_replica, redis, docker_engine, cont
           - {name: redis, type: redis, host: 127.0.0.1, port: "{{ redis_port }}",
              thresholds: {connected_clients: {critical: "1:"}, memory_pct: {critical: 99}}}
           - {name: redis_down, type: redis, host: 127.0.0.1, port: "{{ closed }}"}
+          - {name: redis_auth, type: redis, port: "{{ redis_auth_port }}", password: "{{ redis_password }}"}
+          - {name: redis_wrong_password, type: redis, port: "{{ redis_auth_port }}", password: "{{ wrong_password }}"}
+          - {name: redis_no_password, type: redis, port: "{{ redis_auth_port }}"}
           - {name: plain, type: docker_container, container: "{{ prefix }}-plain", thresholds: {restart_count: {critical: 0}}}
           - {name: healthy, type: docker_container, container: "{{ prefix }}-healthy"}
           - {name: unhealthy, type: docker_container, container: "{{ prefix }}-unhealthy"}
@@ -294,7 +304,8 @@ def test_service_checks(run_playbook, pg, pg_replica, redis, docker_engine, cont
 """
         run = run_playbook(play, extra_vars={
             "pg_port": pg.port, "pg_password": pg.password, "wrong_password": wrong_password,
-            "closed": _closed_port(), "redis_port": redis.port, "replica_port": pg_replica, "docker_host": docker_engine.docker_host,
+            "closed": _closed_port(), "redis_port": redis.port, "replica_port": pg_replica,
+            "redis_auth_port": redis_auth[0], "redis_password": redis_auth[1], "docker_host": docker_engine.docker_host,
             "prefix": containers, "kubeconfig": kube_stand_in.kubeconfig, "unreachable": str(unreachable)})
     finally:
         sleeper.kill()
@@ -326,6 +337,10 @@ def test_service_checks(run_playbook, pg, pg_replica, redis, docker_engine, cont
     assert red["measures"]["connected_clients"] >= 1 and red["measures"]["used_memory_bytes"] > 0
     assert red["details"]["memory_limit"] == "system memory" and 0 <= red["measures"]["memory_pct"] < 99
     expect("redis_down", "CRITICAL", "refused")
+    expect("redis_auth", "OK", "PONG in")
+    expect("redis_wrong_password", "CRITICAL", "answered an error", "WRONGPASS")
+    expect("redis_no_password", "CRITICAL", "NOAUTH")
+    assert redis_auth[1] not in run.stdout + run.stderr
     plain = expect("plain", "OK", "running, 0 restarts")
     assert plain["measures"] == {"running": 1, "restart_count": 0, "oom_killed": 0}
     expect("healthy", "OK", "running, healthy")
