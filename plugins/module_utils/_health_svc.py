@@ -64,8 +64,9 @@ def probe_postgres(check, obs, timeout, ctx=None):
     limit = min(timeout, check.get("connect_timeout") or timeout)
     params["connect_timeout"] = max(2, int(math.ceil(limit)))
     start = time.perf_counter()
-    conn = connect(params, dbname=check["database"])
+    conn = connect(params, dbname=check["database"])  # MissingLibraryError when psycopg2 is absent
     obs.measure("connect_ms", _ms(start))
+    import psycopg2  # pylint: disable=import-outside-toplevel
     try:
         conn.autocommit = True
         with conn.cursor() as cur:
@@ -76,10 +77,8 @@ def probe_postgres(check, obs, timeout, ctx=None):
             obs.measure("query_ms", _ms(start))
             cur.execute(_PG_QUERY, (float(check["long_query_seconds"]),))
             version, max_conn, used, long_queries, replica, lag = cur.fetchone()
-    except Exception as exc:  # psycopg2.Error; the driver is imported lazily
-        if type(exc).__module__.startswith("psycopg2"):
-            raise ServiceError("PostgreSQL query failed: %s" % pg_message(exc, check.get("password"))) from None
-        raise
+    except psycopg2.Error as exc:
+        raise ServiceError("PostgreSQL query failed: %s" % pg_message(exc, check.get("password"))) from None
     finally:
         conn.close()
     obs.measure("max_connections", max_conn)
