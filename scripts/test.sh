@@ -52,19 +52,24 @@ summary() {
 }
 
 # ------------------------------------------------------------------ stages
-if ! run_stage bootstrap "" "$ROOT/scripts/bootstrap.sh"; then
-    if [ -x "$VENV/bin/python" ]; then summary; else echo "0 passed, 1 failed"; fi
-    exit 1
-fi
-run_stage sanity "$RESULTS/sanity" sanity_stage
-run_stage unit "$RESULTS/unit.xml" "${PYTEST[@]}" tests/unit --junitxml="$RESULTS/unit.xml"
-run_stage integration "$RESULTS/integration.xml" \
-    "${PYTEST[@]}" tests/integration --junitxml="$RESULTS/integration.xml"
+main() {
+    if ! run_stage bootstrap "" "$ROOT/scripts/bootstrap.sh"; then
+        if [ -x "$VENV/bin/python" ]; then summary; else echo "0 passed, 1 failed"; fi
+        exit 1
+    fi
+    run_stage sanity "$RESULTS/sanity" sanity_stage
+    run_stage unit "$RESULTS/unit.xml" "${PYTEST[@]}" tests/unit --junitxml="$RESULTS/unit.xml"
+    run_stage integration "$RESULTS/integration.xml" \
+        "${PYTEST[@]}" tests/integration --junitxml="$RESULTS/integration.xml"
 
-# ------------------------------------------------------------------ MOLECULE HOOK
-# The molecule scenarios run here once `make molecule` exists (the lead wires it). A stage
-# that writes junit XML to "$RESULTS/molecule" is counted test by test, otherwise as one test:
-#   run_stage molecule "$RESULTS/molecule" make --no-print-directory molecule
-# ------------------------------------------------------------------
+    # ------------------------------------------------------------------ MOLECULE HOOK
+    # The molecule scenarios run here once `make molecule` exists (the lead wires it). A stage
+    # that writes junit XML to "$RESULTS/molecule" is counted test by test, otherwise as one test:
+    #   run_stage molecule "$RESULTS/molecule" make --no-print-directory molecule
+    # ------------------------------------------------------------------
 
-summary
+    summary
+}
+
+# Parsed completely before it runs: editing this file during a run does not break the run.
+main "$@"
