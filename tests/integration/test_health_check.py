@@ -95,6 +95,13 @@ def test_http_tcp_and_host_checks(run_playbook, health_targets):  # noqa: F811
           - {name: json_ok, type: http, url: "{{ http }}/health"}
           - {type: disk}
       check_mode: true
+    - name: overall deadline
+      opskit.runbook.health_check:
+        fail_on: never
+        deadline: 1
+        checks:
+          - {name: slow, type: http, url: "{{ http }}/slow?ms=3000", timeout: 10}
+          - {name: flapping, type: http, url: "{{ http }}/down", retries: 100, interval: 0.2}
     - name: fail on critical
       opskit.runbook.health_check:
         checks:
@@ -176,6 +183,13 @@ def test_http_tcp_and_host_checks(run_playbook, health_targets):  # noqa: F811
     assert in_check_mode["changed"] is False and in_check_mode["status"] == "OK"
     assert len(in_check_mode["checks"]) == 2
 
+    bounded = _by_name(run.task("overall deadline"))
+    assert bounded["slow"]["status"] == "CRITICAL"
+    assert bounded["slow"]["message"].startswith("timed out after "), bounded["slow"]    # clipped to what was left
+    assert bounded["slow"]["message"].endswith("s while waiting for the first byte"), bounded["slow"]
+    assert float(bounded["slow"]["message"].split()[3][:-1]) <= 1
+    assert bounded["flapping"]["status"] == "CRITICAL" and bounded["flapping"]["message"].startswith("deadline reached after")
+    assert 1 < bounded["flapping"]["attempts"] < 100
     failed = run.task("fail on critical")
     assert failed["_status"] == "failed" and failed["status"] == "CRITICAL"
     assert failed["msg"].startswith("CRITICAL: 2 checks, 1 OK, 1 CRITICAL; CRITICAL down: HTTP 503")
