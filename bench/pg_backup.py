@@ -162,6 +162,11 @@ def main():
     parser.add_argument("--cluster-dir", default="/var/tmp/opskit-bench-pg")
     parser.add_argument("--skip-restore", action="store_true")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--restore-only", action="store_true",
+                        help="only the restore comparison (the dumps it needs are made untimed); its table"
+                             " is appended to --out")
+    parser.add_argument("--db", action="append", choices=["pgbench", "randtext", "pgbench_s"],
+                        help="only these databases (repeat)")
     parser.add_argument("--out", default=os.path.join(HERE, "results", "pg_backup.md"))
     args = parser.parse_args()
     from pg_fixtures import free_port
@@ -187,7 +192,11 @@ def main():
             except Exception:  # pylint: disable=broad-except
                 time.sleep(0.1)
         pg_dump = os.path.join(BIN, "pg_dump")
-        for db in ("pgbench", "randtext", "pgbench_s"):
+        for db in args.db or ("pgbench", "randtext", "pgbench_s"):
+            if args.restore_only:
+                if db != "pgbench_s":
+                    restores.append(restore_only(c, db, tmp, conn, storage, env))
+                continue
             row = {"db": db, "size": size_of(c, db), "load_before": os.getloadavg()[0]}
             print("== %s (%.0f MiB)" % (db, row["size"] / MiB), flush=True)
             timed([pg_dump, "-Fc", "-Z0", "-d", db], env)  # warm-up, discarded
@@ -248,9 +257,47 @@ def main():
     write_report(args, dumps, restores)
 
 
+def restore_only(c, db, tmp, conn, storage, env):
+    """The restore comparison alone; its inputs (a pg_dump -Fc file, a module dump on S3) untimed."""
+    fc_file = os.path.join(tmp, db + ".dump")
+    timed([os.path.join(BIN, "pg_dump"), "-Fc", "-d", db, "-f", fc_file], env)
+    params = dict(conn, database=[db], format="custom", jobs=1, compression="zstd", compression_level=None,
+                  compression_threads=-1, series=None, location="s3://bench/%s" % db)
+    run_child({"action": "dump", "params": params, "storage": storage})
+    target = db + "_r1"
+    c.psql("DROP DATABASE IF EXISTS %s" % target)
+    c.createdb(target)
+    row = {"db": db, "load_before": os.getloadavg()[0]}
+    row["pg_restore"] = timed([os.path.join(BIN, "pg_restore"), "-j2", "-d", target, fc_file], env)
+    c.psql("DROP DATABASE %s" % target)
+    rparams = dict(conn, state="restored", database=[db], series="%s-%s" % (c.host, db), jobs=2, format="custom",
+                   target_database=target, create=True, clean=False, force=False, single_transaction=False,
+                   restore_globals=False, backup="latest", location="s3://bench/%s" % db)
+    got = run_child({"action": "restore", "params": rparams, "storage": storage})
+    row.update(module=got["seconds"], hwm=got["hwm"], load_after=os.getloadavg()[0])
+    c.psql("DROP DATABASE %s" % target)
+    os.unlink(fc_file)
+    print(json.dumps(row), flush=True)
+    return row
+
+
 def write_report(args, dumps, restores):
-    cmd = ".venv/bin/python bench/pg_backup.py --scale %d --small-scale %d --rows %d --rounds %d%s" % (
-        args.scale, args.small_scale, args.rows, args.rounds, " --skip-restore" if args.skip_restore else "")
+    cmd = ".venv/bin/python bench/pg_backup.py --scale %d --small-scale %d --rows %d --rounds %d%s%s%s" % (
+        args.scale, args.small_scale, args.rows, args.rounds, " --skip-restore" if args.skip_restore else "",
+        " --restore-only" if args.restore_only else "", "".join(" --db " + d for d in args.db or []))
+    if args.restore_only:
+        lines = ["", "## Restores, measured again (%s)" % time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "",
+                 "Command: `%s`" % cmd, "",
+                 "| database | load | pg_restore -j2 from a local -Fc file s | module restored jobs=2 from s3:// s"
+                 " | ratio | module peak RSS MiB |", "| --- | --- | ---: | ---: | ---: | ---: |"]
+        for r in restores:
+            lines.append("| %s | %.1f/%.1f | %.2f | %.2f | %.2f | %.0f |" % (
+                r["db"], r["load_before"], r["load_after"], r["pg_restore"], r["module"],
+                r["module"] / r["pg_restore"], r["hwm"] / MiB))
+        with open(args.out, "a") as fh:
+            fh.write("\n".join(lines) + "\n")
+        print("\n".join(lines))
+        return
     lines = [
         "# pg_backup: dumps and restores side by side with pg_dump / pg_restore", "",
         "Command: `%s`" % cmd, "",
