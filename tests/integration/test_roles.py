@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import pathlib
 import subprocess
 import time
 import uuid
@@ -85,10 +86,10 @@ def test_backup_daily_then_drill(run_playbook, pg, redis, shop, tmp_path):
     (conf / "secrets.env").write_text("TOKEN=x\n")
     metrics = tmp_path / "metrics"
     metrics.mkdir()
-    redis_dir = tmp_path / "redis-data"
-    redis_dir.mkdir()
-    subprocess.run(["redis-cli", "-h", redis.host, "-p", str(redis.port), "CONFIG", "SET", "dir", str(redis_dir)],
-                   check=True, capture_output=True)
+    redis_dir = pathlib.Path(redis.root)  # the harness's redis-server --dir (protected config in Redis 7)
+    rdb = redis_dir / "dump.rdb"
+    if rdb.exists():
+        rdb.unlink()
     subprocess.run(["redis-cli", "-h", redis.host, "-p", str(redis.port), "SET", "greeting", "hello"],
                    check=True, capture_output=True)
     extra = _base_vars(tmp_path, pg, shop,
@@ -108,7 +109,7 @@ def test_backup_daily_then_drill(run_playbook, pg, redis, shop, tmp_path):
     assert run.rc == 0, run.stdout[-3000:]
     series = sorted(os.listdir(tmp_path / "backups"))
     assert series == ["t-dir-etc-app", "t-pg-%s" % shop, "t-redis-cache"]
-    assert (redis_dir / "dump.rdb").exists()  # BGSAVE finished before the copy
+    assert rdb.exists()  # BGSAVE finished before the copy
     daily = reports(tmp_path / "reports", "daily")[-1]
     assert daily["status"] == "passed" and daily["health_status"] == "OK"
     assert {b["series"] for b in daily["backups"]} == set(series)
@@ -130,7 +131,7 @@ def test_backup_daily_then_drill(run_playbook, pg, redis, shop, tmp_path):
     assert all(a["verification"] == "passed" and a["rto_seconds"] > 0 for a in assets.values())
     # the database restore test is recorded in the manifest
     location = _storage.open_location("file://%s/backups" % tmp_path)
-    newest = _backup.list_backups(location, "t-pg-%s" % shop)[0]
+    newest = _backup.list_backups(location, "t-pg-%s" % shop)["t-pg-%s" % shop][0]
     assert newest["verification"]["result"] == "passed" and newest["id"] == assets[shop]["backup_id"]
     # scratch databases and directories are gone
     assert pg.psql("SELECT count(*) FROM pg_database WHERE datname LIKE '%%scratch%%' OR datname LIKE '%%opskit%%'").strip() == "0"
