@@ -192,6 +192,7 @@ class DockerContainer:
         self.new = None
         self.baseline = int(self.inspect.get("RestartCount") or 0)
         self._digest = None
+        self._record = None                  # the record the new container carries
 
     # -- helpers
     def _call(self, func, what, *args, **kwargs):
@@ -249,6 +250,8 @@ class DockerContainer:
         return target.get("id") is not None and target["id"] == self.inspect["Image"]
 
     def recorded(self):
+        if self.new is not None and self._record is not None:
+            return self._record
         inspect = self.inspect if self.new is None else self._call(
             self.client.inspect_container, self.label(), self.new)
         text = ((inspect.get("Config") or {}).get("Labels") or {}).get(RECORD_LABEL)
@@ -298,6 +301,7 @@ class DockerContainer:
         except (APIError, DockerException) as exc:
             raise docker_error(exc, "creating the new container") from None
         self.new = self.watch = created["Id"]
+        self._record = record
         for net in spec.get("networks") or []:
             self._call(self.client.connect_container_to_network, "connecting network %s" % net["name"],
                        self.new, net["name"], aliases=net["aliases"] or None, links=net["links"] or None,
@@ -320,20 +324,35 @@ class DockerContainer:
         return docker_state(inspect, self.baseline)
 
     def revert(self):
+        """Stop the new container at once, put the old one back under its name and start it;
+        the failed container is removed only once the old one runs (off the critical path)."""
         if self.prev is None:
             return
-        if self.new is not None:
+        failed = self.new
+        if failed is not None:
             try:
-                self.client.remove_container(self.new, force=True)
+                self.client.stop(failed, timeout=0)
+                self.client.rename(failed, "%s_opskit_failed_%d" % (self.name, int(time.time() * 1000)))
             except NotFound:
-                pass
-            except (APIError, DockerException) as exc:
-                raise docker_error(exc, "removing the failed container") from None
+                failed = None
+            except (APIError, DockerException):
+                self._remove(failed)  # e.g. a restarting container that refuses stop
+                failed = None
         self._call(self.client.rename, "renaming the old container back", self.prev, self.name)
         self.watch, self.new = self.prev, None
-        self.baseline = int(self._call(self.client.inspect_container, self.label(), self.prev).get("RestartCount") or 0)
+        self.baseline = int(self.inspect.get("RestartCount") or 0)
         self._call(self.client.start, "starting the old container", self.prev)
         self.prev = None
+        if failed is not None:
+            self._remove(failed)
+
+    def _remove(self, container):
+        try:
+            self.client.remove_container(container, force=True)
+        except NotFound:
+            pass
+        except (APIError, DockerException) as exc:
+            raise docker_error(exc, "removing the failed container") from None
 
     def commit(self):
         if self.prev is not None:
@@ -354,7 +373,7 @@ def compose_units(client, project, service, **kwargs):
         found = client.containers(all=True, filters=filters)
     except (APIError, DockerException) as exc:
         raise docker_error(exc, "listing the containers of %s/%s" % (project, service)) from None
-    found = [c for c in found if "_opskit_prev_" not in ",".join(c.get("Names") or [])]
+    found = [c for c in found if not any(m in ",".join(c.get("Names") or []) for m in ("_opskit_prev_", "_opskit_failed_"))]
     if not found:
         raise ServiceError("compose service %s of project %s: no containers carry the labels %s=%s, %s=%s"
                            % (service, project, COMPOSE_PROJECT, project, COMPOSE_SERVICE, service))
