@@ -22,6 +22,10 @@ up() {
         echo reused
         return
     fi
+    case "${DOCKER_HOST:-unix:///var/run/docker.sock}" in
+        unix:///var/run/docker.sock) ;;
+        *) die "no Docker Engine answers at DOCKER_HOST=$DOCKER_HOST" ;;
+    esac
     command -v dockerd >/dev/null 2>&1 || die "dockerd is not installed (run scripts/bootstrap.sh)"
     [ "$(id -u)" -eq 0 ] || die "no Docker Engine answers and starting dockerd needs root"
     # setsid: out of the terminal's process group, so Ctrl-C reaches the harness, not dockerd.

@@ -156,6 +156,17 @@ def _stop_process(proc, timeout=15):
             proc.wait()
 
 
+def _start_service(key, what, start):
+    """start() the service; on failure stop what was started and fail the test with one message."""
+    try:
+        return start()
+    except Exception as exc:  # pylint: disable=broad-except
+        error = "%s: %s" % (what, exc)
+    _cleanup(key)
+    pytest.fail(error, pytrace=False)
+    return None
+
+
 def _service_dir(name):
     return tempfile.mkdtemp(prefix="opskit-%s-" % name)
 
@@ -210,6 +221,7 @@ class Postgres:
         return proc
 
     def start(self):
+        _register_cleanup("pg", self.stop)
         if not os.path.exists(os.path.join(self.bin_dir, "initdb")):
             raise RuntimeError("no PostgreSQL binaries in %s (run scripts/bootstrap.sh)" % self.bin_dir)
         pwfile = os.path.join(self.root, "pwfile")
@@ -224,7 +236,6 @@ class Postgres:
         os.unlink(pwfile)
         options = "-p %d -k %s -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off " \
                   "-c full_page_writes=off" % (self.port, self.root)
-        _register_cleanup("pg", self.stop)
         self._watchdog = _watchdog(self.root, self._as_owner(self._stop_args()))
         self._run_as_owner([os.path.join(self.bin_dir, "pg_ctl"), "-D", self.data, "-l", self.log, "-w",
                             "-t", "60", "-o", options, "start"], start_new_session=True)
@@ -260,13 +271,7 @@ class Postgres:
 
 @pytest.fixture(scope="session")
 def pg():
-    cluster = Postgres()
-    try:
-        cluster.start()
-    except (RuntimeError, KeyError, OSError) as exc:
-        _cleanup("pg")
-        pytest.fail("PostgreSQL fixture: %s" % exc, pytrace=False)
-    yield cluster
+    yield _start_service("pg", "PostgreSQL fixture", Postgres().start)
     _cleanup("pg")
 
 
@@ -290,11 +295,11 @@ class S3:
 
     def start(self):
         import boto3  # pylint: disable=import-outside-toplevel
+        _register_cleanup("s3", self.stop)
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen([os.path.join(VENV_BIN, "moto_server"), "-H", "127.0.0.1", "-p",
                                           str(self.port)], stdout=log, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, cwd=self.root, preexec_fn=_die_with_parent)
-        _register_cleanup("s3", self.stop)
         self.client = boto3.client("s3", endpoint_url=self.endpoint_url, region_name=self.region,
                                    aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key)
         _wait_for(lambda: socket.create_connection(("127.0.0.1", self.port), timeout=1).close() or True,
@@ -315,13 +320,7 @@ class S3:
 
 @pytest.fixture(scope="session")
 def s3():
-    server = S3()
-    try:
-        server.start()
-    except Exception as exc:  # pylint: disable=broad-except
-        _cleanup("s3")
-        pytest.fail("S3 fixture: %s" % exc, pytrace=False)
-    yield server
+    yield _start_service("s3", "S3 fixture", S3().start)
     _cleanup("s3")
 
 
@@ -353,12 +352,7 @@ class DockerEngine:
 
 @pytest.fixture(scope="session")
 def docker_engine():
-    engine = DockerEngine()
-    try:
-        engine.start()
-    except Exception as exc:  # pylint: disable=broad-except
-        _cleanup("docker")
-        pytest.fail("Docker Engine fixture: the engine cannot run here: %s" % exc, pytrace=False)
+    engine = _start_service("docker", "Docker Engine fixture: the engine cannot run here", DockerEngine().start)
     yield engine
     engine.client.close()
     _cleanup("docker")
@@ -382,6 +376,7 @@ class Redis:
             return sock.recv(64) == b"+PONG\r\n"
 
     def start(self):
+        _register_cleanup("redis", self.stop)
         server = shutil.which("redis-server")
         if server is None:
             raise RuntimeError("redis-server is not installed (run scripts/bootstrap.sh)")
@@ -390,7 +385,6 @@ class Redis:
                                           "--appendonly", "no", "--daemonize", "no", "--dir", self.root],
                                          stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          preexec_fn=_die_with_parent)
-        _register_cleanup("redis", self.stop)
         _wait_for(self.ping, "redis-server", self.proc, self.log, timeout=30)
         return self
 
@@ -402,13 +396,7 @@ class Redis:
 
 @pytest.fixture(scope="session")
 def redis():
-    server = Redis()
-    try:
-        server.start()
-    except Exception as exc:  # pylint: disable=broad-except
-        _cleanup("redis")
-        pytest.fail("Redis fixture: %s" % exc, pytrace=False)
-    yield server
+    yield _start_service("redis", "Redis fixture", Redis().start)
     _cleanup("redis")
 
 
