@@ -116,19 +116,24 @@ class Guardian:
     the child to get a fresh Docker API client."""
 
     def __init__(self, client_factory):
-        self.pid = None
         self.fd = None
         read_fd, write_fd = os.pipe()
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the child, exercised by integration tests
             try:
                 os.close(write_fd)
-                _detach(read_fd)
-                _watch(read_fd, client_factory)
+                os.setsid()  # survive a kill of the module's process group
+                if os.fork() == 0:  # double fork: not a descendant of the module any more
+                    _detach(read_fd)
+                    _watch(read_fd, client_factory)
             finally:
                 os._exit(0)
         os.close(read_fd)
-        self.pid, self.fd = pid, write_fd
+        try:
+            os.waitpid(pid, 0)  # the intermediate child exits at once
+        except ChildProcessError:
+            pass
+        self.fd = write_fd
 
     def note(self, event, container_id):
         if self.fd is not None:
@@ -144,14 +149,9 @@ class Guardian:
         self.note("done", "")
         os.close(self.fd)
         self.fd = None
-        try:
-            os.waitpid(self.pid, 0)
-        except ChildProcessError:
-            pass
 
 
 def _detach(keep_fd):  # pragma: no cover - child process
-    os.setsid()  # survive a kill of the module's process group
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     devnull = os.open(os.devnull, os.O_RDWR)
@@ -181,13 +181,9 @@ def _watch(read_fd, client_factory):  # pragma: no cover - child process
                 helpers.append(cid)
             elif event == "removed" and cid in helpers:
                 helpers.remove(cid)
-    # The module died before it could clean up.
+    # The module died before it could clean up: the services first, then the helpers (whose
+    # removal may wait until the daemon notices that the archive stream lost its reader).
     client = client_factory()
-    for cid in helpers:
-        try:
-            client.remove_container(cid, force=True)
-        except Exception:  # pylint: disable=broad-except
-            pass
     for cid in reversed(stopped):
         for _attempt in range(3):
             try:
@@ -195,6 +191,11 @@ def _watch(read_fd, client_factory):  # pragma: no cover - child process
                 break
             except Exception:  # pylint: disable=broad-except
                 time.sleep(1)
+    for cid in helpers:
+        try:
+            client.remove_container(cid, force=True)
+        except Exception:  # pylint: disable=broad-except
+            pass
 
 
 class _Terminated(Exception):

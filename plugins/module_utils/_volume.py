@@ -151,24 +151,42 @@ class VolumeTarget:
         with self.helper(read_only=True) as cid:
             scanner = TarScanner("volume %s" % self.name)
             try:
-                stream, _stat = self.client.get_archive(cid, MOUNT + "/.", chunk_size=64 * 1024)
-                for chunk in stream:
-                    scanner.feed(chunk)
-                    if scanner.entries > 1 or scanner.ended:
-                        break
+                with self.archive(cid, 64 * 1024) as stream:
+                    for chunk in stream:
+                        scanner.feed(chunk)
+                        if scanner.entries > 1 or scanner.ended:
+                            break
             except Exception as exc:  # pylint: disable=broad-except
                 raise _api_error(exc, "reading volume %s" % self.name) from None
             return scanner.entries <= 1
+
+    @contextlib.contextmanager
+    def archive(self, cid, chunk_size):
+        """The chunks of ``GET /containers/{cid}/archive`` of the volume's content.
+
+        Like APIClient.get_archive, but the response is closed on leaving the block: an
+        unfinished archive stream otherwise keeps the daemon from removing the helper container
+        until the client times out.
+        """
+        client = self.client
+        res = client._get(client._url("/containers/{0}/archive", cid),  # pylint: disable=protected-access
+                          params={"path": MOUNT + "/."}, stream=True,
+                          headers={"Accept-Encoding": "identity"})
+        try:
+            client._raise_for_status(res)  # pylint: disable=protected-access
+            yield res.iter_content(chunk_size, False)
+        finally:
+            res.close()
 
     def backup_to(self, out):
         """Stream the volume's tar into ``out``; return the entry counts."""
         scanner = TarScanner("the archive of volume %s" % self.name)
         with self.helper(read_only=True) as cid:
             try:
-                stream, _stat = self.client.get_archive(cid, MOUNT + "/.", chunk_size=CHUNK)
-                for chunk in stream:
-                    scanner.feed(chunk)
-                    out.write(chunk)
+                with self.archive(cid, CHUNK) as stream:
+                    for chunk in stream:
+                        scanner.feed(chunk)
+                        out.write(chunk)
             except Exception as exc:  # pylint: disable=broad-except
                 raise _api_error(exc, "reading volume %s" % self.name) from None
         return scanner.finish()
@@ -279,7 +297,7 @@ class DirectoryTarget:
             raise SourceError("reading %s failed: %s%s" % (
                 self.path, exc.strerror or exc, (" (%s)" % exc.filename) if getattr(exc, "filename", None) else "")) from None
         result = summary(counts, entries)
-        result["skipped"] = skipped
+        result["skipped_files"] = skipped
         return result
 
     def create(self):
@@ -480,6 +498,7 @@ class VolumeBackup:
                       backup=summarize(manifest, self.location), created=not exists,
                       emptied=bool(not empty and force))
         if not empty and not force:
+            result["changed"] = False
             raise ConfigError(
                 "%s is not empty: refusing to restore backup %s into it (a second restore of the"
                 " same backup is refused too); set force=true to delete its content first"

@@ -62,7 +62,7 @@ options:
       - Absolute path of a directory of the managed host to back up or restore into, such as
         configuration files or the source of a bind mount. A symlink to a directory is followed
         for the root only.
-      - Sockets and device files are skipped when backing up a directory (RV(skipped)).
+      - Sockets and device files are skipped when backing up a directory (RV(skipped_files)).
     type: path
   series:
     description:
@@ -276,7 +276,7 @@ hardlinks:
   returned: success, not in check mode
   type: int
   sample: 2
-skipped:
+skipped_files:
   description: Sockets and device files left out of a directory backup.
   returned: success, O(path) with O(state=backed_up)
   type: int
