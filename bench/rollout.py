@@ -203,7 +203,7 @@ def _stats(values):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--deadline", type=float, default=60.0)
     parser.add_argument("--out", default=os.path.join(HERE, "results", "rollout.md"))
@@ -254,8 +254,8 @@ def main():
     for key in ("broken/rollout", "broken/recreate+wait"):
         r = rows[key]
         d, r_, s, t = (_stats([x[k] for x in r]) for k in ("detect", "restore", "serving_again", "total"))
-        lines.append("| %s | %s | %s | %s | %s | %s | %s | %s |" % (key.split("/")[1], d[0], d[1], r_[0], r_[1],
-                                                                   s[0], s[1], t[0]))
+        cells = (key.split("/")[1], d[0], d[1], r_[0], r_[1], s[0], s[1], t[0])
+        lines.append("| %s | %s | %s | %s | %s | %s | %s | %s |" % cells)
     lines += [
         "",
         "detect: upgrade start until the failure is known (rollout: the switch plus its fail-fast gate;",
