@@ -185,7 +185,7 @@ def main():
         import boto3
         s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="bench",
                           aws_secret_access_key="bench-secret")
-        for _ in range(100):
+        for _attempt in range(100):
             try:
                 s3.create_bucket(Bucket="bench")
                 break
