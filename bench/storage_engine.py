@@ -32,6 +32,7 @@ ROOT = os.path.dirname(HERE)
 COLLECTIONS = os.path.join(ROOT, ".build", "collections")
 MiB = 1024 * 1024
 
+
 def status(field):
     with open("/proc/self/status") as fh:
         for line in fh:
@@ -107,7 +108,7 @@ def main():
         import boto3
         client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
                               aws_access_key_id="bench", aws_secret_access_key="bench-secret")
-        for _ in range(100):
+        for _attempt in range(100):
             try:
                 client.list_buckets()
                 break

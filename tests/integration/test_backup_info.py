@@ -134,7 +134,7 @@ LOOP_PLAY = """
 
 
 def test_bad_input_is_one_line(run_playbook):
-    res = run_playbook(LOOP_PLAY, {"cases": [args for args, _ in BAD_INPUT], "secret": SECRET})
+    res = run_playbook(LOOP_PLAY, {"cases": [case[0] for case in BAD_INPUT], "secret": SECRET})
     items = res.task("info")["results"]
     assert len(items) == len(BAD_INPUT)
     assert "Traceback" not in res.stdout + res.stderr and SECRET not in res.stdout + res.stderr
@@ -170,7 +170,7 @@ def auth_s3(tmp_path_factory):
                              "-p", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
     endpoint = "http://127.0.0.1:%d" % port
     try:
-        for _ in range(100):
+        for _attempt in range(100):
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
                 break

@@ -1,0 +1,38 @@
+#!/usr/bin/env python
+# -*- coding: utf-8 -*-
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Assemble bench/RESULTS.md from the per-benchmark files in bench/results/.
+
+Every benchmark writes its own measured figures (with the command that produced them) to
+bench/results/<name>.md; this script only concatenates them, in a fixed order.
+
+Usage: .venv/bin/python bench/collect.py
+"""
+
+from __future__ import annotations
+
+import os
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ORDER = ["storage_engine", "pg_backup", "volume_backup", "s3_rotate", "health_check", "rollout"]
+
+
+def main():
+    folder = os.path.join(HERE, "results")
+    names = [n[:-3] for n in sorted(os.listdir(folder)) if n.endswith(".md")]
+    names = [n for n in ORDER if n in names] + [n for n in names if n not in ORDER]
+    parts = ["# Benchmark results\n",
+             "Assembled by `.venv/bin/python bench/collect.py` from `bench/results/*.md`; each section",
+             "names the command that measured it. The machines are 2-core and shared: figures vary",
+             "between runs, which is why they live here and never in test assertions.\n"]
+    for name in names:
+        with open(os.path.join(folder, name + ".md")) as fh:
+            text = fh.read().strip()
+        parts.append(text.replace("\n# ", "\n## ").replace("# ", "## ", 1) if text.startswith("# ") else text)
+        parts.append("")
+    with open(os.path.join(HERE, "RESULTS.md"), "w") as fh:
+        fh.write("\n".join(parts) + "\n")
+
+
+if __name__ == "__main__":
+    main()
