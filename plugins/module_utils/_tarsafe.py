@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import copy
+import io
 import os
 import tarfile
 
@@ -29,6 +30,7 @@ BLOCK = 512
 ZERO_BLOCK = b"\0" * BLOCK
 CHUNK = 1024 * 1024
 OUT_CHUNK = 256 * 1024
+STREAM_BUFFER = 64 * 1024  # tarfile's stream mode re-slices its buffer on every read
 TAR_ENCODING = "utf-8"
 TAR_ERRORS = "surrogateescape"  # non-UTF-8 names round-trip byte for byte
 
@@ -107,29 +109,33 @@ class MemberChecker:
         return None
 
     def check(self, member):
-        rel = clean_name(member.name)
-        shown = _display(member.name)
-        if member.ischr() or member.isblk():
+        """Check a TarInfo; return its clean relative name."""
+        return self.check_fields(member.name, member.type, member.linkname)
+
+    def check_fields(self, name, typeflag, linkname):
+        """Check a member given its name, tar type flag and link name."""
+        rel = clean_name(name)
+        shown = _display(name)
+        kind = KIND_BY_TYPE.get(typeflag)
+        if kind == "devices":
             raise UnsafeArchiveError("archive member %s: device files are refused" % shown)
-        if not (member.isreg() or member.isdir() or member.issym() or member.islnk()
-                or member.isfifo()):
-            raise UnsafeArchiveError("archive member %s: unsupported member type %r"
-                                     % (shown, member.type))
-        if not rel and not member.isdir():
+        if kind not in ("files", "directories", "symlinks", "hardlinks", "fifos"):
+            raise UnsafeArchiveError("archive member %s: unsupported member type %r" % (shown, typeflag))
+        if not rel and kind != "directories":
             raise UnsafeArchiveError("archive root %s is not a directory" % shown)
         via = self._through_symlink(rel)
         if via is not None:
             raise UnsafeArchiveError("archive member %s: its path goes through the symlink %s"
                                      % (shown, _display(via)))
-        if member.islnk():
-            target = clean_name(member.linkname, "hard link target of %s:" % shown)
+        if kind == "hardlinks":
+            target = clean_name(linkname, "hard link target of %s:" % shown)
             if not target:
                 raise UnsafeArchiveError("archive member %s: a hard link to the root is refused" % shown)
             via = self._through_symlink(target)
             if via is not None:
                 raise UnsafeArchiveError("archive member %s: its link target goes through the"
                                          " symlink %s" % (shown, _display(via)))
-        if member.issym():
+        if kind == "symlinks":
             self.symlinks.add(rel)
         else:
             self.symlinks.discard(rel)
@@ -295,7 +301,7 @@ def summary(counts, entries):
 def open_stream(fileobj, what="archive"):
     """tarfile in stream mode over a file-like object of raw tar bytes."""
     try:
-        return tarfile.open(fileobj=fileobj, mode="r|", bufsize=CHUNK, encoding=TAR_ENCODING,
+        return tarfile.open(fileobj=fileobj, mode="r|", bufsize=STREAM_BUFFER, encoding=TAR_ENCODING,
                             errors=TAR_ERRORS)
     except tarfile.ReadError as exc:
         raise IntegrityError("%s is not a valid tar archive: %s" % (what, exc)) from None
@@ -373,6 +379,172 @@ class SafeTarStream:
 
     def summary(self):
         return summary(self.counts, self.entries)
+
+
+class TarRewriter:
+    """Header-level streaming version of SafeTarStream, for archives of any size.
+
+    Feed raw tar bytes (``feed``), collect output chunks (``out``): every member is checked
+    like SafeTarStream does and renamed under ``root``; file data passes through untouched.
+    A plain ustar header whose new name fits its name field is patched in place (checksum
+    recomputed); members described by PAX or GNU long-name headers are decoded and re-emitted
+    with tarfile. GNU sparse members are refused (neither Docker nor tarfile writes them).
+    """
+
+    def __init__(self, root, what="archive"):
+        self.root = root.encode(TAR_ENCODING, TAR_ERRORS) if isinstance(root, str) else root
+        self.root_str = root
+        self.what = what
+        self.checker = MemberChecker()
+        self.counts = collections.Counter()
+        self.entries = 0
+        self.header = bytearray()
+        self.meta = bytearray()    # PAX / GNU long-name headers (with data) before a member
+        self.meta_left = 0         # bytes of a meta header's data (and padding) still to collect
+        self.skip = 0              # file data bytes to pass through
+        self.pad = 0               # padding after the data to pass through
+        self.ended = False
+        self.out = []
+
+    def feed(self, data):
+        view = memoryview(data)
+        pos, end = 0, len(view)
+        while pos < end and not self.ended:
+            if self.meta_left:
+                take = min(self.meta_left, end - pos)
+                self.meta += view[pos:pos + take]
+                self.meta_left -= take
+                pos += take
+                continue
+            if self.skip or self.pad:
+                take = min(self.skip + self.pad, end - pos)
+                self.out.append(view[pos:pos + take])
+                consumed = min(take, self.skip)
+                self.skip -= consumed
+                self.pad -= take - consumed
+                pos += take
+                continue
+            take = min(BLOCK - len(self.header), end - pos)
+            self.header += view[pos:pos + take]
+            pos += take
+            if len(self.header) == BLOCK:
+                block = bytes(self.header)
+                self.header.clear()
+                self._block(block)
+
+    def take(self):
+        """The output produced so far, as one bytes object."""
+        data = b"".join(self.out)
+        self.out = []
+        return data
+
+    def _block(self, block):
+        if block == ZERO_BLOCK:
+            if self.meta:
+                raise IntegrityError("%s: extended header without a member" % self.what)
+            self.ended = True
+            self.out.append(ZERO_BLOCK * 2)
+            return
+        if not _checksum_ok(block):
+            raise IntegrityError("%s is not a valid tar stream (bad header checksum after %d entries)"
+                                 % (self.what, self.entries))
+        typeflag = block[156:157]
+        size = _number(block[124:136])
+        if typeflag in META_TYPES:  # decoded with the member that follows (a global PAX
+            self.meta += block         # header only applies to that member here)
+            self.meta_left = _padded(size)
+            return
+        if typeflag == b"S":
+            raise UnsafeArchiveError("%s: GNU sparse members are not supported" % self.what)
+        if self.meta:
+            header, size, typeflag = self._slow(bytes(self.meta) + block)
+            self.meta.clear()
+        else:
+            header = self._fast(block, typeflag)
+        if typeflag in (b"1", b"2", b"3", b"4", b"5", b"6"):
+            size = 0
+        self.out.append(header)
+        self.skip, self.pad = size, _padding(size)
+        self.entries += 1
+        self.counts[KIND_BY_TYPE.get(typeflag, "other")] += 1
+
+    def _fast(self, block, typeflag):
+        name = block[0:100].split(b"\0", 1)[0]
+        prefix = block[345:500].split(b"\0", 1)[0] if block[257:262] == b"ustar" else b""
+        if prefix:
+            name = prefix + b"/" + name
+        linkname = block[157:257].split(b"\0", 1)[0]
+        rel = self.checker.check_fields(name.decode(TAR_ENCODING, TAR_ERRORS), typeflag,
+                                        linkname.decode(TAR_ENCODING, TAR_ERRORS))
+        new_name = self._rebase(rel)
+        new_link = linkname
+        if typeflag == b"1":
+            new_link = self._rebase(clean_name(linkname.decode(TAR_ENCODING, TAR_ERRORS)))
+        if len(new_name) > 100 or len(new_link) > 100:
+            with tarfile.open(fileobj=_BlockStream(block), mode="r:", encoding=TAR_ENCODING,
+                              errors=TAR_ERRORS) as tar:
+                member = tar.next()
+            return renamed(member, rel, self.root_str).tobuf(tarfile.PAX_FORMAT, TAR_ENCODING, TAR_ERRORS)
+        out = bytearray(block)
+        out[0:100] = new_name.ljust(100, b"\0")
+        out[157:257] = new_link.ljust(100, b"\0")
+        if block[257:262] == b"ustar":
+            out[345:500] = b"\0" * 155
+        out[148:156] = b" " * 8
+        out[148:156] = b"%06o\0 " % sum(out)
+        return bytes(out)
+
+    def _rebase(self, rel):
+        return rebase(rel, self.root_str).encode(TAR_ENCODING, TAR_ERRORS)
+
+    def _slow(self, blocks):
+        with tarfile.open(fileobj=_BlockStream(blocks), mode="r:", encoding=TAR_ENCODING,
+                          errors=TAR_ERRORS) as tar:
+            try:
+                member = tar.next()
+            except tarfile.TarError as exc:
+                raise IntegrityError("%s is not a valid tar archive: %s" % (self.what, exc)) from None
+        if member is None:
+            raise IntegrityError("%s: extended header without a member" % self.what)
+        rel = self.checker.check(member)
+        if member.issparse():
+            raise UnsafeArchiveError("%s: GNU sparse members are not supported" % self.what)
+        header = renamed(member, rel, self.root_str).tobuf(tarfile.PAX_FORMAT, TAR_ENCODING, TAR_ERRORS)
+        return header, member.size if member.isreg() else 0, member.type
+
+    def finish(self):
+        if not self.ended or self.skip or self.pad or self.meta or self.header:
+            raise IntegrityError("%s ended early: the tar stream is incomplete (%d entries read)"
+                                 % (self.what, self.entries))
+        return self.summary()
+
+    def summary(self):
+        return summary(self.counts, self.entries)
+
+
+class _BlockStream(io.BytesIO):
+    """Header blocks followed by an end-of-archive marker, readable by tarfile."""
+
+    def __init__(self, blocks):
+        super().__init__(blocks + ZERO_BLOCK * 2)
+
+
+def rewrite_stream(fileobj, root, what="archive", chunk=CHUNK):
+    """Iterate over the checked, renamed tar bytes of ``fileobj`` (TarRewriter); returns the
+    rewriter as the generator's value."""
+    rewriter = TarRewriter(root, what)
+    while True:
+        data = fileobj.read(chunk)
+        if not data:
+            break
+        rewriter.feed(data)
+        out = rewriter.take()
+        if out:
+            yield out
+        if rewriter.ended:
+            break
+    rewriter.finish()
+    return rewriter
 
 
 def _members(tar, what):

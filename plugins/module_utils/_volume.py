@@ -18,8 +18,10 @@ import os
 import platform
 import secrets
 import shutil
+import queue
 import socket
 import tarfile
+import threading
 
 from ._backup import (ArtifactReader, BackupSession, resolve_backup, sanitize_series, summarize,
                       validate_series, verify_stored)
@@ -27,15 +29,66 @@ from ._docker import DEFAULT_DOCKER_HOST, docker_client, docker_error
 from ._errors import ConfigError, NotFoundError, OpsError, ServiceError
 from ._quiesce import (HELPER_LABEL, Guardian, Quiescer, container_view, normalize_selection,
                        select_containers, uses)
-from ._tarsafe import (CHUNK, TAR_ENCODING, TAR_ERRORS, MemberChecker, SafeTarStream,
-                       TarScanner, checked_members, directory_members, kind_of, open_stream,
-                       summary)
+from ._tarsafe import (CHUNK, TAR_ENCODING, TAR_ERRORS, MemberChecker, TarScanner,
+                       checked_members, directory_members, kind_of, open_stream,
+                       rewrite_stream, summary)
 
 MOUNT = "/.opskit-volume"          # where helper containers mount the volume
 NEVER_RUN = ["/.opskit-helper-never-started"]
 LAYOUT = "tar; member names relative to the root: '.', './a', './a/b'"
 RESTORABLE_KINDS = ("volume", "directory")
 EXTRACT_KW = {"filter": "fully_trusted"} if hasattr(tarfile, "fully_trusted_filter") else {}
+
+
+class Prefetch:
+    """Run a generator in a thread, ``depth`` items ahead: decompressing and checking the
+    archive overlaps with the daemon writing it. Re-raises the generator's exception in the
+    consumer; ``value`` is the generator's return value."""
+
+    def __init__(self, generator, depth=8):
+        self.generator, self.queue = generator, queue.Queue(maxsize=depth)
+        self.value = self.error = None
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _put(self, item):
+        while not self.stopped.is_set():
+            try:
+                self.queue.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self):
+        try:
+            while True:
+                try:
+                    item = next(self.generator)
+                except StopIteration as stop:
+                    self.value = stop.value
+                    break
+                if not self._put(("data", item)):
+                    return
+            self._put(("end", None))
+        except BaseException as exc:  # pylint: disable=broad-except
+            self.error = exc
+            self._put(("error", exc))
+
+    def __iter__(self):
+        while True:
+            kind, item = self.queue.get()
+            if kind == "data":
+                yield item
+            elif kind == "error":
+                raise item
+            else:
+                return
+
+    def stop(self):
+        self.stopped.set()
+        self.thread.join(30)
 
 
 class SourceError(OpsError):
@@ -217,13 +270,18 @@ class VolumeTarget:
                                    % (self.name, status, " ".join(logs.split())[:300]))
 
     def restore_from(self, reader):
-        stream = SafeTarStream(reader, MOUNT.lstrip("/"), what="backup archive")
+        """Stream the checked archive into the volume (PUT archive of the helper's root, the
+        names rebased onto the mount point, so the volume root gets its attributes too)."""
+        chunks = Prefetch(rewrite_stream(reader, MOUNT.lstrip("/"), what="backup archive"))
         with self.helper(read_only=False) as cid:
             try:
-                self.client.put_archive(cid, "/", iter(stream))
+                self.client.put_archive(cid, "/", iter(chunks))
             except Exception as exc:  # pylint: disable=broad-except
+                chunks.stop()
+                if chunks.error is not None:
+                    raise chunks.error from None  # the archive's fault, not the daemon's
                 raise _api_error(exc, "writing volume %s" % self.name) from None
-        return stream.summary()
+        return chunks.value.summary()
 
 
 # ----------------------------------------------------------------- host directories

@@ -339,9 +339,8 @@ def test_killed_mid_backup_publishes_nothing_and_restarts_the_containers(tmp_pat
         {volume: "%s", location: "file://%s", series: killed, compression_level: 19, stop_timeout: 5}
 """ % (vol, store))
     (tmp_path / "inventory").write_text("localhost ansible_connection=local\n")
-    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=os.path.join(os.path.dirname(os.path.dirname(HERE)),
-                                                                  ".build", "collections"),
-               ANSIBLE_PYTHON_INTERPRETER=sys.executable)
+    collections = os.path.join(os.path.dirname(os.path.dirname(HERE)), ".build", "collections")
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=collections, ANSIBLE_PYTHON_INTERPRETER=sys.executable)
     proc = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-i",
                              str(tmp_path / "inventory"), str(playbook)], env=env, cwd=str(tmp_path),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)

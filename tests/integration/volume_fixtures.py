@@ -19,7 +19,9 @@ def make_tricky_tree(root, seed=7):
     """Symlinks (relative, absolute, dangling), hard links, a sparse file, 0600 files owned by
     uid 1000, unicode and non-UTF-8 names, empty directories, odd modes and old mtimes."""
     root = os.fsencode(root)
-    j = lambda *parts: os.path.join(root, *parts)  # noqa: E731
+
+    def j(*parts):
+        return os.path.join(root, *parts)
     os.makedirs(j(b"etc", b"conf.d"), exist_ok=True)
     os.makedirs(j(b"empty", b"nested-empty"), exist_ok=True)
     os.makedirs(j(b"caf\xc3\xa9 \xe2\x98\x95"), exist_ok=True)        # unicode directory

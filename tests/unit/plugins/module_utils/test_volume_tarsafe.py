@@ -292,3 +292,85 @@ def test_safe_stream_reports_a_truncated_member():
     data = _tar([_dir("."), _reg("./big", b"b" * 100000)])
     with pytest.raises(IntegrityError):
         b"".join(SafeTarStream(io.BytesIO(data[:20000]), "r"))
+
+
+# ----------------------------------------------------------------------- header-level rewriter
+
+def _rewrite(data, root=".opskit-volume", chunk=1000):
+    stream = io.BytesIO(data)
+    gen = _tarsafe.rewrite_stream(stream, root, chunk=chunk)
+    out = []
+    while True:
+        try:
+            out.append(next(gen))
+        except StopIteration as stop:
+            return b"".join(out), stop.value
+
+
+@pytest.mark.parametrize("fmt", [tarfile.PAX_FORMAT, tarfile.GNU_FORMAT, tarfile.USTAR_FORMAT])
+@pytest.mark.parametrize("chunk", [1, 511, 4096, 1 << 20])
+def test_rewriter_matches_the_tarfile_path(fmt, chunk):
+    """Same members, attributes and data as SafeTarStream, whatever the header format."""
+    attrs = dict(uid=1000, gid=1001, mode=0o600, mtime=1600000000)
+    members = [_dir(".", uid=999, mode=0o750), _dir("./sub"), _reg("./sub/secret", b"s" * 5000, **attrs),
+               _lnk("./hard", "./sub/secret"), _sym("./sub/link", "secret"), _reg("./empty-file", b""),
+               _dir("./" + "d" * 90), _reg("./" + "d" * 90 + "/file", b"deep"),
+               (_info("./fifo", tarfile.FIFOTYPE), b"")]
+    if fmt != tarfile.USTAR_FORMAT:
+        members += [_reg("./bad\udcff", b"raw"), _reg("./" + "x" * 200, b"long"),
+                    _lnk("./" + "h" * 150, "./sub/secret")]
+    data = _tar(members, fmt)
+    out, rewriter = _rewrite(data, chunk=chunk)
+    slow_stream = SafeTarStream(io.BytesIO(data), ".opskit-volume")
+    slow = b"".join(slow_stream)
+    assert _read(out) == _read(slow)
+    assert rewriter.summary() == slow_stream.summary()
+    assert rewriter.entries == len(members)
+
+
+@pytest.mark.parametrize("members, message", [
+    ([_dir("."), _reg("/etc/passwd")], "absolute paths"),
+    ([_dir("."), _reg("./a/../../evil")], "'..'"),
+    ([_dir("."), (_info("./null", tarfile.CHRTYPE), b"")], "device files"),
+    ([_dir("."), _sym("./link", "/etc"), _reg("./link/passwd")], "symlink"),
+    ([_dir("."), _lnk("./h", "../../etc/shadow")], "'..'"),
+    ([_dir("."), _reg("./" + "y" * 120 + "/../../../escape")], "'..'"),
+])
+def test_rewriter_refuses_unsafe_members(members, message):
+    with pytest.raises(UnsafeArchiveError, match=message):
+        _rewrite(_tar(members, tarfile.GNU_FORMAT))
+    with pytest.raises(UnsafeArchiveError, match=message):
+        _rewrite(_tar(members, tarfile.PAX_FORMAT))
+
+
+def test_rewriter_refuses_gnu_sparse_members(tmp_path):
+    import subprocess
+    sparse = tmp_path / "sparse"
+    with open(sparse, "wb") as fh:
+        fh.truncate(1 << 20)
+    tarball = tmp_path / "s.tar"
+    proc = subprocess.run(["tar", "--sparse", "--format=gnu", "-C", str(tmp_path), "-cf", str(tarball),
+                           "./sparse"], capture_output=True)
+    if proc.returncode:
+        pytest.skip("GNU tar is not available to build a sparse archive: %s" % proc.stderr)
+    with pytest.raises(UnsafeArchiveError, match="sparse"):
+        _rewrite(tarball.read_bytes())
+
+
+@pytest.mark.parametrize("cut", ["mid data", "last header"])
+def test_rewriter_detects_truncation(cut):
+    data = _tar(TREE)
+    content_end = (len(data.rstrip(b"\0")) + 511) // 512 * 512
+    at = content_end if cut == "last header" else data.index(b"a" * 1000) + 10
+    with pytest.raises(IntegrityError, match="ended early|incomplete"):
+        _rewrite(data[:at])
+
+
+def test_rewriter_emits_nothing_of_an_unsafe_member():
+    data = _tar([_dir("."), _reg("./ok", b"fine"), _reg("../../etc/cron.d/evil", b"pwn")])
+    rewriter = _tarsafe.TarRewriter("root")
+    with pytest.raises(UnsafeArchiveError):
+        for pos in range(0, len(data), 700):
+            rewriter.feed(data[pos:pos + 700])
+    blob = b"".join(bytes(c) for c in rewriter.out)
+    assert b"pwn" not in blob and b"evil" not in blob and b"fine" in blob
