@@ -39,10 +39,14 @@ run_stage() {
 }
 
 sanity_stage() {
-    local log="$RESULTS/sanity.log" rc=0
-    SANITY_RESULTS="$RESULTS/sanity" "$ROOT/scripts/sanity.sh" --junit >"$log" 2>&1 || rc=$?
+    local log="$RESULTS/sanity.log" rc t0=$SECONDS
+    # Every log line stamped with the seconds since the stage began: where the time goes.
+    SANITY_RESULTS="$RESULTS/sanity" "$ROOT/scripts/sanity.sh" --junit 2>&1 |
+        while IFS= read -r line; do printf '%5ds %s\n' "$((SECONDS - t0))" "$line"; done >"$log"
+    rc=${PIPESTATUS[0]}
     # The findings, without ansible-test's pip chatter; the whole log stays in $log.
-    grep -E '^(ERROR|FATAL|WARNING): ' "$log" | grep -vE 'Location .* is ignored|Using locale' || true
+    sed -E 's/^ *[0-9]+s //' "$log" | grep -E '^(ERROR|FATAL|WARNING): ' |
+        grep -vE 'Location .* is ignored|Using locale' || true
     [ "$rc" -eq 0 ] || echo "sanity: full log in $log"
     return "$rc"
 }
