@@ -254,3 +254,31 @@ def test_maintenance_docker_prune_respects_the_keep_label(run_playbook, docker_e
                 container.remove(force=True)
             except Exception:  # pylint: disable=broad-except
                 pass
+
+
+def test_upgrade_rolls_back_and_restores_the_database(run_playbook, pg, shop, docker_engine, tmp_path):
+    import rollout_fixtures  # pylint: disable=import-outside-toplevel
+    refs = rollout_fixtures.build_images(docker_engine.client.api, tags=("v1", "exit"))
+    name = "opskit-upg-%s" % uuid.uuid4().hex[:8]
+    port = rollout_fixtures.free_port()
+    rollout_fixtures.run_web(docker_engine.client.api, name, refs["v1"], port)
+    extra = _base_vars(tmp_path, pg, shop, opskit_services=[{"name": name, "image": refs["v1"], "timeout": 30,
+                                                             "monitor": 1, "pull": "never"}],
+                       opskit_upgrade_images={name: refs["exit"]}, opskit_upgrade_restore_db_on_rollback=True)
+    try:
+        with Webhook() as hook:
+            run = run_playbook(playbook("upgrade"), dict(extra, opskit_webhook_url=hook.url))
+        assert run.rc == 2, run.stdout[-3000:]  # a rollback is a failed run: CI sees it
+        doc = reports(tmp_path / "reports", "upgrade")[-1]
+        assert doc["status"] == "failed" and doc["rolled_back"] == [name]
+        (service,) = doc["services"]
+        assert service["outcome"] == "rolled_back" and service["to"]["image"] == refs["exit"]
+        (restored,) = doc["restored"]
+        assert restored["name"] == shop and restored["mode"] == "recover" and restored["verification"] == "passed"
+        assert restored["backup_id"] == doc["pre_upgrade_backups"][0]
+        assert "upgrade rolled back" in hook.posts[0]["json"]["text"]
+        assert rollout_fixtures.http_get("http://127.0.0.1:%d/version" % port)[1] == "v1"
+        assert pg.psql("SELECT count(*) FROM orders", db=shop).strip() == "300"
+    finally:
+        for container in docker_engine.client.containers.list(all=True, filters={"name": name}):
+            container.remove(force=True)
