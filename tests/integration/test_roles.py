@@ -107,6 +107,7 @@ def test_backup_daily_then_drill(run_playbook, pg, redis, shop, tmp_path):
 
     run = run_playbook(playbook("daily"), extra)
     assert run.rc == 0, run.stdout[-3000:]
+    assert pg.password not in json.dumps(run.results) + run.stdout  # no secret in any task result
     series = sorted(os.listdir(tmp_path / "backups"))
     assert series == ["t-dir-etc-app", "t-pg-%s" % shop, "t-redis-cache"]
     assert rdb.exists()  # BGSAVE finished before the copy
