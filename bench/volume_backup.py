@@ -68,8 +68,8 @@ def build_volume(volume, size_mib):
         path = os.path.join(root, name)
         shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.unlink(path)
     rng = random.Random(SEED)
-    words = [bytes(rng.choice(b"abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 10)))
-             for _ in range(2000)]
+    words = [bytes(rng.choice(b"abcdefghijklmnopqrstuvwxyz") for _c in range(rng.randint(2, 10)))
+             for _w in range(2000)]
     lines = [b"2026-11-23T02:%02d:%02d level=info msg=\"%s\" id=%d\n"
              % (i % 60, (i * 7) % 60, b" ".join(rng.choices(words, k=8)), rng.getrandbits(32))
              for i in range(5000)]
@@ -86,10 +86,10 @@ def build_volume(volume, size_mib):
     os.makedirs(os.path.join(root, "logs"))
     for i in range(2):
         with open(os.path.join(root, "blobs", "blob%d.bin" % i), "wb") as fh:
-            for _ in range(large // (8 * MiB)):
+            for _block in range(large // (8 * MiB)):
                 fh.write(rng.randbytes(8 * MiB))
         with open(os.path.join(root, "logs", "app%d.log" % i), "wb") as fh:
-            for _ in range(large // (8 * MiB)):
+            for _block in range(large // (8 * MiB)):
                 fh.write(text(8 * MiB))
     written, n = 0, 0
     while written < small_budget:
@@ -134,7 +134,7 @@ class Moto:
         import boto3
         self.client = boto3.client("s3", endpoint_url=self.url, region_name="us-east-1",
                                    aws_access_key_id="bench", aws_secret_access_key="bench")
-        for _ in range(100):
+        for _attempt in range(100):
             try:
                 self.client.list_buckets()
                 break
@@ -181,13 +181,12 @@ def loadavg():
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "volume_backup.md"))
     parser.add_argument("--keep-volume", action="store_true", help="keep the source volume for the next run")
     opts = parser.parse_args()
-    command = "%s %s" % (os.path.relpath(sys.executable, ROOT), " ".join([os.path.relpath(__file__, ROOT)]
-                                                                          + sys.argv[1:]))
+    command = " ".join([os.path.relpath(sys.executable, ROOT), os.path.relpath(__file__, ROOT)] + sys.argv[1:])
     subprocess.run([os.path.join(ROOT, "scripts", "docker-engine.sh"), "image"], check=True,
                    capture_output=True)
     tag = "%08x" % random.getrandbits(32)
@@ -209,11 +208,12 @@ def main():
 
         # --- recipe backup: tar czf in a container, then upload
         load0 = loadavg()
-        t_tar, _ = timed(lambda: sh("docker", "run", "--rm", "-v", "%s:/data" % source, "-v",
-                                    "%s:/backup" % backup_dir, IMAGE, "tar", "czf", "/backup/x.tar.gz", "/data"))
+        t_tar, _out = timed(lambda: sh("docker", "run", "--rm", "-v", "%s:/data" % source, "-v",
+                                       "%s:/backup" % backup_dir, IMAGE, "tar", "czf", "/backup/x.tar.gz",
+                                       "/data"))
         recipe_file = os.path.join(backup_dir, "x.tar.gz")
         recipe_size = os.path.getsize(recipe_file)
-        t_up, _ = timed(lambda: moto.client.upload_file(recipe_file, "bench", "recipe/x.tar.gz"))
+        t_up, _out = timed(lambda: moto.client.upload_file(recipe_file, "bench", "recipe/x.tar.gz"))
         rows["backup_recipe"] = {"tar_czf_s": t_tar, "upload_s": t_up, "total_s": t_tar + t_up,
                                  "size": recipe_size, "load": "%s/%s" % (load0, loadavg())}
         print("recipe backup: tar czf %.1f s + upload %.1f s, %.1f MiB" % (t_tar, t_up, recipe_size / MiB), flush=True)
@@ -237,9 +237,10 @@ def main():
         volumes.append(target)
         sh("docker", "volume", "create", target)
         load0 = loadavg()
-        t_down, _ = timed(lambda: moto.client.download_file("bench", "recipe/x.tar.gz", recipe_file))
-        t_untar, _ = timed(lambda: sh("docker", "run", "--rm", "-v", "%s:/data" % target, "-v",
-                                      "%s:/backup" % backup_dir, IMAGE, "tar", "xzf", "/backup/x.tar.gz", "-C", "/"))
+        t_down, _out = timed(lambda: moto.client.download_file("bench", "recipe/x.tar.gz", recipe_file))
+        t_untar, _out = timed(lambda: sh("docker", "run", "--rm", "-v", "%s:/data" % target, "-v",
+                                         "%s:/backup" % backup_dir, IMAGE, "tar", "xzf", "/backup/x.tar.gz",
+                                         "-C", "/"))
         ok = tree_digest(mountpoint(target)) == src_digest
         rows["restore_recipe"] = {"download_s": t_down, "tar_xzf_s": t_untar, "total_s": t_down + t_untar,
                                   "identical": ok, "load": "%s/%s" % (load0, loadavg())}
@@ -264,9 +265,9 @@ def main():
         if moto is not None:
             moto.stop()
         for vol in volumes:
-            subprocess.run(["docker", "volume", "rm", "-f", vol], capture_output=True)
+            subprocess.run(["docker", "volume", "rm", "-f", vol], capture_output=True, check=False)
         if not opts.keep_volume:
-            subprocess.run(["docker", "volume", "rm", "-f", source], capture_output=True)
+            subprocess.run(["docker", "volume", "rm", "-f", source], capture_output=True, check=False)
         shutil.rmtree(workdir, ignore_errors=True)
     write_report(opts, command, src_digest, rows, notes)
 

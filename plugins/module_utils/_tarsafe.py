@@ -183,7 +183,7 @@ def _pax_size(data):
         if length <= 0:
             break
         record = data[space + 1:pos + length - 1]
-        key, _, value = record.partition(b"=")
+        key, _sep, value = record.partition(b"=")
         if key == b"size":
             try:
                 size = int(value)
@@ -549,8 +549,7 @@ def rewrite_stream(fileobj, root, what="archive", chunk=CHUNK):
 
 def _members(tar, what):
     try:
-        for member in tar:
-            yield member
+        yield from tar
     except tarfile.TarError as exc:
         raise IntegrityError("%s is not a valid tar archive: %s" % (what, exc)) from None
 

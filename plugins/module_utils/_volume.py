@@ -101,6 +101,17 @@ def _api_error(exc, what):
     return docker_error(exc, what)
 
 
+def _tree_size(root):
+    total = 0
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
 # ------------------------------------------------------------------ Docker volumes
 
 class VolumeTarget:
@@ -157,7 +168,13 @@ class VolumeTarget:
         return self.image
 
     def size(self):
-        """Bytes used by the volume as the daemon reports them (None if unknown)."""
+        """Bytes in the volume (for the S3 part size): walked through its mountpoint when the
+        daemon is local and it is readable, else as ``docker system df`` reports it (which
+        walks every volume of the host), else None."""
+        mountpoint = (self.info or {}).get("Mountpoint")
+        if mountpoint and (self.info or {}).get("Driver") == "local" and os.path.isdir(mountpoint) \
+                and os.access(mountpoint, os.R_OK | os.X_OK):
+            return _tree_size(mountpoint)
         try:
             for vol in self.client.df().get("Volumes") or []:
                 if vol.get("Name") == self.name:
@@ -313,14 +330,7 @@ class DirectoryTarget:
         return None
 
     def size(self):
-        total = 0
-        for dirpath, _dirs, files in os.walk(self.path):
-            for name in files:
-                try:
-                    total += os.lstat(os.path.join(dirpath, name)).st_size
-                except OSError:
-                    pass
-        return total
+        return _tree_size(self.path)
 
     def describe(self):
         return {"path": self.path, "host": socket.gethostname(), "layout": LAYOUT}
@@ -449,7 +459,14 @@ class VolumeBackup:
     def __init__(self, params, location, check_mode=False, client_factory=None):
         self.params, self.location, self.check_mode = params, location, check_mode
         self.client_factory = client_factory or (lambda: docker_client(params))
-        self.client = self.client_factory() if _docker_wanted(params) else None
+        self.client = None
+        if _docker_wanted(params):
+            try:
+                self.client = self.client_factory()
+            except ServiceError:
+                if params.get("volume") or normalize_selection(params.get("stop_containers"))[0] != "auto":
+                    raise
+                # a host directory with stop_containers=auto: no reachable Docker, nothing to stop
         if params.get("volume"):
             self.target = VolumeTarget(self.client, params["volume"], params.get("helper_image"))
         else:
@@ -510,10 +527,10 @@ class VolumeBackup:
         containers, to_stop = self._plan_stop()
         result = self._base()
         result.update(changed=True, would_stop=[c["name"] for c in to_stop], backup=None)
-        if self.check_mode:
-            return result
         self.target.choose_image(containers)
         self.location.check_writable()
+        if self.check_mode:
+            return result
         size_hint = self.target.size()
         source = self.target.describe()
         params = self.params
@@ -549,6 +566,7 @@ class VolumeBackup:
             raise ConfigError("backup %s of series %s is a %s backup, not a volume or directory"
                               " archive" % (manifest["id"], self.series, manifest.get("kind")))
         containers, to_stop = self._plan_stop()
+        self.target.choose_image(containers)  # the helper that checks the volume needs one
         empty = self.target.is_empty() if exists else True
         force = bool(self.params.get("force"))
         result = self._base()
@@ -563,7 +581,6 @@ class VolumeBackup:
                 % (self.target.label, manifest["id"]), **result)
         if self.check_mode:
             return result
-        self.target.choose_image(containers)
         verify_stored(self.location, manifest)  # before anything is written
 
         def work(_quiescer):

@@ -30,20 +30,23 @@ description:
   - Volume and directory backups have the same archive layout and manifest; either restores
     into the other.
 author:
-  - opskit.runbook developers
+  - opskit.runbook developers (@opskit-runbook)
 extends_documentation_fragment:
   - opskit.runbook.storage
   - opskit.runbook.storage.write
   - opskit.runbook.docker
 attributes:
   check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details:
-      - Reports what would be stopped and written (RV(would_stop), RV(series)); stops nothing
-        and writes nothing.
+      - Reports what would be stopped and written (RV(would_stop), RV(series)) after checking
+        the source, the helper image and that the location is writable; stops nothing and
+        writes nothing.
       - For O(state=restored) it resolves the backup and checks that the target is empty,
         which for a volume creates and removes a helper container that mounts it read-only.
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
 options:
   state:
@@ -110,8 +113,9 @@ notes:
   - The archive is a tar whose member names are relative to the volume (or directory) root,
     like C(tar -C root -c .); the manifest records C(kind) V(volume) or V(directory) and the
     entry counts in C(source).
-  - The S3 part size comes from the volume size reported by the daemon (C(docker system df))
-    or the directory size, so memory stays bounded.
+  - The S3 part size comes from the size of the volume or directory, so memory stays bounded.
+    A volume is measured through its mountpoint when the module runs on the Docker host as a
+    user who can read it, else with C(docker system df) (which walks every volume of the host).
   - A backup whose containers fail to restart is still published (its data is complete); the
     task fails and names the containers.
   - Restoring does not stop at the first unsafe member before writing the ones before it; the

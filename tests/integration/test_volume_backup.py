@@ -128,24 +128,36 @@ def test_volume_round_trip_check_mode_and_idempotence(run_playbook, s3, docker_e
     assert not _helpers(docker_engine, source) and not _helpers(docker_engine, target)
 
 
-def test_directory_round_trip_and_forced_restore(run_playbook, tmp_path, docker_engine):
+def test_directory_round_trip_and_forced_restore(run_playbook, tmp_path, docker_engine, dockerthings):
+    from docker.types import Mount
     src = make_tricky_tree(str(tmp_path / "src"))
     expected = listing(src)
     location = "file://%s/store" % tmp_path
     dst = tmp_path / "dst"
     dst.mkdir()
     (dst / "stale.conf").write_text("from before")
+    # a container bind-mounting a directory inside the backed-up one is stopped by "auto"
+    web = dockerthings.container(docker_engine.busybox_image, command=SERVICE,
+                                 mounts=[Mount("/cfg", os.path.join(src.decode(), "etc"), type="bind",
+                                               read_only=True)])
     run = run_playbook(PLAY_HEAD + """
+    - name: backup a directory (check)
+      opskit.runbook.volume_backup: {path: "{{ src }}", location: "{{ location }}", series: etc}
+      check_mode: true
     - name: backup a directory
-      opskit.runbook.volume_backup: {path: "{{ src }}", location: "{{ location }}", series: etc, stop_containers: none}
+      opskit.runbook.volume_backup: {path: "{{ src }}", location: "{{ location }}", series: etc}
     - name: restore into a non-empty directory
       opskit.runbook.volume_backup: {state: restored, path: "{{ dst }}", location: "{{ location }}", series: etc}
       ignore_errors: true
     - name: restore with force
       opskit.runbook.volume_backup: {state: restored, path: "{{ dst }}", location: "{{ location }}", series: etc, force: true}
 """, extra_vars={"src": src.decode(), "dst": str(dst), "location": location})
+    check = run.task("backup a directory (check)")
+    assert check["would_stop"] == [web.name] and check["stopped"] == [] and check["backup"] is None
     saved = run.task("backup a directory")
     assert saved["changed"] and saved["backup"]["kind"] == "directory" and saved["skipped_files"] == 0
+    assert saved["stopped"] == [web.name] and saved["restarted"] == [web.name]
+    assert dockerthings.state(web)["Running"]
     assert saved["entries"] == len(expected)
     refused = run.task("restore into a non-empty directory")
     assert _failed(refused) and "is not empty" in refused["msg"]

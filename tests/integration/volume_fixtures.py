@@ -37,7 +37,7 @@ def make_tricky_tree(root, seed=7):
     rnd = __import__("random").Random(seed)
     for i in range(TRICKY_FILES):
         with open(j(b"etc", b"conf.d", b"%02d.conf" % i), "wb") as fh:
-            fh.write(bytes(rnd.getrandbits(8) for _ in range(rnd.randint(0, 3000))))
+            fh.write(rnd.randbytes(rnd.randint(0, 3000)))
     with open(j(b"sparse.img"), "wb") as fh:                           # 8 MiB, two data islands
         fh.write(b"head")
         fh.seek(4 << 20)

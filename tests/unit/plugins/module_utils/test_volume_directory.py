@@ -137,3 +137,40 @@ def test_missing_and_non_directory_sources(tmp_path):
 def test_refuses_to_empty_the_root():
     with pytest.raises(ConfigError, match="refusing to empty /"):
         DirectoryTarget("/").empty()
+
+
+# ----------------------------------------------------------------------- Prefetch
+
+def test_prefetch_yields_everything_and_the_return_value():
+    from ansible_collections.opskit.runbook.plugins.module_utils._volume import Prefetch
+
+    def gen():
+        for i in range(100):
+            yield b"%d" % i
+        return "summary"
+    pre = Prefetch(gen(), depth=2)
+    assert list(pre) == [b"%d" % i for i in range(100)]
+    assert pre.value == "summary" and pre.error is None
+
+
+def test_prefetch_reraises_the_generators_error_in_the_consumer():
+    from ansible_collections.opskit.runbook.plugins.module_utils._volume import Prefetch
+
+    def gen():
+        yield b"first"
+        raise UnsafeArchiveError("archive member ../x: '..' components are refused")
+    pre = Prefetch(gen())
+    got = []
+    with pytest.raises(UnsafeArchiveError, match="refused"):
+        for item in pre:
+            got.append(item)
+    assert got == [b"first"] and isinstance(pre.error, UnsafeArchiveError)
+
+
+def test_prefetch_stop_releases_a_blocked_producer():
+    import itertools
+    from ansible_collections.opskit.runbook.plugins.module_utils._volume import Prefetch
+    pre = Prefetch((b"x" for _i in itertools.count()), depth=1)
+    assert next(iter(pre)) == b"x"
+    pre.stop()  # the consumer gave up (the daemon failed): the thread must end
+    assert not pre.thread.is_alive()

@@ -96,7 +96,7 @@ def test_a_short_id_prefix_is_not_matched():
                                              ("false", False), ("yes", False), ("", False)])
 def test_label_values(label, selected):
     tagged = _c("tagged", volumes=["data"], labels={STOP_LABEL: label})
-    to_stop, _ = select_containers([WEB, tagged], "auto", volume="data")
+    to_stop, _chosen = select_containers([WEB, tagged], "auto", volume="data")
     assert _names(to_stop) == (["tagged"] if selected else ["web", "tagged"])
 
 
