@@ -188,7 +188,7 @@ def run_loop(endpoint, bucket, loop_keys):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
     parser.add_argument("--backups", type=int, default=100000)
     parser.add_argument("--loop-keys", type=int, default=3000)
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
@@ -242,8 +242,8 @@ def main():
         "| --- | --- | --- |",
         "| backups kept / deleted | %d / %d | same plan |" % (series["counts"]["kept"], series["counts"]["deleted"]),
         "| S3 requests, total | %d | %s%d |" % (total, "~" if extrapolated else "", round(loop_calls_full)),
-        "| of which listing (ListObjectsV2) | %d | %d |" % (calls.get("ListObjectsV2", 0),
-                                                          loop["plan_calls"].get("ListObjectsV2", 0)),
+        "| of which listing (ListObjectsV2) | %d | %d |" % (
+            calls.get("ListObjectsV2", 0), loop["plan_calls"].get("ListObjectsV2", 0)),
         "| of which deletes | %d DeleteObjects | %s%d DeleteObject |" % (
             calls.get("DeleteObjects", 0), "~" if extrapolated else "", loop["keys_total"]),
         "| of which other (HeadBucket, ListMultipartUploads, GetObject of manifests, GetObjectLockConfiguration) "
@@ -252,8 +252,8 @@ def main():
         "| wall time | %.1f s | %s%.0f s |" % (seconds, "~" if extrapolated else "", loop_seconds_full),
         "",
         "Requests by operation (s3_rotate): `%s`; seconds spent in them (manifest reads run 16 in "
-        "parallel, so their seconds overlap): `%s`" % (json.dumps(calls, sort_keys=True),
-                                                      json.dumps(result["_timing"], sort_keys=True)),
+        "parallel, so their seconds overlap): `%s`" % (
+            json.dumps(calls, sort_keys=True), json.dumps(result["_timing"], sort_keys=True)),
         "",
         "Bound from the issue: ceil(objects/1000) + ceil(deleted keys/1000) = %d + %d = %d, plus a small "
         "constant: measured %d (constant part %d). Ratio loop/s3_rotate: %.0fx (required: at least 50x)." % (
