@@ -26,7 +26,9 @@ def _molecule(scenario, tmp_path, variables):
     vars_file.chmod(0o600)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ANSIBLE_", "MOLECULE_"))}
     env.update(PATH=VENV_BIN + os.pathsep + env.get("PATH", ""), OPSKIT_MOLECULE_VARS=str(vars_file),
-               OPSKIT_PYTHON=sys.executable, TMPDIR=str(tmp_path / "tmp"), NO_COLOR="1", ANSIBLE_NOCOLOR="1")
+               OPSKIT_PYTHON=sys.executable, TMPDIR=str(tmp_path / "tmp"), NO_COLOR="1", ANSIBLE_NOCOLOR="1",
+               # fresh molecule state per run: with the delegated driver nothing resets "prepared"
+               MOLECULE_EPHEMERAL_DIRECTORY=str(tmp_path / "molecule-state"))
     (tmp_path / "tmp").mkdir()
     proc = subprocess.run([os.path.join(VENV_BIN, "molecule"), "test", "-s", scenario], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=900)
