@@ -60,11 +60,11 @@ def sample_database(pg):
 def docker_volume():
     """Start (or reuse) the Docker Engine and create a sample volume; return (name, files, started, why)."""
     try:
-        proc = subprocess.run([DOCKER_SCRIPT, "up"], capture_output=True, text=True, timeout=120)
+        proc = subprocess.run([DOCKER_SCRIPT, "up"], check=False, capture_output=True, text=True, timeout=120)
         if proc.returncode:
             return None, 0, False, (proc.stderr or proc.stdout).strip().splitlines()[-1]
         started = proc.stdout.strip() == "started"
-        proc = subprocess.run([DOCKER_SCRIPT, "image"], capture_output=True, text=True, timeout=120)
+        proc = subprocess.run([DOCKER_SCRIPT, "image"], check=False, capture_output=True, text=True, timeout=120)
         if proc.returncode:
             return None, 0, started, "cannot build the local image: %s" % proc.stderr.strip()
         import docker  # pylint: disable=import-outside-toplevel
@@ -115,7 +115,8 @@ def playbook(name, extra_vars_file):
     with open(log, "w") as out:
         proc = subprocess.run([os.path.join(VENV_BIN, "ansible-playbook"), "-i", os.path.join(ROOT, "inventories", "local"),
                                os.path.join(ROOT, "playbooks", "%s.yml" % name), "-e", "@" + extra_vars_file],
-                              cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                              cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                              check=False)
     took = time.monotonic() - t0
     if proc.returncode:
         with open(log) as fh:
@@ -180,8 +181,8 @@ def main():
         with open(report) as fh:
             doc = json.load(fh)
         print()
-        print("DR drill %s on %s (targets: RTO %s, RPO %s)" % (doc["status"].upper(), doc["host"],
-                                                                doc["targets"]["rto"], doc["targets"]["rpo"]))
+        print("DR drill %s on %s (targets: RTO %s, RPO %s)"
+              % (doc["status"].upper(), doc["host"], doc["targets"]["rto"], doc["targets"]["rpo"]))
         for asset in doc["assets"]:
             print("  %-8s %-34s restored + verified in %-9s RPO %-9s (%s, backup %s)" % (
                 asset["kind"], asset["name"], fmt(asset["rto_seconds"]), fmt(asset["rpo_seconds"]),
@@ -202,7 +203,7 @@ def main():
             remove_volume(volume)
         pg.stop()
         if docker_started:
-            subprocess.run([DOCKER_SCRIPT, "down"], capture_output=True)
+            subprocess.run([DOCKER_SCRIPT, "down"], check=False, capture_output=True)
 
 
 if __name__ == "__main__":

@@ -69,7 +69,7 @@ def svg_bars(items, label="name", value="seconds", unit="s", limit=None, title="
             raise AnsibleFilterError("svg_bars: item %d is not a dict" % index)
         rows.append((str(item.get(label, "")), _number(item, value, index)))
     limit = None if limit in (None, "") else duration_seconds(limit) if unit == "s" else float(limit)
-    scale_max = max([v for _, v in rows] + ([limit] if limit else []) + [1e-9])
+    scale_max = max([row[1] for row in rows] + ([limit] if limit else []) + [1e-9])
     plot = CHART_WIDTH - LABEL_WIDTH - VALUE_WIDTH
     top = 22 if title else 4
     height = top + len(rows) * (BAR_HEIGHT + GAP) + 4

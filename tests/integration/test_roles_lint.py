@@ -34,7 +34,7 @@ def test_ansible_lint_production_profile_passes():
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
     env.update(PATH=venv_bin + os.pathsep + env.get("PATH", ""), NO_COLOR="1")
     proc = subprocess.run([os.path.join(venv_bin, "ansible-lint"), "-f", "pep8", "--nocolor"] + list(LINTED),
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+                          cwd=ROOT, env=env, check=False, capture_output=True, text=True, timeout=600)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-6000:]
     assert "Profile 'production' was required, and it passed" in out

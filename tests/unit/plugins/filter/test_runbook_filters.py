@@ -80,7 +80,7 @@ def test_backup_rows_rejects_a_list():
 
 def _bars(svg):
     root = ET.fromstring(svg)
-    return root, [r for r in root.iter(SVG + "rect")]
+    return root, list(root.iter(SVG + "rect"))
 
 
 def test_svg_bars_scales_to_the_largest_value():
