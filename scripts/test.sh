@@ -51,6 +51,16 @@ sanity_stage() {
     return "$rc"
 }
 
+# Integration tests in pytest-xdist workers, one test file per worker at a time (module
+# fixtures stay together); each worker starts its own services. The Docker Engine is
+# started here, before the workers, so that no worker stops it under another.
+integration_stage() {
+    "$ROOT/scripts/docker-engine.sh" up >/dev/null && "$ROOT/scripts/docker-engine.sh" image ||
+        echo "integration: no Docker Engine; the tests that need it will fail"
+    "${PYTEST[@]}" -n "${OPSKIT_TEST_WORKERS:-2}" --dist loadfile tests/integration \
+        --junitxml="$RESULTS/integration.xml"
+}
+
 summary() {
     "$VENV/bin/python" "$ROOT/scripts/junit_summary.py" "$STAGES"
 }
@@ -63,8 +73,7 @@ main() {
     fi
     run_stage sanity "$RESULTS/sanity" sanity_stage
     run_stage unit "$RESULTS/unit.xml" "${PYTEST[@]}" tests/unit --junitxml="$RESULTS/unit.xml"
-    run_stage integration "$RESULTS/integration.xml" \
-        "${PYTEST[@]}" tests/integration --junitxml="$RESULTS/integration.xml"
+    run_stage integration "$RESULTS/integration.xml" integration_stage
 
     # ------------------------------------------------------------------ MOLECULE HOOK
     # The molecule scenarios run here once `make molecule` exists (the lead wires it). A stage

@@ -343,7 +343,9 @@ class DockerEngine:
 
     def start(self):
         import docker  # pylint: disable=import-outside-toplevel
-        if self.script("up") == "started":
+        # An engine this session started is stopped at its end, except in a pytest-xdist worker:
+        # the other workers may still use it (scripts/test.sh starts it before the workers).
+        if self.script("up") == "started" and "PYTEST_XDIST_WORKER" not in os.environ:
             _register_cleanup("docker", lambda: self.script("down"))
         self.script("image")
         self.client = docker.DockerClient(base_url=self.docker_host)
