@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import time
 
 import pytest
 
@@ -72,6 +73,14 @@ def history(request, tmp_path):
         partial = "db/.%s.bin.partial-0badc0de" % _backup.new_backup_id(_days_ago(45))
         with open(location.path(partial), "wb") as fh:
             fh.write(b"partial")
+    if location.scheme == "file":
+        # leftovers of crashed runs weeks ago: old modification times
+        for key, days in ((orphan, 50), (partial, 45)):
+            stamp = _days_ago(days).timestamp()
+            os.utime(location.path(key), (stamp, stamp))
+    else:
+        # S3 sets LastModified itself: let the orphan grow older than the 1 s grace
+        time.sleep(2.5)
     return args, location, made, orphan, partial
 
 
