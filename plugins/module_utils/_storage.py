@@ -442,6 +442,11 @@ class S3Location(Location):
         except Exception as exc:  # pylint: disable=broad-except
             raise _s3_error(exc, "reading %s" % self.url_for(key), self.bucket) from None
 
+    def write_bytes(self, key, data, content_type=None):
+        """Small objects (manifests): one PutObject."""
+        self.call("writing %s" % self.url_for(key), "put_object", Bucket=self.bucket,
+                  Key=self.full_key(key), Body=bytes(data), **self.put_args(content_type))
+
     def delete(self, keys):
         failed, keys = [], list(keys)
         for start in range(0, len(keys), 1000):
@@ -486,7 +491,7 @@ class _S3Writer:
         self.full = location.full_key(key)
         self.what = "writing %s" % location.url_for(key)
         self.args = location.put_args(content_type)
-        self.buf = bytearray(part_size)
+        self.buf = None
         self.filled = 0
         self.upload_id = None
         self.parts = []
@@ -497,6 +502,8 @@ class _S3Writer:
         self.done = False
 
     def write(self, data):
+        if self.buf is None:  # allocated on first use: empty writers cost nothing
+            self.buf = bytearray(self.part_size)
         view = memoryview(data)
         while view:
             take = min(len(view), self.part_size - self.filled)
@@ -532,8 +539,9 @@ class _S3Writer:
     def commit(self):
         try:
             if self.upload_id is None:
+                body = bytes(self.buf[:self.filled]) if self.buf is not None else b""
                 self.loc.call(self.what, "put_object", Bucket=self.loc.bucket, Key=self.full,
-                              Body=bytes(self.buf[:self.filled]), **self.args)
+                              Body=body, **self.args)
             else:
                 if self.filled:
                     self._submit(bytes(self.buf[:self.filled]))
@@ -553,7 +561,7 @@ class _S3Writer:
         if self.done:
             return
         self.done = True
-        self.buf = bytearray()
+        self.buf = None
         self.filled = 0
         for fut in self.futures:
             fut.cancel()

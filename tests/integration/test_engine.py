@@ -204,24 +204,18 @@ def test_killed_writer_leaves_no_backup(location):
 
 
 def test_listing_paginates_beyond_1000_objects(location):
-    count = 520  # 1040 objects: artifact + manifest each
-    template = _write(location, "bulk", b"x")
+    """1001 artifacts without manifests plus one published backup: 1003 objects, two pages."""
+    published = _write(location, "bulk", b"x")
 
     def put(index):
-        backup_id = "2025%04dT000000Z-%08x" % (101 + index % 28, index)
-        manifest = dict(template, id=backup_id, created_at="2025-01-01T00:00:00Z",
-                        artifact="%s.bin.zst" % backup_id)
-        location.write_bytes("bulk/%s.bin.zst" % backup_id, b"")
-        _backup.write_manifest(location, manifest)
+        location.write_bytes("bulk/2025%04dT000000Z-%08x.bin.zst" % (101 + index % 28, index), b"")
 
-    with ThreadPoolExecutor(16) as pool:
-        list(pool.map(put, range(count)))
-    objects = location.list_objects()
-    assert len(objects) == 2 * count + 2
-    listed = _backup.list_backups(location, "bulk")["bulk"]
-    assert len(listed) == count + 1 and listed[0]["id"] == template["id"]
+    with ThreadPoolExecutor(32) as pool:
+        list(pool.map(put, range(1001)))
+    assert len(location.list_objects()) == 1003
     grouped = _backup.scan(location)
-    assert len(grouped["bulk"]["manifests"]) == count + 1
+    assert len(grouped["bulk"]["artifacts"]) == 1002 and list(grouped["bulk"]["manifests"]) == [published["id"]]
+    assert [m["id"] for m in _backup.list_backups(location)["bulk"]] == [published["id"]]
 
 
 def test_file_artifacts_are_private(tmp_path):
