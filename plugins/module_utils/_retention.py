@@ -330,7 +330,7 @@ def _orphans(location, grouped, wanted, grace_start):
     return out
 
 
-def rotate(location, policy, series=None, orphan_grace="24h", verified_lookback=100,
+def rotate(location, policy, series=None, orphan_grace="24h", verified_lookback=-1,
            check_mode=False, now=None):
     """Plan and (unless check_mode) apply the policy at ``location``; return the result dict.
 

@@ -100,11 +100,14 @@ options:
       - How many manifests, newest first, are read at most to find the newest verified backup.
         Manifests are read only when the policy would delete something, 16 at a time, and the
         reading stops at the first verified backup.
-      - When none of them is verified the verified-backup guard does not apply (RV(series.newest_verified)
-        is null). V(-1) reads until one is found, at the cost of one request per backup in a series
-        that has never been verified.
+      - The default V(-1) reads until one is found, so the newest verified backup and every newer
+        one are always kept; in a series that has never been verified this costs one request per
+        backup (only when something would be deleted).
+      - A positive bound limits those requests, but weakens the guard: when none of the manifests
+        read is verified the guard does not apply (RV(series.newest_verified) is null) and an
+        older verified backup may be deleted.
     type: int
-    default: 100
+    default: -1
 notes:
   - "Requests: one paginated listing (1000 keys per request); manifest reads only as described in
     O(verified_lookback); on S3 one GetObjectLockConfiguration when something is to be deleted and,
@@ -260,7 +263,7 @@ def main():
             timezone=dict(type="str", default="UTC"),
             min_keep=dict(type="int", default=1),
             orphan_grace=dict(type="str", default="24h"),
-            verified_lookback=dict(type="int", default=100),
+            verified_lookback=dict(type="int", default=-1),
         ),
         supports_check_mode=True,
     )
