@@ -75,10 +75,8 @@ main() {
     run_stage unit "$RESULTS/unit.xml" "${PYTEST[@]}" tests/unit --junitxml="$RESULTS/unit.xml"
     run_stage integration "$RESULTS/integration.xml" integration_stage
 
-    # ------------------------------------------------------------------ MOLECULE HOOK
-    # The molecule scenarios run here once `make molecule` exists (the lead wires it). A stage
-    # that writes junit XML to "$RESULTS/molecule" is counted test by test, otherwise as one test:
-    #   run_stage molecule "$RESULTS/molecule" make --no-print-directory molecule
+    # The molecule scenarios (one per role) run inside the integration stage, from
+    # tests/integration/test_roles_molecule.py; `make molecule` runs only those.
     # ------------------------------------------------------------------
 
     summary
