@@ -103,7 +103,7 @@ options:
       - The default V(-1) reads until one is found, so the newest verified backup and every newer
         one are always kept; in a series that has never been verified this costs one request per
         backup (only when something would be deleted).
-      - A positive bound limits those requests, but weakens the guard: when none of the manifests
+      - A positive bound limits those requests but weakens the guard. When none of the manifests
         read is verified the guard does not apply (RV(series.newest_verified) is null) and an
         older verified backup may be deleted.
     type: int
