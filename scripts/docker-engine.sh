@@ -29,7 +29,8 @@ up() {
     command -v dockerd >/dev/null 2>&1 || die "dockerd is not installed (run scripts/bootstrap.sh)"
     [ "$(id -u)" -eq 0 ] || die "no Docker Engine answers and starting dockerd needs root"
     # setsid: out of the terminal's process group, so Ctrl-C reaches the harness, not dockerd.
-    setsid dockerd >"$LOG" 2>&1 </dev/null &
+    # 9>&-: dockerd must not inherit the lock, or it holds it for its whole life
+    setsid dockerd >"$LOG" 2>&1 </dev/null 9>&- &
     local pid=$!
     echo "$pid" >"$PIDFILE"
     for _ in $(seq 1 120); do
