@@ -18,7 +18,7 @@ import tarfile
 import tempfile
 import time
 
-from ._backup import (ArtifactReader, BackupSession, CHUNK, resolve_backup, sanitize_series,
+from ._backup import (ArtifactReader, BackupSession, CHUNK, copy_to_fd, resolve_backup, sanitize_series,
                       summarize, update_verification, validate_series, verify_stored)
 from ._errors import ConfigError, NotFoundError, OpsError, ServiceError
 from ._pg_tools import (DockerTools, LocalTools, db_arg, failure, find_bin_dir, quote_ident,
@@ -471,12 +471,14 @@ def _local_copy(location, manifest, fmt, params):
             else:
                 path = os.path.join(tmp, "dump.custom")
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                with os.fdopen(fd, "wb") as fh:
-                    while True:
-                        data = reader.read(CHUNK)
-                        if not data:
-                            break
-                        fh.write(data)
+                try:
+                    copy_to_fd(reader, fd)
+                except OSError as exc:
+                    raise ServiceError("writing backup %s to the temporary file %s failed: %s (set tmp_dir"
+                                       " to a directory with room for %s bytes)"
+                                       % (manifest["id"], path, exc.strerror or exc, manifest.get("raw_bytes"))) from None
+                finally:
+                    os.close(fd)
         yield path
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

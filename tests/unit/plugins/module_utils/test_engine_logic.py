@@ -204,3 +204,48 @@ def test_artifact_writer_counts_and_hashes():
     assert sink.committed and record["raw_bytes"] == 3000000
     assert record["size_bytes"] == len(sink.buf.getvalue())
     assert record["sha256"] == hashlib.sha256(sink.buf.getvalue()).hexdigest()
+
+
+class _Chunks:
+    """A reader that returns the given chunks, then raises ``error`` if one is given."""
+
+    def __init__(self, chunks, error=None):
+        self.chunks, self.error = list(chunks), error
+
+    def read(self, _size):
+        if self.chunks:
+            return self.chunks.pop(0)
+        if self.error is not None:
+            raise self.error
+        return b""
+
+
+def test_copy_to_fd_writes_everything_in_order(tmp_path):
+    chunks = [os.urandom(n) for n in (1, 4096, 3 * MiB, 7, 5 * MiB)]
+    path = tmp_path / "out"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        assert _backup.copy_to_fd(_Chunks(chunks), fd, depth=2) == sum(len(c) for c in chunks)
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == b"".join(chunks)
+
+
+def test_copy_to_fd_raises_the_write_error():
+    fd = os.open("/dev/full", os.O_WRONLY)  # every write fails with ENOSPC
+    try:
+        with pytest.raises(OSError) as exc:
+            _backup.copy_to_fd(_Chunks([b"x" * 1000] * 50), fd, depth=2)
+    finally:
+        os.close(fd)
+    assert exc.value.errno == 28
+
+
+def test_copy_to_fd_raises_the_read_error_and_stops_the_writer(tmp_path):
+    fd = os.open(tmp_path / "out", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        with pytest.raises(IntegrityError, match="corrupt"):
+            _backup.copy_to_fd(_Chunks([b"a" * 10] * 3, IntegrityError("corrupt")), fd)
+    finally:
+        os.close(fd)
+    assert (tmp_path / "out").read_bytes() == b"a" * 30
