@@ -198,7 +198,7 @@ def main():
         "",
         "Command: `.venv/bin/python bench/health_check.py %s`" % " ".join(sys.argv[1:]),
         "",
-        "Machine: %s, %d CPUs, Python %s; load average %.2f before, %.2f after (other work was running)."
+        "Machine: %s, %d CPUs, Python %s; load average %.2f before, %.2f after (1-minute averages on 2 cores: above 2 means other work competed for the CPUs)."
         % (platform.platform(), os.cpu_count(), platform.python_version(), load_before[0], load_after[0]),
         "Measured %s." % time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "",
