@@ -575,7 +575,12 @@ class ArtifactReader:
         except OpsError:
             raise
         except Exception as exc:  # pylint: disable=broad-except
-            raise IntegrityError("artifact %s cannot be decompressed: %s" % (self.key, exc)) from None
+            # Damage usually breaks the compressed stream before its end is reached: read the
+            # rest, so the error is the sha256 mismatch whenever the stored bytes are damaged.
+            while self._read_stored(CHUNK):
+                pass
+            raise IntegrityError("artifact %s is corrupt: it cannot be decompressed (%s), although its"
+                                 " sha256 matches the manifest" % (self.key, exc)) from None
         if not data:
             while self._read_stored(CHUNK):  # the end of the data: the whole object is checked
                 pass
@@ -599,12 +604,11 @@ def verify_stored(location, manifest, name=None):
     return reader.size
 
 
-
 def copy_to_fd(reader, fd, chunk=4 * CHUNK, depth=4):
     """Copy everything ``reader`` returns to the file descriptor ``fd``; return the byte count.
 
     The writes run in a second thread, so fetching, hashing and decompressing overlap the disk
-    (measured on a 601 MiB pg_dump restored from S3: 1.1-1.5 s instead of 1.6-2.3 s). At most
+    (measured on a 601 MiB pg_dump restored from S3: 1.3-1.8 s instead of 1.8-3.0 s). At most
     ``depth`` chunks wait in between. A write error (a full disk) stops the copy and is raised.
     """
     pending = queue.Queue(depth)
@@ -640,6 +644,7 @@ def copy_to_fd(reader, fd, chunk=4 * CHUNK, depth=4):
     if failed:
         raise failed[0]
     return total
+
 
 def summarize(manifest, location, now=None):
     """The record modules return for one backup."""

@@ -215,6 +215,29 @@ def test_directory_format_parallel_and_clean(pg, small_db, run_playbook, tmp_pat
     assert not list((tmp_path / "store").rglob(".*partial*"))
 
 
+def test_custom_format_parallel_restore_from_s3(pg, s3, rich_db, run_playbook, tmp_path):
+    """jobs=2 on a custom-format dump: downloaded (and checked) into a private temporary file
+    under tmp_dir, restored by pg_restore --jobs=2, and the temporary file removed."""
+    db, _role = rich_db
+    target = name("pgb_j2_target")
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    store = s3_args(s3, s3.new_bucket())
+    series = "j2-" + db
+    res = run_playbook(play(
+        task("dump", database=db, series=series, **conn(pg), **store),
+        task("restore", state="restored", series=series, target_database=target, create=True, jobs=2,
+             tmp_dir=str(spool), **conn(pg), **store),
+    ))
+    assert ok(res.task("dump"))["backup"]["url"].endswith(".dump.zst")
+    restored = ok(res.task("restore"))
+    assert restored["changed"] and restored["plan"]["steps"] == ["create", "restore"]
+    assert schema_dump(pg, target) == schema_dump(pg, db)
+    assert pg.psql(CONTENT_SQL, target) == pg.psql(CONTENT_SQL, db)
+    assert pg.psql(LO_SQL, target) == pg.psql(LO_SQL, db) != "\n"
+    assert list(spool.iterdir()) == []
+
+
 def test_killed_pg_dump_publishes_nothing_and_leaves_no_upload(pg, s3, big_db, run_playbook):
     bucket = s3.new_bucket()
     store = s3_args(s3, bucket)
