@@ -26,6 +26,7 @@ tested with fakes; the drivers are tested against a real Docker Engine and a Kub
 
 from __future__ import annotations
 
+import json
 import time
 
 from ._errors import OpsError, ServiceError
@@ -63,6 +64,22 @@ def check_record(record, where):
         raise ServiceError("%s: the recorded last-known-good has a newer format (%s) than this module knows (%s)"
                            % (where, record.get("format"), RECORD_FORMAT))
     return record
+
+
+def record_text(record):
+    """A record as the compact JSON stored in a label/annotation."""
+    return json.dumps(record, separators=(",", ":"), sort_keys=True)
+
+
+def read_record(text, where):
+    """The record stored as JSON ``text`` in a label/annotation (None when there is none)."""
+    if not text:
+        return None
+    try:
+        record = json.loads(text)
+    except ValueError:
+        record = None
+    return check_record(record, where)
 
 
 def record_summary(record):

@@ -15,12 +15,11 @@ container.
 from __future__ import annotations
 
 import copy
-import json
 import time
 
 from ._docker import docker_error
 from ._errors import ServiceError
-from ._rollout import RECORD_LABEL, ImageMissing, check_record, docker_state, make_record
+from ._rollout import RECORD_LABEL, ImageMissing, docker_state, make_record, read_record, record_text
 
 try:
     import docker.errors
@@ -255,13 +254,7 @@ class DockerContainer:
         inspect = self.inspect if self.new is None else self._call(
             self.client.inspect_container, self.label(), self.new)
         text = ((inspect.get("Config") or {}).get("Labels") or {}).get(RECORD_LABEL)
-        if not text:
-            return None
-        try:
-            record = json.loads(text)
-        except ValueError:
-            record = None
-        return check_record(record, self.label())
+        return read_record(text, self.label())
 
     def matches(self, record):
         return record.get("id") == self.inspect["Image"]
@@ -290,7 +283,7 @@ class DockerContainer:
     def _switch(self, spec, image, record):
         body = copy.deepcopy(spec["body"])
         body["Image"] = image
-        body.setdefault("Labels", {})[RECORD_LABEL] = json.dumps(record, separators=(",", ":"), sort_keys=True)
+        body.setdefault("Labels", {})[RECORD_LABEL] = record_text(record)
         old_id = self.inspect["Id"]
         parked = "%s_opskit_prev_%d" % (self.name, int(time.time() * 1000))
         self._call(self.client.rename, self.label(), old_id, parked)

@@ -16,8 +16,8 @@ from __future__ import annotations
 import json
 
 from ._errors import ConfigError, MissingLibraryError, ServiceError
-from ._rollout import (FAILED, READY, RECORD_KEY, WAITING, check_record, make_record, now_rfc3339, pod_failure,
-                       rollout_status)
+from ._rollout import (FAILED, READY, RECORD_KEY, WAITING, make_record, now_rfc3339, pod_failure, read_record,
+                       record_text, rollout_status)
 
 try:
     import kubernetes
@@ -169,13 +169,7 @@ class K8sDeployment:
 
     def recorded(self):
         text = ((self.dep.get("metadata") or {}).get("annotations") or {}).get(RECORD_KEY)
-        if not text:
-            return None
-        try:
-            record = json.loads(text)
-        except ValueError:
-            record = None
-        return check_record(record, self.label())
+        return read_record(text, self.label())
 
     def matches(self, record):
         return _normal(self._template()) == _normal((record.get("spec") or {}).get("template") or {})
@@ -185,8 +179,7 @@ class K8sDeployment:
         if not (keep_record and self.recorded()):
             cur = self.current()
             record = make_record(cur["image"], cur["digest"], {"template": self._template()})
-            text = json.dumps(record, separators=(",", ":"), sort_keys=True)
-            self._patch({"metadata": {"annotations": {RECORD_KEY: text}}})
+            self._patch({"metadata": {"annotations": {RECORD_KEY: record_text(record)}}})
         self._patch({"spec": {"template": {"spec": {"containers": [{"name": self.container,
                                                                     "image": target["image"]}]}}}})
 

@@ -193,6 +193,19 @@ def _pax_size(data):
     return size
 
 
+def _fill_header(header, view, pos, end):
+    """Move the bytes still missing from the 512-byte ``header`` out of ``view[pos:end]``;
+    return the new position and the complete block (the header is then emptied), or None."""
+    take = min(BLOCK - len(header), end - pos)
+    header += view[pos:pos + take]
+    pos += take
+    if len(header) < BLOCK:
+        return pos, None
+    block = bytes(header)
+    header.clear()
+    return pos, block
+
+
 class TarScanner:
     """Walks the headers of a raw tar byte stream, fed in chunks, without copying file data.
 
@@ -230,12 +243,8 @@ class TarScanner:
                 self.skip -= take
                 pos += take
                 continue
-            take = min(BLOCK - len(self.header), end - pos)
-            self.header += view[pos:pos + take]
-            pos += take
-            if len(self.header) == BLOCK:
-                block = bytes(self.header)
-                self.header.clear()
+            pos, block = _fill_header(self.header, view, pos, end)
+            if block is not None:
                 self._block(block)
         return len(data)
 
@@ -424,12 +433,8 @@ class TarRewriter:
                 self.pad -= take - consumed
                 pos += take
                 continue
-            take = min(BLOCK - len(self.header), end - pos)
-            self.header += view[pos:pos + take]
-            pos += take
-            if len(self.header) == BLOCK:
-                block = bytes(self.header)
-                self.header.clear()
+            pos, block = _fill_header(self.header, view, pos, end)
+            if block is not None:
                 self._block(block)
 
     def take(self):
