@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import collections
 import copy
+import errno
 import io
 import os
+import stat
 import tarfile
 
 from ._errors import IntegrityError
@@ -390,19 +392,16 @@ class SafeTarStream:
         return summary(self.counts, self.entries)
 
 
-class TarRewriter:
-    """Header-level streaming version of SafeTarStream, for archives of any size.
+class _TarWalker:
+    """Header-level streaming parser of raw tar bytes fed in chunks, with member checks.
 
-    Feed raw tar bytes (``feed``), collect output chunks (``out``): every member is checked
-    like SafeTarStream does and renamed under ``root``; file data passes through untouched.
-    A plain ustar header whose new name fits its name field is patched in place (checksum
-    recomputed); members described by PAX or GNU long-name headers are decoded and re-emitted
-    with tarfile. GNU sparse members are refused (neither Docker nor tarfile writes them).
+    Every member is checked with MemberChecker; plain ustar headers are decoded from the block,
+    members described by PAX or GNU long-name headers with tarfile. Subclasses get each member
+    (``_member``) and its data, padding included (``_payload``). GNU sparse members are refused
+    (neither Docker nor tarfile writes them).
     """
 
-    def __init__(self, root, what="archive"):
-        self.root = root.encode(TAR_ENCODING, TAR_ERRORS) if isinstance(root, str) else root
-        self.root_str = root
+    def __init__(self, what="archive"):
         self.what = what
         self.checker = MemberChecker()
         self.counts = collections.Counter()
@@ -410,10 +409,9 @@ class TarRewriter:
         self.header = bytearray()
         self.meta = bytearray()    # PAX / GNU long-name headers (with data) before a member
         self.meta_left = 0         # bytes of a meta header's data (and padding) still to collect
-        self.skip = 0              # file data bytes to pass through
-        self.pad = 0               # padding after the data to pass through
+        self.skip = 0              # file data bytes to pass on
+        self.pad = 0               # padding after the data
         self.ended = False
-        self.out = []
 
     def feed(self, data):
         view = memoryview(data)
@@ -427,28 +425,22 @@ class TarRewriter:
                 continue
             if self.skip or self.pad:
                 take = min(self.skip + self.pad, end - pos)
-                self.out.append(view[pos:pos + take])
                 consumed = min(take, self.skip)
                 self.skip -= consumed
                 self.pad -= take - consumed
+                self._payload(view[pos:pos + take], consumed)
                 pos += take
                 continue
             pos, block = _fill_header(self.header, view, pos, end)
             if block is not None:
                 self._block(block)
 
-    def take(self):
-        """The output produced so far, as one bytes object."""
-        data = b"".join(self.out)
-        self.out = []
-        return data
-
     def _block(self, block):
         if block == ZERO_BLOCK:
             if self.meta:
                 raise IntegrityError("%s: extended header without a member" % self.what)
             self.ended = True
-            self.out.append(ZERO_BLOCK * 2)
+            self._end()
             return
         if not _checksum_ok(block):
             raise IntegrityError("%s is not a valid tar stream (bad header checksum after %d entries)"
@@ -462,47 +454,28 @@ class TarRewriter:
         if typeflag == b"S":
             raise UnsafeArchiveError("%s: GNU sparse members are not supported" % self.what)
         if self.meta:
-            header, size, typeflag = self._slow(bytes(self.meta) + block)
+            member = self._decode(bytes(self.meta) + block)
             self.meta.clear()
+            rel = self.checker.check(member)
+            if member.issparse():
+                raise UnsafeArchiveError("%s: GNU sparse members are not supported" % self.what)
+            size, typeflag = (member.size if member.isreg() else 0), member.type
+            self._member(rel, typeflag, size, None, member)
         else:
-            header = self._fast(block, typeflag)
-        if typeflag in (b"1", b"2", b"3", b"4", b"5", b"6"):
-            size = 0
-        self.out.append(header)
+            name = block[0:100].split(b"\0", 1)[0]
+            prefix = block[345:500].split(b"\0", 1)[0] if block[257:262] == b"ustar" else b""
+            if prefix:
+                name = prefix + b"/" + name
+            linkname = block[157:257].split(b"\0", 1)[0].decode(TAR_ENCODING, TAR_ERRORS)
+            rel = self.checker.check_fields(name.decode(TAR_ENCODING, TAR_ERRORS), typeflag, linkname)
+            if typeflag in (b"1", b"2", b"3", b"4", b"5", b"6"):
+                size = 0  # no data follows these, whatever the size field says
+            self._member(rel, typeflag, size, block, linkname)
         self.skip, self.pad = size, _padding(size)
         self.entries += 1
         self.counts[KIND_BY_TYPE.get(typeflag, "other")] += 1
 
-    def _fast(self, block, typeflag):
-        name = block[0:100].split(b"\0", 1)[0]
-        prefix = block[345:500].split(b"\0", 1)[0] if block[257:262] == b"ustar" else b""
-        if prefix:
-            name = prefix + b"/" + name
-        linkname = block[157:257].split(b"\0", 1)[0]
-        rel = self.checker.check_fields(name.decode(TAR_ENCODING, TAR_ERRORS), typeflag,
-                                        linkname.decode(TAR_ENCODING, TAR_ERRORS))
-        new_name = self._rebase(rel)
-        new_link = linkname
-        if typeflag == b"1":
-            new_link = self._rebase(clean_name(linkname.decode(TAR_ENCODING, TAR_ERRORS)))
-        if len(new_name) > 100 or len(new_link) > 100:
-            with tarfile.open(fileobj=_BlockStream(block), mode="r:", encoding=TAR_ENCODING,
-                              errors=TAR_ERRORS) as tar:
-                member = tar.next()
-            return renamed(member, rel, self.root_str).tobuf(tarfile.PAX_FORMAT, TAR_ENCODING, TAR_ERRORS)
-        out = bytearray(block)
-        out[0:100] = new_name.ljust(100, b"\0")
-        out[157:257] = new_link.ljust(100, b"\0")
-        if block[257:262] == b"ustar":
-            out[345:500] = b"\0" * 155
-        out[148:156] = b" " * 8
-        out[148:156] = b"%06o\0 " % sum(out)
-        return bytes(out)
-
-    def _rebase(self, rel):
-        return rebase(rel, self.root_str).encode(TAR_ENCODING, TAR_ERRORS)
-
-    def _slow(self, blocks):
+    def _decode(self, blocks):
         with tarfile.open(fileobj=_BlockStream(blocks), mode="r:", encoding=TAR_ENCODING,
                           errors=TAR_ERRORS) as tar:
             try:
@@ -511,11 +484,20 @@ class TarRewriter:
                 raise IntegrityError("%s is not a valid tar archive: %s" % (self.what, exc)) from None
         if member is None:
             raise IntegrityError("%s: extended header without a member" % self.what)
-        rel = self.checker.check(member)
-        if member.issparse():
-            raise UnsafeArchiveError("%s: GNU sparse members are not supported" % self.what)
-        header = renamed(member, rel, self.root_str).tobuf(tarfile.PAX_FORMAT, TAR_ENCODING, TAR_ERRORS)
-        return header, member.size if member.isreg() else 0, member.type
+        return member
+
+    def _member(self, rel, typeflag, size, block, extra):
+        """A checked member: ``block`` is its plain ustar header and ``extra`` its link name, or
+        ``block`` is None and ``extra`` the TarInfo decoded from its PAX / GNU headers."""
+        raise NotImplementedError
+
+    def _payload(self, chunk, data_bytes):
+        """The next piece of the current member's data: its first ``data_bytes`` bytes are file
+        data, the rest padding."""
+        raise NotImplementedError
+
+    def _end(self):
+        """The end-of-archive block was read."""
 
     def finish(self):
         if not self.ended or self.skip or self.pad or self.meta or self.header:
@@ -525,6 +507,290 @@ class TarRewriter:
 
     def summary(self):
         return summary(self.counts, self.entries)
+
+
+class TarRewriter(_TarWalker):
+    """Header-level streaming version of SafeTarStream, for archives of any size.
+
+    Feed raw tar bytes (``feed``), collect output chunks (``take``): every member is checked
+    like SafeTarStream does and renamed under ``root``; file data passes through untouched.
+    A plain ustar header whose new name fits its name field is patched in place (checksum
+    recomputed); members described by PAX or GNU long-name headers are re-emitted with tarfile.
+    """
+
+    def __init__(self, root, what="archive"):
+        super().__init__(what)
+        self.root_str = root
+        self.out = []
+
+    def take(self):
+        """The output produced so far, as one bytes object."""
+        data = b"".join(self.out)
+        self.out = []
+        return data
+
+    def _payload(self, chunk, data_bytes):
+        self.out.append(chunk)
+
+    def _end(self):
+        self.out.append(ZERO_BLOCK * 2)
+
+    def _member(self, rel, typeflag, size, block, extra):
+        if block is None:
+            self.out.append(renamed(extra, rel, self.root_str).tobuf(tarfile.PAX_FORMAT, TAR_ENCODING,
+                                                                     TAR_ERRORS))
+            return
+        linkname = extra.encode(TAR_ENCODING, TAR_ERRORS)
+        new_name = self._rebase(rel)
+        new_link = linkname
+        if typeflag == b"1":
+            new_link = self._rebase(clean_name(extra))
+        if len(new_name) > 100 or len(new_link) > 100:
+            self.out.append(renamed(self._decode(block), rel, self.root_str).tobuf(
+                tarfile.PAX_FORMAT, TAR_ENCODING, TAR_ERRORS))
+            return
+        out = bytearray(block)
+        out[0:100] = new_name.ljust(100, b"\0")
+        out[157:257] = new_link.ljust(100, b"\0")
+        if block[257:262] == b"ustar":
+            out[345:500] = b"\0" * 155
+        out[148:156] = b" " * 8
+        out[148:156] = b"%06o\0 " % sum(out)
+        self.out.append(bytes(out))
+
+    def _rebase(self, rel):
+        return rebase(rel, self.root_str).encode(TAR_ENCODING, TAR_ERRORS)
+
+
+class ExtractError(IntegrityError):
+    """Writing an archive member failed, or something outside the archive is in its way."""
+
+
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+SPECIAL_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _ustar_attrs(block):
+    """(mode, uid, gid, mtime in ns) of a plain ustar header block."""
+    return (_number(block[100:108]), _number(block[108:116]), _number(block[116:124]),
+            _number(block[136:148]) * 1000000000)
+
+
+def _info_attrs(info):
+    """(mode, uid, gid, mtime in ns) of a TarInfo; a PAX mtime keeps all its digits."""
+    mtime = int(info.mtime * 1000000000)
+    raw = info.pax_headers.get("mtime")
+    if raw:
+        whole, _dot, frac = raw.partition(".")
+        try:
+            sign = -1 if whole.startswith("-") else 1
+            mtime = int(whole) * 1000000000 + sign * int((frac + "000000000")[:9] or 0)
+        except ValueError:
+            pass
+    return info.mode, info.uid, info.gid, mtime
+
+
+class TarExtractor(_TarWalker):
+    """Writes checked tar members under the directory open as ``root_fd``, fed in chunks.
+
+    Nothing outside the root is ever reached: every path is walked one component at a time
+    from ``root_fd`` with O_NOFOLLOW, files are created with O_EXCL|O_NOFOLLOW and attributes
+    are set on open descriptors or with follow_symlinks=False. A symlink or a non-directory in
+    the way (one the archive did not create, such as one planted by a container while the
+    restore runs) stops the restore with ExtractError. Directories are created 0700 and get
+    their mode and mtime at the end, deepest first, so a read-only directory still receives
+    its content. Owners are restored (numerically) when running as root, like tar does.
+
+    With ``defer_root``, the attributes of the archive root (``.``) are not applied to
+    ``root_fd`` but kept in ``root_attrs`` for ``apply_attrs`` (a staged restore applies them
+    to the real target at the end).
+    """
+
+    def __init__(self, root_fd, what="archive", same_owner=None, defer_root=False):
+        super().__init__(what)
+        self.root_fd = root_fd
+        self.defer_root = defer_root
+        self.root_attrs = None
+        self.same_owner = (os.geteuid() == 0) if same_owner is None else same_owner
+        self.parent = ("", root_fd)     # the last directory used: (relative path, fd)
+        self.file = None                # (fd, attrs, rel) of the regular file being written
+        self.dirs = []                  # (relative path, mode, mtime ns) set at the end
+
+    # ------------------------------------------------------------------ walking
+    def _open_dir(self, rel, create, member):
+        """An fd of directory ``rel`` (relative to the root), walked with O_NOFOLLOW."""
+        fd = os.dup(self.root_fd)
+        done = []
+        try:
+            for part in rel.split("/") if rel else ():
+                try:
+                    nfd = os.open(part, DIR_FLAGS, dir_fd=fd)
+                except FileNotFoundError:
+                    if not create:
+                        raise
+                    os.mkdir(part, 0o755, dir_fd=fd)  # a parent the archive does not list
+                    nfd = os.open(part, DIR_FLAGS, dir_fd=fd)
+                except (NotADirectoryError, OSError) as exc:
+                    if getattr(exc, "errno", None) in (errno.ELOOP, errno.ENOTDIR):
+                        raise ExtractError("%s: '%s' is in the way of '%s' and is not a directory"
+                                           " of the archive (a symlink or file that something else"
+                                           " created?)" % (self.what, _display("/".join(done + [part])),
+                                                           _display(member))) from None
+                    raise
+                os.close(fd)
+                fd = nfd
+                done.append(part)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _dir_fd(self, rel, member):
+        if rel == self.parent[0]:
+            return self.parent[1]
+        fd = self._open_dir(rel, True, member)
+        self._drop_parent()
+        self.parent = (rel, fd)
+        return fd
+
+    def _drop_parent(self):
+        if self.parent[1] != self.root_fd:
+            os.close(self.parent[1])
+        self.parent = ("", self.root_fd)
+
+    def _place(self, rel):
+        """(parent fd, base name) of ``rel``."""
+        head, _sep, base = rel.rpartition("/")
+        return self._dir_fd(head, rel), base
+
+    def _clear(self, dfd, base, rel):
+        """Remove what is at ``base`` so a member can take its place (tar semantics for a name
+        listed twice); a directory is never removed."""
+        st = os.stat(base, dir_fd=dfd, follow_symlinks=False)
+        if stat.S_ISDIR(st.st_mode):
+            raise ExtractError("%s: member %s would replace a directory" % (self.what, _display(rel)))
+        os.unlink(base, dir_fd=dfd)
+
+    def _create(self, make, dfd, base, rel):
+        try:
+            return make()
+        except FileExistsError:
+            self._clear(dfd, base, rel)
+            return make()
+
+    def apply_attrs(self, fd, attrs):
+        """Owner (as root), mode and mtime of ``attrs`` on the open ``fd``."""
+        self._set_attrs(fd, attrs)
+
+    def _set_attrs(self, fd, attrs):
+        mode, uid, gid, mtime = attrs
+        if self.same_owner:
+            os.fchown(fd, uid, gid)
+        os.fchmod(fd, mode & 0o7777)
+        os.utime(fd, ns=(mtime, mtime))
+
+    # ------------------------------------------------------------------ members
+    def _member(self, rel, typeflag, size, block, extra):
+        if block is None:
+            attrs, linkname = _info_attrs(extra), extra.linkname
+        else:
+            attrs, linkname = _ustar_attrs(block), extra
+        if typeflag == b"5":
+            if rel:
+                dfd, base = self._place(rel)
+                try:
+                    os.mkdir(base, 0o700, dir_fd=dfd)
+                except FileExistsError:
+                    if not stat.S_ISDIR(os.stat(base, dir_fd=dfd, follow_symlinks=False).st_mode):
+                        self._clear(dfd, base, rel)
+                        os.mkdir(base, 0o700, dir_fd=dfd)
+                if self.same_owner:
+                    os.chown(base, attrs[1], attrs[2], dir_fd=dfd, follow_symlinks=False)
+            elif self.defer_root:
+                self.root_attrs = attrs
+                return
+            self.dirs.append((rel, attrs))
+            return
+        dfd, base = self._place(rel)
+        if typeflag in (b"0", b"\0", b"7"):
+            fd = self._create(lambda: os.open(base, NEW_FILE_FLAGS, 0o600, dir_fd=dfd), dfd, base, rel)
+            self.file = (fd, attrs, rel)
+            if not size:
+                self._close_file()
+        elif typeflag == b"2":
+            self._create(lambda: os.symlink(linkname, base, dir_fd=dfd), dfd, base, rel)
+            if self.same_owner:
+                os.chown(base, attrs[1], attrs[2], dir_fd=dfd, follow_symlinks=False)
+            os.utime(base, ns=(attrs[3], attrs[3]), dir_fd=dfd, follow_symlinks=False)
+        elif typeflag == b"1":
+            target = clean_name(linkname)
+            thead, _sep, tbase = target.rpartition("/")
+            tfd = self._open_dir(thead, False, rel)
+            try:
+                self._create(lambda: os.link(tbase, base, src_dir_fd=tfd, dst_dir_fd=dfd,
+                                             follow_symlinks=False), dfd, base, rel)
+            finally:
+                os.close(tfd)
+        elif typeflag == b"6":
+            self._create(lambda: os.mkfifo(base, 0o600, dir_fd=dfd), dfd, base, rel)
+            fd = os.open(base, SPECIAL_FLAGS, dir_fd=dfd)
+            try:
+                self._set_attrs(fd, attrs)
+            finally:
+                os.close(fd)
+
+    def _payload(self, chunk, data_bytes):
+        if not data_bytes:
+            return
+        fd = self.file[0]
+        view = chunk[:data_bytes]
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        if not self.skip:
+            self._close_file()
+
+    def _close_file(self):
+        fd, attrs, _rel = self.file
+        self.file = None
+        try:
+            self._set_attrs(fd, attrs)
+        finally:
+            os.close(fd)
+
+    def _end(self):
+        self._drop_parent()
+        for rel, attrs in sorted(self.dirs, key=lambda d: d[0].count("/") if d[0] else -1,
+                                 reverse=True):
+            fd = self._open_dir(rel, False, rel)
+            try:
+                self._set_attrs(fd, attrs)
+            finally:
+                os.close(fd)
+        self.dirs = []
+
+    def close(self):
+        """Release the descriptors (after an error: what was written stays as it is)."""
+        if self.file is not None:
+            os.close(self.file[0])
+            self.file = None
+        self._drop_parent()
+
+
+def extract_stream(fileobj, root_fd, what="archive", chunk=CHUNK, same_owner=None):
+    """Extract the tar read from ``fileobj`` under the directory open as ``root_fd``
+    (TarExtractor); return the summary of what was written."""
+    extractor = TarExtractor(root_fd, what, same_owner)
+    try:
+        while not extractor.ended:
+            data = fileobj.read(chunk)
+            if not data:
+                break
+            extractor.feed(data)
+        return extractor.finish()
+    finally:
+        extractor.close()
 
 
 class _BlockStream(io.BytesIO):

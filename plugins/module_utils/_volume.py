@@ -17,7 +17,6 @@ import contextlib
 import os
 import platform
 import secrets
-import shutil
 import queue
 import socket
 import tarfile
@@ -29,15 +28,13 @@ from ._docker import DEFAULT_DOCKER_HOST, docker_client, docker_error
 from ._errors import ConfigError, NotFoundError, OpsError, ServiceError
 from ._quiesce import (HELPER_LABEL, Guardian, Quiescer, container_view, normalize_selection,
                        select_containers, uses)
-from ._tarsafe import (CHUNK, TAR_ENCODING, TAR_ERRORS, MemberChecker, TarScanner,
-                       checked_members, directory_members, kind_of, open_stream,
-                       rewrite_stream, summary)
+from ._tarsafe import (CHUNK, DIR_FLAGS, NEW_FILE_FLAGS, TAR_ENCODING, TAR_ERRORS, TarExtractor, TarScanner,
+                       directory_members, kind_of, rewrite_stream, summary)
 
 MOUNT = "/.opskit-volume"          # where helper containers mount the volume
 NEVER_RUN = ["/.opskit-helper-never-started"]
 LAYOUT = "tar; member names relative to the root: '.', './a', './a/b'"
 RESTORABLE_KINDS = ("volume", "directory")
-EXTRACT_KW = {"filter": "fully_trusted"} if hasattr(tarfile, "fully_trusted_filter") else {}
 
 
 class Prefetch:
@@ -95,6 +92,86 @@ class SourceError(OpsError):
     """The volume or directory to back up or restore into cannot be used."""
 
 
+def _chunks(reader, chunk=CHUNK):
+    while True:
+        data = reader.read(chunk)
+        if not data:
+            return
+        yield data
+
+
+def _os_error(label, exc):
+    return SourceError("restoring into %s failed: %s%s" % (
+        label, exc.strerror or exc, (" (%s)" % exc.filename) if getattr(exc, "filename", None) else ""))
+
+
+def _remove_at(dir_fd, name):
+    """Remove ``name`` under ``dir_fd``, recursively, never following a symlink."""
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+        return
+    except IsADirectoryError:
+        pass
+    fd = os.open(name, DIR_FLAGS, dir_fd=dir_fd)
+    try:
+        with contextlib.suppress(OSError):
+            os.fchmod(fd, 0o700)  # a read-only directory of the archive, when not root
+        for child in os.listdir(fd):
+            _remove_at(fd, child)
+    finally:
+        os.close(fd)
+    os.rmdir(name, dir_fd=dir_fd)
+
+
+def staged_restore(root_fd, location, manifest, replace, label):
+    """Restore the backup into the directory open as ``root_fd`` in one pass, nothing visible
+    changing until the archive is complete and its sha256 verified.
+
+    The archive is extracted (TarExtractor) into a fresh 0700 staging directory inside the
+    target, while it is downloaded, checked and decompressed in a second thread. Only then
+    is the target's old content deleted (``replace``), the staged entries renamed into place
+    and the root's own attributes applied. On any error the staging directory is removed and
+    the target is as it was. Returns the entry counts.
+    """
+    staging = ".opskit-restore-%s" % secrets.token_hex(6)
+    sfd = None
+    before = os.fstat(root_fd)
+    try:
+        os.mkdir(staging, 0o700, dir_fd=root_fd)
+        sfd = os.open(staging, DIR_FLAGS, dir_fd=root_fd)
+        extractor = TarExtractor(sfd, "backup archive", defer_root=True)
+        with ArtifactReader(location, manifest) as reader:
+            chunks = Prefetch(_chunks(reader), depth=4)
+            try:
+                for data in chunks:
+                    extractor.feed(data)  # to the very end: the reader checks the sha256 there
+                stats = extractor.finish()
+            finally:
+                chunks.stop()
+                extractor.close()
+        if replace:
+            for name in os.listdir(root_fd):
+                if name != staging:
+                    _remove_at(root_fd, name)
+        for name in os.listdir(sfd):
+            os.rename(name, name, src_dir_fd=sfd, dst_dir_fd=root_fd)
+        os.close(sfd)
+        sfd = None
+        os.rmdir(staging, dir_fd=root_fd)
+        if extractor.root_attrs is not None:
+            extractor.apply_attrs(root_fd, extractor.root_attrs)
+        return stats
+    except BaseException as exc:
+        if sfd is not None:
+            os.close(sfd)
+        with contextlib.suppress(OSError):
+            _remove_at(root_fd, staging)
+            os.utime(root_fd, ns=(before.st_atime_ns, before.st_mtime_ns))  # as it was
+        if isinstance(exc, OSError):
+            raise _os_error(label, exc) from None
+        raise
+
+
 def _api_error(exc, what):
     if isinstance(exc, OpsError):
         return exc
@@ -117,9 +194,11 @@ def _tree_size(root):
 class VolumeTarget:
     kind = "volume"
 
-    def __init__(self, client, name, helper_image=None, guardian=None):
+    def __init__(self, client, name, helper_image=None, guardian=None, access="auto"):
         self.client, self.name, self.helper_image = client, name, helper_image
         self.guardian = guardian
+        self.access = access
+        self.used_access = None
         self.info = None
         self.image = None
 
@@ -286,19 +365,76 @@ class VolumeTarget:
                                    " (the helper image needs find and rm: set helper_image)"
                                    % (self.name, status, " ".join(logs.split())[:300]))
 
-    def restore_from(self, reader):
-        """Stream the checked archive into the volume (PUT archive of the helper's root, the
-        names rebased onto the mount point, so the volume root gets its attributes too)."""
-        chunks = Prefetch(rewrite_stream(reader, MOUNT.lstrip("/"), what="backup archive"))
-        with self.helper(read_only=False) as cid:
+    def _local_root(self, cid):
+        """An fd of the volume's mountpoint when this process can write the volume directly
+        (access ``auto``, ``local`` driver, running as root, and a probe file created through
+        the mountpoint is seen by the helper container ``cid``, which proves the mountpoint is
+        this volume's on this very host); else None."""
+        info = self.info or {}
+        mountpoint = info.get("Mountpoint")
+        if self.access != "auto" or info.get("Driver") != "local" or not mountpoint \
+                or os.geteuid() != 0:
+            return None
+        try:
+            fd = os.open(mountpoint, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        probe = ".opskit-probe-%s" % secrets.token_hex(8)
+        seen = False
+        try:
+            before = os.fstat(fd)
+            os.close(os.open(probe, NEW_FILE_FLAGS, 0o600, dir_fd=fd))
             try:
-                self.client.put_archive(cid, "/", iter(chunks))
-            except Exception as exc:  # pylint: disable=broad-except
-                chunks.stop()
-                if chunks.error is not None:
-                    raise chunks.error from None  # the archive's fault, not the daemon's
-                raise _api_error(exc, "writing volume %s" % self.name) from None
+                client = self.client
+                res = client.head(client._url("/containers/{0}/archive", cid),  # pylint: disable=protected-access
+                                  params={"path": "%s/%s" % (MOUNT, probe)}, timeout=client.timeout)
+                seen = res.status_code == 200
+            finally:
+                os.unlink(probe, dir_fd=fd)
+                os.utime(fd, ns=(before.st_atime_ns, before.st_mtime_ns))
+        except Exception:  # pylint: disable=broad-except
+            seen = False
+        if not seen:
+            os.close(fd)
+            return None
+        return fd
+
+    def restore(self, location, manifest, replace):
+        """Restore the backup into the volume (emptied first when ``replace``).
+
+        Directly through its mountpoint when possible (see _local_root): a staged restore in
+        one pass. Else through the Engine API: the stored sha256 is verified first, then the
+        volume is emptied and the checked archive goes through ``PUT /containers/{id}/archive``
+        of the helper's root, the names rebased onto the mount point. The volume root gets the
+        archive root's attributes either way.
+        """
+        with self.helper(read_only=False) as cid:
+            root_fd = self._local_root(cid)
+            if root_fd is not None:
+                self.used_access = "mountpoint"
+                try:
+                    return staged_restore(root_fd, location, manifest, replace, self.label)
+                finally:
+                    os.close(root_fd)
+            self.used_access = "api"
+            verify_stored(location, manifest)  # before anything is written
+            if replace:
+                self.empty()
+            with ArtifactReader(location, manifest) as reader:
+                chunks = Prefetch(rewrite_stream(reader, MOUNT.lstrip("/"), what="backup archive"))
+                try:
+                    self.client.put_archive(cid, "/", iter(chunks))
+                except Exception as exc:  # pylint: disable=broad-except
+                    chunks.stop()
+                    if chunks.error is not None:
+                        raise chunks.error from None  # the archive's fault, not the daemon's
+                    raise _api_error(exc, "writing volume %s" % self.name) from None
         return chunks.value.summary()
+
+    def remove(self):
+        """Remove the volume (one this restore created, after a failure)."""
+        with contextlib.suppress(Exception):
+            self.client.remove_volume(self.name)
 
 
 # ----------------------------------------------------------------- host directories
@@ -376,34 +512,23 @@ class DirectoryTarget:
                 raise SourceError("cannot create %s: %s" % (self.path, exc.strerror)) from None
             self.info = True
 
-    def empty(self):
-        if self.path == "/":
+    def restore(self, location, manifest, replace):
+        """A staged restore into the directory (see staged_restore)."""
+        if replace and self.path == "/":
             raise ConfigError("refusing to empty / (force=true)")
         try:
-            with os.scandir(self.path) as it:
-                for entry in list(it):
-                    if entry.is_dir(follow_symlinks=False):
-                        shutil.rmtree(entry.path)
-                    else:
-                        os.unlink(entry.path)
+            root_fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as exc:
-            raise SourceError("emptying %s (force=true) failed: %s" % (self.path, exc.strerror)) from None
-
-    def restore_from(self, reader):
-        counts = collections.Counter()
-        tar = open_stream(reader, "backup archive")
-        tar.errorlevel = 2
+            raise SourceError("cannot open %s: %s" % (self.path, exc.strerror)) from None
         try:
-            tar.extractall(self.path, members=checked_members(tar, MemberChecker(), ".", counts),
-                           numeric_owner=True, **EXTRACT_KW)
-        except tarfile.TarError as exc:
-            raise SourceError("restoring into %s failed: %s" % (self.path, exc)) from None
-        except OSError as exc:
-            raise SourceError("restoring into %s failed: %s (%s)"
-                              % (self.path, exc.strerror or exc, exc.filename)) from None
+            return staged_restore(root_fd, location, manifest, replace, self.path)
         finally:
-            tar.close()
-        return summary(counts, sum(counts.values()))
+            os.close(root_fd)
+
+    def remove(self):
+        """Remove the directory (one this restore created, after a failure), if empty."""
+        with contextlib.suppress(OSError):
+            os.rmdir(self.path)
 
 
 # ------------------------------------------------------------------------ the action
@@ -468,7 +593,8 @@ class VolumeBackup:
                     raise
                 # a host directory with stop_containers=auto: no reachable Docker, nothing to stop
         if params.get("volume"):
-            self.target = VolumeTarget(self.client, params["volume"], params.get("helper_image"))
+            self.target = VolumeTarget(self.client, params["volume"], params.get("helper_image"),
+                                       access=params.get("volume_access") or "auto")
         else:
             self.target = DirectoryTarget(params["path"])
         self.series = default_series(params, self.client)
@@ -581,19 +707,22 @@ class VolumeBackup:
                 % (self.target.label, manifest["id"]), **result)
         if self.check_mode:
             return result
-        verify_stored(self.location, manifest)  # before anything is written
 
         def work(_quiescer):
             self.target.create()
-            if not empty:
-                self.target.empty()
-            with ArtifactReader(self.location, manifest) as reader:
-                return self.target.restore_from(reader)
+            try:
+                return self.target.restore(self.location, manifest, replace=not empty)
+            except OpsError:
+                if not exists:
+                    self.target.remove()  # it did not exist: leave nothing behind
+                raise
 
         stats, error, quiescer = self._quiesced(to_stop, work)
         if stats is not None:
             result.update(stats)
             result["raw_bytes"] = manifest.get("raw_bytes")
+            if self.target.kind == "volume":
+                result["access"] = self.target.used_access
         return self._finish(result, error, quiescer, "restore")
 
     def run(self):

@@ -60,7 +60,8 @@ def test_volume_round_trip_check_mode_and_idempotence(run_playbook, s3, docker_e
     idle = dockerthings.container(image, source, SERVICE, start=False)
     started = dockerthings.started_at(app)
     target = short("vbrestore")
-    dockerthings.volumes.append(target)
+    via_api = short("vbapi")
+    dockerthings.volumes.extend([target, via_api])
     bucket = s3.new_bucket()
 
     # check mode first: nothing stopped, nothing written, nothing created
@@ -92,10 +93,13 @@ def test_volume_round_trip_check_mode_and_idempotence(run_playbook, s3, docker_e
         location: "{{ location }}"
         series: vol
         backup: "{{ saved.backup.id }}"
+    - name: restore through the Engine API
+      opskit.runbook.volume_backup:
+        {state: restored, volume: "{{ via_api }}", location: "{{ location }}", series: vol, volume_access: api}
     - name: restore again
       opskit.runbook.volume_backup: {state: restored, volume: "{{ target }}", location: "{{ location }}", series: vol}
       ignore_errors: true
-""", extra_vars=dict(_s3_vars(s3, bucket), source=source, target=target))
+""", extra_vars=dict(_s3_vars(s3, bucket), source=source, target=target, via_api=via_api))
     assert run.rc == 0, run.stdout[-3000:]  # only "restore again" fails, and it is ignored
     saved = run.task("backup")
     assert saved["changed"] is True and not _failed(saved)
@@ -119,7 +123,11 @@ def test_volume_round_trip_check_mode_and_idempotence(run_playbook, s3, docker_e
     restored = run.task("restore")
     assert restored["changed"] is True and restored["entries"] == len(expected)
     assert restored["backup"]["id"] == saved["backup"]["id"]
+    assert restored["access"] == ("mountpoint" if os.geteuid() == 0 else "api")
     assert listing(dockerthings.mountpoint(target)) == expected
+    api = run.task("restore through the Engine API")
+    assert api["access"] == "api" and api["entries"] == len(expected)
+    assert listing(dockerthings.mountpoint(via_api)) == expected
 
     again = run.task("restore again")
     assert _failed(again) and "is not empty" in again["msg"] and "force=true" in again["msg"]
@@ -166,9 +174,11 @@ def test_directory_round_trip_and_forced_restore(run_playbook, tmp_path, docker_
     assert listing(dst) == expected
 
 
-def test_directory_backup_restores_into_a_volume(run_playbook, tmp_path, docker_engine, dockerthings):
-    """Same archive layout and manifest: a directory backup restores into a volume (forced,
-    emptying through a helper container with find and rm)."""
+@pytest.mark.parametrize("access", ["auto", "api"])
+def test_directory_backup_restores_into_a_volume(run_playbook, tmp_path, docker_engine, dockerthings, access):
+    """Same archive layout and manifest: a directory backup restores into a volume (forced:
+    through the mountpoint, the old content is deleted once the new one is staged and
+    verified; through the API, by a helper container with find and rm)."""
     src = tmp_path / "cfg"
     (src / "conf.d").mkdir(parents=True)
     (src / "conf.d" / "site.conf").write_text("server {}\n")
@@ -183,11 +193,62 @@ def test_directory_backup_restores_into_a_volume(run_playbook, tmp_path, docker_
     - name: restore into a volume
       opskit.runbook.volume_backup:
         {state: restored, volume: "{{ vol }}", location: "{{ location }}", series: cfg, force: true,
-         helper_image: "{{ image }}"}
-""", extra_vars={"src": str(src), "vol": vol, "location": location, "image": docker_engine.busybox_image})
+         helper_image: "{{ image }}", volume_access: "{{ access }}"}
+""", extra_vars={"src": str(src), "vol": vol, "location": location, "image": docker_engine.busybox_image,
+                 "access": access})
     assert run.rc == 0, run.stdout[-3000:]
-    assert run.task("restore into a volume")["emptied"] is True
+    restored = run.task("restore into a volume")
+    assert restored["emptied"] is True
+    assert restored["access"] == ("api" if access == "api" or os.geteuid() != 0 else "mountpoint")
     assert listing(dockerthings.mountpoint(vol)) == listing(src)
+
+
+@pytest.mark.parametrize("access", ["auto", "api"])
+def test_a_corrupt_backup_changes_nothing_in_the_volume(run_playbook, tmp_path, docker_engine, dockerthings,
+                                                        access):
+    """A bit flipped in the stored archive: the forced restore fails on the sha256, the old
+    content is all still there, and a volume the restore created is removed again."""
+    src = tmp_path / "src"
+    src.mkdir()
+    _fill_random(str(src), 3 * 1024 * 1024)
+    location = "file://%s/store" % tmp_path
+    vol = dockerthings.volume()
+    with open(os.path.join(dockerthings.mountpoint(vol), "old"), "w") as fh:
+        fh.write("old")
+    before = listing(dockerthings.mountpoint(vol))
+    fresh = short("vbfresh")
+    dockerthings.volumes.append(fresh)
+    backup = run_playbook(PLAY_HEAD + """
+    - name: backup
+      opskit.runbook.volume_backup: {path: "{{ src }}", location: "{{ location }}", series: cfg}
+""", extra_vars={"src": str(src), "location": location})
+    assert backup.rc == 0, backup.stdout[-3000:]
+    [stored] = [os.path.join(d, n) for d, _s, names in os.walk(tmp_path / "store") for n in names
+                if n.endswith(".tar.zst")]
+    with open(stored, "r+b") as fh:
+        fh.seek(os.path.getsize(stored) // 2)
+        byte = fh.read(1)
+        fh.seek(-1, 1)
+        fh.write(bytes([byte[0] ^ 0x01]))
+    run = run_playbook(PLAY_HEAD + """
+    - name: forced restore of a corrupt backup
+      opskit.runbook.volume_backup:
+        {state: restored, volume: "{{ vol }}", location: "{{ location }}", series: cfg, force: true,
+         helper_image: "{{ image }}", volume_access: "{{ access }}"}
+      ignore_errors: true
+    - name: restore of a corrupt backup into a new volume
+      opskit.runbook.volume_backup:
+        {state: restored, volume: "{{ fresh }}", location: "{{ location }}", series: cfg,
+         helper_image: "{{ image }}", volume_access: "{{ access }}"}
+      ignore_errors: true
+""", extra_vars={"vol": vol, "fresh": fresh, "location": location, "image": docker_engine.busybox_image,
+                 "access": access})
+    for task in ("forced restore of a corrupt backup", "restore of a corrupt backup into a new volume"):
+        result = run.task(task)
+        assert _failed(result) and "is corrupt: sha256" in result["msg"], result
+    assert listing(dockerthings.mountpoint(vol)) == before
+    assert fresh not in [v["Name"] for v in docker_engine.client.api.volumes()["Volumes"] or []]
+    assert not _helpers(docker_engine, vol) and not _helpers(docker_engine, fresh)
 
 
 def test_clear_errors(run_playbook, tmp_path, docker_engine, dockerthings):
@@ -255,13 +316,14 @@ def _publish_tar(location_url, series, members):
         return session.publish(source={"volume": "crafted"})
 
 
-@pytest.mark.parametrize("evil, message", [
-    (("./../../../../etc/opskit-escaped", tarfile.REGTYPE, b"pwned"), "'..' components are refused"),
-    (("/opskit-escaped-abs", tarfile.REGTYPE, b"pwned"), "absolute paths are refused"),
-    (("./null", tarfile.CHRTYPE, b""), "device files are refused"),
+@pytest.mark.parametrize("evil, message, access", [
+    (("./../../../../etc/opskit-escaped", tarfile.REGTYPE, b"pwned"), "'..' components are refused", "auto"),
+    (("./../../../../etc/opskit-escaped", tarfile.REGTYPE, b"pwned"), "'..' components are refused", "api"),
+    (("/opskit-escaped-abs", tarfile.REGTYPE, b"pwned"), "absolute paths are refused", "auto"),
+    (("./null", tarfile.CHRTYPE, b""), "device files are refused", "auto"),
 ])
 def test_unsafe_archive_members_are_refused(run_playbook, tmp_path, docker_engine, dockerthings, evil,
-                                            message):
+                                            message, access):
     location = "file://%s/store" % tmp_path
     _publish_tar(location, "evil", [(".", tarfile.DIRTYPE, b""), ("./fine", tarfile.REGTYPE, b"ok"), evil,
                                     ("./after", tarfile.REGTYPE, b"never")])
@@ -270,9 +332,9 @@ def test_unsafe_archive_members_are_refused(run_playbook, tmp_path, docker_engin
     - name: restore a crafted archive
       opskit.runbook.volume_backup:
         {state: restored, volume: "{{ vol }}", location: "{{ location }}", series: evil,
-         helper_image: "{{ image }}"}
+         helper_image: "{{ image }}", volume_access: "{{ access }}"}
       ignore_errors: true
-""", extra_vars={"vol": vol, "location": location, "image": docker_engine.busybox_image})
+""", extra_vars={"vol": vol, "location": location, "image": docker_engine.busybox_image, "access": access})
     result = run.task("restore a crafted archive")
     assert _failed(result) and message in result["msg"], result
     names = os.listdir(dockerthings.mountpoint(vol))

@@ -12,7 +12,10 @@ import tarfile
 
 import pytest
 
-from ansible_collections.opskit.runbook.plugins.module_utils._errors import ConfigError, NotFoundError
+from ansible_collections.opskit.runbook.plugins.module_utils._backup import BackupSession
+from ansible_collections.opskit.runbook.plugins.module_utils._errors import (ConfigError, IntegrityError,
+                                                                            NotFoundError)
+from ansible_collections.opskit.runbook.plugins.module_utils._storage import open_location
 from ansible_collections.opskit.runbook.plugins.module_utils._tarsafe import UnsafeArchiveError
 from ansible_collections.opskit.runbook.plugins.module_utils._volume import DirectoryTarget, SourceError
 
@@ -39,6 +42,15 @@ def _backup(path):
     return sink.buf.getvalue(), stats
 
 
+def _published(tmp_path, data):
+    """(location, manifest) of ``data`` published as a directory backup in a file:// store."""
+    location = open_location("file://%s" % (tmp_path / "store"))
+    with BackupSession(location, "dir", "directory") as session:
+        with session.artifact("tar") as out:
+            out.write(data)
+        return location, session.publish(source={"path": "test"})
+
+
 @needs_root
 def test_round_trip_keeps_everything(tmp_path):
     src = fixtures.make_tricky_tree(tmp_path / "src")
@@ -50,7 +62,7 @@ def test_round_trip_keeps_everything(tmp_path):
     assert names[0] == "." and all(n.startswith("./") for n in names[1:])
     dst = DirectoryTarget(str(tmp_path / "dst"))
     dst.create()
-    restored = dst.restore_from(io.BytesIO(data))
+    restored = dst.restore(*_published(tmp_path, data), replace=False)
     assert restored["entries"] == stats["entries"]
     assert fixtures.listing(tmp_path / "dst") == fixtures.listing(src)
 
@@ -96,25 +108,61 @@ def test_unsafe_members_are_refused_and_nothing_escapes(tmp_path, members, messa
     target = tmp_path / "restore" / "here"
     dst = DirectoryTarget(str(target))
     dst.create()
+    location, manifest = _published(tmp_path / "backups", _evil(members))
     with pytest.raises(UnsafeArchiveError, match=message):
-        dst.restore_from(io.BytesIO(_evil(members)))
-    assert sorted(os.listdir(tmp_path)) == ["restore"]
+        dst.restore(location, manifest, replace=False)
+    assert sorted(os.listdir(tmp_path)) == ["backups", "restore"]
     assert sorted(os.listdir(tmp_path / "restore")) == ["here"]
-    assert not (target / "zero").exists()
+    assert os.listdir(target) == []  # the staging directory is gone, nothing was moved in
 
 
-def test_empty_and_is_empty(tmp_path):
+def _old_content(target, tmp_path):
+    (target / "sub" / "deeper").mkdir(parents=True)
+    (target / "sub" / "deeper" / "ro").mkdir(mode=0o555)
+    (target / "f").write_text("old")
+    (target / "l").symlink_to(tmp_path)  # never followed when emptying
+    (tmp_path / "outside").write_text("keep")
+
+
+def test_is_empty_and_a_replacing_restore(tmp_path):
+    src = tmp_path / "src"
+    (src / "new").mkdir(parents=True)
+    (src / "new" / "file").write_text("new")
+    os.chmod(src, 0o751)
+    location, manifest = _published(tmp_path / "backups", _backup(src)[0])
     target = tmp_path / "t"
     dst = DirectoryTarget(str(target))
     assert dst.is_empty()  # missing counts as empty
-    (target / "sub" / "deeper").mkdir(parents=True)
-    (target / "f").write_text("x")
-    (target / "l").symlink_to(tmp_path)  # never followed when emptying
-    (tmp_path / "outside").write_text("keep")
+    _old_content(target, tmp_path)
     assert not dst.is_empty()
-    dst.empty()
-    assert dst.is_empty() and os.path.isdir(target)
+    dst.restore(location, manifest, replace=True)
+    assert sorted(os.listdir(target)) == ["new"] and (target / "new" / "file").read_text() == "new"
+    assert oct(os.stat(target).st_mode & 0o7777) == oct(0o751)  # the archive root's attributes
     assert (tmp_path / "outside").read_text() == "keep"
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_a_corrupt_artifact_leaves_the_old_content_as_it_was(tmp_path, damage):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "data").write_bytes(os.urandom(300000))
+    location, manifest = _published(tmp_path / "backups", _backup(src)[0])
+    [stored] = [os.path.join(d, n) for d, _s, names in os.walk(tmp_path / "backups")
+                for n in names if not n.endswith(".json")]
+    with open(stored, "r+b") as fh:
+        if damage == "truncate":
+            fh.truncate(os.path.getsize(stored) // 2)
+        else:
+            fh.seek(os.path.getsize(stored) // 2)
+            byte = fh.read(1)
+            fh.seek(-1, 1)
+            fh.write(bytes([byte[0] ^ 0x40]))
+    target = tmp_path / "t"
+    _old_content(target, tmp_path)
+    before = fixtures.listing(target)
+    with pytest.raises(IntegrityError, match="corrupt"):
+        DirectoryTarget(str(target)).restore(location, manifest, replace=True)
+    assert fixtures.listing(target) == before  # nothing deleted, no staging directory left
 
 
 @pytest.mark.parametrize("path, error, message", [
@@ -134,9 +182,9 @@ def test_missing_and_non_directory_sources(tmp_path):
         DirectoryTarget(str(tmp_path / "file")).require()
 
 
-def test_refuses_to_empty_the_root():
+def test_refuses_to_empty_the_root(tmp_path):
     with pytest.raises(ConfigError, match="refusing to empty /"):
-        DirectoryTarget("/").empty()
+        DirectoryTarget("/").restore(*_published(tmp_path, b""), replace=True)
 
 
 # ----------------------------------------------------------------------- Prefetch

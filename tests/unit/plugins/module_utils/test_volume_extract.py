@@ -1,0 +1,250 @@
+# -*- coding: utf-8 -*-
+# Copyright: opskit.runbook contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""TarExtractor: checked members written under a directory fd, nothing outside it reached."""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+import tarfile
+
+import pytest
+
+from ansible_collections.opskit.runbook.plugins.module_utils._errors import IntegrityError
+from ansible_collections.opskit.runbook.plugins.module_utils._tarsafe import (
+    ExtractError, UnsafeArchiveError, extract_stream)
+from ansible_collections.opskit.runbook.plugins.module_utils._volume import VolumeTarget
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown to other users needs root")
+MTIME = 1700000000
+
+
+def _tar(members, fmt=tarfile.PAX_FORMAT):
+    """members: (name, type, payload or link target, extra TarInfo attributes)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=fmt) as tar:
+        for name, kind, payload, attrs in members:
+            info = tarfile.TarInfo(name)
+            info.type, info.mtime = kind, MTIME
+            info.mode = 0o755 if kind == tarfile.DIRTYPE else 0o644
+            if kind in (tarfile.SYMTYPE, tarfile.LNKTYPE):
+                info.linkname = payload
+                payload = b""
+            info.size = len(payload) if kind == tarfile.REGTYPE else 0
+            for key, value in attrs.items():
+                setattr(info, key, value)
+            tar.addfile(info, io.BytesIO(payload) if payload else None)
+    return buf.getvalue()
+
+
+class Chunked(io.BytesIO):
+    """A reader that returns at most ``chunk`` bytes per read."""
+
+    def __init__(self, data, chunk):
+        super().__init__(data)
+        self.chunk = chunk
+
+    def read(self, size=-1):
+        return super().read(self.chunk if size is None or size < 0 else min(size, self.chunk))
+
+
+def _extract(data, root, chunk=1 << 20, **kw):
+    fd = os.open(str(root), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        return extract_stream(Chunked(data, chunk), fd, **kw)
+    finally:
+        os.close(fd)
+
+
+def _d(name, **attrs):
+    return (name, tarfile.DIRTYPE, b"", attrs)
+
+
+def _f(name, data=b"x", **attrs):
+    return (name, tarfile.REGTYPE, data, attrs)
+
+
+TREE = [
+    _d(".", mode=0o750, mtime=MTIME - 100),
+    _d("./ro", mode=0o555, mtime=MTIME - 50),
+    _f("./ro/inside", b"in a read-only directory", mode=0o400),
+    _d("./d"),
+    _f("./d/" + "long-name-" * 15, b"a long name"),
+    ("./d/link", tarfile.SYMTYPE, "../ro/inside", {}),
+    ("./d/hard", tarfile.LNKTYPE, "./ro/inside", {}),
+    ("./fifo", tarfile.FIFOTYPE, b"", {"mode": 0o620}),
+    _f("./setuid", b"#!/bin/sh\n", mode=0o4755),
+    _f("./empty", b""),
+    _f("./ns", b"nanoseconds", pax_headers={"mtime": "1700000000.123456789"}),
+]
+
+
+@pytest.mark.parametrize("fmt", [tarfile.PAX_FORMAT, tarfile.GNU_FORMAT])
+@pytest.mark.parametrize("chunk", [1, 511, 513, 1 << 20])
+def test_everything_is_written_whatever_the_chunking(tmp_path, fmt, chunk):
+    tree = TREE if fmt == tarfile.PAX_FORMAT else TREE[:-1]
+    summary = _extract(_tar(tree, fmt), tmp_path, chunk)
+    assert summary == {"entries": len(tree), "files": 5 + (fmt == tarfile.PAX_FORMAT),
+                       "directories": 3, "symlinks": 1, "hardlinks": 1}
+    root = os.lstat(tmp_path)
+    assert stat.S_IMODE(root.st_mode) == 0o750 and root.st_mtime == MTIME - 100
+    ro = os.lstat(tmp_path / "ro")
+    assert stat.S_IMODE(ro.st_mode) == 0o555 and ro.st_mtime == MTIME - 50
+    inside = os.lstat(tmp_path / "ro" / "inside")
+    assert stat.S_IMODE(inside.st_mode) == 0o400 and inside.st_mtime == MTIME and inside.st_nlink == 2
+    assert (tmp_path / "ro" / "inside").read_bytes() == b"in a read-only directory"
+    assert os.path.samefile(tmp_path / "d" / "hard", tmp_path / "ro" / "inside")
+    assert os.readlink(tmp_path / "d" / "link") == "../ro/inside"
+    assert os.lstat(tmp_path / "d" / "link").st_mtime == MTIME
+    assert (tmp_path / "d" / ("long-name-" * 15)).read_bytes() == b"a long name"
+    fifo = os.lstat(tmp_path / "fifo")
+    assert stat.S_ISFIFO(fifo.st_mode) and stat.S_IMODE(fifo.st_mode) == 0o620
+    assert stat.S_IMODE(os.lstat(tmp_path / "setuid").st_mode) == 0o4755
+    assert (tmp_path / "empty").read_bytes() == b""
+    if fmt == tarfile.PAX_FORMAT:
+        assert os.lstat(tmp_path / "ns").st_mtime_ns == 1700000000123456789
+
+
+@needs_root
+def test_owners_are_restored_as_root_only_when_asked(tmp_path):
+    data = _tar([_d(".", uid=1000, gid=1001), _f("./owned", uid=1000, gid=1001),
+                 ("./sym", tarfile.SYMTYPE, "owned", {"uid": 1002, "gid": 1003})])
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    _extract(data, tmp_path / "a")
+    assert (os.lstat(tmp_path / "a").st_uid, os.lstat(tmp_path / "a").st_gid) == (1000, 1001)
+    assert (os.lstat(tmp_path / "a" / "owned").st_uid, os.lstat(tmp_path / "a" / "owned").st_gid) == (1000, 1001)
+    assert (os.lstat(tmp_path / "a" / "sym").st_uid, os.lstat(tmp_path / "a" / "sym").st_gid) == (1002, 1003)
+    _extract(data, tmp_path / "b", same_owner=False)
+    assert os.lstat(tmp_path / "b" / "owned").st_uid == os.geteuid()
+
+
+def test_a_parent_missing_from_the_archive_is_created(tmp_path):
+    _extract(_tar([_d("."), _f("./a/b/c", b"deep")]), tmp_path)
+    assert (tmp_path / "a" / "b" / "c").read_bytes() == b"deep"
+
+
+@pytest.mark.parametrize("listed", [False, True])
+def test_a_symlink_planted_in_the_way_is_never_followed(tmp_path, listed):
+    """A symlink the archive did not create (one a running container could plant while the
+    restore runs) is never followed: in the way of a path it stops the restore; where the
+    archive lists a directory of that name, it is replaced by the directory."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    root = tmp_path / "root"
+    root.mkdir()
+    os.symlink(str(outside), root / "d")
+    data = _tar([_d(".")] + ([_d("./d")] if listed else []) + [_f("./d/x", b"not escaped")])
+    if listed:
+        _extract(data, root)
+        assert not os.path.islink(root / "d") and (root / "d" / "x").read_bytes() == b"not escaped"
+    else:
+        with pytest.raises(ExtractError, match="'d' is in the way of 'd/x'"):
+            _extract(data, root)
+    assert os.listdir(outside) == []
+
+
+def test_a_planted_symlink_to_a_file_is_replaced_not_written_through(tmp_path):
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"untouched")
+    root = tmp_path / "root"
+    root.mkdir()
+    os.symlink(str(secret), root / "f")
+    _extract(_tar([_d("."), _f("./f", b"from the archive")]), root)
+    assert secret.read_bytes() == b"untouched"
+    assert not os.path.islink(root / "f") and (root / "f").read_bytes() == b"from the archive"
+
+
+def test_a_hard_link_through_a_planted_symlink_is_refused(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "passwd").write_bytes(b"root:x:0:0")
+    root = tmp_path / "root"
+    root.mkdir()
+    os.symlink(str(outside), root / "etc")
+    with pytest.raises(ExtractError, match="in the way"):
+        _extract(_tar([_d("."), ("./copy", tarfile.LNKTYPE, "./etc/passwd", {})]), root)
+    assert not os.path.exists(root / "copy") and os.stat(outside / "passwd").st_nlink == 1
+
+
+def test_archive_symlinks_are_checked_before_anything_is_written_through_them(tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    with pytest.raises(UnsafeArchiveError, match="through the symlink"):
+        _extract(_tar([_d("."), ("./up", tarfile.SYMTYPE, str(tmp_path), {}),
+                       _f("./up/escaped", b"no")]), root)
+    assert not (tmp_path / "escaped").exists()
+
+
+def test_a_name_listed_twice_keeps_the_last_member_but_never_replaces_a_directory(tmp_path):
+    _extract(_tar([_d("."), _f("./f", b"first"), _f("./f", b"second")]), tmp_path)
+    assert (tmp_path / "f").read_bytes() == b"second"
+    with pytest.raises(ExtractError, match="would replace a directory"):
+        _extract(_tar([_d("."), _d("./sub"), _f("./sub", b"file")]), tmp_path)
+
+
+@pytest.mark.parametrize("cut", [700, 1200, 3072])
+def test_a_truncated_archive_is_reported(tmp_path, cut):
+    data = _tar([_d("."), _f("./big", b"y" * 2000)])
+    with pytest.raises(IntegrityError, match="ended early"):
+        _extract(data[:cut], tmp_path)
+
+
+def test_garbage_is_not_a_tar(tmp_path):
+    with pytest.raises(IntegrityError, match="not a valid tar stream"):
+        _extract(b"\x01" * 4096, tmp_path)
+
+
+# ---------------------------------------------------------------- VolumeTarget._local_root
+
+class Response:
+    def __init__(self, status_code):
+        self.status_code = status_code
+
+
+class FakeClient:
+    """What _local_root asks of the Docker client: HEAD of a path in the helper."""
+
+    timeout = 5
+
+    def __init__(self, mountpoint, visible):
+        self.mountpoint, self.visible, self.asked = mountpoint, visible, []
+
+    @staticmethod
+    def _url(template, *args):
+        return template.format(*args)
+
+    def head(self, url, params, timeout):
+        name = params["path"].rsplit("/", 1)[1]
+        self.asked.append((url, name, os.path.exists(os.path.join(self.mountpoint, name))))
+        return Response(200 if self.visible else 404)
+
+
+def _target(tmp_path, visible, driver="local", access="auto"):
+    client = FakeClient(str(tmp_path), visible)
+    target = VolumeTarget(client, "vol", access=access)
+    target.info = {"Driver": driver, "Mountpoint": str(tmp_path)}
+    return target, client
+
+
+@needs_root
+def test_the_mountpoint_is_used_only_when_the_helper_sees_the_probe(tmp_path):
+    target, client = _target(tmp_path, visible=True)
+    fd = target._local_root("cid")
+    assert fd is not None
+    os.close(fd)
+    [(url, probe, existed)] = client.asked
+    assert url == "/containers/cid/archive" and probe.startswith(".opskit-probe-") and existed
+    assert os.listdir(tmp_path) == []  # the probe is removed
+
+    target, client = _target(tmp_path, visible=False)
+    assert target._local_root("cid") is None and len(client.asked) == 1
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("driver, access", [("nfs-plugin", "auto"), ("local", "api")])
+def test_the_mountpoint_is_never_used_for_other_drivers_or_access_api(tmp_path, driver, access):
+    target, client = _target(tmp_path, visible=True, driver=driver, access=access)
+    assert target._local_root("cid") is None and client.asked == []
