@@ -103,6 +103,8 @@ class MemberChecker:
         self.symlinks = set()
 
     def _through_symlink(self, rel):
+        if not self.symlinks:
+            return None
         parts = rel.split("/")
         for i in range(1, len(parts)):
             prefix = "/".join(parts[:i])
@@ -613,31 +615,36 @@ class TarExtractor(_TarWalker):
         self.defer_root = defer_root
         self.root_attrs = None
         self.same_owner = (os.geteuid() == 0) if same_owner is None else same_owner
-        self.parent = ("", root_fd)     # the last directory used: (relative path, fd)
+        self.stack = []                 # (name, fd) of the directories from the root to the last used
         self.file = None                # (fd, attrs, rel) of the regular file being written
         self.dirs = []                  # (relative path, mode, mtime ns) set at the end
 
     # ------------------------------------------------------------------ walking
-    def _open_dir(self, rel, create, member):
-        """An fd of directory ``rel`` (relative to the root), walked with O_NOFOLLOW."""
+    def _step(self, fd, part, create, done, member):
+        """Open directory ``part`` under ``fd`` with O_NOFOLLOW (created when missing and
+        ``create``: a parent the archive does not list)."""
+        try:
+            return os.open(part, DIR_FLAGS, dir_fd=fd)
+        except FileNotFoundError:
+            if not create:
+                raise
+            os.mkdir(part, 0o755, dir_fd=fd)
+            return os.open(part, DIR_FLAGS, dir_fd=fd)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise ExtractError("%s: '%s' is in the way of '%s' and is not a directory of the"
+                                   " archive (a symlink or file that something else created?)"
+                                   % (self.what, _display("/".join(done + [part])),
+                                      _display(member))) from None
+            raise
+
+    def _open_dir(self, rel, member):
+        """A new fd of the existing directory ``rel``, walked from the root."""
         fd = os.dup(self.root_fd)
         done = []
         try:
             for part in rel.split("/") if rel else ():
-                try:
-                    nfd = os.open(part, DIR_FLAGS, dir_fd=fd)
-                except FileNotFoundError:
-                    if not create:
-                        raise
-                    os.mkdir(part, 0o755, dir_fd=fd)  # a parent the archive does not list
-                    nfd = os.open(part, DIR_FLAGS, dir_fd=fd)
-                except (NotADirectoryError, OSError) as exc:
-                    if getattr(exc, "errno", None) in (errno.ELOOP, errno.ENOTDIR):
-                        raise ExtractError("%s: '%s' is in the way of '%s' and is not a directory"
-                                           " of the archive (a symlink or file that something else"
-                                           " created?)" % (self.what, _display("/".join(done + [part])),
-                                                           _display(member))) from None
-                    raise
+                nfd = self._step(fd, part, False, done, member)
                 os.close(fd)
                 fd = nfd
                 done.append(part)
@@ -646,18 +653,26 @@ class TarExtractor(_TarWalker):
             raise
         return fd
 
-    def _dir_fd(self, rel, member):
-        if rel == self.parent[0]:
-            return self.parent[1]
-        fd = self._open_dir(rel, True, member)
-        self._drop_parent()
-        self.parent = (rel, fd)
+    def _dir_fd(self, rel, member, create=True):
+        """The fd of directory ``rel``: the open chain of directories from the root to the last
+        one used is kept, and only the components below the common ancestor are opened (tar
+        lists a directory's entries together, so mostly none or one)."""
+        parts = rel.split("/") if rel else []
+        keep = 0
+        stack = self.stack
+        while keep < len(stack) and keep < len(parts) and stack[keep][0] == parts[keep]:
+            keep += 1
+        while len(stack) > keep:
+            os.close(stack.pop()[1])
+        fd = stack[-1][1] if stack else self.root_fd
+        for index in range(keep, len(parts)):
+            fd = self._step(fd, parts[index], create, parts[:index], member)
+            stack.append((parts[index], fd))
         return fd
 
-    def _drop_parent(self):
-        if self.parent[1] != self.root_fd:
-            os.close(self.parent[1])
-        self.parent = ("", self.root_fd)
+    def _drop_stack(self):
+        while self.stack:
+            os.close(self.stack.pop()[1])
 
     def _place(self, rel):
         """(parent fd, base name) of ``rel``."""
@@ -726,7 +741,7 @@ class TarExtractor(_TarWalker):
         elif typeflag == b"1":
             target = clean_name(linkname)
             thead, _sep, tbase = target.rpartition("/")
-            tfd = self._open_dir(thead, False, rel)
+            tfd = self._open_dir(thead, rel)
             try:
                 self._create(lambda: os.link(tbase, base, src_dir_fd=tfd, dst_dir_fd=dfd,
                                              follow_symlinks=False), dfd, base, rel)
@@ -760,14 +775,11 @@ class TarExtractor(_TarWalker):
             os.close(fd)
 
     def _end(self):
-        self._drop_parent()
-        for rel, attrs in sorted(self.dirs, key=lambda d: d[0].count("/") if d[0] else -1,
-                                 reverse=True):
-            fd = self._open_dir(rel, False, rel)
-            try:
-                self._set_attrs(fd, attrs)
-            finally:
-                os.close(fd)
+        # A directory comes after its parent in the archive: in reverse order, every one gets
+        # its (possibly read-only) mode before its parent does.
+        for rel, attrs in reversed(self.dirs):
+            self._set_attrs(self._dir_fd(rel, rel, create=False), attrs)
+        self._drop_stack()
         self.dirs = []
 
     def close(self):
@@ -775,7 +787,7 @@ class TarExtractor(_TarWalker):
         if self.file is not None:
             os.close(self.file[0])
             self.file = None
-        self._drop_parent()
+        self._drop_stack()
 
 
 def extract_stream(fileobj, root_fd, what="archive", chunk=CHUNK, same_owner=None):
