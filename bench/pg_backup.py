@@ -32,6 +32,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -165,6 +166,8 @@ def main():
     parser.add_argument("--restore-only", action="store_true",
                         help="only the restore comparison (the dumps it needs are made untimed); its table"
                              " is appended to --out")
+    parser.add_argument("--restore-rounds", type=int, default=3, help="with --restore-only")
+    parser.add_argument("--tmpfs", help="with --restore-only: also restore with tmp_dir on this tmpfs directory")
     parser.add_argument("--db", action="append", choices=["pgbench", "randtext", "pgbench_s"],
                         help="only these databases (repeat)")
     parser.add_argument("--out", default=os.path.join(HERE, "results", "pg_backup.md"))
@@ -195,7 +198,8 @@ def main():
         for db in args.db or ("pgbench", "randtext", "pgbench_s"):
             if args.restore_only:
                 if db != "pgbench_s":
-                    restores.append(restore_only(c, db, tmp, conn, storage, env))
+                    restores.append(restore_only(c, db, tmp, conn, storage, env, args.restore_rounds,
+                                                 args.tmpfs))
                 continue
             row = {"db": db, "size": size_of(c, db), "load_before": os.getloadavg()[0]}
             print("== %s (%.0f MiB)" % (db, row["size"] / MiB), flush=True)
@@ -257,26 +261,56 @@ def main():
     write_report(args, dumps, restores)
 
 
-def restore_only(c, db, tmp, conn, storage, env):
-    """The restore comparison alone; its inputs (a pg_dump -Fc file, a module dump on S3) untimed."""
+def restore_only(c, db, tmp, conn, storage, env, rounds=3, tmpfs=None):
+    """The restore comparison alone, in ``rounds`` interleaved rounds (medians reported).
+
+    Inputs, made untimed: a ``pg_dump -Fc`` file; the same database dumped ``-Fc -Z0`` through
+    a pipe into a file (the form the module's temporary copy has: no data offsets in its TOC,
+    one data chunk per row); a module dump on S3. Variants per round: pg_restore -j2 from each
+    file, and the module restoring jobs=2 from S3 with its default tmp_dir and, when ``tmpfs``
+    is set, with tmp_dir on that tmpfs.
+    """
     fc_file = os.path.join(tmp, db + ".dump")
+    pipe_file = os.path.join(tmp, db + ".pipe.dump")
     timed([os.path.join(BIN, "pg_dump"), "-Fc", "-d", db, "-f", fc_file], env)
+    timed(None, env, shell_pipe=([os.path.join(BIN, "pg_dump"), "-Fc", "-Z0", "-d", db], ["cat"], pipe_file))
     params = dict(conn, database=[db], format="custom", jobs=1, compression="zstd", compression_level=None,
                   compression_threads=-1, series=None, location="s3://bench/%s" % db)
     run_child({"action": "dump", "params": params, "storage": storage})
     target = db + "_r1"
     c.psql("DROP DATABASE IF EXISTS %s" % target)
-    c.createdb(target)
-    row = {"db": db, "load_before": os.getloadavg()[0]}
-    row["pg_restore"] = timed([os.path.join(BIN, "pg_restore"), "-j2", "-d", target, fc_file], env)
-    c.psql("DROP DATABASE %s" % target)
     rparams = dict(conn, state="restored", database=[db], series="%s-%s" % (c.host, db), jobs=2, format="custom",
                    target_database=target, create=True, clean=False, force=False, single_transaction=False,
                    restore_globals=False, backup="latest", location="s3://bench/%s" % db)
-    got = run_child({"action": "restore", "params": rparams, "storage": storage})
-    row.update(module=got["seconds"], hwm=got["hwm"], load_after=os.getloadavg()[0])
-    c.psql("DROP DATABASE %s" % target)
+    row = {"db": db, "load_before": os.getloadavg()[0], "raw_bytes": os.path.getsize(pipe_file)}
+    runs, hwm = {}, 0
+
+    def pg_restore(path):
+        c.createdb(target)
+        subprocess.run(["sync"], check=True)
+        return timed([os.path.join(BIN, "pg_restore"), "-j2", "-d", target, path], env)
+
+    def module(tmp_dir=None):
+        nonlocal hwm
+        subprocess.run(["sync"], check=True)
+        got = run_child({"action": "restore", "params": dict(rparams, tmp_dir=tmp_dir), "storage": storage})
+        hwm = max(hwm, got["hwm"])
+        return got["seconds"]
+
+    variants = [("pg_restore", lambda: pg_restore(fc_file)), ("pg_restore_pipe", lambda: pg_restore(pipe_file)),
+                ("module", module)]
+    if tmpfs:
+        variants.append(("module_tmpfs", lambda: module(tmpfs)))
+    for _round in range(rounds):
+        for key, func in variants:
+            runs.setdefault(key, []).append(func())
+            c.psql("DROP DATABASE %s" % target)
+    for key, values in runs.items():
+        row[key] = statistics.median(values)
+        row[key + "_all"] = [round(v, 2) for v in values]
+    row.update(hwm=hwm, load_after=os.getloadavg()[0], tmpfs=tmpfs)
     os.unlink(fc_file)
+    os.unlink(pipe_file)
     print(json.dumps(row), flush=True)
     return row
 
@@ -284,16 +318,26 @@ def restore_only(c, db, tmp, conn, storage, env):
 def write_report(args, dumps, restores):
     cmd = ".venv/bin/python bench/pg_backup.py --scale %d --small-scale %d --rows %d --rounds %d%s%s%s" % (
         args.scale, args.small_scale, args.rows, args.rounds, " --skip-restore" if args.skip_restore else "",
-        " --restore-only" if args.restore_only else "", "".join(" --db " + d for d in args.db or []))
+        (" --restore-only --restore-rounds %d%s" % (args.restore_rounds, (" --tmpfs " + args.tmpfs) if args.tmpfs else ""))
+        if args.restore_only else "", "".join(" --db " + d for d in args.db or []))
     if args.restore_only:
         lines = ["", "## Restores, measured again (%s)" % time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "",
                  "Command: `%s`" % cmd, "",
-                 "| database | load | pg_restore -j2 from a local -Fc file s | module restored jobs=2 from s3:// s"
-                 " | ratio | module peak RSS MiB |", "| --- | --- | ---: | ---: | ---: | ---: |"]
+                 "Medians of %d interleaved rounds (a `sync` before each run; every run in the JSON below)."
+                 " Custom format, 2 jobs. `pipe-written -Z0 file`: the same database dumped with"
+                 " `pg_dump -Fc -Z0 | cat > file`, the form of the module's temporary copy." % args.restore_rounds,
+                 "",
+                 "| database | load | raw dump MiB | pg_restore -j2 from a local -Fc file s"
+                 " | pg_restore -j2 from a pipe-written -Z0 file s | module from s3://, default tmp_dir s | ratio"
+                 " | module from s3://, tmp_dir on tmpfs s | ratio | module peak RSS MiB |",
+                 "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for r in restores:
-            lines.append("| %s | %.1f/%.1f | %.2f | %.2f | %.2f | %.0f |" % (
-                r["db"], r["load_before"], r["load_after"], r["pg_restore"], r["module"],
-                r["module"] / r["pg_restore"], r["hwm"] / MiB))
+            tmpfs = ("%.2f | %.2f" % (r["module_tmpfs"], r["module_tmpfs"] / r["pg_restore"])
+                     if r.get("tmpfs") else "- | -")
+            lines.append("| %s | %.1f/%.1f | %.0f | %.2f | %.2f | %.2f | %.2f | %s | %.0f |" % (
+                r["db"], r["load_before"], r["load_after"], r["raw_bytes"] / MiB, r["pg_restore"],
+                r["pg_restore_pipe"], r["module"], r["module"] / r["pg_restore"], tmpfs, r["hwm"] / MiB))
+        lines += ["", "Every figure: `%s`" % json.dumps(restores, sort_keys=True)]
         with open(args.out, "a") as fh:
             fh.write("\n".join(lines) + "\n")
         print("\n".join(lines))

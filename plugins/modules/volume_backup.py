@@ -145,6 +145,10 @@ notes:
     task fails and names the containers.
   - An unsafe member fails the task and is named. Through the Engine API, the members before
     it have been written by then; in a staged restore nothing is moved into place.
+  - A staged restore needs room for the new content next to the old one until the old one is
+    deleted. If the module process is killed during it, a hidden C(.opskit-restore-*)
+    directory is left in the target, which then counts as not empty (O(force=true) replaces
+    it).
 seealso:
   - module: opskit.runbook.backup_info
 """
