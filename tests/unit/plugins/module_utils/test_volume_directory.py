@@ -13,8 +13,8 @@ import tarfile
 import pytest
 
 from ansible_collections.opskit.runbook.plugins.module_utils._backup import BackupSession
-from ansible_collections.opskit.runbook.plugins.module_utils._errors import (ConfigError, IntegrityError,
-                                                                            NotFoundError)
+from ansible_collections.opskit.runbook.plugins.module_utils._errors import (
+    ConfigError, IntegrityError, NotFoundError)
 from ansible_collections.opskit.runbook.plugins.module_utils._storage import open_location
 from ansible_collections.opskit.runbook.plugins.module_utils._tarsafe import UnsafeArchiveError
 from ansible_collections.opskit.runbook.plugins.module_utils._volume import DirectoryTarget, SourceError
