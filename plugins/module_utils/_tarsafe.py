@@ -26,6 +26,7 @@ import os
 import stat
 import tarfile
 
+from ._backup import write_all
 from ._errors import IntegrityError
 
 BLOCK = 512
@@ -601,8 +602,8 @@ class TarExtractor(_TarWalker):
     are set on open descriptors or with follow_symlinks=False. A symlink or a non-directory in
     the way (one the archive did not create, such as one planted by a container while the
     restore runs) stops the restore with ExtractError. Directories are created 0700 and get
-    their mode and mtime at the end, deepest first, so a read-only directory still receives
-    its content. Owners are restored (numerically) when running as root, like tar does.
+    their mode and mtime at the end, children before parents, so a read-only directory still
+    receives its content. Owners are restored (numerically) when running as root, like tar does.
 
     With ``defer_root``, the attributes of the archive root (``.``) are not applied to
     ``root_fd`` but kept in ``root_attrs`` for ``apply_attrs`` (a staged restore applies them
@@ -616,8 +617,8 @@ class TarExtractor(_TarWalker):
         self.root_attrs = None
         self.same_owner = (os.geteuid() == 0) if same_owner is None else same_owner
         self.stack = []                 # (name, fd) of the directories from the root to the last used
-        self.file = None                # (fd, attrs, rel) of the regular file being written
-        self.dirs = []                  # (relative path, mode, mtime ns) set at the end
+        self.file = None                # (fd, attrs) of the regular file being written
+        self.dirs = []                  # (relative path, attrs) of the directories, set at the end
 
     # ------------------------------------------------------------------ walking
     def _step(self, fd, part, create, done, member):
@@ -696,9 +697,6 @@ class TarExtractor(_TarWalker):
 
     def apply_attrs(self, fd, attrs):
         """Owner (as root), mode and mtime of ``attrs`` on the open ``fd``."""
-        self._set_attrs(fd, attrs)
-
-    def _set_attrs(self, fd, attrs):
         mode, uid, gid, mtime = attrs
         if self.same_owner:
             os.fchown(fd, uid, gid)
@@ -730,7 +728,7 @@ class TarExtractor(_TarWalker):
         dfd, base = self._place(rel)
         if typeflag in (b"0", b"\0", b"7"):
             fd = self._create(lambda: os.open(base, NEW_FILE_FLAGS, 0o600, dir_fd=dfd), dfd, base, rel)
-            self.file = (fd, attrs, rel)
+            self.file = (fd, attrs)
             if not size:
                 self._close_file()
         elif typeflag == b"2":
@@ -751,26 +749,22 @@ class TarExtractor(_TarWalker):
             self._create(lambda: os.mkfifo(base, 0o600, dir_fd=dfd), dfd, base, rel)
             fd = os.open(base, SPECIAL_FLAGS, dir_fd=dfd)
             try:
-                self._set_attrs(fd, attrs)
+                self.apply_attrs(fd, attrs)
             finally:
                 os.close(fd)
 
     def _payload(self, chunk, data_bytes):
         if not data_bytes:
             return
-        fd = self.file[0]
-        view = chunk[:data_bytes]
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
+        write_all(self.file[0], chunk[:data_bytes])
         if not self.skip:
             self._close_file()
 
     def _close_file(self):
-        fd, attrs, _rel = self.file
+        fd, attrs = self.file
         self.file = None
         try:
-            self._set_attrs(fd, attrs)
+            self.apply_attrs(fd, attrs)
         finally:
             os.close(fd)
 
@@ -778,7 +772,7 @@ class TarExtractor(_TarWalker):
         # A directory comes after its parent in the archive: in reverse order, every one gets
         # its (possibly read-only) mode before its parent does.
         for rel, attrs in reversed(self.dirs):
-            self._set_attrs(self._dir_fd(rel, rel, create=False), attrs)
+            self.apply_attrs(self._dir_fd(rel, rel, create=False), attrs)
         self._drop_stack()
         self.dirs = []
 
@@ -790,15 +784,11 @@ class TarExtractor(_TarWalker):
         self._drop_stack()
 
 
-def extract_stream(fileobj, root_fd, what="archive", chunk=CHUNK, same_owner=None):
-    """Extract the tar read from ``fileobj`` under the directory open as ``root_fd``
-    (TarExtractor); return the summary of what was written."""
-    extractor = TarExtractor(root_fd, what, same_owner)
+def extract_chunks(chunks, extractor):
+    """Feed every chunk of the tar bytes ``chunks`` to ``extractor`` (a TarExtractor), to the
+    very end; return its summary. Its descriptors are released in any case."""
     try:
-        while not extractor.ended:
-            data = fileobj.read(chunk)
-            if not data:
-                break
+        for data in chunks:
             extractor.feed(data)
         return extractor.finish()
     finally:

@@ -17,19 +17,17 @@ import contextlib
 import os
 import platform
 import secrets
-import queue
 import socket
 import tarfile
-import threading
 
-from ._backup import (ArtifactReader, BackupSession, resolve_backup, sanitize_series, summarize,
+from ._backup import (ArtifactReader, BackupSession, Prefetch, read_chunks, resolve_backup, sanitize_series, summarize,
                       validate_series, verify_stored)
 from ._docker import DEFAULT_DOCKER_HOST, docker_client, docker_error
 from ._errors import ConfigError, NotFoundError, OpsError, ServiceError
 from ._quiesce import (HELPER_LABEL, Guardian, Quiescer, container_view, normalize_selection,
                        select_containers, uses)
 from ._tarsafe import (CHUNK, DIR_FLAGS, NEW_FILE_FLAGS, TAR_ENCODING, TAR_ERRORS, TarExtractor, TarScanner,
-                       directory_members, kind_of, rewrite_stream, summary)
+                       directory_members, extract_chunks, kind_of, rewrite_stream, summary)
 
 MOUNT = "/.opskit-volume"          # where helper containers mount the volume
 NEVER_RUN = ["/.opskit-helper-never-started"]
@@ -37,67 +35,8 @@ LAYOUT = "tar; member names relative to the root: '.', './a', './a/b'"
 RESTORABLE_KINDS = ("volume", "directory")
 
 
-class Prefetch:
-    """Run a generator in a thread, ``depth`` items ahead: decompressing and checking the
-    archive overlaps with the daemon writing it. Re-raises the generator's exception in the
-    consumer; ``value`` is the generator's return value."""
-
-    def __init__(self, generator, depth=8):
-        self.generator, self.queue = generator, queue.Queue(maxsize=depth)
-        self.value = self.error = None
-        self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _put(self, item):
-        while not self.stopped.is_set():
-            try:
-                self.queue.put(item, timeout=0.2)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _run(self):
-        try:
-            while True:
-                try:
-                    item = next(self.generator)
-                except StopIteration as stop:
-                    self.value = stop.value
-                    break
-                if not self._put(("data", item)):
-                    return
-            self._put(("end", None))
-        except BaseException as exc:  # pylint: disable=broad-except
-            self.error = exc
-            self._put(("error", exc))
-
-    def __iter__(self):
-        while True:
-            kind, item = self.queue.get()
-            if kind == "data":
-                yield item
-            elif kind == "error":
-                raise item
-            else:
-                return
-
-    def stop(self):
-        self.stopped.set()
-        self.thread.join(30)
-
-
 class SourceError(OpsError):
     """The volume or directory to back up or restore into cannot be used."""
-
-
-def _chunks(reader, chunk=CHUNK):
-    while True:
-        data = reader.read(chunk)
-        if not data:
-            return
-        yield data
 
 
 def _os_error(label, exc):
@@ -141,14 +80,11 @@ def staged_restore(root_fd, location, manifest, replace, label):
         sfd = os.open(staging, DIR_FLAGS, dir_fd=root_fd)
         extractor = TarExtractor(sfd, "backup archive", defer_root=True)
         with ArtifactReader(location, manifest) as reader:
-            chunks = Prefetch(_chunks(reader), depth=4)
+            chunks = Prefetch(read_chunks(reader), depth=4)  # to the very end: the sha256 is checked there
             try:
-                for data in chunks:
-                    extractor.feed(data)  # to the very end: the reader checks the sha256 there
-                stats = extractor.finish()
+                stats = extract_chunks(chunks, extractor)
             finally:
                 chunks.stop()
-                extractor.close()
         if replace:
             for name in os.listdir(root_fd):
                 if name != staging:

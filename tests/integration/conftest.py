@@ -402,6 +402,22 @@ def redis():
     _cleanup("redis")
 
 
+@pytest.fixture(scope="session")
+def real_kubeconfig():
+    """The kubeconfig path of a reachable real Kubernetes cluster (the first file of
+    KUBECONFIG). No control plane can run on the build machines, so the tests that use this
+    fixture are skipped, with the reason, unless KUBECONFIG reaches a cluster."""
+    path = (os.environ.get("KUBECONFIG") or "").split(os.pathsep)[0]
+    if not path:
+        pytest.skip("KUBECONFIG is not set: no real Kubernetes cluster to test against")
+    try:
+        from kubernetes import client, config  # pylint: disable=import-outside-toplevel
+        client.VersionApi(config.new_client_from_config(config_file=path)).get_code(_request_timeout=5)
+    except Exception as exc:  # pylint: disable=broad-except
+        pytest.skip("KUBECONFIG %s does not reach a cluster: %s" % (path, " ".join(str(exc).split())[:200]))
+    return path
+
+
 # ------------------------------------------------------------------ ansible-playbook
 
 

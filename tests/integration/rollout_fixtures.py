@@ -19,7 +19,6 @@ from __future__ import annotations
 import copy
 import io
 import json
-import os
 import socket
 import tarfile
 import threading
@@ -445,17 +444,3 @@ def json_patch(doc, ops):
             if cur != op["value"]:
                 raise ValueError("test failed at %s" % op["path"])
     return doc
-
-
-def env_kubeconfig_reachable():
-    """(True, path) when KUBECONFIG points at a reachable cluster, else (False, why)."""
-    path = os.environ.get("KUBECONFIG")
-    if not path:
-        return False, "KUBECONFIG is not set"
-    try:
-        from kubernetes import client, config
-        api = config.new_client_from_config(config_file=path)
-        client.VersionApi(api).get_code(_request_timeout=5)
-    except Exception as exc:  # pylint: disable=broad-except
-        return False, "KUBECONFIG %s does not reach a cluster: %s" % (path, " ".join(str(exc).split())[:200])
-    return True, path

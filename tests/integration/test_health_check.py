@@ -403,34 +403,16 @@ def test_bad_input_names_the_check(run_playbook):
 
 # --------------------------------------------------------------------------- a real cluster, when there is one
 
-def _real_cluster():
-    """(kubeconfig, namespace, deployment) of a reachable cluster, or the reason why there is none."""
-    path = os.environ.get("KUBECONFIG")
-    if not path:
-        return None, "KUBECONFIG is not set: no real Kubernetes cluster to test against"
-    try:
-        import kubernetes
-        api = kubernetes.config.new_client_from_config(config_file=path.split(os.pathsep)[0])
-        kubernetes.client.VersionApi(api).get_code(_request_timeout=5)
-    except Exception as exc:  # pylint: disable=broad-except
-        return None, "KUBECONFIG=%s does not point at a reachable cluster: %s" % (path, str(exc).splitlines()[0][:200])
-    target = os.environ.get("OPSKIT_K8S_DEPLOYMENT", "kube-system/coredns")
-    namespace, _sep, name = target.rpartition("/")
-    return (path.split(os.pathsep)[0], namespace or "default", name), None
-
-
-def test_k8s_deployment_on_a_real_cluster(run_playbook):
-    target, reason = _real_cluster()
-    if target is None:
-        pytest.skip(reason)
-    kubeconfig, namespace, name = target
+def test_k8s_deployment_on_a_real_cluster(run_playbook, real_kubeconfig):
+    namespace, _sep, name = os.environ.get("OPSKIT_K8S_DEPLOYMENT", "kube-system/coredns").rpartition("/")
+    namespace = namespace or "default"
     play = HEADER + """
     - name: real
       opskit.runbook.health_check:
         fail_on: never
         checks:
           - {name: dep, type: k8s_deployment, kubeconfig: "%s", namespace: "%s", deployment: "%s"}
-""" % (kubeconfig, namespace, name)
+""" % (real_kubeconfig, namespace, name)
     run = run_playbook(play)
     _assert_no_crash(run)
     check = run.task("real")["checks"][0]

@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 
-from rollout_fixtures import (K8sStandIn, build_images, env_kubeconfig_reachable, free_port, http_get,
+from rollout_fixtures import (K8sStandIn, build_images, free_port, http_get,
                               run_web, settings_view, wait_http)
 
 RECORD_LABEL = "opskit.runbook.last-known-good"
@@ -283,13 +283,10 @@ def test_k8s_deployment_against_the_standin(standin, run_playbook):
     assert kinds == {"application/strategic-merge-patch+json", "application/json-patch+json"}
 
 
-def test_k8s_real_cluster(run_playbook):
+def test_k8s_real_cluster(run_playbook, real_kubeconfig):
     """Runs only when KUBECONFIG points at a reachable cluster (none can run on the build machines)."""
-    ok, why = env_kubeconfig_reachable()
-    if not ok:
-        pytest.skip(why)
     from kubernetes import client, config
-    api = config.new_client_from_config(config_file=os.environ["KUBECONFIG"])
+    api = config.new_client_from_config(config_file=real_kubeconfig)
     apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
     ns = "rlt-%s" % uuid.uuid4().hex[:6]
     image = os.environ.get("OPSKIT_K8S_TEST_IMAGE", "registry.k8s.io/pause:3.9")

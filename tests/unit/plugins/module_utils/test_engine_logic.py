@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime
 import io
+import itertools
 import os
 
 import pytest
@@ -249,3 +250,36 @@ def test_copy_to_fd_raises_the_read_error_and_stops_the_writer(tmp_path):
     finally:
         os.close(fd)
     assert (tmp_path / "out").read_bytes() == b"a" * 30
+
+
+# ----------------------------------------------------------------------- Prefetch
+
+def test_prefetch_yields_everything_and_the_return_value():
+
+    def gen():
+        for i in range(100):
+            yield b"%d" % i
+        return "summary"
+    pre = _backup.Prefetch(gen(), depth=2)
+    assert list(pre) == [b"%d" % i for i in range(100)]
+    assert pre.value == "summary" and pre.error is None
+
+
+def test_prefetch_reraises_the_generators_error_in_the_consumer():
+
+    def gen():
+        yield b"first"
+        raise IntegrityError("archive member ../x: '..' components are refused")
+    pre = _backup.Prefetch(gen())
+    got = []
+    with pytest.raises(IntegrityError, match="refused"):
+        for item in pre:
+            got.append(item)
+    assert got == [b"first"] and isinstance(pre.error, IntegrityError)
+
+
+def test_prefetch_stop_releases_a_blocked_producer():
+    pre = _backup.Prefetch((b"x" for _i in itertools.count()), depth=1)
+    assert next(iter(pre)) == b"x"
+    pre.stop()  # the consumer gave up (the writer failed): the thread must end
+    assert not pre.thread.is_alive()

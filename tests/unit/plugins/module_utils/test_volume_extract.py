@@ -14,7 +14,7 @@ import pytest
 
 from ansible_collections.opskit.runbook.plugins.module_utils._errors import IntegrityError
 from ansible_collections.opskit.runbook.plugins.module_utils._tarsafe import (
-    ExtractError, UnsafeArchiveError, extract_stream)
+    ExtractError, TarExtractor, UnsafeArchiveError, extract_chunks)
 from ansible_collections.opskit.runbook.plugins.module_utils._volume import VolumeTarget
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown to other users needs root")
@@ -39,21 +39,12 @@ def _tar(members, fmt=tarfile.PAX_FORMAT):
     return buf.getvalue()
 
 
-class Chunked(io.BytesIO):
-    """A reader that returns at most ``chunk`` bytes per read."""
-
-    def __init__(self, data, chunk):
-        super().__init__(data)
-        self.chunk = chunk
-
-    def read(self, size=-1):
-        return super().read(self.chunk if size is None or size < 0 else min(size, self.chunk))
-
-
 def _extract(data, root, chunk=1 << 20, **kw):
+    """Extract ``data`` under ``root``, fed in pieces of ``chunk`` bytes."""
     fd = os.open(str(root), os.O_RDONLY | os.O_DIRECTORY)
     try:
-        return extract_stream(Chunked(data, chunk), fd, **kw)
+        pieces = (data[pos:pos + chunk] for pos in range(0, len(data), chunk))
+        return extract_chunks(pieces, TarExtractor(fd, **kw))
     finally:
         os.close(fd)
 
