@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Prepare a fresh build machine for the tests; idempotent, quiet on success, loud on failure.
 #   1. system packages the tests need (docker.io, redis-server, busybox-static, postgresql-15,
-#      git, shellcheck), installed only when missing
+#      git, shellcheck, faketime), installed only when missing
 #   2. .venv with tests/requirements.txt (skipped while its sha256 matches the stamp)
 #   3. .build/collections/ansible_collections/opskit/runbook -> the checkout
 set -euo pipefail
@@ -19,6 +19,7 @@ command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 [ -x "$PG_BIN/initdb" ] || missing+=(postgresql-15)
 command -v git >/dev/null 2>&1 || missing+=(git)
 command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)   # else ansible-test skips that test
+command -v faketime >/dev/null 2>&1 || missing+=(faketime)       # fixed clocks for history-based tests
 if [ ${#missing[@]} -gt 0 ]; then
     echo "bootstrap: installing ${missing[*]}"
     # Keep the packages' init scripts from starting daemons (redis on 6379, a "main" cluster,

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import atexit
 import ctypes
+import datetime
 import json
 import os
 import pwd
@@ -455,8 +456,22 @@ def _playbook_file(playbook, workdir):
     return path
 
 
-def run_playbook_in(base_dir, playbook, extra_vars=None, check=False, env=None, timeout=600):
-    """Run ansible-playbook on localhost; every task result is captured by the opskit_capture callback."""
+def faketime_args(clock):
+    """The argument prefix that runs a command with its clock starting at ``clock`` (libfaketime;
+    scripts/bootstrap.sh installs it). The instant is given in UTC, whatever the machine's TZ."""
+    binary = shutil.which("faketime")
+    if binary is None:
+        raise AssertionError("faketime is not installed: run scripts/bootstrap.sh")
+    utc = clock.astimezone(datetime.timezone.utc)
+    return ["env", "TZ=UTC", binary, "-f", "@" + utc.strftime("%Y-%m-%d %H:%M:%S")]
+
+
+def run_playbook_in(base_dir, playbook, extra_vars=None, check=False, env=None, timeout=600, clock=None):
+    """Run ansible-playbook on localhost; every task result is captured by the opskit_capture callback.
+
+    ``clock`` (an aware datetime) runs the playbook, and so the modules, under libfaketime with
+    a clock that starts at that instant and then ticks: tests that build a history of backups
+    build it from a fixed clock, so no result depends on the day or the weekday of the run."""
     workdir = tempfile.mkdtemp(prefix="play-", dir=base_dir)
     path = _playbook_file(playbook, workdir)
     capture = os.path.join(workdir, "results.jsonl")
@@ -464,6 +479,8 @@ def run_playbook_in(base_dir, playbook, extra_vars=None, check=False, env=None, 
     with open(inventory, "w") as fh:
         fh.write(INVENTORY)
     args = [os.path.join(VENV_BIN, "ansible-playbook"), "-i", inventory, path]
+    if clock is not None:
+        args = faketime_args(clock) + args
     if extra_vars:
         vars_file = os.path.join(workdir, "extra_vars.json")
         with open(os.open(vars_file, os.O_WRONLY | os.O_CREAT, 0o600), "w") as fh:
@@ -508,6 +525,7 @@ def run_playbook_in(base_dir, playbook, extra_vars=None, check=False, env=None, 
 def run_playbook(tmp_path_factory):
     base_dir = str(tmp_path_factory.mktemp("playbooks"))
 
-    def run(playbook, extra_vars=None, check=False, env=None, timeout=600):
-        return run_playbook_in(base_dir, playbook, extra_vars=extra_vars, check=check, env=env, timeout=timeout)
+    def run(playbook, extra_vars=None, check=False, env=None, timeout=600, clock=None):
+        return run_playbook_in(base_dir, playbook, extra_vars=extra_vars, check=check, env=env, timeout=timeout,
+                               clock=clock)
     return run

@@ -19,7 +19,8 @@ import pytest
 from ansible_collections.opskit.runbook.plugins.module_utils import _backup, _storage
 
 UTC = datetime.timezone.utc
-NOW = datetime.datetime.now(UTC).replace(microsecond=0)
+# The fixed clock of the playbooks that read the seeded history (see run_playbook's clock)
+NOW = datetime.datetime(2100, 3, 11, 12, 0, 0, tzinfo=UTC)
 SECRET = "s3cr3t-Value-never-shown-0123456789"
 
 PLAY = """
@@ -63,7 +64,7 @@ def seeded(request, tmp_path):
 
 def test_lists_every_series_and_flags_rpo_breach(run_playbook, seeded):
     args, made = seeded
-    res = run_playbook(PLAY, {"info_args": dict(args, max_age="26h")})
+    res = run_playbook(PLAY, {"info_args": dict(args, max_age="26h")}, clock=NOW)
     info = res.task("info")
     assert res.rc == 0 and info["_status"] == "ok" and info["changed"] is False
     assert sorted(info["series"]) == ["db-app", "old-cfg", "vol-data"]
@@ -81,7 +82,7 @@ def test_lists_every_series_and_flags_rpo_breach(run_playbook, seeded):
 
 def test_fail_on_stale_fails_with_the_report(run_playbook, seeded):
     args, _made = seeded
-    res = run_playbook(PLAY, {"info_args": dict(args, max_age="26h", fail_on_stale=True)})
+    res = run_playbook(PLAY, {"info_args": dict(args, max_age="26h", fail_on_stale=True)}, clock=NOW)
     info = res.task("info")
     assert info["_status"] == "failed"
     assert info["msg"] == "RPO breach: newest backup older than 26h in series old-cfg"
@@ -90,12 +91,12 @@ def test_fail_on_stale_fails_with_the_report(run_playbook, seeded):
 
 def test_one_series_in_check_mode(run_playbook, seeded):
     args, made = seeded
-    res = run_playbook(PLAY, {"info_args": dict(args, series="vol-data", max_age="2h")}, check=True)
+    res = run_playbook(PLAY, {"info_args": dict(args, series="vol-data", max_age="2h")}, check=True, clock=NOW)
     info = res.task("info")
     assert info["_status"] == "ok" and info["changed"] is False
     assert list(info["series"]) == ["vol-data"] and info["stale_series"] == []
     assert info["series"]["vol-data"]["newest"]["id"] == made["vol-data"][0]["id"]
-    res = run_playbook(PLAY, {"info_args": dict(args, series="nope")})
+    res = run_playbook(PLAY, {"info_args": dict(args, series="nope")}, clock=NOW)
     assert res.task("info")["msg"].startswith("series nope has no backups at ")
 
 
