@@ -58,7 +58,8 @@ def vm(field):
 
 def child(spec):
     sys.path.insert(0, COLLECTIONS)
-    from ansible_collections.opskit.runbook.plugins.module_utils import _pg_backup, _storage
+    from ansible_collections.opskit.runbook.plugins.module_utils._postgres import backup as _pg_backup
+    from ansible_collections.opskit.runbook.plugins.module_utils._storage import location as _storage
     params = dict(spec["params"])
     location = _storage.open_location(params["location"], **spec.get("storage", {}))
     base = vm("VmRSS")

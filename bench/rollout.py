@@ -53,7 +53,7 @@ if not os.path.exists(LINK):
     os.makedirs(os.path.dirname(LINK), exist_ok=True)
     os.symlink(ROOT, LINK)
 
-from ansible_collections.opskit.runbook.plugins.module_utils import _rollout  # noqa: E402
+from ansible_collections.opskit.runbook.plugins.module_utils._rollout import action as _rollout  # noqa: E402
 
 
 class Poller:

@@ -61,7 +61,8 @@ def child(variant, size, endpoint, bucket, path):
     """Run one variant in this (fresh) process and print a JSON line."""
     sys.path.insert(0, COLLECTIONS)
     import boto3
-    from ansible_collections.opskit.runbook.plugins.module_utils import _backup, _storage
+    from ansible_collections.opskit.runbook.plugins.module_utils._engine import backup as _backup
+    from ansible_collections.opskit.runbook.plugins.module_utils._storage import location as _storage
     opts = dict(endpoint_url=endpoint, access_key="bench", secret_key="bench-secret", region="us-east-1")
     client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
                           aws_access_key_id="bench", aws_secret_access_key="bench-secret")

@@ -432,10 +432,10 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.opskit.runbook.plugins.module_utils._docker import DOCKER_ARGSPEC, docker_argspec
 from ansible_collections.opskit.runbook.plugins.module_utils._errors import OpsError
-from ansible_collections.opskit.runbook.plugins.module_utils._health import (
+from ansible_collections.opskit.runbook.plugins.module_utils._health.engine import (
     CHECK_ARGSPEC, failing, run_checks, validate_checks)
 from ansible_collections.opskit.runbook.plugins.module_utils._module import run_module
-from ansible_collections.opskit.runbook.plugins.module_utils._pgconn import PG_ARGSPEC, pg_argspec
+from ansible_collections.opskit.runbook.plugins.module_utils._postgres.connection import PG_ARGSPEC, pg_argspec
 
 
 def main():

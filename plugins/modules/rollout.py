@@ -302,7 +302,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.opskit.runbook.plugins.module_utils._docker import docker_argspec
 from ansible_collections.opskit.runbook.plugins.module_utils._module import run_module
-from ansible_collections.opskit.runbook.plugins.module_utils._rollout import run
+from ansible_collections.opskit.runbook.plugins.module_utils._rollout.action import run
 
 
 def main():

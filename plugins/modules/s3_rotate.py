@@ -240,9 +240,9 @@ series:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.opskit.runbook.plugins.module_utils._module import run_module
-from ansible_collections.opskit.runbook.plugins.module_utils._retention import (
+from ansible_collections.opskit.runbook.plugins.module_utils._retention.rotation import (
     diff_lists, parse_policy, rotate)
-from ansible_collections.opskit.runbook.plugins.module_utils._storage import (
+from ansible_collections.opskit.runbook.plugins.module_utils._storage.location import (
     location_from_params, storage_argspec)
 
 POLICY_OPTIONS = ("keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly",

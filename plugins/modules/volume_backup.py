@@ -370,9 +370,9 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.opskit.runbook.plugins.module_utils._docker import docker_argspec
 from ansible_collections.opskit.runbook.plugins.module_utils._module import run_module
-from ansible_collections.opskit.runbook.plugins.module_utils._storage import (
+from ansible_collections.opskit.runbook.plugins.module_utils._storage.location import (
     location_from_params, storage_argspec)
-from ansible_collections.opskit.runbook.plugins.module_utils._volume import run
+from ansible_collections.opskit.runbook.plugins.module_utils._volume.action import run
 
 
 def main():

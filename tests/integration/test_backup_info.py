@@ -16,7 +16,8 @@ import time
 
 import pytest
 
-from ansible_collections.opskit.runbook.plugins.module_utils import _backup, _storage
+from ansible_collections.opskit.runbook.plugins.module_utils._engine import backup as _backup
+from ansible_collections.opskit.runbook.plugins.module_utils._storage import location as _storage
 
 UTC = datetime.timezone.utc
 # The fixed clock of the playbooks that read the seeded history (see run_playbook's clock)

@@ -12,7 +12,8 @@ import os
 import subprocess
 import tarfile
 
-from ansible_collections.opskit.runbook.plugins.module_utils import _backup, _storage
+from ansible_collections.opskit.runbook.plugins.module_utils._engine import backup as _backup
+from ansible_collections.opskit.runbook.plugins.module_utils._storage import location as _storage
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

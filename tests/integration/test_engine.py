@@ -15,7 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from ansible_collections.opskit.runbook.plugins.module_utils import _backup, _storage
+from ansible_collections.opskit.runbook.plugins.module_utils._engine import backup as _backup
+from ansible_collections.opskit.runbook.plugins.module_utils._storage import location as _storage
 from ansible_collections.opskit.runbook.plugins.module_utils._errors import (
     IntegrityError, NotFoundError, StorageError)
 
@@ -176,7 +177,8 @@ def test_failed_s3_upload_is_aborted(s3):
 _KILL_SCRIPT = textwrap.dedent("""
     import os, sys, time
     sys.path.insert(0, %(collections)r)
-    from ansible_collections.opskit.runbook.plugins.module_utils import _backup, _storage
+    from ansible_collections.opskit.runbook.plugins.module_utils._engine import backup as _backup
+    from ansible_collections.opskit.runbook.plugins.module_utils._storage import location as _storage
     loc = _storage.open_location(%(url)r, **%(options)r)
     with _backup.BackupSession(loc, "app", "generic", compression="none") as session:
         with session.artifact("bin") as out:

@@ -11,7 +11,8 @@ import uuid
 
 import pytest
 
-from ansible_collections.opskit.runbook.plugins.module_utils import _backup, _storage
+from ansible_collections.opskit.runbook.plugins.module_utils._engine import backup as _backup
+from ansible_collections.opskit.runbook.plugins.module_utils._storage import location as _storage
 
 
 def test_pg_runs_sql_and_creates_databases(pg):

@@ -15,7 +15,8 @@ import uuid
 import psycopg2
 import pytest
 
-from ansible_collections.opskit.runbook.plugins.module_utils import _backup, _storage
+from ansible_collections.opskit.runbook.plugins.module_utils._engine import backup as _backup
+from ansible_collections.opskit.runbook.plugins.module_utils._storage import location as _storage
 
 from roles_fixtures import ROOT, Webhook, conn, playbook, reports
 

@@ -10,8 +10,9 @@ import os
 
 import pytest
 
-from ansible_collections.opskit.runbook.plugins.module_utils import _backup, _storage
-from ansible_collections.opskit.runbook.plugins.module_utils._retention import (
+from ansible_collections.opskit.runbook.plugins.module_utils._engine import backup as _backup
+from ansible_collections.opskit.runbook.plugins.module_utils._storage import location as _storage
+from ansible_collections.opskit.runbook.plugins.module_utils._retention.rotation import (
     Backup, parse_policy, plan_rotation)
 
 UTC = datetime.timezone.utc

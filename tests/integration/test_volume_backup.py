@@ -301,7 +301,8 @@ def _publish_tar(location_url, series, members):
     """Publish a hand-made tar through the engine, as a backup of kind volume would be."""
     import io
     import tarfile
-    from ansible_collections.opskit.runbook.plugins.module_utils import _backup, _storage
+    from ansible_collections.opskit.runbook.plugins.module_utils._engine import backup as _backup
+    from ansible_collections.opskit.runbook.plugins.module_utils._storage import location as _storage
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for name, kind, payload in members:

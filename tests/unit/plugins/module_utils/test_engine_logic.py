@@ -11,7 +11,9 @@ import os
 
 import pytest
 
-from ansible_collections.opskit.runbook.plugins.module_utils import _backup, _retry, _storage, _timeutil
+from ansible_collections.opskit.runbook.plugins.module_utils import _retry, _timeutil
+from ansible_collections.opskit.runbook.plugins.module_utils._engine import backup as _backup
+from ansible_collections.opskit.runbook.plugins.module_utils._storage import location as _storage
 from ansible_collections.opskit.runbook.plugins.module_utils._errors import ConfigError, IntegrityError
 
 MiB = 1024 * 1024

@@ -15,14 +15,14 @@ import time
 
 import pytest
 
-from ansible_collections.opskit.runbook.plugins.module_utils import _health
+from ansible_collections.opskit.runbook.plugins.module_utils._health import engine as _health
 from ansible_collections.opskit.runbook.plugins.module_utils._errors import ConfigError, ServiceError
-from ansible_collections.opskit.runbook.plugins.module_utils._health import (
+from ansible_collections.opskit.runbook.plugins.module_utils._health.engine import (
     CHECK_ARGSPEC, CHECK_TYPES, CRITICAL, MEASURES, OK, UNKNOWN, WARNING, Observation, ProbeFailed,
     deployment_status, failing, run_checks, validate_checks)
-from ansible_collections.opskit.runbook.plugins.module_utils._health_net import (
+from ansible_collections.opskit.runbook.plugins.module_utils._health.net import (
     cert_days_left, cert_not_after, evaluate_condition, parse_condition, parse_info, parse_path)
-from ansible_collections.opskit.runbook.plugins.module_utils._health_svc import (
+from ansible_collections.opskit.runbook.plugins.module_utils._health.services import (
     judge_container, judge_deployment, read_meminfo)
 
 
@@ -259,7 +259,7 @@ def test_parse_info_and_meminfo():
 
 
 def test_memory_probe_reads_meminfo(tmp_path):
-    from ansible_collections.opskit.runbook.plugins.module_utils._health_svc import probe_memory
+    from ansible_collections.opskit.runbook.plugins.module_utils._health.services import probe_memory
     path = tmp_path / "meminfo"
     path.write_text("MemTotal: 1000 kB\nMemAvailable: 250 kB\nSwapTotal: 100 kB\nSwapFree: 50 kB\n")
     obs = Observation()
@@ -432,7 +432,7 @@ def test_a_bug_outside_the_probe_is_a_result_not_a_crash(scripted, monkeypatch):
 HANG = """
 import sys, time
 sys.path.insert(0, %r)
-from ansible_collections.opskit.runbook.plugins.module_utils import _health
+from ansible_collections.opskit.runbook.plugins.module_utils._health import engine as _health
 _health._GRACE = 0.05
 _health._PROBES["memory"] = lambda check, obs, timeout, ctx: time.sleep(300)
 report = _health.run_checks([{"type": "memory"}], deadline=0.2)

@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from ansible_collections.opskit.runbook.plugins.module_utils import _pg_backup as pb
-from ansible_collections.opskit.runbook.plugins.module_utils import _pg_tools as pt
+from ansible_collections.opskit.runbook.plugins.module_utils._postgres import backup as pb
+from ansible_collections.opskit.runbook.plugins.module_utils._postgres import tools as pt
 from ansible_collections.opskit.runbook.plugins.module_utils._errors import (
     ConfigError, NotFoundError, ServiceError)
 

@@ -10,7 +10,7 @@ import math
 import pytest
 
 from ansible_collections.opskit.runbook.plugins.module_utils._errors import ConfigError
-from ansible_collections.opskit.runbook.plugins.module_utils._ranges import (
+from ansible_collections.opskit.runbook.plugins.module_utils._health.ranges import (
     CRITICAL, OK, UNKNOWN, WARNING, evaluate, format_number, parse_range, perfdata_item, worst)
 
 

@@ -9,10 +9,12 @@ import os
 
 import pytest
 
-from ansible_collections.opskit.runbook.plugins.module_utils import _backup, _retention, _storage
+from ansible_collections.opskit.runbook.plugins.module_utils._engine import backup as _backup
+from ansible_collections.opskit.runbook.plugins.module_utils._retention import rotation as _retention
+from ansible_collections.opskit.runbook.plugins.module_utils._storage import location as _storage
 from ansible_collections.opskit.runbook.plugins.module_utils._errors import (
     ConfigError, NotFoundError, StorageError)
-from ansible_collections.opskit.runbook.plugins.module_utils._retention import (
+from ansible_collections.opskit.runbook.plugins.module_utils._retention.rotation import (
     Backup, parse_policy, plan_rotation)
 
 UTC = datetime.timezone.utc

@@ -10,7 +10,7 @@ import zoneinfo
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from ansible_collections.opskit.runbook.plugins.module_utils._retention import (
+from ansible_collections.opskit.runbook.plugins.module_utils._retention.rotation import (
     Backup, parse_policy, plan_rotation)
 from ansible_collections.opskit.runbook.plugins.module_utils._timeutil import Duration
 

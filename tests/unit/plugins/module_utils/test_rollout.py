@@ -9,9 +9,9 @@ import json
 
 import pytest
 
-from ansible_collections.opskit.runbook.plugins.module_utils import _rollout as R
-from ansible_collections.opskit.runbook.plugins.module_utils import _rollout_docker as D
-from ansible_collections.opskit.runbook.plugins.module_utils import _rollout_k8s as K
+from ansible_collections.opskit.runbook.plugins.module_utils._rollout import action as R
+from ansible_collections.opskit.runbook.plugins.module_utils._rollout import docker as D
+from ansible_collections.opskit.runbook.plugins.module_utils._rollout import k8s as K
 from ansible_collections.opskit.runbook.plugins.module_utils._errors import ConfigError, OpsError, ServiceError
 
 

@@ -12,12 +12,12 @@ import tarfile
 
 import pytest
 
-from ansible_collections.opskit.runbook.plugins.module_utils._backup import BackupSession
+from ansible_collections.opskit.runbook.plugins.module_utils._engine.backup import BackupSession
 from ansible_collections.opskit.runbook.plugins.module_utils._errors import (
     ConfigError, IntegrityError, NotFoundError)
-from ansible_collections.opskit.runbook.plugins.module_utils._storage import open_location
-from ansible_collections.opskit.runbook.plugins.module_utils._tarsafe import UnsafeArchiveError
-from ansible_collections.opskit.runbook.plugins.module_utils._volume import DirectoryTarget, SourceError
+from ansible_collections.opskit.runbook.plugins.module_utils._storage.location import open_location
+from ansible_collections.opskit.runbook.plugins.module_utils._volume.tar import UnsafeArchiveError
+from ansible_collections.opskit.runbook.plugins.module_utils._volume.action import DirectoryTarget, SourceError
 
 _SPEC = importlib.util.spec_from_file_location(
     "volume_fixtures", os.path.join(os.path.dirname(__file__), "..", "..", "..", "integration",

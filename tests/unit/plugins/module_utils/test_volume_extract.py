@@ -13,9 +13,9 @@ import tarfile
 import pytest
 
 from ansible_collections.opskit.runbook.plugins.module_utils._errors import IntegrityError
-from ansible_collections.opskit.runbook.plugins.module_utils._tarsafe import (
+from ansible_collections.opskit.runbook.plugins.module_utils._volume.tar import (
     ExtractError, TarExtractor, UnsafeArchiveError, extract_chunks)
-from ansible_collections.opskit.runbook.plugins.module_utils._volume import VolumeTarget
+from ansible_collections.opskit.runbook.plugins.module_utils._volume.action import VolumeTarget
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown to other users needs root")
 MTIME = 1700000000

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from ansible_collections.opskit.runbook.plugins.module_utils._errors import ConfigError, ServiceError
-from ansible_collections.opskit.runbook.plugins.module_utils._quiesce import (
+from ansible_collections.opskit.runbook.plugins.module_utils._volume.quiesce import (
     HELPER_LABEL, STOP_LABEL, Quiescer, container_view, normalize_selection, select_containers, uses)
 
 

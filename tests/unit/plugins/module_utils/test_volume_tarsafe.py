@@ -11,9 +11,9 @@ import tarfile
 
 import pytest
 
-from ansible_collections.opskit.runbook.plugins.module_utils import _tarsafe
+from ansible_collections.opskit.runbook.plugins.module_utils._volume import tar as _tarsafe
 from ansible_collections.opskit.runbook.plugins.module_utils._errors import IntegrityError
-from ansible_collections.opskit.runbook.plugins.module_utils._tarsafe import (
+from ansible_collections.opskit.runbook.plugins.module_utils._volume.tar import (
     MemberChecker, SafeTarStream, TarScanner, UnsafeArchiveError, clean_name, rebase)
 
 

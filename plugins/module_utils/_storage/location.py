@@ -21,8 +21,8 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
 
-from ._errors import ConfigError, NotFoundError, StorageError
-from ._retry import call_with_retry
+from .._errors import ConfigError, NotFoundError, StorageError
+from .._retry import call_with_retry
 
 try:
     import boto3
@@ -330,7 +330,7 @@ class S3Location(Location):
                  server_side_encryption=None, sse_kms_key_id=None, validate_certs=True,
                  ca_bundle=None, client=None, max_inflight_parts=2, **_ignored):
         if not HAS_BOTO3 and client is None:
-            from ._errors import MissingLibraryError
+            from .._errors import MissingLibraryError
             raise MissingLibraryError("boto3", BOTO3_IMPORT_ERROR)
         if len(bucket) < 3:
             raise ConfigError("location s3://%s: bucket names have at least 3 characters" % bucket)

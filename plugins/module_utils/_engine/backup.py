@@ -25,8 +25,8 @@ import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 
-from ._errors import ConfigError, IntegrityError, MissingLibraryError, NotFoundError, OpsError
-from ._timeutil import parse_rfc3339, parse_stamp, rfc3339, stamp, utcnow
+from .._errors import ConfigError, IntegrityError, MissingLibraryError, NotFoundError, OpsError
+from .._timeutil import parse_rfc3339, parse_stamp, rfc3339, stamp, utcnow
 
 try:
     import zstandard

@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import time
 
-from ._errors import OpsError, ServiceError
+from .._errors import OpsError, ServiceError
 
 READY, WAITING, FAILED = "ready", "waiting", "failed"
 OUTCOMES = ("deployed", "rolled_back", "rollback_failed", "unchanged", "restarted")
@@ -170,7 +170,7 @@ def rollout_status(dep):
     The rules live in the health engine (``_health.deployment_status``); this maps its states.
     Returns (READY|WAITING|FAILED, message).
     """
-    from ._health import ROLLOUT_FAILED, ROLLOUT_SUCCESS, deployment_status
+    from .._health.engine import ROLLOUT_FAILED, ROLLOUT_SUCCESS, deployment_status
     state, message = deployment_status(dep)
     return {ROLLOUT_SUCCESS: READY, ROLLOUT_FAILED: FAILED}.get(state, WAITING), message
 
@@ -481,7 +481,7 @@ def missing_image_result(units, image, exc):
 def _positive(params, key, allow_zero=False):
     value = params.get(key)
     if value is None or value < 0 or (value == 0 and not allow_zero):
-        from ._errors import ConfigError
+        from .._errors import ConfigError
         raise ConfigError("%s must be a %s number of seconds, got %r"
                           % (key, "non-negative" if allow_zero else "positive", value))
     return float(value)
@@ -491,29 +491,29 @@ def build_units(params):
     """The units of ``params['target']`` (connects to Docker or Kubernetes)."""
     target = params["target"]
     if target in ("docker_container", "compose_service"):
-        from ._docker import docker_client
-        from ._rollout_docker import DockerContainer, compose_units
+        from .._docker import docker_client
+        from .docker import DockerContainer, compose_units
         client = docker_client(params)
         opts = dict(pull=params.get("pull") or "missing", stop_timeout=params.get("stop_timeout") or 10)
         if target == "docker_container":
             return [DockerContainer(client, params["name"], **opts)]
         return compose_units(client, params["project"], params["name"], **opts)
-    from ._rollout_k8s import K8sDeployment, k8s_api_client
+    from .k8s import K8sDeployment, k8s_api_client
     api = k8s_api_client(params.get("kubeconfig"), params.get("context"), bool(params.get("in_cluster")))
     return [K8sDeployment(api, params.get("namespace") or "default", params["name"], params.get("container"))]
 
 
 def run(params, check_mode=False):
     """The module's action: validate, build the units, execute, decide whether the task fails."""
-    from ._errors import ConfigError
+    from .._errors import ConfigError
     settings = Settings(timeout=_positive(params, "timeout"), monitor=_positive(params, "monitor", True),
                         rollback_timeout=_positive(params, "rollback_timeout"),
                         log_lines=max(0, int(params.get("log_lines") or 0)))
     if params.get("stop_timeout") is not None and params["stop_timeout"] < 0:
         raise ConfigError("stop_timeout must be >= 0, got %r" % params["stop_timeout"])
     if params.get("health_checks"):
-        from ._docker import DOCKER_OPTION_NAMES
-        from ._health import failing, run_checks, validate_checks
+        from .._docker import DOCKER_OPTION_NAMES
+        from .._health.engine import failing, run_checks, validate_checks
         checks = validate_checks(params["health_checks"],
                                  defaults={k: params.get(k) for k in DOCKER_OPTION_NAMES})
         settings.checks = checks_runner(checks, run_checks, failing)

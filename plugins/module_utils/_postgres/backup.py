@@ -18,12 +18,12 @@ import tarfile
 import tempfile
 import time
 
-from ._backup import (ArtifactReader, BackupSession, CHUNK, copy_to_fd, resolve_backup, sanitize_series,
+from .._engine.backup import (ArtifactReader, BackupSession, CHUNK, copy_to_fd, resolve_backup, sanitize_series,
                       summarize, update_verification, validate_series, verify_stored)
-from ._errors import ConfigError, NotFoundError, OpsError, ServiceError
-from ._pg_tools import (DockerTools, LocalTools, db_arg, failure, find_bin_dir, quote_ident,
+from .._errors import ConfigError, NotFoundError, OpsError, ServiceError
+from .tools import (DockerTools, LocalTools, db_arg, failure, find_bin_dir, quote_ident,
                         quote_literal, tool_message)
-from ._pgconn import conn_params, libpq_env, libpq_vars
+from .connection import conn_params, libpq_env, libpq_vars
 
 KIND = "postgres"
 MAINTENANCE_DB = "postgres"
@@ -271,7 +271,7 @@ def open_server(params):
     """A Server whose tools run on the managed host, or in ``docker_container``."""
     conn = conn_params(params)
     if params.get("docker_container"):
-        from ._docker import docker_client
+        from .._docker import docker_client
         tools = DockerTools(docker_client(params), params["docker_container"],
                             libpq_vars(params, with_password=True), params.get("docker_user"),
                             params.get("bin_dir"), conn.get("password"))

@@ -19,7 +19,7 @@ import os
 import signal
 import time
 
-from ._errors import ConfigError, ServiceError
+from .._errors import ConfigError, ServiceError
 
 STOP_LABEL = "opskit.runbook.stop-during-backup"
 HELPER_LABEL = "opskit.runbook.helper"

@@ -18,15 +18,15 @@ import ssl
 import time
 from urllib.parse import urlsplit
 
-from ._errors import ConfigError
-from ._ranges import CRITICAL, UNKNOWN, format_number
+from .._errors import ConfigError
+from .ranges import CRITICAL, UNKNOWN, format_number
 
 MAX_BODY = 1024 * 1024  # bytes of an HTTP body kept for body_contains / json_conditions
 USER_AGENT = "opskit.runbook-health_check"
 
 
 def _probe_failed(state, msg):
-    from ._health import ProbeFailed  # late import: _health imports this module
+    from .engine import ProbeFailed  # late import: _health imports this module
     return ProbeFailed(state, msg)
 
 

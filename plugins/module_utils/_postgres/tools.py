@@ -29,7 +29,7 @@ import struct
 import subprocess
 import threading
 
-from ._errors import ConfigError, ServiceError
+from .._errors import ConfigError, ServiceError
 
 CHUNK = 1024 * 1024
 STDERR_KEEP = 64 * 1024
@@ -273,7 +273,7 @@ class DockerTools:
         return "%s/%s" % (self.bin_dir.rstrip("/"), tool) if self.bin_dir else tool
 
     def _exec(self, argv, stdin=False, stdout=True):
-        from ._docker import docker_error
+        from .._docker import docker_error
         try:
             return self.client.exec_create(self.container, argv, stdin=stdin, stdout=stdout,
                                            stderr=True, tty=False, environment=self.env,

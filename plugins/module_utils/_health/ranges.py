@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import re
 
-from ._errors import ConfigError
+from .._errors import ConfigError
 
 OK, WARNING, CRITICAL, UNKNOWN = "OK", "WARNING", "CRITICAL", "UNKNOWN"
 STATES = (OK, WARNING, CRITICAL, UNKNOWN)

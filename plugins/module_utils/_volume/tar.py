@@ -26,8 +26,8 @@ import os
 import stat
 import tarfile
 
-from ._backup import write_all
-from ._errors import IntegrityError
+from .._engine.backup import write_all
+from .._errors import IntegrityError
 
 BLOCK = 512
 ZERO_BLOCK = b"\0" * BLOCK

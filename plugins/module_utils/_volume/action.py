@@ -20,13 +20,13 @@ import secrets
 import socket
 import tarfile
 
-from ._backup import (ArtifactReader, BackupSession, Prefetch, read_chunks, resolve_backup, sanitize_series, summarize,
+from .._engine.backup import (ArtifactReader, BackupSession, Prefetch, read_chunks, resolve_backup, sanitize_series, summarize,
                       validate_series, verify_stored)
-from ._docker import DEFAULT_DOCKER_HOST, docker_client, docker_error
-from ._errors import ConfigError, NotFoundError, OpsError, ServiceError
-from ._quiesce import (HELPER_LABEL, Guardian, Quiescer, container_view, normalize_selection,
+from .._docker import DEFAULT_DOCKER_HOST, docker_client, docker_error
+from .._errors import ConfigError, NotFoundError, OpsError, ServiceError
+from .quiesce import (HELPER_LABEL, Guardian, Quiescer, container_view, normalize_selection,
                        select_containers, uses)
-from ._tarsafe import (CHUNK, DIR_FLAGS, NEW_FILE_FLAGS, TAR_ENCODING, TAR_ERRORS, TarExtractor, TarScanner,
+from .tar import (CHUNK, DIR_FLAGS, NEW_FILE_FLAGS, TAR_ENCODING, TAR_ERRORS, TarExtractor, TarScanner,
                        directory_members, extract_chunks, kind_of, rewrite_stream, summary)
 
 MOUNT = "/.opskit-volume"          # where helper containers mount the volume

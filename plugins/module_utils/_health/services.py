@@ -12,8 +12,8 @@ import math
 import os
 import time
 
-from ._errors import ConfigError, MissingLibraryError, ServiceError
-from ._ranges import CRITICAL, UNKNOWN, WARNING, format_number
+from .._errors import ConfigError, MissingLibraryError, ServiceError
+from .ranges import CRITICAL, UNKNOWN, WARNING, format_number
 
 _KUBERNETES = {}
 
@@ -34,7 +34,7 @@ ROLLOUT_SUCCESS, ROLLOUT_WAITING, ROLLOUT_FAILED = "success", "waiting", "failed
 
 
 def _probe_failed(state, msg):
-    from ._health import ProbeFailed  # late import: _health imports this module
+    from .engine import ProbeFailed  # late import: _health imports this module
     return ProbeFailed(state, msg)
 
 
@@ -59,7 +59,7 @@ SELECT current_setting('server_version'),
 
 
 def probe_postgres(check, obs, timeout, ctx=None):
-    from ._pgconn import connect, pg_message
+    from .._postgres.connection import connect, pg_message
     params = dict(check)
     limit = min(timeout, check.get("connect_timeout") or timeout)
     params["connect_timeout"] = max(2, int(math.ceil(limit)))
@@ -101,7 +101,7 @@ _DOCKER_KEYS = ("docker_host", "tls", "tls_verify", "ca_path", "client_cert", "c
 
 
 def probe_docker(check, obs, timeout, ctx):
-    from ._docker import docker_client, docker_error
+    from .._docker import docker_client, docker_error
     params = {k: check.get(k) for k in _DOCKER_KEYS}
     params["docker_timeout"] = params["docker_timeout"] or max(1, int(math.ceil(timeout)))
     client = ctx.client("docker", tuple(sorted(params.items())), lambda: docker_client(params))

@@ -30,11 +30,11 @@ import collections
 import datetime
 from concurrent.futures import ThreadPoolExecutor
 
-from ._backup import backup_time, is_verified, parse_key, read_manifest, scan, validate_series
-from ._errors import ConfigError, NotFoundError, StorageError
-from ._retry import call_with_retry
-from ._storage import TMP_MARK
-from ._timeutil import Duration, rfc3339, utcnow
+from .._engine.backup import backup_time, is_verified, parse_key, read_manifest, scan, validate_series
+from .._errors import ConfigError, NotFoundError, StorageError
+from .._retry import call_with_retry
+from .._storage.location import TMP_MARK
+from .._timeutil import Duration, rfc3339, utcnow
 
 try:
     import zoneinfo

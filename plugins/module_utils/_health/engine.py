@@ -24,13 +24,13 @@ import ssl
 import threading
 import time
 
-from ._docker import DOCKER_ARGSPEC
-from ._errors import ConfigError, MissingLibraryError, OpsError, ServiceError
-from ._health_net import parse_condition, probe_http, probe_redis, probe_tcp
-from ._health_svc import (ROLLOUT_FAILED, ROLLOUT_SUCCESS, ROLLOUT_WAITING, deployment_status,
+from .._docker import DOCKER_ARGSPEC
+from .._errors import ConfigError, MissingLibraryError, OpsError, ServiceError
+from .net import parse_condition, probe_http, probe_redis, probe_tcp
+from .services import (ROLLOUT_FAILED, ROLLOUT_SUCCESS, ROLLOUT_WAITING, deployment_status,
                           probe_disk, probe_docker, probe_k8s, probe_load, probe_memory, probe_postgres)
-from ._pgconn import PG_ARGSPEC
-from ._ranges import (CRITICAL, OK, SEVERITY, STATES, UNKNOWN, WARNING, evaluate, format_number,
+from .._postgres.connection import PG_ARGSPEC
+from .ranges import (CRITICAL, OK, SEVERITY, STATES, UNKNOWN, WARNING, evaluate, format_number,
                       parse_range, perfdata_item, worst)
 
 __all__ = ["CHECK_TYPES", "CHECK_ARGSPEC", "MEASURES", "PRIMARY_MEASURE", "validate_checks", "run_checks",

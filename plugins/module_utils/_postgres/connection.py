@@ -12,7 +12,7 @@ import contextlib
 import os
 import tempfile
 
-from ._errors import MissingLibraryError, ServiceError
+from .._errors import MissingLibraryError, ServiceError
 
 try:
     import psycopg2

@@ -5,9 +5,9 @@
 
 from __future__ import annotations
 
-from ._backup import created_at, is_verified, list_backups, summarize, validate_series
-from ._errors import NotFoundError
-from ._timeutil import Duration, utcnow
+from .backup import created_at, is_verified, list_backups, summarize, validate_series
+from .._errors import NotFoundError
+from .._timeutil import Duration, utcnow
 
 
 def backup_report(location, series=None, max_age=None, now=None):

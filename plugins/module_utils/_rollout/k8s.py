@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import json
 
-from ._errors import ConfigError, MissingLibraryError, ServiceError
-from ._rollout import (FAILED, READY, RECORD_KEY, WAITING, make_record, now_rfc3339, pod_failure, read_record,
+from .._errors import ConfigError, MissingLibraryError, ServiceError
+from .action import (FAILED, READY, RECORD_KEY, WAITING, make_record, now_rfc3339, pod_failure, read_record,
                        record_text, rollout_status)
 
 try:

@@ -17,9 +17,9 @@ from __future__ import annotations
 import copy
 import time
 
-from ._docker import docker_error
-from ._errors import ServiceError
-from ._rollout import RECORD_LABEL, ImageMissing, docker_state, make_record, read_record, record_text
+from .._docker import docker_error
+from .._errors import ServiceError
+from .action import RECORD_LABEL, ImageMissing, docker_state, make_record, read_record, record_text
 
 try:
     import docker.errors
