@@ -1,18 +1,24 @@
 # -*- coding: utf-8 -*-
 # Copyright: opskit.runbook contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Filters of the runbook reports: durations in seconds, backup rows and inline SVG bar charts.
+"""Filters of the roles and their reports: durations in seconds, phase timings, the health
+verdict, connection options for module_defaults, backup rows and inline SVG bar charts.
 
-Documentation: the sidecar files duration_seconds.yml, svg_bars.yml and backup_rows.yml here.
+Documentation: the sidecar files here, one per filter (duration_seconds.yml, elapsed.yml,
+health_failing.yml, health_worst.yml, connection_options.yml, svg_bars.yml, backup_rows.yml).
 """
 
 from __future__ import annotations
 
+import time
 from html import escape
 
 from ansible.errors import AnsibleFilterError
 
+from ansible_collections.opskit.runbook.plugins.module_utils._docker import DOCKER_OPTION_NAMES
 from ansible_collections.opskit.runbook.plugins.module_utils._errors import ConfigError
+from ansible_collections.opskit.runbook.plugins.module_utils._health.ranges import SEVERITY, failing, worst
+from ansible_collections.opskit.runbook.plugins.module_utils._postgres.connection import PG_OPTION_NAMES
 from ansible_collections.opskit.runbook.plugins.module_utils._timeutil import Duration
 
 BAR_HEIGHT = 18
@@ -33,6 +39,52 @@ def duration_seconds(value):
         return float(Duration.parse(value, option="duration_seconds").seconds())
     except ConfigError as exc:
         raise AnsibleFilterError(str(exc)) from None
+
+
+def elapsed(started):
+    """Seconds since ``started`` (a Unix timestamp such as ``now().timestamp()``), to the ms."""
+    if isinstance(started, bool):
+        raise AnsibleFilterError("elapsed: %r is not a timestamp" % (started,))
+    try:
+        return round(time.time() - float(started), 3)
+    except (TypeError, ValueError):
+        raise AnsibleFilterError("elapsed: %r is not a timestamp" % (started,)) from None
+
+
+def _state(value, name):
+    if not isinstance(value, str) or value not in SEVERITY:
+        raise AnsibleFilterError("%s: %r is not a state (%s)" % (name, value, ", ".join(SEVERITY)))
+    return value
+
+
+def health_failing(status, fail_on):
+    """The ``fail_on`` verdict of health_check for an overall ``status`` (True: the run fails)."""
+    try:
+        return failing(_state(status, "health_failing"), fail_on)
+    except KeyError:
+        raise AnsibleFilterError("health_failing: fail_on must be one of critical, warning, never, not %r"
+                                 % (fail_on,)) from None
+
+
+def health_worst(states):
+    """The most severe of a list of states (OK for none), as health_check combines them."""
+    if not isinstance(states, (list, tuple)):
+        raise AnsibleFilterError("health_worst: expected a list of states, got %s" % type(states).__name__)
+    return worst(_state(state, "health_worst") for state in states)
+
+
+CONNECTION_OPTIONS = {"postgres": PG_OPTION_NAMES, "docker": DOCKER_OPTION_NAMES}
+
+
+def connection_options(value, kind):
+    """The PostgreSQL or Docker connection options of a dict (kind: postgres, docker), for the
+    action group of that name: module_defaults of a group may hold only options every member knows."""
+    if kind not in CONNECTION_OPTIONS:
+        raise AnsibleFilterError("connection_options: kind must be one of %s, not %r"
+                                 % (", ".join(sorted(CONNECTION_OPTIONS)), kind))
+    if not isinstance(value, dict):
+        raise AnsibleFilterError("connection_options: expected a dict, got %s" % type(value).__name__)
+    return {name: value[name] for name in CONNECTION_OPTIONS[kind] if name in value}
 
 
 def _number(item, key, index):
@@ -122,4 +174,6 @@ def backup_rows(series, only=None):
 
 class FilterModule:
     def filters(self):
-        return {"duration_seconds": duration_seconds, "svg_bars": svg_bars, "backup_rows": backup_rows}
+        return {"duration_seconds": duration_seconds, "elapsed": elapsed, "health_failing": health_failing,
+                "health_worst": health_worst, "connection_options": connection_options,
+                "svg_bars": svg_bars, "backup_rows": backup_rows}

@@ -15,9 +15,10 @@ import uuid
 import psycopg2
 import pytest
 
-from ansible_collections.opskit.runbook.plugins.module_utils._engine import backup as _backup
-from ansible_collections.opskit.runbook.plugins.module_utils._storage import location as _storage
+from ansible_collections.opskit.runbook.plugins.module_utils._engine.catalog import list_backups
+from ansible_collections.opskit.runbook.plugins.module_utils._storage.options import open_location
 
+from harness import free_port, http_get
 from roles_fixtures import ROOT, Webhook, conn, playbook, reports
 
 ROLES = ["backup", "restore", "upgrade", "maintenance", "health", "report"]
@@ -131,8 +132,8 @@ def test_backup_daily_then_drill(run_playbook, pg, redis, shop, tmp_path):
     assert set(assets) == {shop, "etc-app"}
     assert all(a["verification"] == "passed" and a["rto_seconds"] > 0 for a in assets.values())
     # the database restore test is recorded in the manifest
-    location = _storage.open_location("file://%s/backups" % tmp_path)
-    newest = _backup.list_backups(location, "t-pg-%s" % shop)["t-pg-%s" % shop][0]
+    location = open_location("file://%s/backups" % tmp_path)
+    newest = list_backups(location, "t-pg-%s" % shop)["t-pg-%s" % shop][0]
     assert newest["verification"]["result"] == "passed" and newest["id"] == assets[shop]["backup_id"]
     # scratch databases and directories are gone
     assert pg.psql("SELECT count(*) FROM pg_database WHERE datname LIKE '%%scratch%%' OR datname LIKE '%%opskit%%'").strip() == "0"
@@ -261,7 +262,7 @@ def test_upgrade_rolls_back_and_restores_the_database(run_playbook, pg, shop, do
     import rollout_fixtures  # pylint: disable=import-outside-toplevel
     refs = rollout_fixtures.build_images(docker_engine.client.api, tags=("v1", "exit"))
     name = "opskit-upg-%s" % uuid.uuid4().hex[:8]
-    port = rollout_fixtures.free_port()
+    port = free_port()
     rollout_fixtures.run_web(docker_engine.client.api, name, refs["v1"], port)
     extra = _base_vars(tmp_path, pg, shop, opskit_services=[{"name": name, "image": refs["v1"], "timeout": 30,
                                                              "monitor": 1, "pull": "never"}],
@@ -278,7 +279,7 @@ def test_upgrade_rolls_back_and_restores_the_database(run_playbook, pg, shop, do
         assert restored["name"] == shop and restored["mode"] == "recover" and restored["verification"] == "passed"
         assert restored["backup_id"] == doc["pre_upgrade_backups"][0]
         assert "upgrade rolled back" in hook.posts[0]["json"]["text"]
-        assert rollout_fixtures.http_get("http://127.0.0.1:%d/version" % port)[1] == "v1"
+        assert http_get("http://127.0.0.1:%d/version" % port)[1] == "v1"
         assert pg.psql("SELECT count(*) FROM orders", db=shop).strip() == "300"
     finally:
         for container in docker_engine.client.containers.list(all=True, filters={"name": name}):

@@ -13,6 +13,7 @@ import sys
 import time
 import uuid
 
+from harness import free_port, http_get
 from roles_fixtures import ROOT, conn
 
 VENV_BIN = os.path.dirname(sys.executable)
@@ -89,7 +90,7 @@ def test_molecule_upgrade(pg, docker_engine, tmp_path):
     import rollout_fixtures  # pylint: disable=import-outside-toplevel
     refs = rollout_fixtures.build_images(docker_engine.client.api, tags=("v1", "v2"))
     name = "opskit-mol-%s" % uuid.uuid4().hex[:8]
-    port = rollout_fixtures.free_port()
+    port = free_port()
     rollout_fixtures.run_web(docker_engine.client.api, name, refs["v1"], port)
     try:
         variables = _common(tmp_path, pg, _db(pg))
@@ -98,7 +99,7 @@ def test_molecule_upgrade(pg, docker_engine, tmp_path):
             "health_checks": [{"type": "http", "url": "http://127.0.0.1:%d/cgi-bin/health" % port,
                                "retries": 20, "interval": 0.5}]}])
         _molecule("upgrade", tmp_path, variables)
-        assert rollout_fixtures.http_get("http://127.0.0.1:%d/version" % port)[1] == "v2"
+        assert http_get("http://127.0.0.1:%d/version" % port)[1] == "v2"
     finally:
         for container in docker_engine.client.containers.list(all=True, filters={"name": name}):
             container.remove(force=True)

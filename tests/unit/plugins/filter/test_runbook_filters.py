@@ -1,18 +1,21 @@
 # -*- coding: utf-8 -*-
 # Copyright: opskit.runbook contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The report filters: duration_seconds, backup_rows, svg_bars."""
+"""The runbook filters: duration_seconds, elapsed, health_failing, health_worst,
+connection_options, backup_rows, svg_bars."""
 
 from __future__ import annotations
 
 import re
+import time
 import xml.etree.ElementTree as ET
 
 import pytest
 from ansible.errors import AnsibleFilterError
 
 from ansible_collections.opskit.runbook.plugins.filter.runbook import (
-    FilterModule, backup_rows, duration_seconds, svg_bars)
+    FilterModule, backup_rows, connection_options, duration_seconds, elapsed, health_failing, health_worst,
+    svg_bars)
 
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -137,4 +140,71 @@ def test_svg_bars_rejects_bad_items(items, message):
 
 
 def test_filter_module_exports():
-    assert set(FilterModule().filters()) == {"duration_seconds", "svg_bars", "backup_rows"}
+    assert set(FilterModule().filters()) == {"duration_seconds", "elapsed", "health_failing", "health_worst",
+                                             "connection_options", "svg_bars", "backup_rows"}
+
+
+@pytest.mark.parametrize("started", [lambda now: now - 2.5, lambda now: str(now - 2.5)])
+def test_elapsed_counts_from_a_timestamp_or_its_string(started):
+    seconds = elapsed(started(time.time()))
+    assert 2.5 <= seconds < 5 and seconds == round(seconds, 3)
+
+
+@pytest.mark.parametrize("value", [None, "", "yesterday", True, [1]])
+def test_elapsed_rejects(value):
+    with pytest.raises(AnsibleFilterError, match="elapsed"):
+        elapsed(value)
+
+
+# the verdict of health_check's fail_on, as the roles' asserts used to spell it in Jinja
+@pytest.mark.parametrize("status, fail_on, fails", [
+    ("OK", "critical", False), ("WARNING", "critical", False), ("UNKNOWN", "critical", True), ("CRITICAL", "critical", True),
+    ("OK", "warning", False), ("WARNING", "warning", True), ("UNKNOWN", "warning", True), ("CRITICAL", "warning", True),
+    ("OK", "never", False), ("WARNING", "never", False), ("UNKNOWN", "never", False), ("CRITICAL", "never", False),
+])
+def test_health_failing(status, fail_on, fails):
+    assert health_failing(status, fail_on) is fails
+
+
+@pytest.mark.parametrize("status, fail_on, message", [
+    ("FINE", "critical", "'FINE' is not a state"),
+    ("OK", "sometimes", "fail_on must be one of critical, warning, never"),
+])
+def test_health_failing_rejects(status, fail_on, message):
+    with pytest.raises(AnsibleFilterError, match=message):
+        health_failing(status, fail_on)
+
+
+@pytest.mark.parametrize("states, expected", [
+    ([], "OK"),
+    (["OK", "WARNING"], "WARNING"),
+    (["WARNING", "UNKNOWN", "OK"], "UNKNOWN"),
+    (["UNKNOWN", "CRITICAL"], "CRITICAL"),
+])
+def test_health_worst(states, expected):
+    assert health_worst(states) == expected
+
+
+@pytest.mark.parametrize("states", ["OK", ["OK", "BAD"], [["OK"]]])
+def test_health_worst_rejects(states):
+    with pytest.raises(AnsibleFilterError, match="health_worst"):
+        health_worst(states)
+
+
+def test_connection_options_keep_the_fragment_options_only():
+    pg = {"host": "db", "port": 5433, "user": "backup", "password": "pw", "sslmode": "require",
+          "bin_dir": "/usr/lib/postgresql/16/bin", "docker_container": "pg", "docker_user": "postgres"}
+    assert connection_options(pg, "postgres") == {"host": "db", "port": 5433, "user": "backup", "password": "pw",
+                                                  "sslmode": "require"}
+    docker = {"docker_host": "tcp://d:2376", "tls": True, "client_cert": "/c.pem", "other": 1}
+    assert connection_options(docker, "docker") == {"docker_host": "tcp://d:2376", "tls": True, "client_cert": "/c.pem"}
+    assert connection_options({}, "docker") == {}
+
+
+@pytest.mark.parametrize("value, kind, message", [
+    ({}, "storage", "kind must be one of docker, postgres"),
+    ("host=db", "postgres", "expected a dict, got str"),
+])
+def test_connection_options_rejects(value, kind, message):
+    with pytest.raises(AnsibleFilterError, match=message):
+        connection_options(value, kind)
