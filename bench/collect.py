@@ -17,6 +17,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ORDER = ["storage_engine", "pg_backup", "volume_backup", "s3_rotate", "health_check", "rollout"]
 
 
+def write_results(path, text):
+    """Write one benchmark's results file (bench/results/<name>.md), creating the folder."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as fh:
+        fh.write(text)
+
+
 def main():
     folder = os.path.join(HERE, "results")
     names = [n[:-3] for n in sorted(os.listdir(folder)) if n.endswith(".md")]

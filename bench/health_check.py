@@ -33,6 +33,8 @@ import tempfile
 import threading
 import time
 
+from collect import write_results
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 COLLECTIONS = os.path.join(ROOT, ".build", "collections")
@@ -219,9 +221,7 @@ def main():
     text = "\n".join(lines) + "\n"
     print(text)
     if opts.out:
-        os.makedirs(os.path.dirname(opts.out), exist_ok=True)
-        with open(opts.out, "w") as fh:
-            fh.write(text)
+        write_results(opts.out, text)
 
 
 if __name__ == "__main__":

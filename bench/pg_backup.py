@@ -17,7 +17,7 @@ Per database, in one run, on a warm cache (one discarded warm-up dump first):
 Restores (pgbench and randtext): pg_restore -j2 from the local pg_dump -Fc file vs pg_backup
 state=restored jobs=2 from the S3 endpoint, each into a new database.
 
-The module runs as `dump()` / `restore()` of plugins/module_utils/_pg_backup.py in a fresh child
+The module runs as `dump()` / `restore()` of plugins/module_utils/_postgres/ in a fresh child
 Python process (what the module's main() calls), so the peak RSS (VmHWM) is that process's
 alone; pg_dump runs as its child and is not counted.
 
@@ -37,6 +37,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+from collect import write_results
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -58,18 +60,20 @@ def vm(field):
 
 def child(spec):
     sys.path.insert(0, COLLECTIONS)
-    from ansible_collections.opskit.runbook.plugins.module_utils._postgres import backup as _pg_backup
-    from ansible_collections.opskit.runbook.plugins.module_utils._storage import location as _storage
+    from ansible_collections.opskit.runbook.plugins.module_utils._postgres.dump import dump
+    from ansible_collections.opskit.runbook.plugins.module_utils._postgres.restore import restore
+    from ansible_collections.opskit.runbook.plugins.module_utils._postgres.server import open_server
+    from ansible_collections.opskit.runbook.plugins.module_utils._storage.options import open_location
     params = dict(spec["params"])
-    location = _storage.open_location(params["location"], **spec.get("storage", {}))
+    location = open_location(params["location"], **spec.get("storage", {}))
     base = vm("VmRSS")
     start = time.monotonic()
-    with _pg_backup.open_server(params) as server:
+    with open_server(params) as server:
         if spec["action"] == "dump":
-            result = _pg_backup.dump(server, location, params)
+            result = dump(server, location, params)
             stored = result["backup"]["size_bytes"]
         else:
-            _pg_backup.restore(server, location, params)
+            restore(server, location, params)
             stored = None
     print(json.dumps(dict(seconds=time.monotonic() - start, stored=stored, hwm=vm("VmHWM"), base=base)))
 
@@ -351,7 +355,7 @@ def write_report(args, dumps, restores):
         "Dumps: best of %d interleaved rounds (each round runs every variant once; all runs in the JSON"
         " log), warm cache (a discarded warm-up dump first). Restores: one run each. The machine is"
         " shared with other work: the 1-minute load average before/after each database is shown." % args.rounds,
-        "`module` = `_pg_backup.dump()` / `restore()` (what the module's main() runs) in a fresh child"
+        "`module` = `_postgres.dump.dump()` / `_postgres.restore.restore()` (what the module's main() runs) in a fresh child"
         " Python process, zstd level 3 on all cores, custom format; time excludes interpreter start."
         " Peak RSS = VmHWM of that process (pg_dump / pg_restore not counted).", "",
         "## Dumps", "",
@@ -379,9 +383,7 @@ def write_report(args, dumps, restores):
     lines += ["", "Targets (issue 8): pgbench dumped to file:// >= 1.2x faster than pg_dump -Fc and within 1.2x"
               " of the floor, stored size <= half; random text >= 2.5x faster than pg_dump -Fc, size no larger;"
               " peak RSS < 128 MiB and flat across sizes; restore within 1.2x of pg_restore -j2."]
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as fh:
-        fh.write("\n".join(lines) + "\n")
+    write_results(args.out, "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

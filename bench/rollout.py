@@ -30,14 +30,16 @@ Usage: .venv/bin/python bench/rollout.py [--runs 5] [--deadline 60] [--out bench
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import statistics
 import subprocess
 import sys
-import threading
 import time
 import uuid
+
+from collect import write_results
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -46,7 +48,8 @@ sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
 
 import docker  # noqa: E402
 
-from rollout_fixtures import BASE_IMAGE, build_images, free_port, run_web, wait_http  # noqa: E402
+from harness import Poller, free_port, http_get  # noqa: E402
+from rollout_fixtures import BASE_IMAGE, build_images, run_web, wait_http  # noqa: E402
 
 LINK = os.path.join(ROOT, ".build", "collections", "ansible_collections", "opskit", "runbook")
 if not os.path.exists(LINK):
@@ -54,52 +57,6 @@ if not os.path.exists(LINK):
     os.symlink(ROOT, LINK)
 
 from ansible_collections.opskit.runbook.plugins.module_utils._rollout import action as _rollout  # noqa: E402
-
-
-class Poller:
-    """GET url every 50 ms; keeps (monotonic time, status or None, body)."""
-
-    def __init__(self, url, every=0.05):
-        self.url, self.every, self.samples = url, every, []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        import urllib.request
-        while not self._stop.is_set():
-            t = time.monotonic()
-            try:
-                with urllib.request.urlopen(self.url, timeout=0.5) as resp:
-                    self.samples.append((t, resp.status, resp.read().decode().strip()))
-            except Exception:  # pylint: disable=broad-except
-                self.samples.append((t, None, ""))
-            self._stop.wait(max(0.0, self.every - (time.monotonic() - t)))
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-
-    def first_serving_after(self, since, body):
-        for t, status, text in self.samples:
-            if t >= since and status == 200 and text == body:
-                return t
-        return None
-
-    def longest_gap(self):
-        """Longest time from a 200 answer to the next 200 answer, and the failed requests in it."""
-        best, failed, last_ok, run = 0.0, 0, None, 0
-        for t, status, _text in self.samples:
-            if status == 200:
-                if last_ok is not None and t - last_ok > best:
-                    best, failed = t - last_ok, run
-                last_ok, run = t, 0
-            else:
-                run += 1
-        return best, failed
 
 
 def _remove(api, name):
@@ -117,23 +74,26 @@ def _recreate(api, name, image, port):
 
 def _wait_http_ok(port, deadline, delay=1.0):
     """The runbooks' verify step, an ``uri`` until-loop: GET /cgi-bin/health until 200 or the deadline."""
-    import urllib.request
     end = time.monotonic() + deadline
     while time.monotonic() < end:
-        try:
-            with urllib.request.urlopen("http://127.0.0.1:%d/cgi-bin/health" % port, timeout=1) as resp:
-                if resp.status == 200:
-                    return True
-        except Exception:  # pylint: disable=broad-except
-            pass
+        if http_get("http://127.0.0.1:%d/cgi-bin/health" % port, timeout=1)[0] == 200:
+            return True
         time.sleep(delay)
     return False
 
 
+@contextlib.contextmanager
+def _serving(api, name, image, port, body):
+    """The container ``name`` running ``image`` and answering ``body`` on ``port``, watched by a Poller."""
+    run_web(api, name, image, port)
+    url = "http://127.0.0.1:%d/version" % port
+    wait_http(url, body)
+    with Poller(url) as poller:
+        yield poller
+
+
 def broken_rollout(api, images, name, port):
-    run_web(api, name, images["plain"], port)
-    wait_http("http://127.0.0.1:%d/version" % port, "plain")
-    with Poller("http://127.0.0.1:%d/version" % port) as poller:
+    with _serving(api, name, images["plain"], port, "plain") as poller:
         t0 = time.monotonic()
         res = _rollout.run(dict(target="docker_container", name=name, image=images["exit"], pull="never",
                                 timeout=300.0, monitor=10.0, rollback_timeout=120.0, stop_timeout=10,
@@ -148,9 +108,7 @@ def broken_rollout(api, images, name, port):
 
 
 def broken_recreate(api, images, name, port, deadline):
-    run_web(api, name, images["plain"], port)
-    wait_http("http://127.0.0.1:%d/version" % port, "plain")
-    with Poller("http://127.0.0.1:%d/version" % port) as poller:
+    with _serving(api, name, images["plain"], port, "plain") as poller:
         t0 = time.monotonic()
         _recreate(api, name, images["exit"], port)
         ok = _wait_http_ok(port, deadline)
@@ -166,9 +124,7 @@ def broken_recreate(api, images, name, port, deadline):
 
 
 def healthy_rollout(api, images, name, port):
-    run_web(api, name, images["v1"], port)
-    wait_http("http://127.0.0.1:%d/version" % port, "v1")
-    with Poller("http://127.0.0.1:%d/version" % port) as poller:
+    with _serving(api, name, images["v1"], port, "v1") as poller:
         time.sleep(0.5)
         t0 = time.monotonic()
         res = _rollout.run(dict(target="docker_container", name=name, image=images["v2"], pull="never",
@@ -181,9 +137,7 @@ def healthy_rollout(api, images, name, port):
 
 
 def healthy_recreate(api, images, name, port):
-    run_web(api, name, images["v1"], port)
-    wait_http("http://127.0.0.1:%d/version" % port, "v1")
-    with Poller("http://127.0.0.1:%d/version" % port) as poller:
+    with _serving(api, name, images["v1"], port, "v1") as poller:
         time.sleep(0.5)
         t0 = time.monotonic()
         api.stop(name, timeout=10)
@@ -280,9 +234,7 @@ def main():
         "",
     ]
     text = "\n".join(lines)
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as fh:
-        fh.write(text)
+    write_results(args.out, text)
     print(text)
 
 

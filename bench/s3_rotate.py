@@ -155,13 +155,14 @@ def free_port():
 
 
 def location(endpoint, bucket):
-    from ansible_collections.opskit.runbook.plugins.module_utils._storage.location import open_location
+    from ansible_collections.opskit.runbook.plugins.module_utils._storage.options import open_location
     return open_location("s3://%s/%s" % (bucket, PREFIX), endpoint_url=endpoint, access_key="bench",
                          secret_key="bench", region="us-east-1")
 
 
 def run_rotate(endpoint, bucket, check_mode):
-    from ansible_collections.opskit.runbook.plugins.module_utils._retention.rotation import parse_policy, rotate
+    from ansible_collections.opskit.runbook.plugins.module_utils._retention.apply import rotate
+    from ansible_collections.opskit.runbook.plugins.module_utils._retention.policy import parse_policy
     loc = location(endpoint, bucket)
     counter = Counter(loc.client)
     start = time.monotonic()

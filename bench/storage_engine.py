@@ -33,12 +33,11 @@ COLLECTIONS = os.path.join(ROOT, ".build", "collections")
 MiB = 1024 * 1024
 
 
-def status(field):
+def memory():
+    """The kB fields of /proc/self/status in bytes: {"VmRSS": ..., "VmHWM": ..., ...}."""
     with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field):
-                return int(line.split()[1]) * 1024
-    return 0
+        fields = [line.split() for line in fh]
+    return {f[0].rstrip(":"): int(f[1]) * 1024 for f in fields if len(f) == 3 and f[2] == "kB"}
 
 
 def blocks(total):
@@ -61,17 +60,17 @@ def child(variant, size, endpoint, bucket, path):
     """Run one variant in this (fresh) process and print a JSON line."""
     sys.path.insert(0, COLLECTIONS)
     import boto3
-    from ansible_collections.opskit.runbook.plugins.module_utils._engine import backup as _backup
-    from ansible_collections.opskit.runbook.plugins.module_utils._storage import location as _storage
+    from ansible_collections.opskit.runbook.plugins.module_utils._engine.session import BackupSession
+    from ansible_collections.opskit.runbook.plugins.module_utils._storage.options import open_location
     opts = dict(endpoint_url=endpoint, access_key="bench", secret_key="bench-secret", region="us-east-1")
     client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
                           aws_access_key_id="bench", aws_secret_access_key="bench-secret")
-    loc = _storage.open_location("s3://%s/bench" % bucket, **opts)
-    base = status("VmRSS")
+    loc = open_location("s3://%s/bench" % bucket, **opts)
+    base = memory()["VmRSS"]
     start = time.monotonic()
     if variant.startswith("engine"):
-        with _backup.BackupSession(loc, "bench", "generic", compression=variant.split("-", 1)[1],
-                                   size_hint=size) as session:
+        with BackupSession(loc, "bench", "generic", compression=variant.split("-", 1)[1],
+                           size_hint=size) as session:
             with session.artifact("bin") as out:
                 for block in blocks(size):
                     out.write(block)
@@ -82,7 +81,7 @@ def child(variant, size, endpoint, bucket, path):
         stored = os.path.getsize(path)
     elapsed = time.monotonic() - start
     print(json.dumps(dict(variant=variant, seconds=elapsed, stored=stored,
-                          growth=status("VmHWM") - base, base=base)))
+                          growth=memory()["VmHWM"] - base, base=base)))
 
 
 def free_port():
@@ -107,13 +106,14 @@ def main():
                             stderr=subprocess.DEVNULL)
     try:
         import boto3
+        import botocore.exceptions
         client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
                               aws_access_key_id="bench", aws_secret_access_key="bench-secret")
         for _attempt in range(100):
             try:
                 client.list_buckets()
                 break
-            except Exception:  # pylint: disable=broad-except
+            except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError):  # not up yet
                 time.sleep(0.1)
         rows = []
         with tempfile.TemporaryDirectory() as tmp:

@@ -33,6 +33,8 @@ import sys
 import tempfile
 import time
 
+from collect import write_results
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COLLECTIONS = os.path.join(ROOT, ".build", "collections")
 VENV_BIN = os.path.dirname(sys.executable)
@@ -384,9 +386,7 @@ def write_report(opts, command, digest, rows, notes):
         "",
         "Every figure: `%s`" % json.dumps(rows, sort_keys=True),
     ] + notes
-    os.makedirs(os.path.dirname(opts.out), exist_ok=True)
-    with open(opts.out, "w") as fh:
-        fh.write("\n".join(lines) + "\n")
+    write_results(opts.out, "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

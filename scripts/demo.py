@@ -3,9 +3,10 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The demo behind `make demo` (run by scripts/demo.sh after the bootstrap).
 
-Starts a throwaway PostgreSQL with a sample database (the integration harness's Postgres class:
-initdb as an unprivileged user, scram auth on 127.0.0.1), and, when a Docker Engine answers or
-can be started, a sample volume; runs playbooks/daily.yml then playbooks/dr_drill.yml against
+Starts a throwaway PostgreSQL with a sample database (the Postgres class of the integration
+harness, tests/integration/harness.py: initdb as an unprivileged user, scram auth on 127.0.0.1),
+and, when a Docker Engine answers or can be started (the harness's DockerEngine.script, that is
+scripts/docker-engine.sh), a sample volume; runs playbooks/daily.yml then playbooks/dr_drill.yml against
 inventories/local with file:// storage under demo/; prints the measured RTO and RPO and where
 the report is; stops what it started.
 """
@@ -13,7 +14,6 @@ the report is; stops what it started.
 from __future__ import annotations
 
 import glob
-import importlib.util
 import io
 import json
 import os
@@ -24,24 +24,16 @@ import time
 import uuid
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
+
+import harness  # noqa: E402  (tests/integration/harness.py: one implementation of "start PostgreSQL")
+
 DEMO = os.path.abspath(os.environ.get("OPSKIT_DEMO_DIR") or os.path.join(ROOT, "demo"))
-VENV_BIN = os.path.dirname(sys.executable)
-DOCKER_SCRIPT = os.path.join(ROOT, "scripts", "docker-engine.sh")
-IMAGE = "opskit-test/busybox:1"
 ORDERS = 5000
 
 
 def say(msg):
     print("demo: %s" % msg, flush=True)
-
-
-def load_harness():
-    """The integration harness's service classes (one implementation of "start PostgreSQL")."""
-    spec = importlib.util.spec_from_file_location(
-        "opskit_harness", os.path.join(ROOT, "tests", "integration", "conftest.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def sample_database(pg):
@@ -57,53 +49,91 @@ def sample_database(pg):
     return checksum
 
 
+def _first_line(exc):
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def engine_up():
+    """Reuse or start the Docker Engine and build the local image; return (started, why not)."""
+    try:
+        started = harness.DockerEngine.script("up", timeout=120) == "started"
+    except harness.EngineScriptError as exc:
+        return False, (exc.output.splitlines() or [str(exc)])[-1]
+    except (subprocess.SubprocessError, OSError) as exc:
+        return False, _first_line(exc)
+    try:
+        harness.DockerEngine.script("image", timeout=120)
+    except harness.EngineScriptError as exc:
+        return started, "cannot build the local image: %s" % exc.output
+    except (subprocess.SubprocessError, OSError) as exc:
+        return started, _first_line(exc)
+    return started, None
+
+
+def fill_volume(client):
+    """Create a sample volume with 20 files; return (name, files)."""
+    name = "opskit-demo-%s-uploads" % uuid.uuid4().hex[:8]
+    client.volumes.create(name, labels={"opskit.demo": "true"})
+    # fill it through the archive API of a created (never started) container
+    helper = client.containers.create(harness.BUSYBOX_IMAGE, command=["true"],
+                                      volumes={name: {"bind": "/data", "mode": "rw"}}, labels={"opskit.demo": "true"})
+    buf = io.BytesIO()
+    files = 0
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for i in range(20):
+            data = ("upload %d\n" % i).encode() * (50 + i)
+            info = tarfile.TarInfo("uploads/file-%02d.txt" % i)
+            info.size, info.mtime, info.mode = len(data), int(time.time()), 0o644
+            tar.addfile(info, io.BytesIO(data))
+            files += 1
+    helper.put_archive("/data", buf.getvalue())
+    helper.remove()
+    return name, files
+
+
 def docker_volume():
     """Start (or reuse) the Docker Engine and create a sample volume; return (name, files, started, why)."""
+    started, why = engine_up()
+    if why:
+        return None, 0, started, why
     try:
-        proc = subprocess.run([DOCKER_SCRIPT, "up"], check=False, capture_output=True, text=True, timeout=120)
-        if proc.returncode:
-            return None, 0, False, (proc.stderr or proc.stdout).strip().splitlines()[-1]
-        started = proc.stdout.strip() == "started"
-        proc = subprocess.run([DOCKER_SCRIPT, "image"], check=False, capture_output=True, text=True, timeout=120)
-        if proc.returncode:
-            return None, 0, started, "cannot build the local image: %s" % proc.stderr.strip()
         import docker  # pylint: disable=import-outside-toplevel
+        import requests  # pylint: disable=import-outside-toplevel
+    except ImportError as exc:
+        return None, 0, started, _first_line(exc)
+    try:
         client = docker.from_env()
-        name = "opskit-demo-%s-uploads" % uuid.uuid4().hex[:8]
-        client.volumes.create(name, labels={"opskit.demo": "true"})
-        # fill it through the archive API of a created (never started) container
-        helper = client.containers.create(IMAGE, command=["true"], volumes={name: {"bind": "/data", "mode": "rw"}},
-                                          labels={"opskit.demo": "true"})
-        buf = io.BytesIO()
-        files = 0
-        with tarfile.open(fileobj=buf, mode="w") as tar:
-            for i in range(20):
-                data = ("upload %d\n" % i).encode() * (50 + i)
-                info = tarfile.TarInfo("uploads/file-%02d.txt" % i)
-                info.size, info.mtime, info.mode = len(data), int(time.time()), 0o644
-                tar.addfile(info, io.BytesIO(data))
-                files += 1
-        helper.put_archive("/data", buf.getvalue())
-        helper.remove()
-        client.close()
-        return name, files, started, None
-    except Exception as exc:  # pylint: disable=broad-except
-        return None, 0, False, str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        try:
+            name, files = fill_volume(client)
+        finally:
+            client.close()
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        return None, 0, started, _first_line(exc)
+    return name, files, started, None
 
 
 def remove_volume(name):
+    import docker  # pylint: disable=import-outside-toplevel
+    import requests  # pylint: disable=import-outside-toplevel
     try:
-        import docker  # pylint: disable=import-outside-toplevel
         client = docker.from_env()
         client.volumes.get(name).remove(force=True)
         client.close()
-    except Exception as exc:  # pylint: disable=broad-except
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
         say("could not remove the sample volume %s: %s" % (name, exc))
+
+
+def stop_engine():
+    """Stop the Docker Engine this demo started."""
+    try:
+        harness.DockerEngine.script("down")
+    except (harness.EngineScriptError, subprocess.SubprocessError, OSError) as exc:
+        say("could not stop the Docker Engine: %s" % exc)
 
 
 def playbook(name, extra_vars_file):
     env = dict(os.environ,
-               ANSIBLE_COLLECTIONS_PATH=os.path.join(ROOT, ".build", "collections"),
+               ANSIBLE_COLLECTIONS_PATH=harness.COLLECTIONS,
                ANSIBLE_DISPLAY_SKIPPED_HOSTS="false",
                ANSIBLE_RETRY_FILES_ENABLED="0",
                ANSIBLE_PIPELINING="1",
@@ -113,7 +143,7 @@ def playbook(name, extra_vars_file):
     say("running playbooks/%s.yml (output in %s)" % (name, os.path.relpath(log)))
     t0 = time.monotonic()
     with open(log, "w") as out:
-        proc = subprocess.run([os.path.join(VENV_BIN, "ansible-playbook"), "-i", os.path.join(ROOT, "inventories", "local"),
+        proc = subprocess.run([os.path.join(harness.VENV_BIN, "ansible-playbook"), "-i", os.path.join(ROOT, "inventories", "local"),
                                os.path.join(ROOT, "playbooks", "%s.yml" % name), "-e", "@" + extra_vars_file],
                               cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                               check=False)
@@ -140,7 +170,6 @@ def main():
     t_start = time.monotonic()
     for sub in ("backups", "reports", "logs"):
         os.makedirs(os.path.join(DEMO, sub), exist_ok=True)
-    harness = load_harness()
     pg = harness.Postgres()
     volume, docker_started = None, False
     try:
@@ -203,7 +232,7 @@ def main():
             remove_volume(volume)
         pg.stop()
         if docker_started:
-            subprocess.run([DOCKER_SCRIPT, "down"], check=False, capture_output=True)
+            stop_engine()
 
 
 if __name__ == "__main__":

@@ -1,57 +1,37 @@
 # -*- coding: utf-8 -*-
 # Copyright: opskit.runbook contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Docker Engine connection: the shared option spec and one client factory."""
+"""Docker Engine connection: the shared option spec, one client factory and the SDK's errors.
+
+The docker SDK is imported on first use (``DOCKER``): importing it costs ~0.5 s, and every
+module that merely declares the Docker options (docker_argspec) would pay that on every run.
+"""
 
 from __future__ import annotations
 
+import copy
 import os
 import sys
 
-from ._errors import ConfigError, MissingLibraryError, ServiceError
+from ._errors import ConfigError, ServiceError
+from ._imports import Library, fallback
 
-_SDK = {}
-
-
-def _docker_sdk():
-    """The docker SDK, imported on first use: importing it costs ~0.5 s, and every module that
-    merely declares the Docker options (docker_argspec) would pay that on every run."""
-    if "docker" not in _SDK:
-        try:
-            import docker
-            import docker.errors
-            import docker.tls
-        except ImportError as exc:  # pragma: no cover - depends on the host
-            raise MissingLibraryError("docker", exc) from None
-        _SDK["docker"] = docker
-    return _SDK["docker"]
-
-
-try:
-    from ansible.module_utils.basic import env_fallback
-except ImportError:  # pragma: no cover
-    env_fallback = None
-
-
-def _fallback(*names):
-    return (env_fallback, list(names)) if env_fallback else None
-
+DOCKER = Library("docker", "docker", "docker.errors", "docker.tls", "docker.types")
 
 DOCKER_ARGSPEC = dict(
-    docker_host=dict(type="str", fallback=_fallback("DOCKER_HOST")),
-    tls=dict(type="bool", default=False, fallback=_fallback("DOCKER_TLS")),
-    tls_verify=dict(type="bool", default=False, fallback=_fallback("DOCKER_TLS_VERIFY")),
+    docker_host=dict(type="str", fallback=fallback("DOCKER_HOST")),
+    tls=dict(type="bool", default=False, fallback=fallback("DOCKER_TLS")),
+    tls_verify=dict(type="bool", default=False, fallback=fallback("DOCKER_TLS_VERIFY")),
     ca_path=dict(type="path"),
     client_cert=dict(type="path"),
     client_key=dict(type="path", no_log=False),
-    docker_timeout=dict(type="int", default=60, fallback=_fallback("DOCKER_TIMEOUT")),
+    docker_timeout=dict(type="int", default=60, fallback=fallback("DOCKER_TIMEOUT")),
 )
 DOCKER_OPTION_NAMES = tuple(DOCKER_ARGSPEC)
 DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
 
 
 def docker_argspec(**extra):
-    import copy
     spec = copy.deepcopy(DOCKER_ARGSPEC)
     spec.update(extra)
     return spec
@@ -62,7 +42,7 @@ def docker_client(params):
 
     Raises ServiceError naming the daemon when it cannot be reached.
     """
-    docker = _docker_sdk()
+    docker = DOCKER.load()
     host = params.get("docker_host") or DEFAULT_DOCKER_HOST
     tls_config = None
     if params.get("tls") or params.get("tls_verify"):
@@ -76,13 +56,19 @@ def docker_client(params):
                 ca_cert=ca if params.get("tls_verify") else None,
                 verify=bool(params.get("tls_verify")))
         except docker.errors.TLSParameterError as exc:
-            raise ConfigError("docker TLS options: %s" % exc) from None
+            raise ConfigError("docker TLS options: %s" % exc) from exc
     try:
         client = docker.APIClient(base_url=host, tls=tls_config, version="auto",
                                   timeout=params.get("docker_timeout") or 60)
     except docker.errors.DockerException as exc:
-        raise ServiceError("cannot connect to the Docker daemon at %s: %s" % (host, _short(exc))) from None
+        raise ServiceError("cannot connect to the Docker daemon at %s: %s" % (host, _short(exc))) from exc
     return client
+
+
+def docker_errors():
+    """The errors a docker SDK call can raise: DockerException (APIError, NotFound, ...) and OSError
+    (the connection and timeout errors of requests, which the SDK uses, are OSErrors)."""
+    return (DOCKER.load().errors.DockerException, OSError)
 
 
 def _short(exc):

@@ -198,7 +198,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.opskit.runbook.plugins.module_utils._engine.report import backup_report
 from ansible_collections.opskit.runbook.plugins.module_utils._errors import OpsError
 from ansible_collections.opskit.runbook.plugins.module_utils._module import run_module
-from ansible_collections.opskit.runbook.plugins.module_utils._storage.location import (
+from ansible_collections.opskit.runbook.plugins.module_utils._storage.options import (
     location_from_params, storage_argspec)
 
 

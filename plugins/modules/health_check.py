@@ -432,8 +432,9 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.opskit.runbook.plugins.module_utils._docker import DOCKER_ARGSPEC, docker_argspec
 from ansible_collections.opskit.runbook.plugins.module_utils._errors import OpsError
-from ansible_collections.opskit.runbook.plugins.module_utils._health.engine import (
-    CHECK_ARGSPEC, failing, run_checks, validate_checks)
+from ansible_collections.opskit.runbook.plugins.module_utils._health.checks import CHECK_ARGSPEC, validate_checks
+from ansible_collections.opskit.runbook.plugins.module_utils._health.engine import run_checks
+from ansible_collections.opskit.runbook.plugins.module_utils._health.ranges import failing
 from ansible_collections.opskit.runbook.plugins.module_utils._module import run_module
 from ansible_collections.opskit.runbook.plugins.module_utils._postgres.connection import PG_ARGSPEC, pg_argspec
 

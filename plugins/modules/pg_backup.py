@@ -349,10 +349,12 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.opskit.runbook.plugins.module_utils._docker import docker_argspec
 from ansible_collections.opskit.runbook.plugins.module_utils._module import run_module
-from ansible_collections.opskit.runbook.plugins.module_utils._postgres.backup import (
-    dump, open_server, restore, verify)
 from ansible_collections.opskit.runbook.plugins.module_utils._postgres.connection import pg_argspec
-from ansible_collections.opskit.runbook.plugins.module_utils._storage.location import (
+from ansible_collections.opskit.runbook.plugins.module_utils._postgres.dump import dump
+from ansible_collections.opskit.runbook.plugins.module_utils._postgres.restore import restore
+from ansible_collections.opskit.runbook.plugins.module_utils._postgres.server import open_server
+from ansible_collections.opskit.runbook.plugins.module_utils._postgres.verify import verify
+from ansible_collections.opskit.runbook.plugins.module_utils._storage.options import (
     location_from_params, storage_argspec)
 
 QUERY_SPEC = dict(

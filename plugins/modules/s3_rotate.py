@@ -240,30 +240,25 @@ series:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.opskit.runbook.plugins.module_utils._module import run_module
-from ansible_collections.opskit.runbook.plugins.module_utils._retention.rotation import (
-    diff_lists, parse_policy, rotate)
-from ansible_collections.opskit.runbook.plugins.module_utils._storage.location import (
+from ansible_collections.opskit.runbook.plugins.module_utils._retention.apply import diff_lists, rotate
+from ansible_collections.opskit.runbook.plugins.module_utils._retention.policy import RULES, parse_policy
+from ansible_collections.opskit.runbook.plugins.module_utils._storage.options import (
     location_from_params, storage_argspec)
 
-POLICY_OPTIONS = ("keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly",
-                  "keep_yearly", "keep_within", "timezone", "min_keep")
+KEEP_OPTIONS = tuple("keep_%s" % rule for rule in RULES)
+POLICY_OPTIONS = KEEP_OPTIONS + ("keep_within", "timezone", "min_keep")
 
 
 def main():
     module = AnsibleModule(
         argument_spec=storage_argspec(
             series=dict(type="str"),
-            keep_last=dict(type="int"),
-            keep_hourly=dict(type="int"),
-            keep_daily=dict(type="int"),
-            keep_weekly=dict(type="int"),
-            keep_monthly=dict(type="int"),
-            keep_yearly=dict(type="int"),
             keep_within=dict(type="str"),
             timezone=dict(type="str", default="UTC"),
             min_keep=dict(type="int", default=1),
             orphan_grace=dict(type="str", default="24h"),
             verified_lookback=dict(type="int", default=-1),
+            **{name: dict(type="int") for name in KEEP_OPTIONS}
         ),
         supports_check_mode=True,
     )

@@ -130,7 +130,8 @@ options:
         (which proves that the mountpoint is this volume's, also with several daemons or a
         daemon in a VM). The same member checks apply, every path is walked without following
         symlinks, and anything in the way that the archive did not create stops the restore.
-      - RV(access) tells which way was used. Backups always read through the API.
+      - RV(access) tells which way was used, and a warning says why V(auto) could not write the
+        mountpoint. Backups always read through the API.
     type: str
     choices: [auto, api]
     default: auto
@@ -370,7 +371,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.opskit.runbook.plugins.module_utils._docker import docker_argspec
 from ansible_collections.opskit.runbook.plugins.module_utils._module import run_module
-from ansible_collections.opskit.runbook.plugins.module_utils._storage.location import (
+from ansible_collections.opskit.runbook.plugins.module_utils._storage.options import (
     location_from_params, storage_argspec)
 from ansible_collections.opskit.runbook.plugins.module_utils._volume.action import run
 

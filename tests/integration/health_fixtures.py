@@ -26,6 +26,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from rollout_fixtures import not_found_status, send_json
+
 CERT_DAYS = 5  # the test certificate expires this many days from now
 
 
@@ -145,11 +147,16 @@ class HealthTargets:
         self.silent.close()
 
 
+def _closing(cls, tmp_path_factory, name):
+    """A ``cls`` built in a fresh temporary directory, closed when the fixture ends."""
+    thing = cls(str(tmp_path_factory.mktemp(name)))
+    yield thing
+    thing.close()
+
+
 @pytest.fixture(scope="module")
 def health_targets(tmp_path_factory):
-    targets = HealthTargets(str(tmp_path_factory.mktemp("health-targets")))
-    yield targets
-    targets.close()
+    yield from _closing(HealthTargets, tmp_path_factory, "health-targets")
 
 
 # --------------------------------------------------------------------------- Kubernetes stand-in
@@ -183,17 +190,10 @@ class KubeStandIn:
                 match = re.match(r"^/apis/apps/v1/namespaces/([^/]+)/deployments/([^/?]+)", self.path)
                 item = stand_in.deployments.get((match.group(1), match.group(2))) if match else None
                 if item is None:
-                    status, body = 404, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound",
-                                         "message": "deployments.apps %r not found" % (match.group(2) if match else ""),
-                                         "code": 404}
+                    send_json(self, 404, not_found_status(
+                        "deployments.apps %r not found" % (match.group(2) if match else "")))
                 else:
-                    status, body = 200, item
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                    send_json(self, 200, item)
 
         self.server = _serve(_Server(("127.0.0.1", 0), Handler))
         self.url = "http://127.0.0.1:%d" % self.server.server_address[1]
@@ -214,9 +214,7 @@ class KubeStandIn:
 
 @pytest.fixture(scope="module")
 def kube_stand_in(tmp_path_factory):
-    stand_in = KubeStandIn(str(tmp_path_factory.mktemp("kube")))
-    yield stand_in
-    stand_in.close()
+    yield from _closing(KubeStandIn, tmp_path_factory, "kube")
 
 
 # --------------------------------------------------------------------------- a PostgreSQL streaming replica

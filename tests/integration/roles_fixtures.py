@@ -8,15 +8,16 @@ from __future__ import annotations
 import glob
 import json
 import os
-import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from harness import Background
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PLAYBOOKS = os.path.join(ROOT, "playbooks")
 
 
-class Webhook:
-    """A local HTTP receiver: every POST body (parsed JSON) lands in ``posts``."""
+class Webhook(Background):
+    """A local HTTP receiver for the length of a with-block: every POST body (parsed JSON) lands in ``posts``."""
 
     def __init__(self, status=200):
         self.posts = []
@@ -36,13 +37,9 @@ class Webhook:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = "http://127.0.0.1:%d/hooks/T000/B000/secret-token" % self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        super().__init__(self.server.serve_forever)
 
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
+    def stop(self):
         self.server.shutdown()
         self.server.server_close()
 

@@ -19,13 +19,14 @@ from __future__ import annotations
 import copy
 import io
 import json
-import socket
 import tarfile
 import threading
 import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
+
+from harness import http_get
 
 BASE_IMAGE = "opskit-test/busybox:1"
 REPO = "opskit-test/rollout-web"
@@ -87,25 +88,6 @@ def build_images(client, tags=tuple(VARIANTS)):
     return refs
 
 
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def http_get(url, timeout=1.0):
-    """(status, body) or (None, error) — never raises."""
-    import urllib.error
-    import urllib.request
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return resp.status, resp.read().decode().strip()
-    except urllib.error.HTTPError as exc:
-        return exc.code, ""
-    except Exception as exc:  # pylint: disable=broad-except
-        return None, str(exc)
-
-
 def wait_http(url, want, timeout=15.0):
     deadline = time.monotonic() + timeout
     last = None
@@ -158,6 +140,22 @@ def settings_view(inspect):
 
 
 # --------------------------------------------------------------------------- Kubernetes stand-in
+
+def send_json(handler, code, obj):
+    """Answer ``obj`` as JSON with HTTP status ``code`` (the Kubernetes stand-ins' answers)."""
+    data = json.dumps(obj).encode()
+    handler.send_response(code)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)
+
+
+def not_found_status(message):
+    """The Status object the Kubernetes API answers a 404 with."""
+    return {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "message": message,
+            "code": 404}
+
 
 class K8sStandIn:
     """A tiny apps/v1 + core/v1 API: one Deployment controller simulation over HTTP.
@@ -314,16 +312,10 @@ class K8sStandIn:
                 pass
 
             def _send(self, code, obj):
-                data = json.dumps(obj).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                send_json(self, code, obj)
 
             def _not_found(self, what):
-                self._send(404, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound",
-                                 "message": "%s not found" % what, "code": 404})
+                self._send(404, not_found_status("%s not found" % what))
 
             def _route(self):
                 parts = urlsplit(self.path)

@@ -16,8 +16,9 @@ import time
 
 import pytest
 
-from ansible_collections.opskit.runbook.plugins.module_utils._engine import backup as _backup
-from ansible_collections.opskit.runbook.plugins.module_utils._storage import location as _storage
+from ansible_collections.opskit.runbook.plugins.module_utils._engine import catalog
+from ansible_collections.opskit.runbook.plugins.module_utils._engine.session import BackupSession
+from ansible_collections.opskit.runbook.plugins.module_utils._storage.options import open_location
 
 UTC = datetime.timezone.utc
 # The fixed clock of the playbooks that read the seeded history (see run_playbook's clock)
@@ -39,13 +40,13 @@ def _seed(location):
     made = {}
     for series, hours, verified in (("db-app", 30, True), ("db-app", 2, False),
                                     ("vol-data", 1, False), ("old-cfg", 50, True)):
-        with _backup.BackupSession(location, series, "generic",
-                                   now=NOW - datetime.timedelta(hours=hours)) as session:
+        with BackupSession(location, series, "generic",
+                           now=NOW - datetime.timedelta(hours=hours)) as session:
             with session.artifact("bin") as out:
                 out.write(b"payload of %s" % series.encode())
             manifest = session.publish()
         if verified:
-            manifest = _backup.update_verification(location, manifest, "restore", "passed")
+            manifest = catalog.update_verification(location, manifest, "restore", "passed")
         made.setdefault(series, []).insert(0, manifest)
     return made
 
@@ -54,12 +55,12 @@ def _seed(location):
 def seeded(request, tmp_path):
     if request.param == "file":
         args = {"location": "file://%s/backups" % tmp_path}
-        location = _storage.open_location(args["location"])
+        location = open_location(args["location"])
     else:
         s3 = request.getfixturevalue("s3")
         args = {"location": "s3://%s/prod" % s3.new_bucket(), "endpoint_url": s3.endpoint_url,
                 "access_key": s3.access_key, "secret_key": s3.secret_key}
-        location = _storage.open_location(args["location"], **{k: v for k, v in args.items() if k != "location"})
+        location = open_location(args["location"], **{k: v for k, v in args.items() if k != "location"})
     return args, _seed(location)
 
 

@@ -12,8 +12,9 @@ import os
 import subprocess
 import tarfile
 
-from ansible_collections.opskit.runbook.plugins.module_utils._engine import backup as _backup
-from ansible_collections.opskit.runbook.plugins.module_utils._storage import location as _storage
+from ansible_collections.opskit.runbook.plugins.module_utils._engine.artifacts import ArtifactReader
+from ansible_collections.opskit.runbook.plugins.module_utils._engine.catalog import list_backups
+from ansible_collections.opskit.runbook.plugins.module_utils._storage.options import open_location
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -51,8 +52,8 @@ def test_demo_runs_and_reports_measured_rto_rpo(tmp_path, docker_engine):  # doc
         html = fh.read()
     assert html.count("<svg") >= 3 and "http" not in html.replace('xmlns="http://www.w3.org/2000/svg"', "")
 
-    location = _storage.open_location("file://%s/backups" % demo)
-    backups = _backup.list_backups(location)
+    location = open_location("file://%s/backups" % demo)
+    backups = list_backups(location)
     # the database: the drill restored it into a scratch database where the md5 of every order
     # row equals the md5 taken from the source before the backup (recorded in the manifest)
     (db,) = [m for name, items in backups.items() if name == "demo-pg-shop" for m in items[:1]]
@@ -63,7 +64,7 @@ def test_demo_runs_and_reports_measured_rto_rpo(tmp_path, docker_engine):  # doc
     # the volume: the archive holds exactly the 20 files the demo wrote, byte for byte
     (vol_series,) = [name for name in backups if name.startswith("demo-vol-")]
     manifest = backups[vol_series][0]
-    with _backup.ArtifactReader(location, manifest) as reader:
+    with ArtifactReader(location, manifest) as reader:
         data = reader.read()
     files = {}
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:

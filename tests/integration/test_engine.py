@@ -15,8 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from ansible_collections.opskit.runbook.plugins.module_utils._engine import backup as _backup
-from ansible_collections.opskit.runbook.plugins.module_utils._storage import location as _storage
+from ansible_collections.opskit.runbook.plugins.module_utils._engine import artifacts, catalog
+from ansible_collections.opskit.runbook.plugins.module_utils._engine.session import BackupSession
+from ansible_collections.opskit.runbook.plugins.module_utils._storage.options import open_location
 from ansible_collections.opskit.runbook.plugins.module_utils._errors import (
     IntegrityError, NotFoundError, StorageError)
 
@@ -33,11 +34,11 @@ def _s3_options(s3):
 @pytest.fixture(params=["file", "s3"])
 def location(request, tmp_path):
     if request.param == "file":
-        loc = _storage.open_location("file://%s/backups" % tmp_path)
+        loc = open_location("file://%s/backups" % tmp_path)
         loc.test_options = {}
         return loc
     s3 = request.getfixturevalue("s3")
-    loc = _storage.open_location("s3://%s/team/prod" % s3.new_bucket(), **_s3_options(s3))
+    loc = open_location("s3://%s/team/prod" % s3.new_bucket(), **_s3_options(s3))
     loc.test_options = _s3_options(s3)
     return loc
 
@@ -48,8 +49,8 @@ def _payload(size):
 
 
 def _write(location, series, data, compression="zstd", companions=None, size_hint=None):
-    with _backup.BackupSession(location, series, "generic", compression=compression,
-                               size_hint=size_hint) as session:
+    with BackupSession(location, series, "generic", compression=compression,
+                       size_hint=size_hint) as session:
         with session.artifact("bin") as out:
             out.copy_from(io.BytesIO(data))
         for name, payload in (companions or {}).items():
@@ -70,13 +71,13 @@ def test_round_trip(location, compression):
     assert manifest["raw_bytes"] == len(data)
     assert manifest["compression"] == compression
     assert manifest["created_at"].replace("-", "").replace(":", "")[:15] == manifest["id"][:15]
-    listed = _backup.list_backups(location)
+    listed = catalog.list_backups(location)
     assert [m["id"] for m in listed["db1"]] == [manifest["id"]]
-    with _backup.ArtifactReader(location, listed["db1"][0]) as reader:
+    with artifacts.ArtifactReader(location, listed["db1"][0]) as reader:
         assert reader.read(-1) == data
-    with _backup.ArtifactReader(location, listed["db1"][0], "globals") as reader:
+    with artifacts.ArtifactReader(location, listed["db1"][0], "globals") as reader:
         assert reader.read(-1) == b"CREATE ROLE app;"
-    assert _backup.verify_stored(location, manifest) == manifest["size_bytes"]
+    assert artifacts.verify_stored(location, manifest) == manifest["size_bytes"]
     assert _uploads(location) == []
 
 
@@ -85,23 +86,23 @@ def test_listing_newest_first_and_resolve(location):
     time.sleep(1.1)
     second = _write(location, "app", b"two")
     _write(location, "other", b"x")
-    listed = _backup.list_backups(location)
+    listed = catalog.list_backups(location)
     assert sorted(listed) == ["app", "other"]
     assert [m["id"] for m in listed["app"]] == [second["id"], first["id"]]
-    assert _backup.resolve_backup(location, "app")["id"] == second["id"]
-    assert _backup.resolve_backup(location, "app", first["id"])["id"] == first["id"]
+    assert catalog.resolve_backup(location, "app")["id"] == second["id"]
+    assert catalog.resolve_backup(location, "app", first["id"])["id"] == first["id"]
     with pytest.raises(NotFoundError, match="series nope has no backups"):
-        _backup.resolve_backup(location, "nope")
+        catalog.resolve_backup(location, "nope")
     with pytest.raises(NotFoundError, match="not found"):
-        _backup.resolve_backup(location, "app", "20200101T000000Z-00000000")
+        catalog.resolve_backup(location, "app", "20200101T000000Z-00000000")
 
 
 def test_verification_record_is_updated(location):
     manifest = _write(location, "app", b"data")
-    updated = _backup.update_verification(location, manifest, "restore", "passed", {"rows": 3})
-    again = _backup.read_manifest(location, "app", manifest["id"])
+    updated = catalog.update_verification(location, manifest, "restore", "passed", {"rows": 3})
+    again = catalog.read_manifest(location, "app", manifest["id"])
     assert again["verification"]["result"] == "passed" and again["verification"]["details"] == {"rows": 3}
-    assert again == updated and _backup.is_verified(again)
+    assert again == updated and catalog.is_verified(again)
 
 
 def _corrupt(location, key, how):
@@ -127,9 +128,9 @@ def test_corruption_is_detected_on_read(location, how):
     manifest = _write(location, "app", _payload(3 * MiB))
     _corrupt(location, "app/" + manifest["artifact"], how)
     with pytest.raises(IntegrityError, match="is corrupt: sha256"):
-        _backup.verify_stored(location, manifest)
+        artifacts.verify_stored(location, manifest)
     with pytest.raises(IntegrityError, match="is corrupt: sha256"):  # also when zstd fails first
-        with _backup.ArtifactReader(location, manifest) as reader:
+        with artifacts.ArtifactReader(location, manifest) as reader:
             while reader.read(MiB):
                 pass
 
@@ -147,18 +148,18 @@ def test_failing_producer_publishes_nothing(location):
             return os.urandom(MiB)
 
     with pytest.raises(OSError, match="producer died"):
-        with _backup.BackupSession(location, "app", "generic") as session:
+        with BackupSession(location, "app", "generic") as session:
             with session.artifact("txt", name="globals") as out:
                 out.write(b"written before the failure")
             with session.artifact("bin") as out:
                 out.copy_from(Broken())
-    assert _backup.list_backups(location) in ({}, {"app": []})
+    assert catalog.list_backups(location) in ({}, {"app": []})
     assert location.list_objects() == []  # the companion already written was removed too
     assert _uploads(location) == []
 
 
 def test_failed_s3_upload_is_aborted(s3):
-    location = _storage.open_location("s3://%s/x" % s3.new_bucket(), **_s3_options(s3))
+    location = open_location("s3://%s/x" % s3.new_bucket(), **_s3_options(s3))
     calls = []
 
     def fail_third_part(**kwargs):
@@ -177,10 +178,10 @@ def test_failed_s3_upload_is_aborted(s3):
 _KILL_SCRIPT = textwrap.dedent("""
     import os, sys, time
     sys.path.insert(0, %(collections)r)
-    from ansible_collections.opskit.runbook.plugins.module_utils._engine import backup as _backup
-    from ansible_collections.opskit.runbook.plugins.module_utils._storage import location as _storage
-    loc = _storage.open_location(%(url)r, **%(options)r)
-    with _backup.BackupSession(loc, "app", "generic", compression="none") as session:
+    from ansible_collections.opskit.runbook.plugins.module_utils._engine.session import BackupSession
+    from ansible_collections.opskit.runbook.plugins.module_utils._storage.options import open_location
+    loc = open_location(%(url)r, **%(options)r)
+    with BackupSession(loc, "app", "generic", compression="none") as session:
         with session.artifact("bin") as out:
             while True:
                 out.write(os.urandom(1024 * 1024))
@@ -196,7 +197,7 @@ def test_killed_writer_leaves_no_backup(location):
     assert len(received) == 20
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert _backup.list_backups(location) in ({}, {"app": []})
+    assert catalog.list_backups(location) in ({}, {"app": []})
     names = [info.key for info in location.list_objects()]
     assert not any(name.endswith(".manifest.json") for name in names)
     if location.scheme == "file":
@@ -215,13 +216,13 @@ def test_listing_paginates_beyond_1000_objects(location):
     with ThreadPoolExecutor(32) as pool:
         list(pool.map(put, range(1001)))
     assert len(location.list_objects()) == 1003
-    grouped = _backup.scan(location)
+    grouped = catalog.scan(location)
     assert len(grouped["bulk"]["artifacts"]) == 1002 and list(grouped["bulk"]["manifests"]) == [published["id"]]
-    assert [m["id"] for m in _backup.list_backups(location)["bulk"]] == [published["id"]]
+    assert [m["id"] for m in catalog.list_backups(location)["bulk"]] == [published["id"]]
 
 
 def test_file_artifacts_are_private(tmp_path):
-    location = _storage.open_location("file://%s/b" % tmp_path)
+    location = open_location("file://%s/b" % tmp_path)
     manifest = _write(location, "app", b"secret data")
-    for key in ("app/" + manifest["artifact"], _backup.manifest_key("app", manifest["id"])):
+    for key in ("app/" + manifest["artifact"], catalog.manifest_key("app", manifest["id"])):
         assert os.stat(location.path(key)).st_mode & 0o777 == 0o600

@@ -11,8 +11,8 @@ import uuid
 
 import pytest
 
-from ansible_collections.opskit.runbook.plugins.module_utils._engine import backup as _backup
-from ansible_collections.opskit.runbook.plugins.module_utils._storage import location as _storage
+from ansible_collections.opskit.runbook.plugins.module_utils._engine.session import BackupSession
+from ansible_collections.opskit.runbook.plugins.module_utils._storage.options import open_location
 
 
 def test_pg_runs_sql_and_creates_databases(pg):
@@ -93,7 +93,7 @@ PLAY = """
 
 def _one_backup(tmp_path):
     location = "file://%s/backups" % tmp_path
-    with _backup.BackupSession(_storage.open_location(location), "harness", "generic") as session:
+    with BackupSession(open_location(location), "harness", "generic") as session:
         with session.artifact("bin") as out:
             out.write(b"harness payload")
         return location, session.publish()

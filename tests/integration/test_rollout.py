@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import uuid
 
 import pytest
 
-from rollout_fixtures import (K8sStandIn, build_images, free_port, http_get,
-                              run_web, settings_view, wait_http)
+from harness import Poller, free_port, http_get
+from rollout_fixtures import K8sStandIn, build_images, run_web, settings_view, wait_http
 
 RECORD_LABEL = "opskit.runbook.last-known-good"
 
@@ -140,40 +139,6 @@ def test_twenty_broken_rollouts_end_in_twenty_rollbacks(api, images, prefix, run
     assert poller.runs_of("plain") >= 17, poller.summary()
     assert http_get("http://127.0.0.1:%d/version" % port) == (200, "plain")
     assert [c["Names"] for c in api.containers(all=True, filters={"name": prefix})] == [["/" + name]]
-
-
-class Poller:
-    """GET ``url`` every ``every`` s in a thread; ``runs_of(text)`` counts separate periods serving it."""
-
-    def __init__(self, url, every=0.05):
-        self.url, self.every, self.answers = url, every, []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        while not self._stop.is_set():
-            self.answers.append(http_get(self.url, timeout=0.5)[1])
-            self._stop.wait(self.every)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-
-    def runs_of(self, text):
-        runs, prev = 0, None
-        for answer in self.answers:
-            if answer == text and prev != text:
-                runs += 1
-            prev = answer
-        return runs
-
-    def summary(self):
-        return "%d answers, %d runs of plain, distinct: %s" % (
-            len(self.answers), self.runs_of("plain"), sorted(set(a[:40] for a in self.answers))[:10])
 
 
 def test_compose_service_replaced_container_by_container(api, images, prefix, run_playbook):

@@ -10,10 +10,11 @@ import os
 
 import pytest
 
-from ansible_collections.opskit.runbook.plugins.module_utils._engine import backup as _backup
-from ansible_collections.opskit.runbook.plugins.module_utils._storage import location as _storage
-from ansible_collections.opskit.runbook.plugins.module_utils._retention.rotation import (
-    Backup, parse_policy, plan_rotation)
+from ansible_collections.opskit.runbook.plugins.module_utils._engine import catalog
+from ansible_collections.opskit.runbook.plugins.module_utils._engine.session import BackupSession
+from ansible_collections.opskit.runbook.plugins.module_utils._storage.options import open_location
+from ansible_collections.opskit.runbook.plugins.module_utils._retention.plan import Backup, plan_rotation
+from ansible_collections.opskit.runbook.plugins.module_utils._retention.policy import parse_policy
 
 UTC = datetime.timezone.utc
 # The fixed clock of every playbook here (see run_playbook's clock), a Thursday. The history is
@@ -42,12 +43,12 @@ def run_playbook(run_playbook):
 
 
 def _write(location, series, when, verified=False):
-    with _backup.BackupSession(location, series, "generic", compression="none", now=when) as session:
+    with BackupSession(location, series, "generic", compression="none", now=when) as session:
         with session.artifact("bin") as out:
             out.write(b"payload " + when.isoformat().encode())
         manifest = session.publish()
     if verified:
-        manifest = _backup.update_verification(location, manifest, "restore", "passed")
+        manifest = catalog.update_verification(location, manifest, "restore", "passed")
     return manifest
 
 
@@ -60,7 +61,7 @@ def _s3_location(s3, bucket_args=None):
     s3.client.create_bucket(Bucket=bucket, **(bucket_args or {}))
     args = {"location": "s3://%s/prod" % bucket, "endpoint_url": s3.endpoint_url,
             "access_key": s3.access_key, "secret_key": s3.secret_key}
-    return args, _storage.open_location(args["location"], **{k: v for k, v in args.items() if k != "location"})
+    return args, open_location(args["location"], **{k: v for k, v in args.items() if k != "location"})
 
 
 @pytest.fixture(params=["file", "s3"])
@@ -69,20 +70,20 @@ def history(request, tmp_path):
     an orphan artifact and a partial write (S3: an incomplete multipart upload) in db."""
     if request.param == "file":
         args = {"location": "file://%s/backups" % tmp_path}
-        location = _storage.open_location(args["location"])
+        location = open_location(args["location"])
     else:
         args, location = _s3_location(request.getfixturevalue("s3"))
     made = [_write(location, "db", _days_ago(d), verified=(d == 10)) for d in range(1, 41)]
     for d in (1, 2, 3):
         _write(location, "cfg", _days_ago(d))
-    orphan = "db/%s.bin" % _backup.new_backup_id(_days_ago(50))
+    orphan = "db/%s.bin" % catalog.new_backup_id(_days_ago(50))
     location.write_bytes(orphan, b"half a backup")
     if location.scheme == "s3":
         location.client.create_multipart_upload(Bucket=location.bucket, Key=location.full_key(
-            "db/%s.bin" % _backup.new_backup_id(_days_ago(45))))
+            "db/%s.bin" % catalog.new_backup_id(_days_ago(45))))
         partial = None
     else:
-        partial = "db/.%s.bin.partial-0badc0de" % _backup.new_backup_id(_days_ago(45))
+        partial = "db/.%s.bin.partial-0badc0de" % catalog.new_backup_id(_days_ago(45))
         with open(location.path(partial), "wb") as fh:
             fh.write(b"partial")
     if location.scheme == "file":
@@ -101,7 +102,7 @@ def test_check_mode_then_rotate_then_nothing_to_do(run_playbook, history):
     args, location, made, orphan, partial = history
     rotate_args = dict(args, **POLICY)
     before = _keys(location)
-    expected = plan_rotation([Backup(m["id"], _backup.backup_time(m["id"])) for m in made],
+    expected = plan_rotation([Backup(m["id"], catalog.backup_time(m["id"])) for m in made],
                              parse_policy(keep_daily=7, keep_weekly=4, timezone="Europe/Berlin"),
                              NOW, newest_verified=made[9]["id"])
     expected_deleted = [b.id for b in expected["deleted"]]
@@ -144,7 +145,7 @@ def test_check_mode_then_rotate_then_nothing_to_do(run_playbook, history):
         assert res2["requests"]["delete_calls"] == 2   # artifacts + orphan, then manifests
     else:
         assert not os.path.exists(location.path(partial))
-    survivors = _backup.list_backups(location, "db")["db"]
+    survivors = catalog.list_backups(location, "db")["db"]
     assert [m["id"] for m in survivors] == [k["id"] for k in db["kept"]]
 
     again = run_playbook(PLAY, {"rotate_args": rotate_args})
@@ -165,7 +166,7 @@ def test_object_lock_and_legal_hold_are_never_deleted(run_playbook, s3):
                                     LegalHold={"Status": "ON"})
     until = NOW + datetime.timedelta(days=30)
     s3.client.put_object_retention(Bucket=location.bucket,
-                                   Key=location.full_key(_backup.manifest_key("db", second["id"])),
+                                   Key=location.full_key(catalog.manifest_key("db", second["id"])),
                                    Retention={"Mode": "GOVERNANCE", "RetainUntilDate": until})
     run = run_playbook(PLAY, {"rotate_args": dict(args, keep_last=1)})
     res = run.task("rotate")
@@ -176,7 +177,7 @@ def test_object_lock_and_legal_hold_are_never_deleted(run_playbook, s3):
         second["id"]: "object lock GOVERNANCE until %s" % until.strftime("%Y-%m-%dT%H:%M:%SZ")}
     assert [d["id"] for d in db["deleted"]] == [m["id"] for m in made[1:3]]
     assert res["requests"]["lock_checks"] == 1 + 2 * 4   # configuration + one HEAD per key of 4 candidates
-    listed = [m["id"] for m in _backup.list_backups(location, "db")["db"]]
+    listed = [m["id"] for m in catalog.list_backups(location, "db")["db"]]
     assert listed == [made[0]["id"], second["id"], oldest["id"]]
     again = run_playbook(PLAY, {"rotate_args": dict(args, keep_last=1)})
     assert again.task("rotate")["changed"] is False
@@ -202,8 +203,8 @@ BAD = """
 
 def test_bad_input_fails_with_one_line_errors(run_playbook, s3):
     bucket = s3.new_bucket("opskit-rot")
-    location = _storage.open_location("s3://%s" % bucket, endpoint_url=s3.endpoint_url,
-                                      access_key=s3.access_key, secret_key=s3.secret_key)
+    location = open_location("s3://%s" % bucket, endpoint_url=s3.endpoint_url,
+                             access_key=s3.access_key, secret_key=s3.secret_key)
     _write(location, "db", _days_ago(1))
     # moto accepts any secret: a distinctive one shows that no error or log line carries it
     base = {"location": "s3://%s" % bucket, "endpoint_url": s3.endpoint_url,
@@ -222,5 +223,5 @@ def test_bad_input_fails_with_one_line_errors(run_playbook, s3):
         assert result["_status"] == "failed", name
         assert message in result["msg"], (name, result["msg"])
         assert "\n" not in result["msg"] and "Traceback" not in result.get("module_stderr", "")
-    assert len(_backup.list_backups(location, "db")["db"]) == 1
+    assert len(catalog.list_backups(location, "db")["db"]) == 1
     assert SECRET not in run.stdout and SECRET not in run.stderr

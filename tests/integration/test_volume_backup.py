@@ -301,8 +301,8 @@ def _publish_tar(location_url, series, members):
     """Publish a hand-made tar through the engine, as a backup of kind volume would be."""
     import io
     import tarfile
-    from ansible_collections.opskit.runbook.plugins.module_utils._engine import backup as _backup
-    from ansible_collections.opskit.runbook.plugins.module_utils._storage import location as _storage
+    from ansible_collections.opskit.runbook.plugins.module_utils._engine.session import BackupSession
+    from ansible_collections.opskit.runbook.plugins.module_utils._storage.options import open_location
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for name, kind, payload in members:
@@ -310,8 +310,8 @@ def _publish_tar(location_url, series, members):
             info.type, info.size = kind, len(payload)
             info.mode = 0o755 if kind == tarfile.DIRTYPE else 0o644
             tar.addfile(info, io.BytesIO(payload) if payload else None)
-    location = _storage.open_location(location_url)
-    with _backup.BackupSession(location, series, "volume") as session:
+    location = open_location(location_url)
+    with BackupSession(location, series, "volume") as session:
         with session.artifact("tar") as out:
             out.write(buf.getvalue())
         return session.publish(source={"volume": "crafted"})

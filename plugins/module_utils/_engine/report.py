@@ -1,13 +1,13 @@
 # -*- coding: utf-8 -*-
 # Copyright: opskit.runbook contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""backup_info: what is stored at a location, per series, with RPO assessment."""
+"""backup_info's report: what is stored at a location, per series, with RPO assessment."""
 
 from __future__ import annotations
 
-from .backup import created_at, is_verified, list_backups, summarize, validate_series
 from .._errors import NotFoundError
-from .._timeutil import Duration, utcnow
+from .._timeutil import Duration, rfc3339, utcnow
+from .catalog import created_at, is_verified, list_backups, summarize, validate_series
 
 
 def backup_report(location, series=None, max_age=None, now=None):
@@ -43,4 +43,4 @@ def backup_report(location, series=None, max_age=None, now=None):
                 stale.append(name)
         report[name] = entry
     return {"series": report, "backups": backups, "stale_series": stale,
-            "location": location.url, "checked_at": now.strftime("%Y-%m-%dT%H:%M:%SZ")}
+            "location": location.url, "checked_at": rfc3339(now)}

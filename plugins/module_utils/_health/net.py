@@ -19,15 +19,11 @@ import time
 from urllib.parse import urlsplit
 
 from .._errors import ConfigError
+from .probe import ProbeFailed
 from .ranges import CRITICAL, UNKNOWN, format_number
 
 MAX_BODY = 1024 * 1024  # bytes of an HTTP body kept for body_contains / json_conditions
 USER_AGENT = "opskit.runbook-health_check"
-
-
-def _probe_failed(state, msg):
-    from .engine import ProbeFailed  # late import: _health imports this module
-    return ProbeFailed(state, msg)
 
 
 # --------------------------------------------------------------------------- JSON conditions
@@ -64,9 +60,9 @@ def parse_condition(text, what="condition"):
                           " OP is one of ==, !=, <, <=, >, >=)" % (what, text))
     try:
         value = json.loads(match.group("value"))
-    except ValueError:
+    except ValueError as exc:
         raise ConfigError("%s: the value in %r is not JSON (quote strings: \"UP\"; numbers, true, false, null)"
-                          % (what, text)) from None
+                          % (what, text)) from exc
     if isinstance(value, (dict, list)):
         raise ConfigError("%s: compare with a string, number, true, false or null, not %r" % (what, match.group("value")))
     if match.group("op") in _ORDERING and not _is_number(value):
@@ -167,7 +163,7 @@ class _Clock:
     def left(self, phase):
         left = self.end - time.perf_counter()
         if left <= 0:
-            raise _probe_failed(CRITICAL, "timed out after %ss while %s" % (format_number(round(self.timeout, 3)), phase))
+            raise ProbeFailed(CRITICAL, "timed out after %ss while %s" % (format_number(round(self.timeout, 3)), phase))
         return left
 
 
@@ -177,7 +173,7 @@ def _connect(host, port, clock, obs):
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
-        raise _probe_failed(CRITICAL, "DNS lookup of %s failed: %s" % (host, exc.strerror or exc)) from None
+        raise ProbeFailed(CRITICAL, "DNS lookup of %s failed: %s" % (host, exc.strerror or exc)) from exc
     obs.measure("dns_ms", clock.ms())
     mark, error = clock.ms(), None
     for family, kind, proto, _name, addr in infos:
@@ -185,10 +181,10 @@ def _connect(host, port, clock, obs):
         try:
             sock.settimeout(clock.left("connecting to %s:%s" % (host, port)))
             sock.connect(addr)
-        except socket.timeout:
+        except socket.timeout as exc:
             sock.close()
-            raise _probe_failed(CRITICAL, "timed out after %ss while connecting to %s:%s"
-                                % (format_number(round(clock.timeout, 3)), host, port)) from None
+            raise ProbeFailed(CRITICAL, "timed out after %ss while connecting to %s:%s"
+                              % (format_number(round(clock.timeout, 3)), host, port)) from exc
         except OSError as exc:
             sock.close()
             error = exc
@@ -196,16 +192,16 @@ def _connect(host, port, clock, obs):
         obs.measure("connect_ms", clock.ms() - mark)
         return sock
     if isinstance(error, ConnectionRefusedError):
-        raise _probe_failed(CRITICAL, "connection to %s:%s refused" % (host, port))
-    raise _probe_failed(CRITICAL, "cannot connect to %s:%s: %s" % (host, port, getattr(error, "strerror", None) or error or phase))
+        raise ProbeFailed(CRITICAL, "connection to %s:%s refused" % (host, port))
+    raise ProbeFailed(CRITICAL, "cannot connect to %s:%s: %s" % (host, port, getattr(error, "strerror", None) or error or phase))
 
 
 def _timed(clock, phase, func, *args):
     try:
         return func(*args)
-    except socket.timeout:
-        raise _probe_failed(CRITICAL, "timed out after %ss while %s"
-                            % (format_number(round(clock.timeout, 3)), phase)) from None
+    except socket.timeout as exc:
+        raise ProbeFailed(CRITICAL, "timed out after %ss while %s"
+                          % (format_number(round(clock.timeout, 3)), phase)) from exc
 
 
 # --------------------------------------------------------------------------- http
@@ -234,17 +230,17 @@ def probe_http(check, obs, timeout, ctx=None):
             try:
                 tls_ctx = _tls_context(check)
             except (OSError, ssl.SSLError) as exc:
-                raise _probe_failed(UNKNOWN, "cannot load the TLS client certificate or CA: %s"
-                                    % (getattr(exc, "strerror", None) or exc)) from None
+                raise ProbeFailed(UNKNOWN, "cannot load the TLS client certificate or CA: %s"
+                                  % (getattr(exc, "strerror", None) or exc)) from exc
             sock.settimeout(clock.left("in the TLS handshake"))
             try:
                 sock = _timed(clock, "in the TLS handshake", lambda: tls_ctx.wrap_socket(sock, server_hostname=host))
             except ssl.SSLCertVerificationError as exc:
-                raise _probe_failed(CRITICAL, "TLS certificate verification failed for %s: %s"
-                                    % (host, exc.verify_message or exc.reason)) from None
+                raise ProbeFailed(CRITICAL, "TLS certificate verification failed for %s: %s"
+                                  % (host, exc.verify_message or exc.reason)) from exc
             except (ssl.SSLError, ConnectionError) as exc:
-                raise _probe_failed(CRITICAL, "TLS handshake with %s:%s failed: %s"
-                                    % (host, port, getattr(exc, "reason", None) or exc)) from None
+                raise ProbeFailed(CRITICAL, "TLS handshake with %s:%s failed: %s"
+                                  % (host, port, getattr(exc, "reason", None) or exc)) from exc
             obs.measure("tls_ms", clock.ms() - mark)
             der = sock.getpeercert(binary_form=True)
             if der:
@@ -268,13 +264,13 @@ def probe_http(check, obs, timeout, ctx=None):
         try:
             response = _timed(clock, "waiting for the first byte", conn.getresponse)
         except (http.client.HTTPException, ConnectionError) as exc:
-            raise _probe_failed(CRITICAL, "no valid HTTP answer from %s:%s: %s" % (host, port, type(exc).__name__ if not str(exc) else exc)) from None
+            raise ProbeFailed(CRITICAL, "no valid HTTP answer from %s:%s: %s" % (host, port, type(exc).__name__ if not str(exc) else exc)) from exc
         obs.measure("first_byte_ms", clock.ms())
         sock.settimeout(clock.left("reading the body"))
         try:
             data = _timed(clock, "reading the body", response.read, MAX_BODY)
         except (http.client.HTTPException, ConnectionError) as exc:
-            raise _probe_failed(CRITICAL, "reading the body from %s:%s failed: %s" % (host, port, exc)) from None
+            raise ProbeFailed(CRITICAL, "reading the body from %s:%s failed: %s" % (host, port, exc)) from exc
         obs.measure("time_ms", clock.ms())
     finally:
         sock.close()
@@ -416,9 +412,10 @@ def probe_redis(check, obs, timeout, ctx=None):
             text = str(exc)
             if check.get("password"):
                 text = text.replace(check["password"], "********")
-            raise _probe_failed(CRITICAL, "redis %s:%s answered an error: %s" % (host, port, text)) from None
+            # from None: the server's error text may echo the password (masked above, not in the cause)
+            raise ProbeFailed(CRITICAL, "redis %s:%s answered an error: %s" % (host, port, text)) from None
         except (ConnectionError, ValueError) as exc:
-            raise _probe_failed(CRITICAL, "redis %s:%s: %s" % (host, port, exc)) from None
+            raise ProbeFailed(CRITICAL, "redis %s:%s: %s" % (host, port, exc)) from exc
     finally:
         reader.close()
         sock.close()

@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright: opskit.runbook contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Nagios plugin threshold ranges, states and perfdata (pure functions).
+"""Nagios plugin threshold ranges, states, the ``fail_on`` verdict and perfdata (pure functions).
 
 A range is ``[@]start:end``. Without ``@`` the value alerts when it is OUTSIDE start..end, with
 ``@`` when it is INSIDE (endpoints included). ``start`` may be ``~`` (minus infinity) and defaults
@@ -17,7 +17,6 @@ from .._errors import ConfigError
 
 OK, WARNING, CRITICAL, UNKNOWN = "OK", "WARNING", "CRITICAL", "UNKNOWN"
 STATES = (OK, WARNING, CRITICAL, UNKNOWN)
-EXIT_CODES = {OK: 0, WARNING: 1, CRITICAL: 2, UNKNOWN: 3}
 # Severity used to combine states (worst wins): a check that could not measure (UNKNOWN) is worse
 # than a degraded one (WARNING), because nobody knows whether the service works.
 SEVERITY = {OK: 0, WARNING: 1, UNKNOWN: 2, CRITICAL: 3}
@@ -26,9 +25,23 @@ _NUMBER = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
 _RANGE_RE = re.compile(r"^(@)?(?:(~|%s)?:)?(%s)?$" % (_NUMBER, _NUMBER))
 
 
+# fail_on of health_check (and of the roles' verdicts): the least severe state that fails.
+FAIL_ON = {"critical": SEVERITY[UNKNOWN], "warning": SEVERITY[WARNING], "never": None}
+
+
 def worst(states):
     """The most severe of ``states`` (OK for none)."""
     return max(states, key=SEVERITY.__getitem__, default=OK)
+
+
+def failing(status, fail_on):
+    """True when the overall ``status`` fails the task for ``fail_on`` (critical, warning, never).
+
+    ``critical`` fails on CRITICAL and UNKNOWN, ``warning`` on anything but OK. The one verdict:
+    health_check and the runbook filter plugin (for the roles) both call this.
+    """
+    limit = FAIL_ON[fail_on]
+    return limit is not None and SEVERITY[status] >= limit
 
 
 class Range:

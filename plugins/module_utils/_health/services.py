@@ -3,6 +3,9 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Service and host probes of the health engine: postgres, docker_container, k8s_deployment,
 disk, memory, load; and the kubectl rollout-status judgement ``deployment_status``.
+
+The clients come from the shared factories (_postgres.connection.connect, _docker.docker_client,
+_kube.kube_client); each probe turns its SDK's errors into ProbeFailed or an OpsError.
 """
 
 from __future__ import annotations
@@ -12,30 +15,14 @@ import math
 import os
 import time
 
-from .._errors import ConfigError, MissingLibraryError, ServiceError
+from .._docker import DOCKER_OPTION_NAMES, docker_client, docker_error, docker_errors
+from .._errors import ServiceError
+from .._kube import KUBERNETES, api_exception, kube_client, unreachable_errors
+from .._postgres.connection import PSYCOPG2, connect, pg_message
+from .probe import ProbeFailed, one_line
 from .ranges import CRITICAL, UNKNOWN, WARNING, format_number
 
-_KUBERNETES = {}
-
-
-def _kubernetes():
-    """Import the kubernetes client on first use (it takes seconds to import)."""
-    if not _KUBERNETES:
-        try:
-            import kubernetes.client
-            import kubernetes.config
-        except ImportError as exc:  # pragma: no cover - depends on the host
-            raise MissingLibraryError("kubernetes", exc) from None
-        _KUBERNETES["k"] = kubernetes
-    return _KUBERNETES["k"]
-
-
 ROLLOUT_SUCCESS, ROLLOUT_WAITING, ROLLOUT_FAILED = "success", "waiting", "failed"
-
-
-def _probe_failed(state, msg):
-    from .engine import ProbeFailed  # late import: _health imports this module
-    return ProbeFailed(state, msg)
 
 
 def _ms(start):
@@ -59,14 +46,13 @@ SELECT current_setting('server_version'),
 
 
 def probe_postgres(check, obs, timeout, ctx=None):
-    from .._postgres.connection import connect, pg_message
     params = dict(check)
     limit = min(timeout, check.get("connect_timeout") or timeout)
     params["connect_timeout"] = max(2, int(math.ceil(limit)))
     start = time.perf_counter()
     conn = connect(params, dbname=check["database"])  # MissingLibraryError when psycopg2 is absent
     obs.measure("connect_ms", _ms(start))
-    import psycopg2  # pylint: disable=import-outside-toplevel
+    psycopg2 = PSYCOPG2.load()  # loaded by connect() already
     try:
         conn.autocommit = True
         with conn.cursor() as cur:
@@ -78,6 +64,7 @@ def probe_postgres(check, obs, timeout, ctx=None):
             cur.execute(_PG_QUERY, (float(check["long_query_seconds"]),))
             version, max_conn, used, long_queries, replica, lag = cur.fetchone()
     except psycopg2.Error as exc:
+        # pg_message hides the password; the cause is dropped because its text could carry it
         raise ServiceError("PostgreSQL query failed: %s" % pg_message(exc, check.get("password"))) from None
     finally:
         conn.close()
@@ -97,20 +84,15 @@ def probe_postgres(check, obs, timeout, ctx=None):
 
 # --------------------------------------------------------------------------- docker_container
 
-_DOCKER_KEYS = ("docker_host", "tls", "tls_verify", "ca_path", "client_cert", "client_key", "docker_timeout")
-
-
 def probe_docker(check, obs, timeout, ctx):
-    from .._docker import docker_client, docker_error
-    params = {k: check.get(k) for k in _DOCKER_KEYS}
+    params = {k: check.get(k) for k in DOCKER_OPTION_NAMES}
     params["docker_timeout"] = params["docker_timeout"] or max(1, int(math.ceil(timeout)))
     client = ctx.client("docker", tuple(sorted(params.items())), lambda: docker_client(params))
     name = check["container"]
     try:
         info = client.inspect_container(name)
-    except Exception as exc:  # docker.errors.* (the SDK is imported lazily)
-        err = docker_error(exc, "container %s" % name)
-        raise _probe_failed(CRITICAL, err.msg) from None
+    except docker_errors() as exc:  # NotFound, APIError, connection errors
+        raise ProbeFailed(CRITICAL, docker_error(exc, "container %s" % name).msg) from exc
     judge_container(info, obs)
 
 
@@ -179,41 +161,27 @@ def deployment_status(deployment):
     return ROLLOUT_SUCCESS, "deployment %s successfully rolled out (%d of %d available)" % (name, available, desired)
 
 
-def _k8s_client(check):
-    kubernetes = _kubernetes()
-    try:
-        if check.get("in_cluster"):
-            config = kubernetes.client.Configuration()
-            kubernetes.config.load_incluster_config(client_configuration=config)
-            return kubernetes.client.ApiClient(config)
-        return kubernetes.config.new_client_from_config(config_file=check.get("kubeconfig"),
-                                                        context=check.get("context"))
-    except (kubernetes.config.ConfigException, OSError, ValueError, TypeError) as exc:
-        raise ConfigError("cannot load the Kubernetes configuration%s: %s" % (
-            " (in-cluster)" if check.get("in_cluster") else (" from %s" % check["kubeconfig"] if check.get("kubeconfig") else ""),
-            " ".join(str(exc).split())[:200])) from None
-
-
 def probe_k8s(check, obs, timeout, ctx):
     key = (check.get("kubeconfig"), check.get("context"), bool(check.get("in_cluster")))
-    kubernetes = _kubernetes()
-    api = ctx.client("k8s", key, lambda: _k8s_client(check))
+    kubernetes = KUBERNETES.load()
+    api = ctx.client("k8s", key, lambda: kube_client(check.get("kubeconfig"), check.get("context"),
+                                                     bool(check.get("in_cluster"))))
     ns, name = check["namespace"], check["deployment"]
     try:
         response = kubernetes.client.AppsV1Api(api).read_namespaced_deployment(
             name, ns, _preload_content=False, _request_timeout=timeout)
         deployment = json.loads(response.data)
-    except kubernetes.client.ApiException as exc:
+    except api_exception() as exc:
         if exc.status == 404:
-            raise _probe_failed(CRITICAL, "deployment %s/%s not found" % (ns, name)) from None
+            raise ProbeFailed(CRITICAL, "deployment %s/%s not found" % (ns, name)) from exc
         reason = exc.reason or ""
         state = UNKNOWN if exc.status in (401, 403) else CRITICAL
-        raise _probe_failed(state, "Kubernetes API answered %s %s for deployment %s/%s" % (exc.status, reason, ns, name)) from None
+        raise ProbeFailed(state, "Kubernetes API answered %s %s for deployment %s/%s" % (exc.status, reason, ns, name)) from exc
     except ValueError as exc:
-        raise _probe_failed(UNKNOWN, "Kubernetes API answer is not JSON: %s" % exc) from None
-    except Exception as exc:  # urllib3 connection / timeout errors
-        text = " ".join(str(getattr(exc, "reason", None) or exc).split())[:200]
-        raise _probe_failed(CRITICAL, "cannot reach the Kubernetes API for deployment %s/%s: %s" % (ns, name, text)) from None
+        raise ProbeFailed(UNKNOWN, "Kubernetes API answer is not JSON: %s" % exc) from exc
+    except unreachable_errors() as exc:  # urllib3 connection / timeout errors
+        text = one_line(getattr(exc, "reason", None) or exc, 200)
+        raise ProbeFailed(CRITICAL, "cannot reach the Kubernetes API for deployment %s/%s: %s" % (ns, name, text)) from exc
     judge_deployment(deployment, obs)
 
 
@@ -247,7 +215,7 @@ def probe_disk(check, obs, timeout=None, ctx=None):
     try:
         st = os.statvfs(path)
     except OSError as exc:
-        raise _probe_failed(UNKNOWN, "cannot stat %s: %s" % (path, exc.strerror or exc)) from None
+        raise ProbeFailed(UNKNOWN, "cannot stat %s: %s" % (path, exc.strerror or exc)) from exc
     used = (st.f_blocks - st.f_bfree) * st.f_frsize
     avail = st.f_bavail * st.f_frsize
     usable = used + avail
@@ -279,11 +247,11 @@ def probe_memory(check, obs, timeout=None, ctx=None, meminfo="/proc/meminfo"):
         with open(meminfo) as handle:
             info = read_meminfo(handle.read())
     except OSError as exc:
-        raise _probe_failed(UNKNOWN, "cannot read %s: %s" % (meminfo, exc.strerror or exc)) from None
+        raise ProbeFailed(UNKNOWN, "cannot read %s: %s" % (meminfo, exc.strerror or exc)) from exc
     total = info.get("MemTotal")
     available = info.get("MemAvailable", info.get("MemFree", 0) + info.get("Buffers", 0) + info.get("Cached", 0))
     if not total:
-        raise _probe_failed(UNKNOWN, "no MemTotal in %s" % meminfo)
+        raise ProbeFailed(UNKNOWN, "no MemTotal in %s" % meminfo)
     obs.measure("total_bytes", total)
     obs.measure("available_bytes", available)
     obs.measure("used_pct", 100.0 * (total - available) / total, 2)
@@ -296,8 +264,8 @@ def probe_memory(check, obs, timeout=None, ctx=None, meminfo="/proc/meminfo"):
 def probe_load(check, obs, timeout=None, ctx=None):
     try:
         loads = os.getloadavg()
-    except OSError:
-        raise _probe_failed(UNKNOWN, "the load average is not available on this system") from None
+    except OSError as exc:
+        raise ProbeFailed(UNKNOWN, "the load average is not available on this system") from exc
     try:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):

@@ -3,46 +3,34 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """PostgreSQL connection options: the shared spec, libpq environments and psycopg2 connections.
 
-Passwords reach the client tools through a 0600 passfile (PGPASSFILE), never argv.
+Passwords reach the client tools through a 0600 passfile (PGPASSFILE), never argv. psycopg2 is
+imported on the first ``connect()`` only (``_imports.Library``): pg_backup runs the client tools
+and does not need it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import tempfile
 
-from .._errors import MissingLibraryError, ServiceError
+from .._errors import ServiceError
+from .._imports import Library, fallback
 
-try:
-    import psycopg2
-    HAS_PSYCOPG2 = True
-    PSYCOPG2_IMPORT_ERROR = None
-except ImportError as _exc:  # pragma: no cover - depends on the host
-    HAS_PSYCOPG2 = False
-    PSYCOPG2_IMPORT_ERROR = _exc
-
-try:
-    from ansible.module_utils.basic import env_fallback
-except ImportError:  # pragma: no cover
-    env_fallback = None
-
-
-def _fallback(*names):
-    return (env_fallback, list(names)) if env_fallback else None
-
+PSYCOPG2 = Library("psycopg2")
 
 PG_ARGSPEC = dict(
-    host=dict(type="str", aliases=["login_host"], fallback=_fallback("PGHOST")),
-    port=dict(type="int", fallback=_fallback("PGPORT")),
-    user=dict(type="str", aliases=["login_user"], fallback=_fallback("PGUSER")),
-    password=dict(type="str", no_log=True, aliases=["login_password"], fallback=_fallback("PGPASSWORD")),
+    host=dict(type="str", aliases=["login_host"], fallback=fallback("PGHOST")),
+    port=dict(type="int", fallback=fallback("PGPORT")),
+    user=dict(type="str", aliases=["login_user"], fallback=fallback("PGUSER")),
+    password=dict(type="str", no_log=True, aliases=["login_password"], fallback=fallback("PGPASSWORD")),
     sslmode=dict(type="str", choices=["disable", "allow", "prefer", "require", "verify-ca", "verify-full"],
-                 fallback=_fallback("PGSSLMODE")),
-    sslrootcert=dict(type="path", fallback=_fallback("PGSSLROOTCERT")),
-    sslcert=dict(type="path", fallback=_fallback("PGSSLCERT")),
-    sslkey=dict(type="path", no_log=False, fallback=_fallback("PGSSLKEY")),
-    connect_timeout=dict(type="int", default=10, fallback=_fallback("PGCONNECT_TIMEOUT")),
+                 fallback=fallback("PGSSLMODE")),
+    sslrootcert=dict(type="path", fallback=fallback("PGSSLROOTCERT")),
+    sslcert=dict(type="path", fallback=fallback("PGSSLCERT")),
+    sslkey=dict(type="path", no_log=False, fallback=fallback("PGSSLKEY")),
+    connect_timeout=dict(type="int", default=10, fallback=fallback("PGCONNECT_TIMEOUT")),
 )
 PG_OPTION_NAMES = tuple(PG_ARGSPEC)
 _LIBPQ_ENV = dict(host="PGHOST", port="PGPORT", user="PGUSER", sslmode="PGSSLMODE",
@@ -51,7 +39,6 @@ _LIBPQ_ENV = dict(host="PGHOST", port="PGPORT", user="PGUSER", sslmode="PGSSLMOD
 
 
 def pg_argspec(**extra):
-    import copy
     spec = copy.deepcopy(PG_ARGSPEC)
     spec.update(extra)
     return spec
@@ -76,13 +63,14 @@ def connect_kwargs(params, dbname="postgres"):
 
 
 def connect(params, dbname="postgres"):
-    if not HAS_PSYCOPG2:
-        raise MissingLibraryError("psycopg2", PSYCOPG2_IMPORT_ERROR)
+    psycopg2 = PSYCOPG2.load()
     conn = conn_params(params)
     where = "%s@%s:%s/%s" % (conn["user"], conn.get("host") or "local socket", conn.get("port") or 5432, dbname)
     try:
         return psycopg2.connect(**connect_kwargs(params, dbname))
     except psycopg2.Error as exc:
+        # from None: libpq's message (and so the cause's text) can quote the connection string
+        # with its password; pg_message masks it, the original exception would not.
         raise ServiceError("cannot connect to PostgreSQL %s: %s" % (where, pg_message(exc, conn.get("password")))) from None
 
 

@@ -12,8 +12,8 @@ Both runners offer the same four operations, always from argument lists (never a
   (exit code, stderr);
 - ``path(tool)`` the program to run.
 
-Locally the password reaches the tools through the 0600 passfile of ``_pgconn.libpq_env``; in
-a container it travels in the exec's environment. Neither puts it on a command line.
+Locally the password reaches the tools through the 0600 passfile of ``connection.libpq_env``;
+in a container it travels in the exec's environment. Neither puts it on a command line.
 """
 
 from __future__ import annotations
@@ -30,10 +30,17 @@ import subprocess
 import threading
 
 from .._errors import ConfigError, ServiceError
+from .._imports import Library
 
 CHUNK = 1024 * 1024
 STDERR_KEEP = 64 * 1024
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+DOCKER = Library("docker", "docker", "docker.errors")
+
+
+def _docker_errors():
+    """What an exec call of the docker SDK raises (requests' errors are OSErrors)."""
+    return (DOCKER.load().errors.DockerException, OSError)
 
 
 def conninfo_quote(value):
@@ -109,6 +116,19 @@ def find_bin_dir(explicit=None, server_major=None, isdir=os.path.isdir, which=sh
                       " install them or set bin_dir")
 
 
+def _pump(source, write, stopped_reading):
+    """Copy the file-like ``source`` to ``write`` in chunks, to its end or until the tool stops
+    reading (``write`` raises ``stopped_reading``): then the tool's exit code says why."""
+    while True:
+        data = source.read(CHUNK)
+        if not data:
+            return
+        try:
+            write(data)
+        except stopped_reading:
+            return
+
+
 class _StderrDrain(threading.Thread):
     """Reads a stream to its end in the background, keeping the last 64 KiB."""
 
@@ -140,16 +160,16 @@ class LocalTools:
         try:
             return subprocess.Popen(argv, env=self.env, close_fds=True, **kwargs)
         except OSError as exc:
-            raise ServiceError("cannot run %s on the managed host: %s" % (argv[0], exc.strerror)) from None
+            raise ServiceError("cannot run %s on the managed host: %s" % (argv[0], exc.strerror)) from exc
 
     def run(self, argv, timeout=None):
         proc = self._popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
             out, err = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
+        except subprocess.TimeoutExpired as exc:
             proc.kill()
             proc.communicate()
-            raise ServiceError("%s timed out after %s s" % (os.path.basename(argv[0]), timeout)) from None
+            raise ServiceError("%s timed out after %s s" % (os.path.basename(argv[0]), timeout)) from exc
         return proc.returncode, out, err
 
     @contextlib.contextmanager
@@ -180,14 +200,7 @@ class LocalTools:
         drain = _StderrDrain(proc.stderr)
         drain.start()
         try:
-            while True:
-                data = source.read(CHUNK)
-                if not data:
-                    break
-                try:
-                    proc.stdin.write(data)
-                except BrokenPipeError:  # the tool stopped reading: its exit code says why
-                    break
+            _pump(source, proc.stdin.write, BrokenPipeError)
             with contextlib.suppress(BrokenPipeError):
                 proc.stdin.close()
         except BaseException:
@@ -278,8 +291,8 @@ class DockerTools:
             return self.client.exec_create(self.container, argv, stdin=stdin, stdout=stdout,
                                            stderr=True, tty=False, environment=self.env,
                                            user=self.user or "")["Id"]
-        except Exception as exc:  # pylint: disable=broad-except
-            raise docker_error(exc, "container %s" % self.container) from None
+        except _docker_errors() as exc:
+            raise docker_error(exc, "container %s" % self.container) from exc
 
     def _exit_code(self, exec_id):
         info = self.client.exec_inspect(exec_id)
@@ -308,7 +321,7 @@ class DockerTools:
             while reader.read(CHUNK):  # drain to the end so the exit code is final
                 pass
         finally:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(*_docker_errors()):
                 frames.close()
         self._check(argv, exec_id, reader.stderr)
 
@@ -319,14 +332,7 @@ class DockerTools:
         drain = _SocketStderr(raw)
         drain.start()
         try:
-            while True:
-                data = source.read(CHUNK)
-                if not data:
-                    break
-                try:
-                    raw.sendall(data)
-                except OSError:  # the tool stopped reading: its exit code says why
-                    break
+            _pump(source, raw.sendall, OSError)
             with contextlib.suppress(OSError):
                 raw.shutdown(socket.SHUT_WR)
             drain.join()

@@ -8,8 +8,8 @@ settings the user gave (those that differ from the old image's defaults, so the 
 own ENV, CMD, HEALTHCHECK... apply), the whole HostConfig, anonymous volumes re-attached by
 name, and every network with its aliases and static addresses. The old container is renamed
 and stopped, kept until the new one passed the gate (revert = remove new, rename + start old),
-then removed. The last-known-good (image, digest, create spec) travels as a label on the new
-container.
+then removed. The last-known-good (image, digest, create spec; record.py) travels as a label
+on the new container. The docker SDK is loaded through _docker.DOCKER when a unit is built.
 """
 
 from __future__ import annotations
@@ -17,19 +17,9 @@ from __future__ import annotations
 import copy
 import time
 
-from .._docker import docker_error
+from .._docker import DOCKER, docker_error
 from .._errors import ServiceError
-from .action import RECORD_LABEL, ImageMissing, docker_state, make_record, read_record, record_text
-
-try:
-    import docker.errors
-    NotFound = docker.errors.NotFound
-    APIError = docker.errors.APIError
-    DockerException = docker.errors.DockerException
-except ImportError:  # pragma: no cover - reported by _docker.docker_client
-    class NotFound(Exception):
-        pass
-    APIError = DockerException = NotFound
+from .record import RECORD_LABEL, ImageMissing, docker_state, make_record, read_record, record_text
 
 COMPOSE_PROJECT = "com.docker.compose.project"
 COMPOSE_SERVICE = "com.docker.compose.service"
@@ -51,6 +41,29 @@ def create_spec(inspect, image_config=None):
     ``{"body": <create body>, "networks": [{"name", "aliases", "ipv4", "ipv6", "links"}]}``:
     the first network goes into the body, the others are connected after create.
     """
+    body = _config_body(inspect, image_config)
+    host = copy.deepcopy(inspect.get("HostConfig") or {})
+    host["Binds"] = _binds_with_anonymous(host, inspect.get("Mounts") or [])
+    if host.get("Links"):
+        host["Links"] = [_link(entry) for entry in host["Links"]]
+    body["HostConfig"] = host
+    mode = host.get("NetworkMode") or "default"
+    if mode in ("host", "none") or mode.startswith("container:"):
+        return {"body": body, "networks": []}
+    networks = _networks(inspect)
+    # the network given at create: the mode's own when attached, else the first attached one
+    # (a container created with NetworkMode "default" and an EndpointsConfig is only on that one)
+    mode_net = "bridge" if mode == "default" else mode
+    names = [n["name"] for n in networks]
+    primary = mode_net if mode_net in names else (names[0] if names else None)
+    if primary and primary != "bridge":
+        body["NetworkingConfig"] = {"EndpointsConfig": {primary: _endpoint(networks[names.index(primary)])}}
+    extra = [n for n in networks if n["name"] != primary]
+    return {"body": body, "networks": extra}
+
+
+def _config_body(inspect, image_config):
+    """The Config part of the create body: what the user set, minus the image's defaults."""
     cfg = inspect.get("Config") or {}
     img = image_config or {}
     have_image = image_config is not None
@@ -86,14 +99,13 @@ def create_spec(inspect, image_config=None):
         extra = {k: {} for k in (cfg.get(key) or {}) if k not in (img.get(key) or {})}
         if extra:
             body[key] = extra
-    host = copy.deepcopy(inspect.get("HostConfig") or {})
-    host["Binds"] = _binds_with_anonymous(host, inspect.get("Mounts") or [])
-    if host.get("Links"):
-        host["Links"] = [_link(entry) for entry in host["Links"]]
-    body["HostConfig"] = host
-    mode = host.get("NetworkMode") or "default"
-    if mode in ("host", "none") or mode.startswith("container:"):
-        return {"body": body, "networks": []}
+    return body
+
+
+def _networks(inspect):
+    """The attached networks, by name, with the aliases, static addresses and links to restore."""
+    cfg = inspect.get("Config") or {}
+    short_id = (inspect.get("Id") or "")[:12]
     networks = []
     attached = ((inspect.get("NetworkSettings") or {}).get("Networks") or {})
     for name in sorted(attached):
@@ -104,15 +116,7 @@ def create_spec(inspect, image_config=None):
         networks.append({"name": name, "aliases": aliases, "ipv4": ipam.get("IPv4Address") or None,
                          "ipv6": ipam.get("IPv6Address") or None,
                          "links": [_link(x) for x in ep.get("Links") or []]})
-    # the network given at create: the mode's own when attached, else the first attached one
-    # (a container created with NetworkMode "default" and an EndpointsConfig is only on that one)
-    mode_net = "bridge" if mode == "default" else mode
-    names = [n["name"] for n in networks]
-    primary = mode_net if mode_net in names else (names[0] if names else None)
-    if primary and primary != "bridge":
-        body["NetworkingConfig"] = {"EndpointsConfig": {primary: _endpoint(networks[names.index(primary)])}}
-    extra = [n for n in networks if n["name"] != primary]
-    return {"body": body, "networks": extra}
+    return networks
 
 
 def _endpoint(net):
@@ -184,6 +188,7 @@ class DockerContainer:
 
     def __init__(self, client, name, pull="missing", stop_timeout=10, kind="docker_container"):
         self.client, self.pull, self.stop_timeout, self.kind = client, pull, stop_timeout, kind
+        self.errors = DOCKER.load().errors   # NotFound < APIError < DockerException
         self.inspect = self._call(client.inspect_container, "container %s" % name, name)
         self.name = (self.inspect.get("Name") or name).lstrip("/")
         self.watch = self.inspect["Id"]      # the container the gate observes
@@ -197,18 +202,18 @@ class DockerContainer:
     def _call(self, func, what, *args, **kwargs):
         try:
             return func(*args, **kwargs)
-        except (APIError, DockerException) as exc:
-            raise docker_error(exc, what) from None
+        except self.errors.DockerException as exc:
+            raise docker_error(exc, what) from exc
         except OSError as exc:
-            raise ServiceError("%s: %s" % (what, exc)) from None
+            raise ServiceError("%s: %s" % (what, exc)) from exc
 
     def _image(self, ref):
         try:
             return self.client.inspect_image(ref)
-        except NotFound:
+        except self.errors.NotFound:
             return None
-        except (APIError, DockerException) as exc:
-            raise docker_error(exc, "image %s" % ref) from None
+        except self.errors.DockerException as exc:
+            raise docker_error(exc, "image %s" % ref) from exc
 
     def label(self):
         return "container %s" % self.name
@@ -228,13 +233,13 @@ class DockerContainer:
             repo, tag = split_ref(image)
             try:
                 self.client.pull(repo, tag=tag)
-            except (APIError, DockerException, OSError) as exc:
+            except (self.errors.DockerException, OSError) as exc:
                 explanation = getattr(exc, "explanation", None) or exc
                 if self.pull == "always" and self._image(image):
                     img = self._image(image)
                 else:
                     raise ImageMissing("image %s is not present and could not be pulled: %s"
-                                       % (image, " ".join(str(explanation).split())[:300])) from None
+                                       % (image, " ".join(str(explanation).split())[:300])) from exc
             img = img or self._image(image)
         if img is None:
             if check_mode and self.pull != "never":
@@ -291,8 +296,8 @@ class DockerContainer:
         self.watch = old_id
         try:
             created = self.client.create_container_from_config(body, name=self.name)
-        except (APIError, DockerException) as exc:
-            raise docker_error(exc, "creating the new container") from None
+        except self.errors.DockerException as exc:
+            raise docker_error(exc, "creating the new container") from exc
         self.new = self.watch = created["Id"]
         self._record = record
         for net in spec.get("networks") or []:
@@ -310,9 +315,9 @@ class DockerContainer:
     def observe(self):
         try:
             inspect = self.client.inspect_container(self.watch)
-        except NotFound:
+        except self.errors.NotFound:
             return "failed", "the container disappeared"
-        except (APIError, DockerException, OSError) as exc:
+        except (self.errors.DockerException, OSError) as exc:
             return "waiting", "cannot inspect the container: %s" % docker_error(exc, self.label()).msg
         return docker_state(inspect, self.baseline)
 
@@ -326,9 +331,9 @@ class DockerContainer:
             try:
                 self.client.stop(failed, timeout=0)
                 self.client.rename(failed, "%s_opskit_failed_%d" % (self.name, int(time.time() * 1000)))
-            except NotFound:
+            except self.errors.NotFound:
                 failed = None
-            except (APIError, DockerException):
+            except self.errors.DockerException:
                 self._remove(failed)  # e.g. a restarting container that refuses stop
                 failed = None
         self._call(self.client.rename, "renaming the old container back", self.prev, self.name)
@@ -342,10 +347,10 @@ class DockerContainer:
     def _remove(self, container):
         try:
             self.client.remove_container(container, force=True)
-        except NotFound:
+        except self.errors.NotFound:
             pass
-        except (APIError, DockerException) as exc:
-            raise docker_error(exc, "removing the failed container") from None
+        except self.errors.DockerException as exc:
+            raise docker_error(exc, "removing the failed container") from exc
 
     def commit(self):
         if self.prev is not None:
@@ -354,7 +359,8 @@ class DockerContainer:
 
     def logs(self, lines):
         target = self.new or self.watch
-        raw = self.client.logs(target, stdout=True, stderr=True, tail=lines, timestamps=False)
+        raw = self._call(self.client.logs, "the logs of %s" % self.label(), target, stdout=True, stderr=True,
+                         tail=lines, timestamps=False)
         text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
         return text.splitlines()[-lines:]
 
@@ -364,8 +370,8 @@ def compose_units(client, project, service, **kwargs):
     filters = {"label": ["%s=%s" % (COMPOSE_PROJECT, project), "%s=%s" % (COMPOSE_SERVICE, service)]}
     try:
         found = client.containers(all=True, filters=filters)
-    except (APIError, DockerException) as exc:
-        raise docker_error(exc, "listing the containers of %s/%s" % (project, service)) from None
+    except DOCKER.load().errors.DockerException as exc:
+        raise docker_error(exc, "listing the containers of %s/%s" % (project, service)) from exc
     found = [c for c in found if not any(m in ",".join(c.get("Names") or []) for m in ("_opskit_prev_", "_opskit_failed_"))]
     if not found:
         raise ServiceError("compose service %s of project %s: no containers carry the labels %s=%s, %s=%s"

@@ -8,51 +8,26 @@ annotation ``opskit.runbook/last-known-good`` by a strategic-merge patch that to
 annotation. A rollback replaces ``/spec/template`` with the recorded template (JSON patch), so
 it is exactly what ran, whatever revision numbers the controller assigned in between.
 Readiness follows the kubectl rollout-status rules; pods of the new template that are in
-CrashLoopBackOff, ImagePullBackOff, ErrImagePull, ... or were OOMKilled fail the gate at once.
+CrashLoopBackOff, ImagePullBackOff, ErrImagePull, ... or were OOMKilled fail the gate at once
+(record.py: ``rollout_status``, ``pod_failure``). The API client comes from _kube.kube_client.
 """
 
 from __future__ import annotations
 
 import json
 
-from .._errors import ConfigError, MissingLibraryError, ServiceError
-from .action import (FAILED, READY, RECORD_KEY, WAITING, make_record, now_rfc3339, pod_failure, read_record,
-                       record_text, rollout_status)
-
-try:
-    import kubernetes
-    from kubernetes.client.rest import ApiException
-    HAS_K8S = True
-    K8S_IMPORT_ERROR = None
-except ImportError as _exc:  # pragma: no cover - depends on the host
-    HAS_K8S = False
-    K8S_IMPORT_ERROR = _exc
-
-    class ApiException(Exception):
-        pass
+from .._errors import ConfigError, ServiceError
+from .._kube import KUBERNETES, api_exception, unreachable_errors
+from .._timeutil import rfc3339, utcnow
+from .record import FAILED, RECORD_KEY, WAITING, make_record, pod_failure, read_record, record_text, rollout_status
 
 RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
 SMP = "application/strategic-merge-patch+json"
 
 
-def k8s_api_client(kubeconfig=None, context=None, in_cluster=False):
-    """A kubernetes ApiClient from a kubeconfig file (default: $KUBECONFIG, ~/.kube/config) or in-cluster."""
-    if not HAS_K8S:
-        raise MissingLibraryError("kubernetes", K8S_IMPORT_ERROR)
-    try:
-        if in_cluster:
-            kubernetes.config.load_incluster_config()
-            return kubernetes.client.ApiClient()
-        return kubernetes.config.new_client_from_config(config_file=kubeconfig, context=context,
-                                                        persist_config=False)
-    except (kubernetes.config.ConfigException, OSError, ValueError, TypeError) as exc:
-        raise ConfigError("kubernetes configuration%s: %s" % (
-            (" %s" % kubeconfig) if kubeconfig else "", " ".join(str(exc).split())[:300])) from None
-
-
 def api_error(exc, what):
     """One-line ServiceError for an ApiException or a connection error."""
-    if isinstance(exc, ApiException):
+    if isinstance(exc, api_exception()):
         message = ""
         try:
             message = json.loads(exc.body or "{}").get("message") or ""
@@ -82,6 +57,7 @@ class K8sDeployment:
     """One Deployment (one of its containers) replaced as a whole (see the unit interface in _rollout)."""
 
     def __init__(self, api_client, namespace, name, container=None, request_timeout=30):
+        kubernetes = KUBERNETES.load()
         self.api = api_client
         self.apps = kubernetes.client.AppsV1Api(api_client)
         self.core = kubernetes.client.CoreV1Api(api_client)
@@ -104,12 +80,8 @@ class K8sDeployment:
     def _call(self, func, what, *args, **kwargs):
         try:
             resp = func(*args, _preload_content=False, _request_timeout=self.timeout, **kwargs)
-        except ApiException as exc:
-            raise api_error(exc, what) from None
-        except Exception as exc:  # pylint: disable=broad-except
-            if type(exc).__module__.startswith(("urllib3", "socket", "ssl")) or isinstance(exc, OSError):
-                raise api_error(exc, what) from None
-            raise
+        except (api_exception(),) + unreachable_errors() as exc:  # an answer, or no connection
+            raise api_error(exc, what) from exc
         data = resp.data
         return json.loads(data) if data else None
 
@@ -193,7 +165,7 @@ class K8sDeployment:
 
     def restart(self):
         self.before = None
-        self._patch({"spec": {"template": {"metadata": {"annotations": {RESTARTED_AT: now_rfc3339()}}}}})
+        self._patch({"spec": {"template": {"metadata": {"annotations": {RESTARTED_AT: rfc3339(utcnow())}}}}})
 
     def observe(self):
         try:
@@ -229,8 +201,8 @@ class K8sDeployment:
             resp = self.core.read_namespaced_pod_log(self.failing_pod, self.namespace, container=self.container,
                                                      tail_lines=lines, _preload_content=False,
                                                      _request_timeout=self.timeout)
-        except ApiException:
-            return []
+        except (api_exception(),) + unreachable_errors():
+            return []  # logs are a courtesy of the failure report
         return ["%s: %s" % (self.failing_pod, line)
                 for line in resp.data.decode("utf-8", "replace").splitlines()[-lines:]]
 
@@ -239,4 +211,4 @@ def _normal(template):
     return json.dumps(template, sort_keys=True)
 
 
-__all__ = ["K8sDeployment", "k8s_api_client", "READY", "FAILED", "WAITING"]
+__all__ = ["K8sDeployment", "api_error", "pod_matches_template", "template_images"]

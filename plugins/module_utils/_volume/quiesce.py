@@ -10,6 +10,8 @@
   helper containers) if the module process dies before it could (SIGKILL, OOM killer, a lost
   SSH session). It is told about every stop and restart through a pipe; the pipe closing
   without a final ``done`` is the signal that the module died.
+* ``api_errors()``: the exceptions a Docker API call can raise, for the ``except`` clauses of
+  this package.
 """
 
 from __future__ import annotations
@@ -20,10 +22,19 @@ import signal
 import time
 
 from .._errors import ConfigError, ServiceError
+from .._imports import Library
 
 STOP_LABEL = "opskit.runbook.stop-during-backup"
 HELPER_LABEL = "opskit.runbook.helper"
 AUTO, NONE = "auto", "none"
+DOCKER = Library("docker", "docker", "docker.errors", "docker.types")
+
+
+def api_errors():
+    """What a call of the docker SDK's APIClient raises: DockerException (APIError, NotFound,
+    ...) and OSError, which covers the requests and socket errors of a lost or timed-out
+    daemon connection (requests' RequestException is an OSError; so is APIError)."""
+    return (DOCKER.load().errors.DockerException, OSError)
 
 
 def container_view(summary):
@@ -189,17 +200,13 @@ def _watch(read_fd, client_factory):  # pragma: no cover - child process
             try:
                 client.start(cid)
                 break
-            except Exception:  # pylint: disable=broad-except
+            except api_errors():
                 time.sleep(1)
     for cid in helpers:
         try:
             client.remove_container(cid, force=True)
-        except Exception:  # pylint: disable=broad-except
+        except api_errors():
             pass
-
-
-class _Terminated(Exception):
-    pass
 
 
 class Quiescer:
@@ -238,9 +245,9 @@ class Quiescer:
                 self.guardian.note("stopped", container["id"])
             try:
                 self.client.stop(container["id"], timeout=self.stop_timeout)
-            except Exception as exc:  # pylint: disable=broad-except
+            except api_errors() as exc:
                 self.stopped.append(container)  # maybe stopped: resume starts it if so
-                raise self.docker_error(exc, "stopping container %s" % container["name"]) from None
+                raise self.docker_error(exc, "stopping container %s" % container["name"]) from exc
             self.stopped.append(container)
 
     def resume(self):
@@ -258,9 +265,10 @@ class Quiescer:
                 self.restarted.append(container)
                 if self.guardian:
                     self.guardian.note("started", container["id"])
-            except Exception as exc:  # pylint: disable=broad-except
-                err = exc if isinstance(exc, ServiceError) else self.docker_error(exc, "start")
-                self.failures.append((container["name"], err.msg if hasattr(err, "msg") else str(err)))
+            except ServiceError as exc:
+                self.failures.append((container["name"], exc.msg))
+            except api_errors() as exc:  # resume never raises: the failure is reported by name
+                self.failures.append((container["name"], self.docker_error(exc, "start").msg))
         if self.started_at is not None:
             self.resumed_at = self.clock()
         if self._old_term is not None:

@@ -1,6 +1,6 @@
 # -*- coding: utf-8 -*-
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Test-harness callback: every task result as one JSON line, for tests/integration/conftest.py."""
+"""Test-harness callback: every task result as one JSON line, for tests/integration/harness.py (run_playbook_in)."""
 
 from __future__ import annotations
 

@@ -57,7 +57,7 @@ def _resolve(importer, node):
         return [a.name for a in node.names if a.name in MODULES]
     if node.level:
         package = importer if MODULES[importer].endswith("__init__.py") else importer.rsplit(".", 1)[0]
-        for _ in range(node.level - 1):
+        for _level in range(node.level - 1):
             package = package.rsplit(".", 1)[0]
         base = package + ("." + node.module if node.module else "")
     else:

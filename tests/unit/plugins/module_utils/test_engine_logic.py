@@ -10,10 +10,14 @@ import itertools
 import os
 
 import pytest
+from botocore.exceptions import ClientError
 
 from ansible_collections.opskit.runbook.plugins.module_utils import _retry, _timeutil
-from ansible_collections.opskit.runbook.plugins.module_utils._engine import backup as _backup
-from ansible_collections.opskit.runbook.plugins.module_utils._storage import location as _storage
+from ansible_collections.opskit.runbook.plugins.module_utils._engine import artifacts, catalog, streams
+from ansible_collections.opskit.runbook.plugins.module_utils._engine.compression import (
+    make_compressor, make_decompressor, validate_compression)
+from ansible_collections.opskit.runbook.plugins.module_utils._storage.base import part_size_for
+from ansible_collections.opskit.runbook.plugins.module_utils._storage.options import open_location
 from ansible_collections.opskit.runbook.plugins.module_utils._errors import ConfigError, IntegrityError
 
 MiB = 1024 * 1024
@@ -30,15 +34,15 @@ UTC = datetime.timezone.utc
 ])
 def test_bad_location_urls_are_one_line_errors(url, message):
     with pytest.raises(ConfigError) as exc:
-        _storage.open_location(url)
+        open_location(url)
     assert message in exc.value.msg
     assert "\n" not in exc.value.msg
 
 
 def test_location_urls_parse():
-    loc = _storage.open_location("file:///srv/backups/")
+    loc = open_location("file:///srv/backups/")
     assert loc.url == "file:///srv/backups" and loc.scheme == "file"
-    s3 = _storage.open_location("s3://bucket/a/b/", endpoint_url="http://127.0.0.1:1", access_key="k", secret_key="s")
+    s3 = open_location("s3://bucket/a/b/", endpoint_url="http://127.0.0.1:1", access_key="k", secret_key="s")
     assert (s3.bucket, s3.prefix, s3.url) == ("bucket", "a/b", "s3://bucket/a/b")
     assert s3.full_key("x/y") == "a/b/x/y" and s3.rel_key("a/b/x/y") == "x/y"
 
@@ -50,7 +54,7 @@ def test_location_urls_parse():
     (30 * 1024 ** 4, 5 * 1024 * MiB),  # capped at S3's 5 GiB part limit
 ])
 def test_part_size_for(hint, expected):
-    size = _storage.part_size_for(hint)
+    size = part_size_for(hint)
     assert size == expected
     covered = 2 * hint if hint else 1024 ** 4
     assert size * 10000 >= min(covered, 10000 * 5 * 1024 * MiB)
@@ -64,25 +68,25 @@ def test_part_size_for(hint, expected):
     ("a/b/20261120T020000Z-0a1b2c3d.dump", None),
 ])
 def test_parse_key(key, expected):
-    assert _backup.parse_key(key) == expected
+    assert catalog.parse_key(key) == expected
 
 
 @pytest.mark.parametrize("series", ["", "-x", "a/b", "a b", "x" * 129, None])
 def test_invalid_series(series):
     with pytest.raises(ConfigError):
-        _backup.validate_series(series)
+        catalog.validate_series(series)
 
 
 def test_sanitize_series():
-    assert _backup.sanitize_series("db.example.com-app/main") == "db.example.com-app-main"
-    assert _backup.sanitize_series("///") == "backup"
+    assert catalog.sanitize_series("db.example.com-app/main") == "db.example.com-app-main"
+    assert catalog.sanitize_series("///") == "backup"
 
 
 def test_backup_id_carries_created_at():
     now = datetime.datetime(2026, 11, 20, 2, 0, 5, tzinfo=UTC)
-    backup_id = _backup.new_backup_id(now)
-    assert backup_id.startswith("20261120T020005Z-") and _backup.ID_RE.match(backup_id)
-    assert _backup.backup_time(backup_id) == now
+    backup_id = catalog.new_backup_id(now)
+    assert backup_id.startswith("20261120T020005Z-") and catalog.ID_RE.match(backup_id)
+    assert catalog.backup_time(backup_id) == now
 
 
 @pytest.mark.parametrize("text, parts", [
@@ -108,10 +112,9 @@ def test_duration_calendar_months():
     assert _timeutil.Duration.parse("1d12h").seconds(at) == 36 * 3600
 
 
-class _Err(Exception):
-    def __init__(self, code, status):
-        super().__init__(code)
-        self.response = {"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}
+def _Err(code, status):
+    """The typed error botocore raises for an S3 error response."""
+    return ClientError({"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}, "PutObject")
 
 
 @pytest.mark.parametrize("exc, retryable", [
@@ -140,7 +143,7 @@ def test_call_with_retry_retries_then_succeeds_and_gives_up():
         raise _Err("AccessDenied", 403)
 
     calls.clear()
-    with pytest.raises(_Err):
+    with pytest.raises(ClientError):
         _retry.call_with_retry(denied, sleep=sleeps.append)
     assert len(calls) == 1
 
@@ -158,12 +161,12 @@ def test_call_with_retry_retries_then_succeeds_and_gives_up():
 def test_compressors_round_trip(compression):
     data = os.urandom(100000) + b"abc" * 300000
     out = io.BytesIO()
-    comp = _backup.make_compressor(compression, out, None, -1)
+    comp = make_compressor(compression, out, None, -1)
     for start in range(0, len(data), 65536):
         comp.write(data[start:start + 65536])
     comp.finish()
     stored = out.getvalue()
-    dec = _backup.make_decompressor(compression)
+    dec = make_decompressor(compression)
     assert dec.decompress(stored) + (dec.flush() if hasattr(dec, "flush") else b"") == data
     if compression != "none":
         assert len(stored) < len(data)
@@ -172,16 +175,16 @@ def test_compressors_round_trip(compression):
 @pytest.mark.parametrize("compression, level", [("zstd", 23), ("gzip", 10), ("lz4", None)])
 def test_bad_compression_options(compression, level):
     with pytest.raises(ConfigError):
-        _backup.validate_compression(compression, level)
+        validate_compression(compression, level)
 
 
 def test_manifest_parsing_refuses_foreign_and_newer():
     with pytest.raises(IntegrityError, match="not valid JSON"):
-        _backup.parse_manifest(b"{", "k")
+        catalog.parse_manifest(b"{", "k")
     with pytest.raises(IntegrityError, match="not an opskit.runbook backup manifest"):
-        _backup.parse_manifest(b'{"format": "other"}', "k")
+        catalog.parse_manifest(b'{"format": "other"}', "k")
     with pytest.raises(IntegrityError, match="version 99"):
-        _backup.parse_manifest(b'{"format": "opskit.runbook/backup", "version": 99}', "k")
+        catalog.parse_manifest(b'{"format": "opskit.runbook/backup", "version": 99}', "k")
 
 
 def test_artifact_writer_counts_and_hashes():
@@ -201,7 +204,7 @@ def test_artifact_writer_counts_and_hashes():
 
     import hashlib
     sink = Sink()
-    writer = _backup.ArtifactWriter(sink, "s/k", "gzip", 1, -1)
+    writer = artifacts.ArtifactWriter(sink, "s/k", "gzip", 1, -1)
     writer.copy_from(io.BytesIO(b"x" * 3000000), chunk=65536)
     record = writer.close()
     assert sink.committed and record["raw_bytes"] == 3000000
@@ -228,7 +231,7 @@ def test_copy_to_fd_writes_everything_in_order(tmp_path):
     path = tmp_path / "out"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
     try:
-        assert _backup.copy_to_fd(_Chunks(chunks), fd, depth=2) == sum(len(c) for c in chunks)
+        assert streams.copy_to_fd(_Chunks(chunks), fd, depth=2) == sum(len(c) for c in chunks)
     finally:
         os.close(fd)
     assert path.read_bytes() == b"".join(chunks)
@@ -238,7 +241,7 @@ def test_copy_to_fd_raises_the_write_error():
     fd = os.open("/dev/full", os.O_WRONLY)  # every write fails with ENOSPC
     try:
         with pytest.raises(OSError) as exc:
-            _backup.copy_to_fd(_Chunks([b"x" * 1000] * 50), fd, depth=2)
+            streams.copy_to_fd(_Chunks([b"x" * 1000] * 50), fd, depth=2)
     finally:
         os.close(fd)
     assert exc.value.errno == 28
@@ -248,7 +251,7 @@ def test_copy_to_fd_raises_the_read_error_and_stops_the_writer(tmp_path):
     fd = os.open(tmp_path / "out", os.O_WRONLY | os.O_CREAT, 0o600)
     try:
         with pytest.raises(IntegrityError, match="corrupt"):
-            _backup.copy_to_fd(_Chunks([b"a" * 10] * 3, IntegrityError("corrupt")), fd)
+            streams.copy_to_fd(_Chunks([b"a" * 10] * 3, IntegrityError("corrupt")), fd)
     finally:
         os.close(fd)
     assert (tmp_path / "out").read_bytes() == b"a" * 30
@@ -262,7 +265,7 @@ def test_prefetch_yields_everything_and_the_return_value():
         for i in range(100):
             yield b"%d" % i
         return "summary"
-    pre = _backup.Prefetch(gen(), depth=2)
+    pre = streams.Prefetch(gen(), depth=2)
     assert list(pre) == [b"%d" % i for i in range(100)]
     assert pre.value == "summary" and pre.error is None
 
@@ -272,7 +275,7 @@ def test_prefetch_reraises_the_generators_error_in_the_consumer():
     def gen():
         yield b"first"
         raise IntegrityError("archive member ../x: '..' components are refused")
-    pre = _backup.Prefetch(gen())
+    pre = streams.Prefetch(gen())
     got = []
     with pytest.raises(IntegrityError, match="refused"):
         for item in pre:
@@ -281,7 +284,7 @@ def test_prefetch_reraises_the_generators_error_in_the_consumer():
 
 
 def test_prefetch_stop_releases_a_blocked_producer():
-    pre = _backup.Prefetch((b"x" for _i in itertools.count()), depth=1)
+    pre = streams.Prefetch((b"x" for _i in itertools.count()), depth=1)
     assert next(iter(pre)) == b"x"
     pre.stop()  # the consumer gave up (the writer failed): the thread must end
     assert not pre.thread.is_alive()

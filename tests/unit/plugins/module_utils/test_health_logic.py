@@ -15,15 +15,19 @@ import time
 
 import pytest
 
+from ansible_collections.opskit.runbook.plugins.module_utils._health import checks as _checks
 from ansible_collections.opskit.runbook.plugins.module_utils._health import engine as _health
 from ansible_collections.opskit.runbook.plugins.module_utils._errors import ConfigError, ServiceError
-from ansible_collections.opskit.runbook.plugins.module_utils._health.engine import (
-    CHECK_ARGSPEC, CHECK_TYPES, CRITICAL, MEASURES, OK, UNKNOWN, WARNING, Observation, ProbeFailed,
-    deployment_status, failing, run_checks, validate_checks)
+from ansible_collections.opskit.runbook.plugins.module_utils._health.checks import (
+    CHECK_ARGSPEC, CHECK_TYPES, MEASURES, validate_checks)
+from ansible_collections.opskit.runbook.plugins.module_utils._health.engine import run_checks
+from ansible_collections.opskit.runbook.plugins.module_utils._health.probe import Observation, ProbeFailed
+from ansible_collections.opskit.runbook.plugins.module_utils._health.ranges import (
+    CRITICAL, OK, UNKNOWN, WARNING, failing)
 from ansible_collections.opskit.runbook.plugins.module_utils._health.net import (
     cert_days_left, cert_not_after, evaluate_condition, parse_condition, parse_info, parse_path)
 from ansible_collections.opskit.runbook.plugins.module_utils._health.services import (
-    judge_container, judge_deployment, read_meminfo)
+    deployment_status, judge_container, judge_deployment, read_meminfo)
 
 
 # --------------------------------------------------------------------------- validation
@@ -98,7 +102,7 @@ def test_every_type_has_measures_and_argspec_is_consistent():
         assert "required" not in spec, name          # requirements are checked per type, naming the check
         if "password" in name:
             assert spec.get("no_log") is True
-    assert all(opt in CHECK_ARGSPEC for opts in _health.APPLIES.values() for opt in opts)
+    assert all(opt in CHECK_ARGSPEC for opts in _checks.APPLIES.values() for opt in opts)
 
 
 @pytest.mark.parametrize("status, fail_on, fails", [

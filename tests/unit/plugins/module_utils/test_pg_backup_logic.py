@@ -10,7 +10,11 @@ import sys
 
 import pytest
 
-from ansible_collections.opskit.runbook.plugins.module_utils._postgres import backup as pb
+from ansible_collections.opskit.runbook.plugins.module_utils._postgres import dump as pd
+from ansible_collections.opskit.runbook.plugins.module_utils._postgres import options as po
+from ansible_collections.opskit.runbook.plugins.module_utils._postgres import restore as pr
+from ansible_collections.opskit.runbook.plugins.module_utils._postgres import server as ps
+from ansible_collections.opskit.runbook.plugins.module_utils._postgres import verify as pv
 from ansible_collections.opskit.runbook.plugins.module_utils._postgres import tools as pt
 from ansible_collections.opskit.runbook.plugins.module_utils._errors import (
     ConfigError, NotFoundError, ServiceError)
@@ -34,7 +38,7 @@ class FakeTools:
     ("fixed", "h", "app", None, "fixed"),
 ])
 def test_series_for(template, host, database, container, expected):
-    assert pb.series_for(template, host, database, container) == expected
+    assert po.series_for(template, host, database, container) == expected
 
 
 @pytest.mark.parametrize("template, message", [
@@ -43,7 +47,7 @@ def test_series_for(template, host, database, container, expected):
 ])
 def test_series_for_rejects(template, message):
     with pytest.raises(ConfigError, match=message):
-        pb.series_for(template, "h", "app")
+        po.series_for(template, "h", "app")
 
 
 BASE = dict(database=["app"], format="custom", jobs=1, series=None, clean=False, force=False,
@@ -64,7 +68,7 @@ BASE = dict(database=["app"], format="custom", jobs=1, series=None, clean=False,
 ])
 def test_check_options_rejects(state, changes, message):
     with pytest.raises(ConfigError, match=message):
-        pb.check_options(state, dict(BASE, **changes))
+        po.check_options(state, dict(BASE, **changes))
 
 
 @pytest.mark.parametrize("state, changes", [
@@ -75,7 +79,7 @@ def test_check_options_rejects(state, changes, message):
     ("restored", dict(jobs=4)),
 ])
 def test_check_options_accepts(state, changes):
-    pb.check_options(state, dict(BASE, **changes))
+    po.check_options(state, dict(BASE, **changes))
 
 
 @pytest.mark.parametrize("value, expected", [
@@ -108,12 +112,12 @@ def test_quote_ident():
                               "--compress=0", "--jobs=3", "--file=/t/d"]),
 ])
 def test_dump_argv(fmt, jobs, path, expected):
-    assert pb.dump_argv(FakeTools(), fmt, "app", jobs, path) == expected
+    assert pd.dump_argv(FakeTools(), fmt, "app", jobs, path) == expected
 
 
 def test_dump_argv_unknown_format():
     with pytest.raises(ConfigError, match="format 'tar'"):
-        pb.dump_argv(FakeTools(), "tar", "app")
+        pd.dump_argv(FakeTools(), "tar", "app")
 
 
 @pytest.mark.parametrize("fmt, kwargs, expected", [
@@ -128,11 +132,11 @@ def test_dump_argv_unknown_format():
       "--no-owner", "--no-privileges", "--jobs=2", "/tmp/x"]),
 ])
 def test_restore_argv(fmt, kwargs, expected):
-    assert pb.restore_argv(FakeTools("/b"), fmt, "t", **kwargs) == expected
+    assert pr.restore_argv(FakeTools("/b"), fmt, "t", **kwargs) == expected
 
 
 def test_argv_never_carries_connection_secrets():
-    argv = pb.psql_argv(FakeTools(), "db", "SELECT 1") + pb.dump_argv(FakeTools(), "custom", "db")
+    argv = ps.psql_argv(FakeTools(), "db", "SELECT 1") + pd.dump_argv(FakeTools(), "custom", "db")
     assert not any("password=" in a or "PGPASSWORD" in a for a in argv)
 
 
@@ -144,11 +148,11 @@ def test_argv_never_carries_connection_secrets():
     ("ünï\x1f\n", [["ünï", ""]]),
 ])
 def test_parse_rows(output, rows):
-    assert pb.parse_rows(output) == rows
+    assert ps.parse_rows(output) == rows
 
 
 def test_version_of():
-    assert pb.version_of(b"pg_dump (PostgreSQL) 15.13 (Debian 15.13-0+deb12u1)\n") == "15.13"
+    assert ps.version_of(b"pg_dump (PostgreSQL) 15.13 (Debian 15.13-0+deb12u1)\n") == "15.13"
 
 
 @pytest.mark.parametrize("spec, rows, passed, message", [
@@ -164,7 +168,7 @@ def test_version_of():
     (dict(query="q", rows=2), [["a"]], False, "returned 1 rows, expected 2"),
 ])
 def test_evaluate_query(spec, rows, passed, message):
-    ok, _value, text = pb.evaluate_query(spec, rows)
+    ok, _value, text = pv.evaluate_query(spec, rows)
     assert ok is passed
     assert message in text
 
@@ -177,14 +181,14 @@ def test_evaluate_query(spec, rows, passed, message):
     ("custom", True, False, False, False, True, ["restore"]),
 ])
 def test_restore_plan(fmt, exists, empty, create, clean, force, steps):
-    assert pb.restore_plan(fmt, exists, empty, create, clean, force, "t") == steps
+    assert pr.restore_plan(fmt, exists, empty, create, clean, force, "t") == steps
 
 
 def test_restore_plan_refuses():
     with pytest.raises(NotFoundError, match="set create=true"):
-        pb.restore_plan("custom", False, True, False, False, False, "t")
+        pr.restore_plan("custom", False, True, False, False, False, "t")
     with pytest.raises(ConfigError, match="is not empty"):
-        pb.restore_plan("custom", True, False, False, False, False, "t")
+        pr.restore_plan("custom", True, False, False, False, False, "t")
 
 
 @pytest.mark.parametrize("stderr, expected", [
@@ -299,7 +303,7 @@ GLOBALS = "".join(line + "\n" for line in [
     (["postgres", 'Odd "Name"', "app"], ["Odd \"Name\"", "app", "postgres"], ["postgres_reader"]),
 ])
 def test_filter_globals_keeps_existing_roles(existing, kept, remaining_roles):
-    script, got_kept = pb.filter_globals(GLOBALS, existing)
+    script, got_kept = pr.filter_globals(GLOBALS, existing)
     assert got_kept == sorted(kept)
     created = [line[len("CREATE ROLE "):-2] for line in script.splitlines(True) if line.startswith("CREATE ROLE ")]
     assert created == remaining_roles

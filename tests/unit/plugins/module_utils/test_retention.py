@@ -8,14 +8,16 @@ import datetime
 import os
 
 import pytest
+import yaml
 
-from ansible_collections.opskit.runbook.plugins.module_utils._engine import backup as _backup
-from ansible_collections.opskit.runbook.plugins.module_utils._retention import rotation as _retention
-from ansible_collections.opskit.runbook.plugins.module_utils._storage import location as _storage
+from ansible_collections.opskit.runbook.plugins.module_utils._engine import catalog
+from ansible_collections.opskit.runbook.plugins.module_utils._engine.session import BackupSession
+from ansible_collections.opskit.runbook.plugins.module_utils._retention import apply
+from ansible_collections.opskit.runbook.plugins.module_utils._storage.file import FileLocation
 from ansible_collections.opskit.runbook.plugins.module_utils._errors import (
     ConfigError, NotFoundError, StorageError)
-from ansible_collections.opskit.runbook.plugins.module_utils._retention.rotation import (
-    Backup, parse_policy, plan_rotation)
+from ansible_collections.opskit.runbook.plugins.module_utils._retention.plan import Backup, plan_rotation
+from ansible_collections.opskit.runbook.plugins.module_utils._retention.policy import parse_policy
 
 UTC = datetime.timezone.utc
 
@@ -48,91 +50,20 @@ def reasons_of(plan):
 
 NOW = T("2030-01-01 00:00")
 
-# (name, backup times, policy options, now, expected kept times newest first)
-TABLE = [
-    ("worked example: 60 daily, keep_daily 7 keep_weekly 4",
-     [t.strftime("%Y-%m-%d %H:%M") for t in daily("2026-09-22", 60)],
-     dict(keep_daily=7, keep_weekly=4), T("2026-11-21 03:00"),
-     ["2026-11-20 02:00", "2026-11-19 02:00", "2026-11-18 02:00", "2026-11-17 02:00",
-      "2026-11-16 02:00", "2026-11-15 02:00", "2026-11-14 02:00",
-      "2026-11-08 02:00", "2026-11-01 02:00"]),  # 11-15 closes W46 and is a daily too
-    ("gap: weekdays only, keep_daily 7 reaches back over 9 calendar days",
-     ["2026-11-09 02:00", "2026-11-10 02:00", "2026-11-11 02:00", "2026-11-12 02:00",
-      "2026-11-13 02:00", "2026-11-16 02:00", "2026-11-17 02:00", "2026-11-18 02:00",
-      "2026-11-19 02:00", "2026-11-20 02:00"],
-     dict(keep_daily=7), NOW,
-     ["2026-11-20 02:00", "2026-11-19 02:00", "2026-11-18 02:00", "2026-11-17 02:00",
-      "2026-11-16 02:00", "2026-11-13 02:00", "2026-11-12 02:00"]),
-    ("several backups in one day: the newest of each day is kept",
-     ["2026-11-18 01:00", "2026-11-18 13:00", "2026-11-18 23:00", "2026-11-19 01:00",
-      "2026-11-19 23:59", "2026-11-20 00:00", "2026-11-20 06:00"],
-     dict(keep_daily=2), NOW,
-     ["2026-11-20 06:00", "2026-11-19 23:59"]),
-    ("several backups in one hour",
-     ["2026-11-20 01:10", "2026-11-20 01:50", "2026-11-20 02:05", "2026-11-20 02:55"],
-     dict(keep_hourly=2), NOW,
-     ["2026-11-20 02:55", "2026-11-20 01:50"]),
-    ("ISO week 53 spans the year turn 2026/2027",
-     ["2026-12-27 12:00", "2026-12-31 12:00", "2027-01-02 12:00", "2027-01-04 12:00"],
-     dict(keep_weekly=2), NOW,
-     ["2027-01-04 12:00", "2027-01-02 12:00"]),
-    ("ISO week 2025-W01 starts on 2024-12-30",
-     ["2024-12-29 12:00", "2024-12-30 12:00", "2024-12-31 12:00", "2025-01-05 12:00"],
-     dict(keep_weekly=2), NOW,
-     ["2025-01-05 12:00", "2024-12-29 12:00"]),
-    ("yearly and monthly at the year turn",
-     ["2024-11-30 12:00", "2024-12-31 12:00", "2025-01-01 00:00", "2025-01-31 23:00"],
-     dict(keep_yearly=2, keep_monthly=2), NOW,
-     ["2025-01-31 23:00", "2024-12-31 12:00"]),
-    ("monthly buckets carry the year",
-     ["2024-11-01 00:00", "2025-11-15 00:00", "2026-11-10 00:00", "2026-11-20 00:00"],
-     dict(keep_monthly=2), NOW,
-     ["2026-11-20 00:00", "2025-11-15 00:00"]),
-    ("keep_last counts backups, not time",
-     ["2026-11-20 02:00", "2026-11-20 02:01", "2026-11-20 02:02", "2026-11-21 02:00"],
-     dict(keep_last=3), NOW,
-     ["2026-11-21 02:00", "2026-11-20 02:02", "2026-11-20 02:01"]),
-    ("a rule with count left keeps the oldest backup",
-     ["2026-11-19 01:00", "2026-11-19 02:00", "2026-11-20 02:00"],
-     dict(keep_daily=10), NOW,
-     ["2026-11-20 02:00", "2026-11-19 02:00", "2026-11-19 01:00"]),
-    ("unlimited (-1) keeps one per bucket and no extra oldest",
-     ["2026-11-19 01:00", "2026-11-19 02:00", "2026-11-20 02:00"],
-     dict(keep_daily=-1), NOW,
-     ["2026-11-20 02:00", "2026-11-19 02:00"]),
-    ("keep_within is measured from the newest backup, not from now (backups stopped)",
-     ["2026-01-01 00:00", "2026-01-20 00:00", "2026-01-25 00:00", "2026-01-31 00:00"],
-     dict(keep_within="7d"), T("2026-11-20 00:00"),
-     ["2026-01-31 00:00", "2026-01-25 00:00"]),
-    ("keep_within: exactly newest - D is not within, one minute later is",
-     ["2026-11-10 00:00", "2026-11-10 00:01", "2026-11-20 00:00"],
-     dict(keep_within="10d"), NOW,
-     ["2026-11-20 00:00", "2026-11-10 00:01"]),
-    ("keep_within with calendar months: 1m before 03-31 is 02-28",
-     ["2026-02-28 12:00", "2026-02-28 12:01", "2026-03-31 12:00"],
-     dict(keep_within="1m"), NOW,
-     ["2026-03-31 12:00", "2026-02-28 12:01"]),
-    ("keep_within 1y6m",
-     ["2024-11-19 23:59", "2024-11-20 00:01", "2026-05-20 00:00"],
-     dict(keep_within="1y6m"), NOW,
-     ["2026-05-20 00:00", "2024-11-20 00:01"]),
-    ("min_keep fills up with the newest when the rules keep fewer",
-     ["2026-11-16 00:00", "2026-11-17 00:00", "2026-11-18 00:00", "2026-11-19 00:00"],
-     dict(keep_within="1h", min_keep=3), NOW,
-     ["2026-11-19 00:00", "2026-11-18 00:00", "2026-11-17 00:00"]),
-    ("min_keep adds nothing when the rules already keep enough",
-     ["2025-11-16 00:00", "2026-11-17 00:00", "2026-11-18 00:00", "2026-11-19 00:00"],
-     dict(keep_yearly=2, min_keep=2), NOW,
-     ["2026-11-19 00:00", "2025-11-16 00:00"]),
-    ("future-dated backups are kept, fill no bucket and do not move keep_within",
-     ["2026-11-18 00:00", "2026-11-19 00:00", "2026-11-20 00:00", "2027-06-01 00:00"],
-     dict(keep_last=1, keep_within="36h"), T("2026-11-20 06:00"),
-     ["2027-06-01 00:00", "2026-11-20 00:00", "2026-11-19 00:00"]),
-    ("a backup within the clock-skew allowance is not future-dated",
-     ["2026-11-19 00:00", "2026-11-20 06:04"],
-     dict(keep_last=1), T("2026-11-20 06:00"),
-     ["2026-11-20 06:04"]),
-]
+
+def _table():
+    """The cases of retention_table.yml as (name, times, options, now, expected kept times)."""
+    with open(os.path.join(os.path.dirname(__file__), "retention_table.yml")) as fh:
+        cases = yaml.safe_load(fh)
+    rows = []
+    for case in cases:
+        times = case.get("times") or [t.strftime("%Y-%m-%d %H:%M") for t in daily(*case["daily"])]
+        now = T(case["now"]) if "now" in case else NOW
+        rows.append((case["name"], times, case["policy"], now, case["kept"]))
+    return rows
+
+
+TABLE = _table()
 
 
 @pytest.mark.parametrize("name, times, options, now, expected", TABLE, ids=[row[0] for row in TABLE])
@@ -275,7 +206,7 @@ def test_timezones_parse():
 
 # ------------------------------------------------- apply step on a real directory
 
-class Recording(_storage.FileLocation):
+class Recording(FileLocation):
     """A real directory that records delete calls and manifest reads (and can fail deletes)."""
 
     def __init__(self, root, fail=()):
@@ -294,14 +225,14 @@ class Recording(_storage.FileLocation):
 
 
 def write_backup(location, series, when, verified=False):
-    with _backup.BackupSession(location, series, "generic", compression="none", now=when) as session:
+    with BackupSession(location, series, "generic", compression="none", now=when) as session:
         with session.artifact("bin") as out:
             out.write(b"data " + when.isoformat().encode())
         with session.artifact("txt", name="globals") as out:
             out.write(b"globals")
         manifest = session.publish()
     if verified:
-        manifest = _backup.update_verification(location, manifest, "restore", "passed")
+        manifest = catalog.update_verification(location, manifest, "restore", "passed")
     return manifest
 
 
@@ -328,23 +259,23 @@ def test_rotate_check_mode_then_apply_then_nothing(store):
     policy = parse_policy(keep_last=3)
     now = T("2026-11-10 06:00")
     before = keys_of(store)
-    checked = _retention.rotate(store, policy, check_mode=True, now=now)
+    checked = apply.rotate(store, policy, check_mode=True, now=now)
     assert checked["changed"] is True
     assert store.deletes == [] and keys_of(store) == before
     assert checked["series"]["db1"]["counts"]["deleted"] == 7
     assert checked["series"]["db2"]["counts"]["deleted"] == 0
-    applied = _retention.rotate(store, policy, now=now)
+    applied = apply.rotate(store, policy, now=now)
     assert applied["series"] == checked["series"]
     # artifacts first (2 per backup), then the manifests in a separate later call
     assert len(store.deletes) == 2
     assert all(not k.endswith(".manifest.json") for k in store.deletes[0]) and len(store.deletes[0]) == 14
     assert all(k.endswith(".manifest.json") for k in store.deletes[1]) and len(store.deletes[1]) == 7
     assert len(keys_of(store)) == len(before) - 21
-    again = _retention.rotate(store, policy, now=now)
+    again = apply.rotate(store, policy, now=now)
     assert again["changed"] is False
     assert again["series"]["db1"]["counts"] == dict(backups=3, kept=3, deleted=0, locked=0, orphans_deleted=0,
                                                     orphans_kept=0, uploads_aborted=0, anomalies=0)
-    diff = _retention.diff_lists(checked)
+    diff = apply.diff_lists(checked)
     assert diff["before"].count("\n") == 13 and diff["after"].count("\n") == 6
     assert "db1/20261110T020000Z-" in diff["after"]
 
@@ -354,7 +285,7 @@ def test_manifest_reads_stop_at_the_newest_verified(tmp_path):
     times = daily("2026-09-01", 60)
     ids = [write_backup(loc, "db", when, verified=(i == 40))["id"] for i, when in enumerate(times)]
     now = T("2026-11-01 00:00")
-    res = _retention.rotate(loc, parse_policy(keep_last=2), check_mode=True, now=now)
+    res = apply.rotate(loc, parse_policy(keep_last=2), check_mode=True, now=now)
     series = res["series"]["db"]
     assert series["newest_verified"] == ids[40]
     assert series["counts"]["kept"] == 20  # the verified one (20th newest) and the 19 newer
@@ -362,10 +293,10 @@ def test_manifest_reads_stop_at_the_newest_verified(tmp_path):
     assert len(loc.reads) == 32
     # nothing to delete: no manifest is read at all
     loc.reads.clear()
-    res = _retention.rotate(loc, parse_policy(keep_last=-1), check_mode=True, now=now)
+    res = apply.rotate(loc, parse_policy(keep_last=-1), check_mode=True, now=now)
     assert loc.reads == [] and res["series"]["db"]["manifests_read"] == 0
     # a bounded lookback that does not reach the verified backup leaves the guard out
-    res = _retention.rotate(loc, parse_policy(keep_last=2), check_mode=True, now=now, verified_lookback=10)
+    res = apply.rotate(loc, parse_policy(keep_last=2), check_mode=True, now=now, verified_lookback=10)
     assert res["series"]["db"]["newest_verified"] is None
     assert res["series"]["db"]["manifests_read"] == 10
     assert res["series"]["db"]["counts"]["kept"] == 2
@@ -386,13 +317,13 @@ def test_orphans_respect_the_grace_and_partial_files(tmp_path):
     age(loc, old, T("2026-11-05 02:00"))
     age(loc, partial, T("2026-11-05 03:00"))
     age(loc, young, T("2026-11-09 23:00"))
-    res = _retention.rotate(loc, parse_policy(keep_last=10), now=now)
+    res = apply.rotate(loc, parse_policy(keep_last=10), now=now)
     actions = {o["key"]: o["action"] for o in res["series"]["db"]["orphans"]}
     assert actions == {old: "deleted", young: "kept", partial: "deleted"}
     assert res["changed"] is True
     assert not os.path.exists(loc.path(old)) and not os.path.exists(loc.path(partial))
     assert os.path.exists(loc.path(young))
-    assert _retention.rotate(loc, parse_policy(keep_last=10), now=now)["changed"] is False
+    assert apply.rotate(loc, parse_policy(keep_last=10), now=now)["changed"] is False
 
 
 def test_failed_artifact_delete_keeps_the_manifest_and_fails(tmp_path):
@@ -401,19 +332,19 @@ def test_failed_artifact_delete_keeps_the_manifest_and_fails(tmp_path):
     oldest = manifests[0]
     loc.fail = {"db/" + oldest["artifact"]}
     with pytest.raises(StorageError) as exc:
-        _retention.rotate(loc, parse_policy(keep_last=1), now=T("2026-11-10 00:00"))
+        apply.rotate(loc, parse_policy(keep_last=1), now=T("2026-11-10 00:00"))
     assert "1 object(s) could not be deleted" in exc.value.msg
     assert exc.value.result["failed"][0]["key"] == "db/" + oldest["artifact"]
     names = keys_of(loc)
-    assert _backup.manifest_key("db", oldest["id"]) in names        # still a whole backup
-    assert _backup.manifest_key("db", manifests[1]["id"]) not in names
+    assert catalog.manifest_key("db", oldest["id"]) in names        # still a whole backup
+    assert catalog.manifest_key("db", manifests[1]["id"]) not in names
 
 
 def test_manifest_without_artifacts_is_an_anomaly(tmp_path):
     loc = Recording(str(tmp_path / "b"))
     manifest = write_backup(loc, "db", T("2026-11-01 02:00"))
     loc.delete(["db/" + manifest["artifact"], "db/" + manifest["companions"][0]["key"]])
-    res = _retention.rotate(loc, parse_policy(keep_last=1), now=T("2026-11-10 00:00"))
+    res = apply.rotate(loc, parse_policy(keep_last=1), now=T("2026-11-10 00:00"))
     assert "manifest without artifacts" in res["series"]["db"]["anomalies"][0]["problem"]
 
 
@@ -425,22 +356,22 @@ def test_manifest_without_artifacts_is_an_anomaly(tmp_path):
 ])
 def test_rotate_bad_input(store, kwargs, error, message):
     with pytest.raises(error) as exc:
-        _retention.rotate(store, parse_policy(keep_last=1), **kwargs)
+        apply.rotate(store, parse_policy(keep_last=1), **kwargs)
     assert message in exc.value.msg
     assert store.deletes == []
 
 
 def test_rotate_missing_location(tmp_path):
     with pytest.raises(NotFoundError):
-        _retention.rotate(_storage.FileLocation(str(tmp_path / "absent")), parse_policy(keep_last=1))
+        apply.rotate(FileLocation(str(tmp_path / "absent")), parse_policy(keep_last=1))
 
 
 def test_unreadable_manifest_is_reported_and_counts_as_unverified(tmp_path):
     loc = Recording(str(tmp_path / "b"))
     manifests = [write_backup(loc, "db", when) for when in daily("2026-11-01", 3)]
-    with open(loc.path(_backup.manifest_key("db", manifests[-1]["id"])), "wb") as fh:
+    with open(loc.path(catalog.manifest_key("db", manifests[-1]["id"])), "wb") as fh:
         fh.write(b"{not json")
-    res = _retention.rotate(loc, parse_policy(keep_last=1), check_mode=True, now=T("2026-11-10 00:00"))
+    res = apply.rotate(loc, parse_policy(keep_last=1), check_mode=True, now=T("2026-11-10 00:00"))
     problems = [a["problem"] for a in res["series"]["db"]["anomalies"]]
     assert any("manifest unreadable" in p for p in problems)
     assert res["series"]["db"]["counts"]["deleted"] == 2
@@ -449,12 +380,12 @@ def test_unreadable_manifest_is_reported_and_counts_as_unverified(tmp_path):
 def test_copying_a_backup_does_not_change_its_time(store, tmp_path):
     # LastModified is ignored: touching every object to "now" changes nothing in the plan.
     now = T("2026-11-10 06:00")
-    plan_before = _retention.rotate(store, parse_policy(keep_daily=3), check_mode=True, now=now)
+    plan_before = apply.rotate(store, parse_policy(keep_daily=3), check_mode=True, now=now)
     for key in keys_of(store):
         age(store, key, now)
-    plan_after = _retention.rotate(store, parse_policy(keep_daily=3), check_mode=True, now=now)
+    plan_after = apply.rotate(store, parse_policy(keep_daily=3), check_mode=True, now=now)
     assert plan_after["series"] == plan_before["series"]
 
 
 def test_object_lock_lookups_cost_nothing_on_files():
-    assert _retention.find_locked(_storage.FileLocation("/tmp"), ["a"], NOW) == ({}, 0)
+    assert apply.find_locked(FileLocation("/tmp"), ["a"], NOW) == ({}, 0)

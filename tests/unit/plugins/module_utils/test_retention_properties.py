@@ -10,8 +10,8 @@ import zoneinfo
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from ansible_collections.opskit.runbook.plugins.module_utils._retention.rotation import (
-    Backup, parse_policy, plan_rotation)
+from ansible_collections.opskit.runbook.plugins.module_utils._retention.plan import Backup, plan_rotation
+from ansible_collections.opskit.runbook.plugins.module_utils._retention.policy import parse_policy
 from ansible_collections.opskit.runbook.plugins.module_utils._timeutil import Duration
 
 UTC = datetime.timezone.utc

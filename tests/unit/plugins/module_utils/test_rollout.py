@@ -10,6 +10,8 @@ import json
 import pytest
 
 from ansible_collections.opskit.runbook.plugins.module_utils._rollout import action as R
+from ansible_collections.opskit.runbook.plugins.module_utils._rollout import gate as G
+from ansible_collections.opskit.runbook.plugins.module_utils._rollout import record as REC
 from ansible_collections.opskit.runbook.plugins.module_utils._rollout import docker as D
 from ansible_collections.opskit.runbook.plugins.module_utils._rollout import k8s as K
 from ansible_collections.opskit.runbook.plugins.module_utils._errors import ConfigError, OpsError, ServiceError
@@ -25,23 +27,23 @@ def _c(status="running", health=None, restarts=0, oom=False, code=0, restarting=
 
 
 @pytest.mark.parametrize("inspect, baseline, state, words", [
-    (_c(), 0, R.READY, "no healthcheck"),
-    (_c(health="healthy"), 0, R.READY, "healthy"),
-    (_c(health="starting"), 0, R.WAITING, "starting"),
-    (_c(health="unhealthy", streak=3, log="HTTP 404"), 0, R.FAILED, "healthcheck failed 3 time(s): HTTP 404"),
-    (_c(status="exited", code=3), 0, R.FAILED, "exited with code 3"),
-    (_c(status="dead", code=137), 0, R.FAILED, "dead"),
-    (_c(status="restarting", code=1, restarts=2, restarting=True), 0, R.FAILED, "crash loop"),
-    (_c(restarts=1), 0, R.FAILED, "restarted 1 time(s)"),
-    (_c(restarts=4), 4, R.READY, "running"),              # restarts before the baseline do not count
-    (_c(status="exited", oom=True, code=137), 0, R.FAILED, "OOMKilled"),
-    (_c(oom=True), 0, R.FAILED, "OOMKilled"),
-    (_c(status="created"), 0, R.WAITING, "created"),
-    (_c(status="paused"), 0, R.FAILED, "paused"),
-    (_c(health="none"), 0, R.READY, "no healthcheck"),
+    (_c(), 0, REC.READY, "no healthcheck"),
+    (_c(health="healthy"), 0, REC.READY, "healthy"),
+    (_c(health="starting"), 0, REC.WAITING, "starting"),
+    (_c(health="unhealthy", streak=3, log="HTTP 404"), 0, REC.FAILED, "healthcheck failed 3 time(s): HTTP 404"),
+    (_c(status="exited", code=3), 0, REC.FAILED, "exited with code 3"),
+    (_c(status="dead", code=137), 0, REC.FAILED, "dead"),
+    (_c(status="restarting", code=1, restarts=2, restarting=True), 0, REC.FAILED, "crash loop"),
+    (_c(restarts=1), 0, REC.FAILED, "restarted 1 time(s)"),
+    (_c(restarts=4), 4, REC.READY, "running"),              # restarts before the baseline do not count
+    (_c(status="exited", oom=True, code=137), 0, REC.FAILED, "OOMKilled"),
+    (_c(oom=True), 0, REC.FAILED, "OOMKilled"),
+    (_c(status="created"), 0, REC.WAITING, "created"),
+    (_c(status="paused"), 0, REC.FAILED, "paused"),
+    (_c(health="none"), 0, REC.READY, "no healthcheck"),
 ])
 def test_docker_state(inspect, baseline, state, words):
-    got, reason = R.docker_state(inspect, baseline)
+    got, reason = REC.docker_state(inspect, baseline)
     assert got == state
     assert words in reason
 
@@ -71,7 +73,7 @@ def _pod(waiting=None, last=None, restarts=0, phase="Running", name="web-1", cna
     (_pod(phase="Failed"), "failed"),
 ])
 def test_pod_failure(pod, expect):
-    got = R.pod_failure(pod)
+    got = REC.pod_failure(pod)
     if expect is None:
         assert got is None
     else:
@@ -80,9 +82,9 @@ def test_pod_failure(pod, expect):
 
 def test_pod_failure_counts_restarts_from_the_first_observation():
     baseline = {}
-    assert R.pod_failure(_pod(restarts=2), baseline) is None    # first seen with 2 restarts
-    assert R.pod_failure(_pod(restarts=2), baseline) is None
-    assert "restarted" in R.pod_failure(_pod(restarts=3, last="Error"), baseline)
+    assert REC.pod_failure(_pod(restarts=2), baseline) is None    # first seen with 2 restarts
+    assert REC.pod_failure(_pod(restarts=2), baseline) is None
+    assert "restarted" in REC.pod_failure(_pod(restarts=3, last="Error"), baseline)
 
 
 def _dep(gen=2, observed=2, replicas=3, updated=3, total=3, available=3, deadline=False):
@@ -93,15 +95,15 @@ def _dep(gen=2, observed=2, replicas=3, updated=3, total=3, available=3, deadlin
 
 
 @pytest.mark.parametrize("dep, state", [
-    (_dep(gen=3, observed=2), R.WAITING),
-    (_dep(deadline=True), R.FAILED),
-    (_dep(updated=1, total=4, available=3), R.WAITING),
-    (_dep(total=4), R.WAITING),
-    (_dep(available=2), R.WAITING),
-    (_dep(), R.READY),
+    (_dep(gen=3, observed=2), REC.WAITING),
+    (_dep(deadline=True), REC.FAILED),
+    (_dep(updated=1, total=4, available=3), REC.WAITING),
+    (_dep(total=4), REC.WAITING),
+    (_dep(available=2), REC.WAITING),
+    (_dep(), REC.READY),
 ])
 def test_rollout_status_maps_the_kubectl_rules(dep, state):
-    assert R.rollout_status(dep)[0] == state
+    assert REC.rollout_status(dep)[0] == state
 
 
 def test_pod_matches_template():
@@ -141,39 +143,39 @@ def _observer(clock, script):
 
 def _gate(script, timeout=10, monitor=3, checks=None):
     clock = Clock()
-    res = R.gate(_observer(clock, script), timeout, monitor, checks, interval=0.25, clock=clock, sleep=clock.sleep)
+    res = G.gate(_observer(clock, script), timeout, monitor, checks, interval=0.25, clock=clock, sleep=clock.sleep)
     return res, clock
 
 
 def test_gate_passes_after_ready_and_monitor():
-    res, clock = _gate([(1.0, R.WAITING, "starting"), (99, R.READY, "ok")])
+    res, clock = _gate([(1.0, REC.WAITING, "starting"), (99, REC.READY, "ok")])
     assert res.ok and res.phase == "passed"
     assert res.timings["ready"] == pytest.approx(1.0, abs=0.3)
     assert res.timings["monitor"] == pytest.approx(3.0, abs=0.3)
 
 
 def test_gate_fails_fast_on_failed():
-    res, clock = _gate([(0.5, R.WAITING, "starting"), (99, R.FAILED, "container exited with code 3")], timeout=300)
+    res, clock = _gate([(0.5, REC.WAITING, "starting"), (99, REC.FAILED, "container exited with code 3")], timeout=300)
     assert not res.ok and res.phase == "ready" and "exited" in res.reason
     assert clock.t < 1.0  # not at the 300 s deadline
 
 
 def test_gate_times_out_waiting():
-    res, clock = _gate([(99, R.WAITING, "health is starting")], timeout=5)
+    res, clock = _gate([(99, REC.WAITING, "health is starting")], timeout=5)
     assert not res.ok and res.phase == "ready"
     assert "not ready within the 5s timeout: health is starting" == res.reason
     assert 5.0 <= clock.t < 5.6
 
 
 def test_gate_fails_inside_the_monitor_window():
-    res, clock = _gate([(1.0, R.READY, "ok"), (99, R.FAILED, "container is restarting")], monitor=10)
+    res, clock = _gate([(1.0, REC.READY, "ok"), (99, REC.FAILED, "container is restarting")], monitor=10)
     assert not res.ok and res.phase == "monitor"
     assert res.reason.startswith("within the 10s monitor window: container is restarting")
     assert clock.t < 2.0
 
 
 def test_gate_monitor_zero_skips_the_window():
-    res, clock = _gate([(99, R.READY, "ok")], monitor=0)
+    res, clock = _gate([(99, REC.READY, "ok")], monitor=0)
     assert res.ok and clock.t == 0.0
 
 
@@ -183,7 +185,7 @@ def test_gate_runs_checks_first_and_during_the_window():
     def checks(deadline):
         calls.append(deadline)
         return True, None, {"status": "OK", "checks": []}
-    res, _clock = _gate([(99, R.READY, "ok")], monitor=3, checks=checks)
+    res, _clock = _gate([(99, REC.READY, "ok")], monitor=3, checks=checks)
     assert res.ok
     assert len(calls) >= 3  # once before the window, about once a second in it, once at its end
 
@@ -191,7 +193,7 @@ def test_gate_runs_checks_first_and_during_the_window():
 def test_gate_fails_when_checks_fail_before_the_window():
     def checks(deadline):
         return False, "check api CRITICAL: HTTP 503 on 3 attempts", {"status": "CRITICAL", "checks": []}
-    res, _clock = _gate([(99, R.READY, "ok")], checks=checks)
+    res, _clock = _gate([(99, REC.READY, "ok")], checks=checks)
     assert not res.ok and res.phase == "checks" and "503" in res.reason
 
 
@@ -202,7 +204,7 @@ def test_gate_fails_when_checks_start_failing_in_the_window():
         state["n"] += 1
         ok = state["n"] < 3
         return ok, None if ok else "check api CRITICAL: connection refused on 1 attempt", {"status": "OK"}
-    res, _clock = _gate([(99, R.READY, "ok")], monitor=10, checks=checks)
+    res, _clock = _gate([(99, REC.READY, "ok")], monitor=10, checks=checks)
     assert not res.ok and res.phase == "monitor" and "connection refused" in res.reason
 
 
@@ -210,7 +212,7 @@ def test_checks_reason_words():
     report = {"status": "CRITICAL", "checks": [
         {"name": "api", "status": "CRITICAL", "message": "HTTP 503 Service Unavailable", "attempts": 3},
         {"name": "db", "status": "OK", "message": "", "attempts": 1}]}
-    assert R.checks_reason(report) == "check api CRITICAL: HTTP 503 Service Unavailable on 3 attempts"
+    assert G.checks_reason(report) == "check api CRITICAL: HTTP 503 Service Unavailable on 3 attempts"
 
 
 def test_checks_runner_uses_the_engine():
@@ -222,10 +224,10 @@ def test_checks_runner_uses_the_engine():
 
     def failing(status, fail_on):
         return status in ("CRITICAL", "UNKNOWN")
-    run = R.checks_runner([{"name": "x"}], run_checks, failing)
+    run = G.checks_runner([{"name": "x"}], run_checks, failing)
     ok, reason, _report = run(7.0)
     assert ok and reason is None and seen["deadline"] == 7.0   # WARNING passes the gate
-    assert R.checks_runner([], run_checks, failing) is None
+    assert G.checks_runner([], run_checks, failing) is None
 
 
 # --------------------------------------------------------------------------- orchestration (fake units)
@@ -252,7 +254,7 @@ class FakeUnit:
 
     def resolve(self, image, check_mode=False):
         if image.endswith(":nope"):
-            raise R.ImageMissing("image %s is not present" % image)
+            raise REC.ImageMissing("image %s is not present" % image)
         return {"image": image, "digest": "sha256:" + image, "id": image}
 
     def same(self, target):
@@ -282,7 +284,7 @@ class FakeUnit:
 
     def observe(self):
         ok = {"new": self.ok_new, "old": self.ok_old, "broken": False}[self.state]
-        return (R.READY, "ok") if ok else (R.FAILED, "container exited with code 3")
+        return (REC.READY, "ok") if ok else (REC.FAILED, "container exited with code 3")
 
     def revert(self):
         self.events.append(("revert",))
@@ -392,7 +394,7 @@ def test_execute_restart_reports_health():
 
 def test_missing_image_result_changes_nothing():
     unit = FakeUnit()
-    with pytest.raises(R.ImageMissing) as info:
+    with pytest.raises(REC.ImageMissing) as info:
         _run([unit], image="app:nope")
     res = R.missing_image_result([unit], "app:nope", info.value)
     assert res["outcome"] == "rolled_back" and not res["changed"] and unit.events == []
@@ -416,11 +418,11 @@ def test_run_rejects_bad_input_before_connecting(params, match):
 
 
 def test_record_checks():
-    assert R.check_record({"image": "a", "spec": {}, "format": 1}, "x")
+    assert REC.check_record({"image": "a", "spec": {}, "format": 1}, "x")
     with pytest.raises(ServiceError, match="not readable"):
-        R.check_record({"spec": {}}, "x")
+        REC.check_record({"spec": {}}, "x")
     with pytest.raises(ServiceError, match="newer format"):
-        R.check_record({"image": "a", "spec": {}, "format": 99}, "x")
+        REC.check_record({"image": "a", "spec": {}, "format": 99}, "x")
     assert isinstance(ServiceError("x"), OpsError)
 
 
@@ -434,7 +436,7 @@ IMAGE_CFG = {"Env": ["PATH=/bin", "APP_VERSION=v1"], "Cmd": ["/run.sh"], "Entryp
 def _inspect(**over):
     cfg = {"Hostname": "0123456789ab", "Env": ["PATH=/bin", "APP_VERSION=v1", "APP_MODE=prod"],
            "Cmd": ["/run.sh"], "Entrypoint": None, "WorkingDir": "/www", "User": "",
-           "Labels": {"org.opencontainers.image.version": "v1", "team": "ops", R.RECORD_LABEL: "{}"},
+           "Labels": {"org.opencontainers.image.version": "v1", "team": "ops", REC.RECORD_LABEL: "{}"},
            "ExposedPorts": {"8080/tcp": {}, "9090/tcp": {}}, "Healthcheck": IMAGE_CFG["Healthcheck"],
            "Volumes": {"/cache": {}}, "Tty": False, "StopSignal": "SIGTERM", "Image": "web:v1"}
     cfg.update(over.pop("config", {}))

@@ -12,12 +12,13 @@ import tarfile
 
 import pytest
 
-from ansible_collections.opskit.runbook.plugins.module_utils._engine.backup import BackupSession
+from ansible_collections.opskit.runbook.plugins.module_utils._engine.session import BackupSession
 from ansible_collections.opskit.runbook.plugins.module_utils._errors import (
-    ConfigError, IntegrityError, NotFoundError)
-from ansible_collections.opskit.runbook.plugins.module_utils._storage.location import open_location
-from ansible_collections.opskit.runbook.plugins.module_utils._volume.tar import UnsafeArchiveError
-from ansible_collections.opskit.runbook.plugins.module_utils._volume.action import DirectoryTarget, SourceError
+    ConfigError, IntegrityError, NotFoundError, ServiceError)
+from ansible_collections.opskit.runbook.plugins.module_utils._storage.options import open_location
+from ansible_collections.opskit.runbook.plugins.module_utils._volume.tar.headers import UnsafeArchiveError
+from ansible_collections.opskit.runbook.plugins.module_utils._volume.action import VolumeBackup
+from ansible_collections.opskit.runbook.plugins.module_utils._volume.targets import DirectoryTarget, SourceError
 
 _SPEC = importlib.util.spec_from_file_location(
     "volume_fixtures", os.path.join(os.path.dirname(__file__), "..", "..", "..", "integration",
@@ -185,3 +186,19 @@ def test_missing_and_non_directory_sources(tmp_path):
 def test_refuses_to_empty_the_root(tmp_path):
     with pytest.raises(ConfigError, match="refusing to empty /"):
         DirectoryTarget("/").restore(*_published(tmp_path, b""), replace=True)
+
+
+def test_an_unreachable_docker_with_stop_containers_auto_is_a_warning(tmp_path):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "docker.sock").write_text("")
+
+    def unreachable():
+        raise ServiceError("cannot connect to the Docker daemon at unix://%s: refused" % (tmp_path / "docker.sock"))
+
+    params = {"state": "backed_up", "path": str(tmp_path / "src"), "series": "dir", "stop_containers": ["auto"],
+              "docker_host": "unix://%s" % (tmp_path / "docker.sock")}
+    location = open_location("file://%s" % (tmp_path / "store"))
+    result = VolumeBackup(params, location, check_mode=True, client_factory=unreachable).run()
+    assert result["would_stop"] == []
+    assert result["warnings"] == ["stop_containers=auto: no container is stopped, Docker is not reachable:"
+                                  " cannot connect to the Docker daemon at unix://%s: refused" % (tmp_path / "docker.sock")]

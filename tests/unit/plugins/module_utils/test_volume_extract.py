@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import stat
@@ -12,10 +13,13 @@ import tarfile
 
 import pytest
 
+from ansible_collections.opskit.runbook.plugins.module_utils._engine.session import BackupSession
 from ansible_collections.opskit.runbook.plugins.module_utils._errors import IntegrityError
-from ansible_collections.opskit.runbook.plugins.module_utils._volume.tar import (
-    ExtractError, TarExtractor, UnsafeArchiveError, extract_chunks)
-from ansible_collections.opskit.runbook.plugins.module_utils._volume.action import VolumeTarget
+from ansible_collections.opskit.runbook.plugins.module_utils._storage.options import open_location
+from ansible_collections.opskit.runbook.plugins.module_utils._volume.tar.extract import ExtractError, TarExtractor, extract_chunks
+from ansible_collections.opskit.runbook.plugins.module_utils._volume.tar.headers import UnsafeArchiveError
+from ansible_collections.opskit.runbook.plugins.module_utils._volume.action import VolumeBackup
+from ansible_collections.opskit.runbook.plugins.module_utils._volume.targets import VolumeTarget
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown to other users needs root")
 MTIME = 1700000000
@@ -239,3 +243,65 @@ def test_the_mountpoint_is_used_only_when_the_helper_sees_the_probe(tmp_path):
 def test_the_mountpoint_is_never_used_for_other_drivers_or_access_api(tmp_path, driver, access):
     target, client = _target(tmp_path, visible=True, driver=driver, access=access)
     assert target._local_root("cid") is None and client.asked == []
+
+
+def test_the_fallback_to_the_api_is_a_warning(tmp_path):
+    target, _client = _target(tmp_path, visible=False)
+    assert target._local_root("cid") is None
+    warning = target.access_warning()
+    assert warning.startswith("volume vol was restored through the Docker Engine API, not directly"
+                              " through its mountpoint (volume_access=auto): ")
+    assert ("is not seen in the helper container" if os.geteuid() == 0 else "does not run as root") in warning
+
+    target, _client = _target(tmp_path, visible=True, driver="nfs-plugin")
+    target._local_root("cid")
+    assert target.access_warning().endswith(": its driver is nfs-plugin, not local")
+
+    target, _client = _target(tmp_path, visible=True, access="api")  # asked for: no warning
+    target._local_root("cid")
+    assert target.access_warning() is None
+
+
+class RestoreClient(FakeClient):
+    """Enough of the Docker API for VolumeBackup to restore into a volume of another driver."""
+
+    def __init__(self, mountpoint):
+        super().__init__(mountpoint, visible=False)
+        self.written = b""
+
+    def inspect_volume(self, name):
+        return {"Name": name, "Driver": "nfs-plugin", "Mountpoint": self.mountpoint}
+
+    def inspect_image(self, name):
+        return {"Id": "sha256:helper"}
+
+    def containers(self, all=False):
+        return []
+
+    def put_archive(self, cid, path, chunks):
+        self.written = b"".join(chunks)
+        return True
+
+
+def test_a_restore_through_the_api_returns_the_warning(tmp_path, monkeypatch):
+    location = open_location("file://%s" % (tmp_path / "store"))
+    with BackupSession(location, "vol", "volume") as session:
+        with session.artifact("tar") as out:
+            out.write(_tar([(".", tarfile.DIRTYPE, b"", {}), ("./a", tarfile.REGTYPE, b"hello", {})]))
+        session.publish(source={"volume": "vol"})
+    monkeypatch.setattr(VolumeTarget, "is_empty", lambda self: True)
+    monkeypatch.setattr(VolumeTarget, "helper", lambda self, read_only, entrypoint=None: _cid())
+    client = RestoreClient(str(tmp_path))
+    params = {"state": "restored", "volume": "vol", "series": "vol", "stop_containers": ["none"],
+              "helper_image": "busybox", "force": False}
+    result = VolumeBackup(params, location, client_factory=lambda: client).run()
+    assert result["access"] == "api" and result["entries"] == 2
+    assert result["warnings"] == ["volume vol was restored through the Docker Engine API, not directly"
+                                  " through its mountpoint (volume_access=auto): its driver is"
+                                  " nfs-plugin, not local"]
+    assert b"opskit-volume/a" in client.written
+
+
+@contextlib.contextmanager
+def _cid():
+    yield "cid"

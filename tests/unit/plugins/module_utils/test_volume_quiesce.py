@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import pytest
+from docker.errors import APIError
 
 from ansible_collections.opskit.runbook.plugins.module_utils._errors import ConfigError, ServiceError
 from ansible_collections.opskit.runbook.plugins.module_utils._volume.quiesce import (
@@ -120,12 +121,12 @@ class FakeDocker:
     def stop(self, cid, timeout=None):
         self.calls.append(("stop", cid, timeout))
         if cid in self.fail_stop:
-            raise RuntimeError("daemon says no")
+            raise APIError("daemon says no")
 
     def start(self, cid):
         self.calls.append(("start", cid))
         if cid in self.fail_start:
-            raise RuntimeError("bind source path does not exist")
+            raise APIError("bind source path does not exist")
 
     def inspect_container(self, cid):
         if cid in self.exits:

@@ -11,10 +11,11 @@ import tarfile
 
 import pytest
 
-from ansible_collections.opskit.runbook.plugins.module_utils._volume import tar as _tarsafe
 from ansible_collections.opskit.runbook.plugins.module_utils._errors import IntegrityError
-from ansible_collections.opskit.runbook.plugins.module_utils._volume.tar import (
-    MemberChecker, SafeTarStream, TarScanner, UnsafeArchiveError, clean_name, rebase)
+from ansible_collections.opskit.runbook.plugins.module_utils._volume.tar import headers as _headers, rewrite as _tar_rewrite
+from ansible_collections.opskit.runbook.plugins.module_utils._volume.tar.headers import (
+    MemberChecker, TarScanner, UnsafeArchiveError, clean_name, rebase)
+from tar_oracle import SafeTarStream
 
 
 # ----------------------------------------------------------------------- helpers
@@ -189,7 +190,7 @@ def test_scanner_uses_the_pax_size_record():
             block[148:156] = b"%06o\0 " % sum(block)
             raw[pos:pos + 512] = block
             break
-        size = _tarsafe._number(block[124:136])
+        size = _headers._number(block[124:136])
         pos += 512 + (size + 511) // 512 * 512
     assert _scan(bytes(raw), 1000).finish()["entries"] == 3
 
@@ -220,7 +221,7 @@ def test_scanner_rejects_garbage():
     (b"\xff" * 12, -1),
 ])
 def test_numeric_fields(field, value):
-    assert _tarsafe._number(field) == value
+    assert _headers._number(field) == value
 
 
 # ----------------------------------------------------------------------- re-emission
@@ -298,7 +299,7 @@ def test_safe_stream_reports_a_truncated_member():
 
 def _rewrite(data, root=".opskit-volume", chunk=1000):
     stream = io.BytesIO(data)
-    gen = _tarsafe.rewrite_stream(stream, root, chunk=chunk)
+    gen = _tar_rewrite.rewrite_stream(stream, root, chunk=chunk)
     out = []
     while True:
         try:
@@ -368,7 +369,7 @@ def test_rewriter_detects_truncation(cut):
 
 def test_rewriter_emits_nothing_of_an_unsafe_member():
     data = _tar([_dir("."), _reg("./ok", b"fine"), _reg("../../etc/cron.d/evil", b"pwn")])
-    rewriter = _tarsafe.TarRewriter("root")
+    rewriter = _tar_rewrite.TarRewriter("root")
     with pytest.raises(UnsafeArchiveError):
         for pos in range(0, len(data), 700):
             rewriter.feed(data[pos:pos + 700])

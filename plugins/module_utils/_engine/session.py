@@ -1,0 +1,128 @@
+# -*- coding: utf-8 -*-
+# Copyright: opskit.runbook contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Writing one backup: its artifacts first, its manifest last (see catalog for the layout)."""
+
+from __future__ import annotations
+
+import time
+
+from .._errors import OpsError
+from .._timeutil import utcnow
+from .artifacts import ArtifactWriter
+from .catalog import new_backup_id, new_manifest, validate_series, write_manifest
+from .compression import COMPRESSION_EXT, validate_compression
+from .streams import CHUNK
+
+
+class BackupSession:
+    """One backup: artifacts written first, the manifest published last.
+
+    Use as a context manager. Leaving the block with an exception aborts open writers and
+    deletes artifacts already written, so a failed backup never looks like a backup::
+
+        with BackupSession(loc, "db1", "postgres") as session:
+            with session.artifact("dump") as out:
+                out.copy_from(pipe)
+            manifest = session.publish(source={...}, tools={...})
+    """
+
+    def __init__(self, location, series, kind, compression="zstd", level=None, threads=-1,
+                 size_hint=None, now=None):
+        validate_series(series)
+        validate_compression(compression, level)
+        self.location, self.series, self.kind = location, series, kind
+        self.compression, self.level, self.threads = compression, level, threads
+        self.size_hint = size_hint
+        self.created = now or utcnow()
+        self.started = time.monotonic()
+        self.id = new_backup_id(self.created)
+        self.main = None
+        self.companions = []
+        self._open = []
+        self._written = []
+        self.published = None
+
+    def key(self, ext, name=None):
+        parts = [self.id] + ([name] if name else []) + [ext]
+        return "%s/%s%s" % (self.series, ".".join(parts), COMPRESSION_EXT[self.compression])
+
+    def artifact(self, ext, name=None, content_type=None):
+        """A writer for the main artifact (name=None) or a named companion."""
+        if name is None and self.main is not None:
+            raise OpsError("a backup has one main artifact")
+        key = self.key(ext, name)
+        raw = self.location.open_write(key, size_hint=self.size_hint if name is None else None,
+                                       content_type=content_type)
+        writer = _ManagedWriter(self, ArtifactWriter(raw, key, self.compression, self.level,
+                                                     self.threads), name)
+        self._open.append(writer)
+        return writer
+
+    def _closed(self, writer, record):
+        self._open.remove(writer)
+        self._written.append(record["key"])
+        if writer.name is None:
+            self.main = record
+        else:
+            record["name"] = writer.name
+            self.companions.append(record)
+
+    def publish(self, source=None, tools=None, extra=None):
+        if self.main is None:
+            raise OpsError("no artifact was written")
+        manifest = new_manifest(self.series, self.id, self.kind, self.created, self.main,
+                                self.companions, source, tools, time.monotonic() - self.started,
+                                encryption=getattr(self.location, "sse", None))
+        if extra:
+            manifest.update(extra)
+        write_manifest(self.location, manifest)
+        self.published = manifest
+        return manifest
+
+    def abort(self):
+        for writer in list(self._open):
+            writer.inner.abort()
+        self._open = []
+        if self.published is None and self._written:
+            self.location.delete(self._written)
+            self._written = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None or self.published is None:
+            self.abort()
+        return False
+
+
+class _ManagedWriter:
+    def __init__(self, session, inner, name):
+        self.session, self.inner, self.name = session, inner, name
+        self.record = None
+
+    def write(self, data):
+        return self.inner.write(data)
+
+    def copy_from(self, stream, chunk=CHUNK):
+        self.inner.copy_from(stream, chunk)
+
+    def close(self):
+        if self.record is None:
+            self.record = self.inner.close()
+            self.session._closed(self, self.record)
+        return self.record
+
+    def abort(self):
+        self.inner.abort()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.close()
+        else:
+            self.inner.abort()
+        return False

@@ -1,0 +1,284 @@
+# -*- coding: utf-8 -*-
+# Copyright: opskit.runbook contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""pg_backup state=restored: a backup restored into a database, planned first.
+
+``restore()`` is ``_plan_restore`` (checks, the target's state, the steps of ``restore_plan``:
+nothing is changed) and, unless in check mode, ``_apply_restore`` (the stored sha256 checked,
+the globals, the target prepared, pg_restore or psql fed). verify() restores through it too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import shutil
+import tarfile
+import tempfile
+import time
+
+from .._engine.artifacts import ArtifactReader, verify_stored
+from .._engine.catalog import summarize
+from .._engine.streams import CHUNK, copy_to_fd
+from .._errors import ConfigError, NotFoundError, OpsError, ServiceError
+from .options import check_options, find_backup
+from .server import MAINTENANCE_DB
+from .tools import db_arg, failure, quote_ident, tool_message
+
+
+def restore_argv(tools, fmt, target, clean=False, jobs=1, single_transaction=False,
+                 no_owner=False, path=None):
+    """pg_restore (custom, directory) or psql (plain) restoring into ``target``."""
+    if fmt == "plain":
+        argv = [tools.path("psql"), "--no-password", "--no-psqlrc", "--quiet",
+                "--set=ON_ERROR_STOP=1", db_arg(target)]
+        if single_transaction:
+            argv.append("--single-transaction")
+        return argv + ["--file=-"]
+    argv = [tools.path("pg_restore"), "--no-password", "--exit-on-error", db_arg(target)]
+    if clean:
+        argv += ["--clean", "--if-exists"]
+    if no_owner:
+        argv += ["--no-owner", "--no-privileges"]
+    if single_transaction:
+        argv.append("--single-transaction")
+    if jobs > 1:
+        argv.append("--jobs=%d" % jobs)
+    if path:
+        argv.append(path)
+    return argv
+
+
+def restore_plan(fmt, exists, empty, create, clean, force, target):
+    """What a restore does to ``target`` (a list of steps) or a ConfigError explaining why not."""
+    steps = []
+    if not exists:
+        if not create:
+            raise NotFoundError("target database %s does not exist: set create=true to create it" % target)
+        steps.append("create")
+    elif not empty:
+        if clean:
+            steps.append("recreate" if fmt == "plain" else "clean")
+        elif not force:
+            raise ConfigError("target database %s is not empty: set clean=true to drop its objects"
+                              " first, or force=true to restore over them" % target)
+    steps.append("restore")
+    return steps
+
+
+def _has_companion(manifest, name):
+    return any(c.get("name") == name for c in manifest.get("companions") or [])
+
+
+class RestoreJob:
+    """A planned restore: the ``plan`` returned to the user and what applying it needs."""
+
+    def __init__(self, manifest, plan, streamed, no_owner, verifying):
+        self.manifest, self.plan = manifest, plan
+        self.fmt, self.target, self.steps = plan["format"], plan["target_database"], plan["steps"]
+        self.streamed = streamed        # fed to pg_restore / psql from the store, no local copy
+        self.no_owner = no_owner
+        self.verifying = verifying      # verify()'s restore into its scratch database
+
+
+def restore(server, location, params, check_mode=False, manifest=None, target=None, verifying=False):
+    """Restore a backup into ``target`` (default: the option or the original database).
+
+    ``verifying``: this is the restore of verify() into its scratch database, which is created
+    here, gets no owners by default and is dropped by verify() (also after a failure).
+    """
+    job = _plan_restore(server, location, params, manifest, target, verifying)
+    if check_mode:
+        return {"changed": True, "plan": job.plan, "backup": summarize(job.manifest, location),
+                "msg": "would restore backup %s into database %s" % (job.manifest["id"], job.target)}
+    started = time.monotonic()
+    _apply_restore(server, location, params, job)
+    job.plan["duration_seconds"] = round(time.monotonic() - started, 3)
+    return {"changed": True, "plan": job.plan, "backup": summarize(job.manifest, location),
+            "msg": "restored backup %s into database %s" % (job.manifest["id"], job.target)}
+
+
+def _plan_restore(server, location, params, manifest, target, verifying):
+    """The RestoreJob for these options, or the error that stops it; nothing is changed."""
+    check_options("verified" if verifying else "restored", params)
+    manifest = manifest or find_backup(location, params, server)
+    source = manifest.get("source") or {}
+    fmt = source["format"]
+    target = target or params.get("target_database") or source.get("database")
+    if not target:
+        raise ConfigError("target_database is required: backup %s does not name its database" % manifest["id"])
+    streamed = _streamed(manifest, fmt, params, server.tools.local)
+    server.info()
+    exists = server.exists(target)
+    empty = server.is_empty(target) if exists else True
+    steps = restore_plan(fmt, exists, empty, params.get("create") or verifying, params.get("clean"),
+                         params.get("force"), target)
+    no_owner = params.get("no_owner")
+    if no_owner is None:
+        no_owner = verifying
+    plan = {"backup_id": manifest["id"], "series": manifest["series"], "format": fmt,
+            "target_database": target, "steps": steps, "globals": bool(params.get("restore_globals"))}
+    return RestoreJob(manifest, plan, streamed, no_owner, verifying)
+
+
+def _streamed(manifest, fmt, params, local):
+    """Whether the backup can be fed to the tool from the store (else it needs a local copy),
+    after the checks of what the backup and the tools' place allow."""
+    if params.get("restore_globals") and not _has_companion(manifest, "globals"):
+        raise ConfigError("backup %s has no globals: it was taken without globals=true" % manifest["id"])
+    if params.get("jobs", 1) > 1 and fmt == "plain":
+        raise ConfigError("jobs > 1 needs a custom or directory format backup (this one is plain)")
+    streamed = fmt == "plain" or (fmt == "custom" and params.get("jobs", 1) <= 1)
+    if not streamed and not local:
+        raise ConfigError("restoring a %s format backup%s is not supported with docker_container: use jobs=1"
+                          " with a custom or plain format backup"
+                          % (fmt, " with jobs > 1" if fmt == "custom" else ""))
+    return streamed
+
+
+def _apply_restore(server, location, params, job):
+    """Check the stored bytes, then restore: globals, target prepared, the dump fed to the tool.
+
+    A target database this restore created is dropped again when it fails (verify() drops its
+    scratch database itself).
+    """
+    manifest = job.manifest
+    with contextlib.ExitStack() as stack:
+        local_copy = None
+        if job.streamed:
+            verify_stored(location, manifest)  # nothing touches the target before this passed
+        else:
+            local_copy = stack.enter_context(_local_copy(location, manifest, job.fmt, params))
+        if params.get("restore_globals"):
+            verify_stored(location, manifest, "globals")
+        created = False
+        try:
+            if params.get("restore_globals"):
+                job.plan["roles_kept"] = _restore_globals(server, location, manifest)
+            created = _prepare_target(server, job)
+            _run_restore(server, location, params, job, local_copy)
+        except OpsError:
+            if created and not job.verifying:
+                with contextlib.suppress(OpsError):
+                    server.drop(job.target)  # it did not exist before: leave nothing half-restored
+            raise
+
+
+def _prepare_target(server, job):
+    """The ``recreate`` / ``create`` steps; returns whether the target database was created."""
+    if "recreate" in job.steps:
+        server.drop(job.target)
+        server.create(job.target)
+    if "create" in job.steps:
+        server.create(job.target)
+        return True
+    return False
+
+
+def _run_restore(server, location, params, job, local_copy):
+    """pg_restore or psql into the target: fed from the store, or run on ``local_copy``."""
+    argv = restore_argv(server.tools, job.fmt, job.target, clean="clean" in job.steps, jobs=params.get("jobs", 1),
+                        single_transaction=params.get("single_transaction"), no_owner=job.no_owner,
+                        path=local_copy)
+    if job.streamed:
+        with ArtifactReader(location, job.manifest) as reader:
+            server.tools.feed(argv, reader)
+        return
+    rc, _out, err = server.tools.run(argv)
+    if rc != 0:
+        raise failure("pg_restore", rc, err, server.conn.get("password"), server.tools.where)
+
+
+@contextlib.contextmanager
+def _local_copy(location, manifest, fmt, params):
+    """Download (and verify) the artifact into a private temporary file or directory.
+
+    pg_restore --jobs cannot read a pipe, and the directory format is a directory. The sha256
+    is checked at the end of the download, before the path is handed out.
+    """
+    tmp = tempfile.mkdtemp(prefix="opskit-pgrestore-", dir=params.get("tmp_dir"))  # mode 0700
+    try:
+        with ArtifactReader(location, manifest) as reader:
+            if fmt == "directory":
+                path = os.path.join(tmp, "dump")
+                os.mkdir(path, 0o700)
+                with tarfile.open(fileobj=reader, mode="r|") as tar:
+                    tar.extractall(path, filter="data")
+                while reader.read(CHUNK):  # the sha256 is checked at the very end
+                    pass
+            else:
+                path = os.path.join(tmp, "dump.custom")
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                try:
+                    copy_to_fd(reader, fd)
+                except OSError as exc:
+                    raise ServiceError("writing backup %s to the temporary file %s failed: %s (set tmp_dir"
+                                       " to a directory with room for %s bytes)"
+                                       % (manifest["id"], path, exc.strerror or exc, manifest.get("raw_bytes"))) from exc
+                finally:
+                    os.close(fd)
+        yield path
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def filter_globals(script, existing_roles):
+    """Drop the CREATE ROLE / ALTER ROLE lines of roles that exist: they are kept as they are.
+
+    Above all this keeps the password and attributes of the role the restore connects as:
+    pg_dumpall's ALTER ROLE would otherwise replace its password midway. Returns (script,
+    sorted names of the roles kept).
+    """
+    forms = {}
+    for role in existing_roles:
+        forms[role] = role
+        forms[quote_ident(role)] = role
+    kept, out = set(), []
+    for line in script.splitlines(True):
+        prefix = next((p for p in ("CREATE ROLE ", "ALTER ROLE ") if line.startswith(p)), None)
+        ident = _leading_ident(line[len(prefix):]) if prefix else None
+        if ident in forms:
+            kept.add(forms[ident])
+            continue
+        out.append(line)
+    return "".join(out), sorted(kept)
+
+
+def _leading_ident(text):
+    """The identifier at the start of ``text`` as written, bare or double-quoted."""
+    if text.startswith('"'):
+        index = 1
+        while index < len(text):
+            if text[index] == '"':
+                if text[index + 1:index + 2] == '"':
+                    index += 2
+                    continue
+                return text[:index + 1]
+            index += 1
+        return None
+    end = len(text)
+    for stop in (" ", ";", "\n"):
+        if stop in text:
+            end = min(end, text.index(stop))
+    return text[:end]
+
+
+def _restore_globals(server, location, manifest):
+    """Run the globals script: new roles and tablespaces are created, existing roles are kept.
+
+    psql runs without ON_ERROR_STOP here, so its exit code says nothing about SQL errors:
+    they are read from its stderr and every one but 'already exists' fails the restore.
+    """
+    with ArtifactReader(location, manifest, "globals") as reader:
+        script = reader.read(-1).decode("utf-8")
+    existing = [row[0] for row in server.query("SELECT rolname FROM pg_roles")]
+    script, kept = filter_globals(script, existing)
+    argv = [server.tools.path("psql"), "--no-password", "--no-psqlrc", "--quiet", db_arg(MAINTENANCE_DB),
+            "--file=-"]
+    _rc, err = server.tools.feed(argv, io.BytesIO(script.encode("utf-8")))
+    errors = [" ".join(line.split()) for line in err.decode("utf-8", "replace").splitlines() if "ERROR:" in line]
+    unexpected = [line for line in errors if "already exists" not in line]
+    if unexpected:
+        raise ServiceError("restoring globals failed: %s" % tool_message(unexpected[0], server.conn.get("password")))
+    return kept

@@ -1,0 +1,160 @@
+# -*- coding: utf-8 -*-
+# Copyright: opskit.runbook contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The file backend (file:///dir): a directory tree, written through hidden temporary files.
+
+A writer writes ``.<name>.partial-<hex>`` beside its target, fsyncs it, renames it into place
+and fsyncs the directory, so a reader never sees half an object. Partial files left by killed
+writers are listed by ``list_temporary`` (s3_rotate removes them after the orphan grace).
+"""
+
+from __future__ import annotations
+
+import datetime
+import errno
+import os
+import secrets
+import stat
+
+from .._errors import ConfigError, NotFoundError, StorageError
+from .base import MiB, TMP_MARK, UTC, Location, ObjectInfo
+
+
+class FileLocation(Location):
+    scheme = "file"
+
+    def __init__(self, root):
+        self.root = os.path.normpath(root)
+        self.url = "file://" + self.root
+
+    def path(self, key):
+        if key.startswith("/") or ".." in key.split("/"):
+            raise ConfigError("invalid key %r" % key)
+        return os.path.join(self.root, *key.split("/"))
+
+    def _os_error(self, exc, what):
+        if exc.errno == errno.ENOENT:
+            return NotFoundError("%s: %s does not exist" % (what, exc.filename or self.root))
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            return StorageError("%s: permission denied on %s" % (what, exc.filename or self.root))
+        return StorageError("%s: %s (%s)" % (what, exc.strerror, exc.filename or self.root))
+
+    def check_readable(self):
+        try:
+            st = os.stat(self.root)
+        except OSError as exc:
+            if exc.errno in (errno.EACCES, errno.EPERM):
+                raise StorageError("location %s: permission denied (cannot reach the directory)" % self.url) from exc
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+                raise NotFoundError("location %s does not exist" % self.url) from exc
+            raise self._os_error(exc, "location %s" % self.url) from exc
+        if not stat.S_ISDIR(st.st_mode):
+            raise StorageError("location %s is not a directory" % self.url)
+        if not os.access(self.root, os.R_OK | os.X_OK):
+            raise StorageError("location %s: permission denied (cannot list the directory)" % self.url)
+
+    def check_writable(self):
+        probe = self.root
+        while not os.path.exists(probe):
+            probe = os.path.dirname(probe)
+        if not os.path.isdir(probe):
+            raise StorageError("location %s: %s is not a directory" % (self.url, probe))
+        if not os.access(probe, os.W_OK | os.X_OK):
+            raise StorageError("location %s: permission denied (cannot write to %s)" % (self.url, probe))
+
+    def _info(self, dirpath, name):
+        """The ObjectInfo of the file ``name`` in ``dirpath`` (its key relative to the root)."""
+        rel = os.path.relpath(dirpath, self.root)
+        key = name if rel == "." else "%s/%s" % (rel.replace(os.sep, "/"), name)
+        st = os.lstat(os.path.join(dirpath, name))
+        return ObjectInfo(key, st.st_size, datetime.datetime.fromtimestamp(st.st_mtime, UTC))
+
+    def list_objects(self, prefix=""):
+        self.check_readable()
+        out = []
+        try:
+            for dirpath, dirnames, filenames in os.walk(self.root, onerror=self._raise):
+                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+                rel = os.path.relpath(dirpath, self.root)
+                for name in sorted(filenames):
+                    key = name if rel == "." else "%s/%s" % (rel.replace(os.sep, "/"), name)
+                    if key.startswith(prefix):
+                        out.append(self._info(dirpath, name))
+        except OSError as exc:
+            raise self._os_error(exc, "listing %s" % self.url) from exc
+        return out
+
+    @staticmethod
+    def _raise(exc):
+        raise exc
+
+    def list_temporary(self):
+        """Hidden partial files left by killed writers: [(ObjectInfo with the temp key)]."""
+        return [self._info(dirpath, name) for dirpath, _dirnames, filenames in os.walk(self.root)
+                for name in filenames if TMP_MARK in name]
+
+    def open_write(self, key, size_hint=None, content_type=None):
+        return _FileWriter(self, key)
+
+    def open_read(self, key):
+        try:
+            return open(self.path(key), "rb")
+        except OSError as exc:
+            raise self._os_error(exc, "reading %s" % self.url_for(key)) from exc
+
+    def delete(self, keys):
+        failed = []
+        for key in keys:
+            try:
+                os.unlink(self.path(key))
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                failed.append((key, exc.strerror))
+        return failed
+
+
+class _FileWriter:
+    def __init__(self, location, key):
+        self.location = location
+        self.final = location.path(key)
+        directory = os.path.dirname(self.final)
+        try:
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+            self.tmp = os.path.join(directory, ".%s%s%s" % (os.path.basename(self.final), TMP_MARK,
+                                                            secrets.token_hex(4)))
+            fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError as exc:
+            raise location._os_error(exc, "writing %s" % location.url_for(key)) from exc
+        self.fh = os.fdopen(fd, "wb", buffering=MiB)
+
+    def write(self, data):
+        try:
+            self.fh.write(data)
+        except OSError as exc:
+            raise self.location._os_error(exc, "writing %s" % self.final) from exc
+
+    def commit(self):
+        try:
+            self.fh.flush()
+            os.fsync(self.fh.fileno())
+            self.fh.close()
+            os.rename(self.tmp, self.final)
+            dfd = os.open(os.path.dirname(self.final), os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        except OSError as exc:
+            self.abort()
+            raise self.location._os_error(exc, "writing %s" % self.final) from exc
+
+    def abort(self):
+        try:
+            self.fh.close()
+        except OSError:
+            pass
+        try:
+            os.unlink(self.tmp)
+        except OSError:
+            pass

@@ -1,0 +1,331 @@
+# -*- coding: utf-8 -*-
+# Copyright: opskit.runbook contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The S3 backend (s3://bucket/prefix), on boto3, imported on first use.
+
+Writers upload multipart parts with bounded memory and abort the upload on any failure; an
+object smaller than one part is one PutObject. Listings paginate, every call goes through the
+one retry helper (``_retry.call_with_retry``), and botocore's errors are translated into
+one-line StorageError / ConfigError messages (``_s3_error``) that keep the SDK error as their
+cause.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+from .._errors import ConfigError, NotFoundError, StorageError
+from .._imports import Library
+from .._retry import BOTOCORE, call_with_retry
+from .base import Location, ObjectInfo, Reader, part_size_for
+
+BOTO3 = Library("boto3", "boto3", "boto3.session", "botocore.config")
+
+DENIED_CODES = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403",
+                "ExpiredToken", "InvalidToken", "AllAccessDisabled")
+
+
+def sdk_errors():
+    """The exception types an S3 call can raise: botocore's, and OS-level errors."""
+    exceptions = BOTOCORE.load().exceptions
+    return (exceptions.ClientError, exceptions.BotoCoreError, OSError)
+
+
+def error_code(exc):
+    """The S3 error code of a botocore ClientError ("" for other errors)."""
+    response = getattr(exc, "response", None) or {}
+    return (response.get("Error") or {}).get("Code", "")
+
+
+def _client_error(exc, what, bucket):
+    code = error_code(exc)
+    status = (exc.response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
+    if code in ("NoSuchBucket",):
+        return NotFoundError("%s: bucket %s does not exist" % (what, bucket))
+    if code in ("NoSuchKey", "404", "NotFound"):
+        return NotFoundError("%s: object not found" % what)
+    if code in DENIED_CODES:
+        return StorageError("%s: access denied by the S3 endpoint (%s): check the credentials"
+                            " and the bucket policy" % (what, code))
+    return StorageError("%s: S3 error %s (HTTP %s)" % (what, code or "unknown", status))
+
+
+def _s3_error(exc, what, bucket):
+    """Translate a botocore (or OS) error into a one-line StorageError without secrets."""
+    exceptions = BOTOCORE.load().exceptions
+    if isinstance(exc, exceptions.ClientError):
+        return _client_error(exc, what, bucket)
+    if isinstance(exc, (exceptions.NoCredentialsError, exceptions.PartialCredentialsError)):
+        return ConfigError("%s: no usable S3 credentials: set access_key and secret_key, or"
+                           " AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY" % what)
+    if isinstance(exc, (exceptions.EndpointConnectionError, exceptions.ConnectTimeoutError,
+                        exceptions.ConnectionClosedError, exceptions.ReadTimeoutError)):
+        return StorageError("%s: cannot reach the S3 endpoint (%s)" % (what, type(exc).__name__))
+    if isinstance(exc, exceptions.SSLError):
+        return StorageError("%s: TLS verification of the S3 endpoint failed; set ca_bundle or,"
+                            " for testing only, validate_certs=false" % what)
+    return StorageError("%s: %s" % (what, exc))
+
+
+def _client(endpoint_url, region, access_key, secret_key, session_token, validate_certs, ca_bundle):
+    """A boto3 S3 client: no SDK retries (ours wrap every call), path-style with an endpoint."""
+    boto3 = BOTO3.load()
+    botocore = BOTOCORE.load()  # botocore.config is imported by BOTO3
+    verify = (ca_bundle or True) if validate_certs else False
+    if endpoint_url and endpoint_url.startswith("http://"):
+        verify = None
+    session = boto3.session.Session(
+        aws_access_key_id=access_key, aws_secret_access_key=secret_key,
+        aws_session_token=session_token, region_name=region or "us-east-1")
+    config = botocore.config.Config(
+        retries={"total_max_attempts": 1}, max_pool_connections=32,
+        s3={"addressing_style": "path"} if endpoint_url else None,
+        connect_timeout=10, read_timeout=60)
+    return session.client("s3", endpoint_url=endpoint_url, verify=verify, config=config)
+
+
+class S3Location(Location):
+    scheme = "s3"
+
+    def __init__(self, bucket, prefix="", endpoint_url=None, region=None, access_key=None,
+                 secret_key=None, session_token=None, storage_class=None,
+                 server_side_encryption=None, sse_kms_key_id=None, validate_certs=True,
+                 ca_bundle=None, client=None, max_inflight_parts=2, **_ignored):
+        if client is None:
+            BOTO3.load()  # boto3 is required unless a client is given
+        if len(bucket) < 3:
+            raise ConfigError("location s3://%s: bucket names have at least 3 characters" % bucket)
+        self.errors = sdk_errors()
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.url = "s3://%s%s" % (bucket, ("/" + self.prefix) if self.prefix else "")
+        self.endpoint_url = endpoint_url
+        self.storage_class = storage_class
+        self.sse = server_side_encryption
+        self.sse_kms_key_id = sse_kms_key_id
+        self.max_inflight_parts = max(1, int(max_inflight_parts))
+        if client is None:
+            client = _client(endpoint_url, region, access_key, secret_key, session_token,
+                             validate_certs, ca_bundle)
+        self.client = client
+
+    def full_key(self, key):
+        return "%s/%s" % (self.prefix, key) if self.prefix else key
+
+    def rel_key(self, full):
+        return full[len(self.prefix) + 1:] if self.prefix else full
+
+    def call(self, what, method, **kwargs):
+        try:
+            return call_with_retry(getattr(self.client, method), **kwargs)
+        except self.errors as exc:
+            raise _s3_error(exc, what, self.bucket) from exc
+
+    def check_readable(self):
+        try:
+            call_with_retry(self.client.head_bucket, Bucket=self.bucket)
+        except self.errors as exc:
+            err = _s3_error(exc, "location %s" % self.url, self.bucket)
+            if isinstance(err, NotFoundError):
+                err = NotFoundError("location %s: bucket %s does not exist" % (self.url, self.bucket))
+            raise err from exc
+
+    def check_writable(self):
+        # S3 has no cheap write probe without writing; the bucket must exist and be reachable.
+        self.check_readable()
+
+    def object_lock_enabled(self):
+        """True when the bucket has Object Lock enabled, or when we cannot tell (the call is denied)."""
+        try:
+            conf = call_with_retry(self.client.get_object_lock_configuration, Bucket=self.bucket)
+        except self.errors as exc:
+            return error_code(exc) != "ObjectLockConfigurationNotFoundError"
+        return (conf.get("ObjectLockConfiguration") or {}).get("ObjectLockEnabled") == "Enabled"
+
+    def list_objects(self, prefix=""):
+        full_prefix = self.full_key(prefix) if self.prefix else prefix
+        out, token = [], None
+        while True:
+            kwargs = dict(Bucket=self.bucket, Prefix=full_prefix, MaxKeys=1000)
+            if token:
+                kwargs["ContinuationToken"] = token
+            page = self.call("listing %s" % self.url, "list_objects_v2", **kwargs)
+            for item in page.get("Contents", []):
+                out.append(ObjectInfo(self.rel_key(item["Key"]), item["Size"], item["LastModified"]))
+            if not page.get("IsTruncated"):
+                return out
+            token = page["NextContinuationToken"]
+
+    def list_multipart_uploads(self):
+        """Incomplete multipart uploads under the prefix: [(key, upload_id, initiated)]."""
+        out, kwargs = [], dict(Bucket=self.bucket, Prefix=(self.prefix + "/") if self.prefix else "")
+        while True:
+            page = self.call("listing uploads in %s" % self.url, "list_multipart_uploads", **kwargs)
+            for up in page.get("Uploads", []):
+                out.append((self.rel_key(up["Key"]), up["UploadId"], up["Initiated"]))
+            if not page.get("IsTruncated"):
+                return out
+            kwargs.update(KeyMarker=page.get("NextKeyMarker"), UploadIdMarker=page.get("NextUploadIdMarker"))
+
+    def abort_upload(self, key, upload_id):
+        self.call("aborting upload of %s" % self.url_for(key), "abort_multipart_upload",
+                  Bucket=self.bucket, Key=self.full_key(key), UploadId=upload_id)
+
+    def put_args(self, content_type=None):
+        args = {}
+        if self.storage_class:
+            args["StorageClass"] = self.storage_class
+        if self.sse:
+            args["ServerSideEncryption"] = self.sse
+            if self.sse_kms_key_id:
+                args["SSEKMSKeyId"] = self.sse_kms_key_id
+        if content_type:
+            args["ContentType"] = content_type
+        return args
+
+    def open_write(self, key, size_hint=None, content_type=None):
+        return _S3Writer(self, key, part_size_for(size_hint), content_type)
+
+    def open_read(self, key):
+        response = self.call("reading %s" % self.url_for(key), "get_object",
+                             Bucket=self.bucket, Key=self.full_key(key))
+        return _S3Reader(response["Body"], "reading %s" % self.url_for(key), self)
+
+    def read_bytes(self, key):
+        def fetch():
+            body = self.client.get_object(Bucket=self.bucket, Key=self.full_key(key))["Body"]
+            try:
+                return body.read()
+            finally:
+                body.close()
+        try:
+            return call_with_retry(fetch)
+        except self.errors as exc:
+            raise _s3_error(exc, "reading %s" % self.url_for(key), self.bucket) from exc
+
+    def write_bytes(self, key, data, content_type=None):
+        """Small objects (manifests): one PutObject."""
+        self.call("writing %s" % self.url_for(key), "put_object", Bucket=self.bucket,
+                  Key=self.full_key(key), Body=bytes(data), **self.put_args(content_type))
+
+    def delete(self, keys):
+        failed, keys = [], list(keys)
+        for start in range(0, len(keys), 1000):
+            batch = keys[start:start + 1000]
+            result = self.call("deleting from %s" % self.url, "delete_objects", Bucket=self.bucket,
+                               Delete={"Objects": [{"Key": self.full_key(k)} for k in batch],
+                                       "Quiet": True})
+            for err in result.get("Errors", []):
+                failed.append((self.rel_key(err["Key"]), err.get("Code") or err.get("Message")))
+        return failed
+
+
+class _S3Reader(Reader):
+    def __init__(self, body, what, location):
+        self.body, self.what, self.location = body, what, location
+
+    def read(self, size=-1):
+        try:
+            return self.body.read(None if size is None or size < 0 else size)
+        except self.location.errors as exc:
+            raise _s3_error(exc, self.what, self.location.bucket) from exc
+
+    def close(self):
+        self.body.close()
+
+
+class _S3Writer:
+    """Multipart upload with at most ``max_inflight_parts`` parts in flight plus one buffering.
+
+    Memory is bounded by (max_inflight_parts + 1) * part_size, whatever the object size.
+    An object smaller than one part is sent with a single PutObject.
+    """
+
+    def __init__(self, location, key, part_size, content_type):
+        self.loc, self.key, self.part_size = location, key, part_size
+        self.full = location.full_key(key)
+        self.what = "writing %s" % location.url_for(key)
+        self.args = location.put_args(content_type)
+        self.buf = None
+        self.filled = 0
+        self.upload_id = None
+        self.parts = []
+        self.next_part = 0
+        self.futures = collections.deque()
+        self.pool = None
+        self.lock = threading.Lock()
+        self.done = False
+
+    def write(self, data):
+        if self.buf is None:  # allocated on first use: empty writers cost nothing
+            self.buf = bytearray(self.part_size)
+        view = memoryview(data)
+        while view:
+            take = min(len(view), self.part_size - self.filled)
+            self.buf[self.filled:self.filled + take] = view[:take]
+            self.filled += take
+            view = view[take:]
+            if self.filled == self.part_size:
+                self._wait_for_slot()
+                self._submit(bytes(self.buf))
+                self.filled = 0
+
+    def _submit(self, chunk):
+        if self.upload_id is None:
+            resp = self.loc.call(self.what, "create_multipart_upload", Bucket=self.loc.bucket,
+                                 Key=self.full, **self.args)
+            self.upload_id = resp["UploadId"]
+            self.pool = ThreadPoolExecutor(max_workers=self.loc.max_inflight_parts)
+        self._wait_for_slot()
+        self.next_part += 1
+        number = self.next_part
+        self.futures.append(self.pool.submit(self._upload_part, number, chunk))
+
+    def _wait_for_slot(self):
+        while len(self.futures) >= self.loc.max_inflight_parts:
+            self.futures.popleft().result()
+
+    def _upload_part(self, number, chunk):
+        resp = self.loc.call(self.what, "upload_part", Bucket=self.loc.bucket, Key=self.full,
+                             UploadId=self.upload_id, PartNumber=number, Body=chunk)
+        with self.lock:
+            self.parts.append({"PartNumber": number, "ETag": resp["ETag"]})
+
+    def commit(self):
+        try:
+            if self.upload_id is None:
+                body = bytes(self.buf[:self.filled]) if self.buf is not None else b""
+                self.loc.call(self.what, "put_object", Bucket=self.loc.bucket, Key=self.full,
+                              Body=body, **self.args)
+            else:
+                if self.filled:
+                    self._submit(bytes(self.buf[:self.filled]))
+                    self.filled = 0
+                while self.futures:
+                    self.futures.popleft().result()
+                parts = sorted(self.parts, key=lambda p: p["PartNumber"])
+                self.loc.call(self.what, "complete_multipart_upload", Bucket=self.loc.bucket,
+                              Key=self.full, UploadId=self.upload_id, MultipartUpload={"Parts": parts})
+                self.pool.shutdown()
+            self.done = True
+        except BaseException:
+            self.abort()
+            raise
+
+    def abort(self):
+        if self.done:
+            return
+        self.done = True
+        self.buf = None
+        self.filled = 0
+        for fut in self.futures:
+            fut.cancel()
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
+        if self.upload_id is not None:
+            try:
+                self.loc.abort_upload(self.key, self.upload_id)
+            except StorageError:
+                pass

@@ -1,0 +1,248 @@
+# -*- coding: utf-8 -*-
+# Copyright: opskit.runbook contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Checked tar members written under a directory descriptor, nothing outside it ever reached.
+
+``TarExtractor`` (a ``headers.TarWalker``) is fed the raw tar bytes of a restore in chunks and
+writes each checked member below ``root_fd``; ``extract_chunks`` drives it to the end.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+from ..._engine.streams import write_all
+from ..._errors import IntegrityError
+from .headers import TarWalker, _display, _number, clean_name
+
+
+class ExtractError(IntegrityError):
+    """Writing an archive member failed, or something outside the archive is in its way."""
+
+
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+SPECIAL_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _ustar_attrs(block):
+    """(mode, uid, gid, mtime in ns) of a plain ustar header block."""
+    return (_number(block[100:108]), _number(block[108:116]), _number(block[116:124]),
+            _number(block[136:148]) * 1000000000)
+
+
+def _info_attrs(info):
+    """(mode, uid, gid, mtime in ns) of a TarInfo; a PAX mtime keeps all its digits."""
+    mtime = int(info.mtime * 1000000000)
+    raw = info.pax_headers.get("mtime")
+    if raw:
+        whole, _dot, frac = raw.partition(".")
+        try:
+            sign = -1 if whole.startswith("-") else 1
+            mtime = int(whole) * 1000000000 + sign * int((frac + "000000000")[:9] or 0)
+        except ValueError:
+            pass
+    return info.mode, info.uid, info.gid, mtime
+
+
+class TarExtractor(TarWalker):
+    """Writes checked tar members under the directory open as ``root_fd``, fed in chunks.
+
+    Nothing outside the root is ever reached: every path is walked one component at a time
+    from ``root_fd`` with O_NOFOLLOW, files are created with O_EXCL|O_NOFOLLOW and attributes
+    are set on open descriptors or with follow_symlinks=False. A symlink or a non-directory in
+    the way (one the archive did not create, such as one planted by a container while the
+    restore runs) stops the restore with ExtractError. Directories are created 0700 and get
+    their mode and mtime at the end, children before parents, so a read-only directory still
+    receives its content. Owners are restored (numerically) when running as root, like tar does.
+
+    With ``defer_root``, the attributes of the archive root (``.``) are not applied to
+    ``root_fd`` but kept in ``root_attrs`` for ``apply_attrs`` (a staged restore applies them
+    to the real target at the end).
+    """
+
+    def __init__(self, root_fd, what="archive", same_owner=None, defer_root=False):
+        super().__init__(what)
+        self.root_fd = root_fd
+        self.defer_root = defer_root
+        self.root_attrs = None
+        self.same_owner = (os.geteuid() == 0) if same_owner is None else same_owner
+        self.stack = []                 # (name, fd) of the directories from the root to the last used
+        self.file = None                # (fd, attrs) of the regular file being written
+        self.dirs = []                  # (relative path, attrs) of the directories, set at the end
+
+    # ------------------------------------------------------------------ walking
+    def _step(self, fd, part, create, done, member):
+        """Open directory ``part`` under ``fd`` with O_NOFOLLOW (created when missing and
+        ``create``: a parent the archive does not list)."""
+        try:
+            return os.open(part, DIR_FLAGS, dir_fd=fd)
+        except FileNotFoundError:
+            if not create:
+                raise
+            os.mkdir(part, 0o755, dir_fd=fd)
+            return os.open(part, DIR_FLAGS, dir_fd=fd)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise ExtractError("%s: '%s' is in the way of '%s' and is not a directory of the"
+                                   " archive (a symlink or file that something else created?)"
+                                   % (self.what, _display("/".join(done + [part])),
+                                      _display(member))) from exc
+            raise
+
+    def _open_dir(self, rel, member):
+        """A new fd of the existing directory ``rel``, walked from the root."""
+        fd = os.dup(self.root_fd)
+        done = []
+        try:
+            for part in rel.split("/") if rel else ():
+                nfd = self._step(fd, part, False, done, member)
+                os.close(fd)
+                fd = nfd
+                done.append(part)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _dir_fd(self, rel, member, create=True):
+        """The fd of directory ``rel``: the open chain of directories from the root to the last
+        one used is kept, and only the components below the common ancestor are opened (tar
+        lists a directory's entries together, so mostly none or one)."""
+        parts = rel.split("/") if rel else []
+        keep = 0
+        stack = self.stack
+        while keep < len(stack) and keep < len(parts) and stack[keep][0] == parts[keep]:
+            keep += 1
+        while len(stack) > keep:
+            os.close(stack.pop()[1])
+        fd = stack[-1][1] if stack else self.root_fd
+        for index in range(keep, len(parts)):
+            fd = self._step(fd, parts[index], create, parts[:index], member)
+            stack.append((parts[index], fd))
+        return fd
+
+    def _drop_stack(self):
+        while self.stack:
+            os.close(self.stack.pop()[1])
+
+    def _place(self, rel):
+        """(parent fd, base name) of ``rel``."""
+        head, _sep, base = rel.rpartition("/")
+        return self._dir_fd(head, rel), base
+
+    def _clear(self, dfd, base, rel):
+        """Remove what is at ``base`` so a member can take its place (tar semantics for a name
+        listed twice); a directory is never removed."""
+        st = os.stat(base, dir_fd=dfd, follow_symlinks=False)
+        if stat.S_ISDIR(st.st_mode):
+            raise ExtractError("%s: member %s would replace a directory" % (self.what, _display(rel)))
+        os.unlink(base, dir_fd=dfd)
+
+    def _create(self, make, dfd, base, rel):
+        try:
+            return make()
+        except FileExistsError:
+            self._clear(dfd, base, rel)
+            return make()
+
+    def apply_attrs(self, fd, attrs):
+        """Owner (as root), mode and mtime of ``attrs`` on the open ``fd``."""
+        mode, uid, gid, mtime = attrs
+        if self.same_owner:
+            os.fchown(fd, uid, gid)
+        os.fchmod(fd, mode & 0o7777)
+        os.utime(fd, ns=(mtime, mtime))
+
+    # ------------------------------------------------------------------ members
+    def _member(self, rel, typeflag, size, block, extra):
+        if block is None:
+            attrs, linkname = _info_attrs(extra), extra.linkname
+        else:
+            attrs, linkname = _ustar_attrs(block), extra
+        if typeflag == b"5":
+            if rel:
+                dfd, base = self._place(rel)
+                try:
+                    os.mkdir(base, 0o700, dir_fd=dfd)
+                except FileExistsError:
+                    if not stat.S_ISDIR(os.stat(base, dir_fd=dfd, follow_symlinks=False).st_mode):
+                        self._clear(dfd, base, rel)
+                        os.mkdir(base, 0o700, dir_fd=dfd)
+                if self.same_owner:
+                    os.chown(base, attrs[1], attrs[2], dir_fd=dfd, follow_symlinks=False)
+            elif self.defer_root:
+                self.root_attrs = attrs
+                return
+            self.dirs.append((rel, attrs))
+            return
+        dfd, base = self._place(rel)
+        if typeflag in (b"0", b"\0", b"7"):
+            fd = self._create(lambda: os.open(base, NEW_FILE_FLAGS, 0o600, dir_fd=dfd), dfd, base, rel)
+            self.file = (fd, attrs)
+            if not size:
+                self._close_file()
+        elif typeflag == b"2":
+            self._create(lambda: os.symlink(linkname, base, dir_fd=dfd), dfd, base, rel)
+            if self.same_owner:
+                os.chown(base, attrs[1], attrs[2], dir_fd=dfd, follow_symlinks=False)
+            os.utime(base, ns=(attrs[3], attrs[3]), dir_fd=dfd, follow_symlinks=False)
+        elif typeflag == b"1":
+            target = clean_name(linkname)
+            thead, _sep, tbase = target.rpartition("/")
+            tfd = self._open_dir(thead, rel)
+            try:
+                self._create(lambda: os.link(tbase, base, src_dir_fd=tfd, dst_dir_fd=dfd,
+                                             follow_symlinks=False), dfd, base, rel)
+            finally:
+                os.close(tfd)
+        elif typeflag == b"6":
+            self._create(lambda: os.mkfifo(base, 0o600, dir_fd=dfd), dfd, base, rel)
+            fd = os.open(base, SPECIAL_FLAGS, dir_fd=dfd)
+            try:
+                self.apply_attrs(fd, attrs)
+            finally:
+                os.close(fd)
+
+    def _payload(self, chunk, data_bytes):
+        if not data_bytes:
+            return
+        write_all(self.file[0], chunk[:data_bytes])
+        if not self.skip:
+            self._close_file()
+
+    def _close_file(self):
+        fd, attrs = self.file
+        self.file = None
+        try:
+            self.apply_attrs(fd, attrs)
+        finally:
+            os.close(fd)
+
+    def _end(self):
+        # A directory comes after its parent in the archive: in reverse order, every one gets
+        # its (possibly read-only) mode before its parent does.
+        for rel, attrs in reversed(self.dirs):
+            self.apply_attrs(self._dir_fd(rel, rel, create=False), attrs)
+        self._drop_stack()
+        self.dirs = []
+
+    def close(self):
+        """Release the descriptors (after an error: what was written stays as it is)."""
+        if self.file is not None:
+            os.close(self.file[0])
+            self.file = None
+        self._drop_stack()
+
+
+def extract_chunks(chunks, extractor):
+    """Feed every chunk of the tar bytes ``chunks`` to ``extractor`` (a TarExtractor), to the
+    very end; return its summary. Its descriptors are released in any case."""
+    try:
+        for data in chunks:
+            extractor.feed(data)
+        return extractor.finish()
+    finally:
+        extractor.close()
