@@ -20,8 +20,9 @@ UTC = datetime.timezone.utc
 # The fixed clock of every playbook here (see run_playbook's clock), a Thursday. The history is
 # built from it, so the plan is the same on every day of the week, and the verified backup (10
 # days old, a Monday) is kept by the verified guard alone, not by a weekly rule. The clock lies
-# in the future so that what S3 stamps with the real time (LastModified of the orphan, Initiated
-# of the upload) is older than the orphan grace, as the leftovers of crashed runs would be.
+# in the future so that what S3 stamps with the real time (the orphan's LastModified) is older
+# than the orphan grace, as the leftovers of crashed runs would be. (moto dates every multipart
+# upload's Initiated 2010-11-10, so the incomplete upload is old on any clock.)
 NOW = datetime.datetime(2100, 3, 11, 12, 0, 0, tzinfo=UTC)
 SECRET = "s3cr3t-Rotate-never-shown-9876543210"
 POLICY = dict(keep_daily=7, keep_weekly=4, timezone="Europe/Berlin", orphan_grace="1s")
