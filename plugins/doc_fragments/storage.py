@@ -16,6 +16,8 @@ options:
       - V(s3://bucket/prefix) is a bucket (and optional key prefix) of any S3-compatible endpoint.
       - Backups are laid out as C(<series>/<YYYYmmddTHHMMSSZ>-<id>.<ext>) with a
         C(<...>.manifest.json) beside each artifact; a backup exists once its manifest exists.
+      - While a backup is being written, C(<series>/.inflight/<id>.json) marks it as in flight
+        (start time and expiry) for rotation; it is removed when the backup is published or fails.
     type: str
     required: true
     aliases: [destination]
@@ -23,7 +25,18 @@ options:
     description:
       - URL of the S3 endpoint, for S3-compatible services (MinIO, Ceph RGW, Wasabi, ...).
       - Falls back to E(AWS_ENDPOINT_URL_S3), then E(AWS_ENDPOINT_URL). Default is AWS S3.
+      - With an endpoint, checksums are computed and validated only where an operation requires
+        them (botocore C(request_checksum_calculation) and C(response_checksum_validation) =
+        V(when_required)). boto3 1.36 and later otherwise send CRC checksums without Content-MD5,
+        which Ceph RGW, older MinIO and Cloudflare R2 reject on PutObject and DeleteObjects.
     type: str
+  addressing_style:
+    description:
+      - How the bucket is addressed. V(path) puts it in the path (C(https://endpoint/bucket/key)),
+        V(virtual) in the host name (C(https://bucket.endpoint/key)), V(auto) lets botocore choose.
+      - Default is V(path) with O(endpoint_url) (what most S3-compatible stores expect), V(auto) without.
+    type: str
+    choices: [path, virtual, auto]
   region:
     description:
       - S3 region. Falls back to E(AWS_REGION), then E(AWS_DEFAULT_REGION); default V(us-east-1).

@@ -17,6 +17,11 @@ description:
     O(fail_on_stale=true) turns a breach into a task failure.
   - Only published backups are listed (those with a manifest); a backup that failed or is still
     being written is never shown.
+  - Anomalies are reported in RV(anomalies), never as a failure of the whole listing. They are a manifest
+    that cannot be read (corrupt, of a newer version, describing another series after a series
+    directory was renamed) and a backup dated more than 5 minutes in the future (the clock of the
+    host that made it was ahead). Neither counts as a series' newest backup, so a future-dated
+    backup never hides an RPO breach.
   - Never changes anything.
 author:
   - opskit.runbook developers (@opskit-runbook)
@@ -96,7 +101,7 @@ series:
       type: int
       returned: always
     newest:
-      description: The newest backup (same fields as an item of RV(backups)).
+      description: The newest backup not dated in the future (same fields as an item of RV(backups)).
       type: dict
       returned: always
     newest_age_seconds:
@@ -127,7 +132,31 @@ stale_series:
   returned: always
   type: list
   elements: str
-  sample: []
+anomalies:
+  description:
+    - Manifests left out of the report, with the reason; sorted by series and id.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    series:
+      description: The series (directory or key prefix) the manifest was found in.
+      type: str
+    id:
+      description: The backup id taken from the key.
+      type: str
+    key:
+      description: The manifest key, or the artifact of a future-dated backup.
+      type: str
+    reason:
+      description: One line, for example C(manifest ... has version '1', not an integer) or
+        C(dated 2029-03-11T12:00:00Z, more than 5 minutes in the future ...).
+      type: str
+  sample:
+    - series: db-app
+      id: 20290311T120000Z-0a1b2c3d
+      key: 20290311T120000Z-0a1b2c3d.bin.zst
+      reason: "dated 2029-03-11T12:00:00Z, more than 5 minutes in the future (clock skew on the host that made it?)"
 backups:
   description: Every published backup, newest first within each series.
   returned: always
@@ -184,7 +213,10 @@ backups:
       type: str
       returned: always
     verification:
-      description: V(unverified), V(passed) or V(failed).
+      description:
+        - V(unverified), V(passed) or V(failed) (a restore test's verdict), or V(error) (the last
+          verification could not run (an infrastructure problem) and no verdict was ever recorded).
+        - An V(error) after a V(passed) or V(failed) verdict keeps that verdict.
       type: str
       returned: always
     verified_at:

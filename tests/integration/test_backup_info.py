@@ -233,3 +233,68 @@ def test_unreadable_directory(run_playbook):
                        env={"ANSIBLE_SHELL_ALLOW_WORLD_READABLE_TEMP": "true"})
     shutil.rmtree(base)
     _assert_clean_failure(res, "permission denied (cannot list the directory)")
+
+
+def _location(args):
+    return open_location(args["location"], **{k: v for k, v in args.items() if k != "location"})
+
+
+def test_backup_three_years_ahead_is_an_anomaly_not_fresh(run_playbook, seeded):
+    """A host whose clock was 3 years ahead made a backup: it is neither latest nor fresh."""
+    args, made = seeded
+    location = _location(args)
+    with BackupSession(location, "db-app", "generic", now=NOW + datetime.timedelta(days=3 * 365)) as session:
+        with session.artifact("bin") as out:
+            out.write(b"from the future")
+        future = session.publish()
+    res = run_playbook(PLAY, {"info_args": dict(args, max_age="1h")}, clock=NOW)
+    info = res.task("info")
+    assert info["_status"] == "ok", info
+    app = info["series"]["db-app"]
+    assert app["newest"]["id"] == made["db-app"][0]["id"] and app["count"] == 2
+    assert 2 * 3600 - 5 <= app["newest_age_seconds"] <= 2 * 3600 + 600
+    assert "db-app" in info["stale_series"]  # the future backup does not hide the RPO breach
+    assert [a["id"] for a in info["anomalies"]] == [future["id"]]
+    assert "in the future" in info["anomalies"][0]["reason"]
+    assert future["id"] not in [b["id"] for b in info["backups"]]
+    assert catalog.resolve_backup(location, "db-app", now=NOW)["id"] == made["db-app"][0]["id"]
+
+
+def _copy_series(location, src, dst):
+    for info in location.list_objects(src + "/"):
+        location.write_bytes(dst + info.key[len(src):], location.read_bytes(info.key))
+
+
+def test_odd_manifests_are_anomalies_not_a_traceback(run_playbook, seeded):
+    """A renamed (copied) series directory and a manifest with a non-integer version."""
+    args, made = seeded
+    location = _location(args)
+    _copy_series(location, "vol-data", "vol-data-renamed")
+    odd = made["db-app"][0]
+    key = catalog.manifest_key("db-app", odd["id"])
+    location.write_bytes(key, location.read_bytes(key).replace(b'"version": 1', b'"version": "1.0"'))
+    res = run_playbook(PLAY, {"info_args": dict(args, max_age="26h")}, clock=NOW)
+    info = res.task("info")
+    assert info["_status"] == "ok", info
+    assert "Traceback" not in res.stdout + res.stderr
+    reasons = {(a["series"], a["id"]): a["reason"] for a in info["anomalies"]}
+    assert reasons == {
+        ("db-app", odd["id"]): "manifest db-app/%s.manifest.json has version '1.0', not an integer" % odd["id"],
+        ("vol-data-renamed", made["vol-data"][0]["id"]): (
+            "manifest vol-data-renamed/%s.manifest.json describes backup %s of series vol-data (a renamed or"
+            " copied series?)" % (made["vol-data"][0]["id"], made["vol-data"][0]["id"])),
+    }
+    assert info["series"]["db-app"]["count"] == 1 and info["series"]["db-app"]["stale"] is True
+    assert info["series"]["vol-data-renamed"]["count"] == 0
+    assert info["series"]["vol-data"]["newest"]["id"] == made["vol-data"][0]["id"]
+    assert sorted(info["stale_series"]) == ["db-app", "old-cfg", "vol-data-renamed"]
+
+
+def test_addressing_style_option(run_playbook, s3):
+    """The option reaches the client (the URLs it builds: test_engine_logic); a bad value is one line."""
+    base = {"location": "s3://%s/x" % s3.new_bucket(), "endpoint_url": s3.endpoint_url,
+            "access_key": s3.access_key, "secret_key": SECRET}
+    ok = run_playbook(PLAY, {"info_args": dict(base, secret_key=s3.secret_key, addressing_style="path")})
+    assert ok.task("info")["_status"] == "ok" and ok.task("info")["series"] == {}
+    _assert_clean_failure(run_playbook(PLAY, {"info_args": dict(base, addressing_style="dns")}),
+                          "value of addressing_style must be one of: path, virtual, auto")

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import signal
@@ -17,6 +18,7 @@ import pytest
 
 from ansible_collections.opskit.runbook.plugins.module_utils._engine import artifacts, catalog
 from ansible_collections.opskit.runbook.plugins.module_utils._engine.session import BackupSession
+from ansible_collections.opskit.runbook.plugins.module_utils._storage.base import ChangedError
 from ansible_collections.opskit.runbook.plugins.module_utils._storage.options import open_location
 from ansible_collections.opskit.runbook.plugins.module_utils._errors import (
     IntegrityError, NotFoundError, StorageError)
@@ -198,6 +200,7 @@ def test_killed_writer_leaves_no_backup(location):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert catalog.list_backups(location) in ({}, {"app": []})
+    assert [m["series"] for m in catalog.inflight(location)] == ["app"]  # rotation keeps its parts
     names = [info.key for info in location.list_objects()]
     assert not any(name.endswith(".manifest.json") for name in names)
     if location.scheme == "file":
@@ -226,3 +229,127 @@ def test_file_artifacts_are_private(tmp_path):
     manifest = _write(location, "app", b"secret data")
     for key in ("app/" + manifest["artifact"], catalog.manifest_key("app", manifest["id"])):
         assert os.stat(location.path(key)).st_mode & 0o777 == 0o600
+
+
+def _manifests(location):
+    return [info.key for info in location.list_objects() if info.key.endswith(".manifest.json")]
+
+
+def _ambiguous_manifest_write(location, monkeypatch):
+    """The manifest write stores the object, then fails: on S3 every PutObject response of the
+    manifest is lost (read timeout after the server stored it); on file:// the directory fsync
+    after the rename fails (EIO)."""
+    if location.scheme == "s3":
+        from botocore.exceptions import ReadTimeoutError
+
+        keys = []
+
+        def lose_response(**_kwargs):
+            if keys[-1].endswith(".manifest.json"):
+                raise ReadTimeoutError(endpoint_url="injected")
+        location.client.meta.events.register("before-parameter-build.s3.PutObject",
+                                             lambda params, **_kw: keys.append(params["Key"]))
+        location.client.meta.events.register("after-call.s3.PutObject", lose_response)
+        return
+    renamed = []
+    real_rename, real_fsync = os.rename, os.fsync
+
+    def rename(src, dst):
+        real_rename(src, dst)
+        renamed.append(dst)
+
+    def fsync(fd):
+        if renamed and renamed[-1].endswith(".manifest.json") and os.path.isdir("/proc/self/fd/%d" % fd):
+            raise OSError(errno.EIO, "Input/output error")
+        real_fsync(fd)
+    monkeypatch.setattr(os, "rename", rename)
+    monkeypatch.setattr(os, "fsync", fsync)
+
+
+def test_ambiguous_manifest_write_leaves_no_manifest(location, monkeypatch):
+    _ambiguous_manifest_write(location, monkeypatch)
+    with pytest.raises(StorageError):
+        _write(location, "app", b"data", companions={"globals": b"CREATE ROLE app;"})
+    monkeypatch.undo()
+    assert _manifests(location) == []  # no manifest whose artifacts were deleted
+    assert location.list_objects() == [] and catalog.inflight(location) == []
+    assert catalog.list_backups(location) in ({}, {"app": []})
+
+
+def test_inflight_marker_during_a_backup(location):
+    with BackupSession(location, "app", "generic") as session:
+        with session.artifact("txt", name="globals") as out:
+            out.write(b"first companion")
+        live = catalog.inflight(location)
+        assert [(m["series"], m["id"]) for m in live] == [("app", session.id)]
+        assert catalog.inflight(location, "app") == live and catalog.inflight(location, "other") == []
+        assert catalog.scan(location)["app"]["manifests"] == {}
+        with session.artifact("bin") as out:
+            out.write(b"main")
+        session.publish()
+    assert catalog.inflight(location) == [] and len(catalog.list_backups(location)["app"]) == 1
+    with pytest.raises(OSError):
+        with BackupSession(location, "app", "generic") as session:
+            with session.artifact("bin") as out:
+                out.write(b"x")
+                assert len(catalog.inflight(location, "app")) == 1
+                raise OSError("producer died")
+    assert catalog.inflight(location) == []
+
+
+def test_publish_checks_every_artifact(location):
+    with pytest.raises(IntegrityError, match=r"not published: .*globals\.txt\.zst is missing"):
+        with BackupSession(location, "app", "generic") as session:
+            with session.artifact("txt", name="globals") as out:
+                out.write(b"globals")
+            location.delete([session.companions[0]["key"]])  # what a concurrent rotation did
+            with session.artifact("bin") as out:
+                out.write(b"main")
+            session.publish()
+    assert location.list_objects() == [] and catalog.inflight(location) == []
+
+
+def test_verification_never_resurrects_a_deleted_backup(location):
+    manifest = _write(location, "app", b"data")
+    rotated = [info.key for info in location.list_objects()]
+    assert len(rotated) == 2
+    location.delete([k for k in rotated if not k.endswith(".manifest.json")])  # artifacts first
+    with pytest.raises(NotFoundError, match="deleted meanwhile: its verification is not recorded"):
+        catalog.update_verification(location, manifest, "restore", "passed")
+    location.delete(rotated)
+    with pytest.raises(NotFoundError, match="deleted meanwhile"):
+        catalog.update_verification(location, manifest, "restore", "passed")
+    assert location.list_objects() == []
+
+
+def test_conditional_write_refuses_a_changed_object(location):
+    location.write_bytes("app/k.json", b"one")
+    _data, token = location.read_versioned("app/k.json")
+    time.sleep(0.01)
+    location.write_bytes("app/k.json", b"two")
+    with pytest.raises(ChangedError):
+        location.replace_bytes("app/k.json", b"three", token)
+    assert location.read_bytes("app/k.json") == b"two"
+    data, token = location.read_versioned("app/k.json")
+    location.replace_bytes("app/k.json", b"three", token)
+    assert location.read_bytes("app/k.json") == b"three"
+    location.delete(["app/k.json"])
+    with pytest.raises(NotFoundError):
+        location.replace_bytes("app/k.json", b"four", token)
+    assert location.list_objects() == []
+
+
+def test_compatible_store_gets_checksums_only_where_required(s3):
+    """boto3 >= 1.36 adds CRC32 checksums to every PutObject and UploadPart by default; several
+    S3-compatible stores reject them. With an endpoint_url they are sent only where required."""
+    location = open_location("s3://%s/x" % s3.new_bucket(), **_s3_options(s3))
+    sent = []
+
+    def record(request, **_kwargs):
+        sent.append((request.method, sorted(h.lower() for h in request.headers if "checksum" in h.lower())))
+    location.client.meta.events.register("before-send.s3", record)
+    _write(location, "app", os.urandom(12 * MiB), compression="none", size_hint=12 * MiB)
+    puts = [headers for method, headers in sent if method == "PUT"]
+    assert len(puts) >= 4 and all(headers == [] for headers in puts), puts  # 3 parts, marker, manifest
+    assert location.delete([info.key for info in location.list_objects()]) == []
+    assert location.list_objects() == []

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import time
 
-from .._errors import OpsError
+from .._errors import IntegrityError, OpsError, StorageError
 from .._timeutil import utcnow
 from .artifacts import ArtifactWriter
-from .catalog import new_backup_id, new_manifest, validate_series, write_manifest
+from .catalog import (DEFAULT_INFLIGHT_TIMEOUT, inflight_key, manifest_key, missing_artifacts, new_backup_id,
+                      new_manifest, validate_series, write_inflight, write_manifest)
 from .compression import COMPRESSION_EXT, validate_compression
 from .streams import CHUNK
 
@@ -19,7 +20,10 @@ class BackupSession:
     """One backup: artifacts written first, the manifest published last.
 
     Use as a context manager. Leaving the block with an exception aborts open writers and
-    deletes artifacts already written, so a failed backup never looks like a backup::
+    deletes artifacts already written, so a failed backup never looks like a backup.
+    Before its first artifact the session writes an in-flight marker (``catalog.inflight``)
+    that rotation respects; publishing or aborting removes it. ``publish`` checks that every
+    artifact is still there with its size before it writes the manifest::
 
         with BackupSession(loc, "db1", "postgres") as session:
             with session.artifact("dump") as out:
@@ -28,7 +32,7 @@ class BackupSession:
     """
 
     def __init__(self, location, series, kind, compression="zstd", level=None, threads=-1,
-                 size_hint=None, now=None):
+                 size_hint=None, now=None, inflight_timeout=DEFAULT_INFLIGHT_TIMEOUT):
         validate_series(series)
         validate_compression(compression, level)
         self.location, self.series, self.kind = location, series, kind
@@ -42,6 +46,10 @@ class BackupSession:
         self._open = []
         self._written = []
         self.published = None
+        self.inflight_timeout = inflight_timeout
+        self.marker = None
+        self.manifest_tried = False
+        self.warnings = []
 
     def key(self, ext, name=None):
         parts = [self.id] + ([name] if name else []) + [ext]
@@ -52,6 +60,9 @@ class BackupSession:
         if name is None and self.main is not None:
             raise OpsError("a backup has one main artifact")
         key = self.key(ext, name)
+        if self.marker is None:
+            write_inflight(self.location, self.series, self.id, utcnow(), self.inflight_timeout)
+            self.marker = inflight_key(self.series, self.id)
         raw = self.location.open_write(key, size_hint=self.size_hint if name is None else None,
                                        content_type=content_type)
         writer = _ManagedWriter(self, ArtifactWriter(raw, key, self.compression, self.level,
@@ -71,22 +82,52 @@ class BackupSession:
     def publish(self, source=None, tools=None, extra=None):
         if self.main is None:
             raise OpsError("no artifact was written")
+        records = [self.main] + self.companions
+        problems = missing_artifacts(self.location, self.series,
+                                     [(r["key"].split("/", 1)[1], r["size_bytes"]) for r in records])
+        if problems:
+            raise IntegrityError("backup %s of series %s not published: %s (deleted meanwhile, by a rotation"
+                                 " with a short orphan_grace?)" % (self.id, self.series, "; ".join(problems)))
         manifest = new_manifest(self.series, self.id, self.kind, self.created, self.main,
                                 self.companions, source, tools, time.monotonic() - self.started,
                                 encryption=getattr(self.location, "sse", None))
         if extra:
             manifest.update(extra)
+        self.manifest_tried = True
         write_manifest(self.location, manifest)
         self.published = manifest
+        self._remove_marker()
         return manifest
 
     def abort(self):
-        for writer in list(self._open):
-            writer.inner.abort()
-        self._open = []
-        if self.published is None and self._written:
-            self.location.delete(self._written)
-            self._written = []
+        """Abort open writers; remove the manifest if its write was tried (an ambiguous write may
+        have stored it), then the artifacts, then the in-flight marker. If the manifest cannot be
+        removed, the artifacts are kept: never a manifest without its artifacts."""
+        try:
+            for writer in list(self._open):
+                writer.inner.abort()
+            self._open = []
+            if self.published is None and self._written:
+                if self.manifest_tried and not self._delete([manifest_key(self.series, self.id)]):
+                    self.warnings.append("backup %s: its manifest could not be removed after a failed publish;"
+                                         " its artifacts are kept" % self.id)
+                elif not self._delete(self._written):
+                    self.warnings.append("backup %s: artifacts of the failed backup could not all be removed;"
+                                         " rotation removes them as orphans" % self.id)
+                self._written = []
+        finally:
+            self._remove_marker()
+
+    def _delete(self, keys):
+        try:
+            return not self.location.delete(keys)
+        except StorageError:
+            return False
+
+    def _remove_marker(self):
+        if self.marker is not None and not self._delete([self.marker]):
+            self.warnings.append("in-flight marker %s could not be removed; it expires by itself" % self.marker)
+        self.marker = None
 
     def __enter__(self):
         return self

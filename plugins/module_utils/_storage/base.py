@@ -13,6 +13,8 @@ from __future__ import annotations
 import collections
 import datetime
 
+from .._errors import StorageError
+
 MiB = 1024 * 1024
 TiB = 1024 ** 4
 S3_MAX_PARTS = 10000
@@ -22,7 +24,13 @@ DEFAULT_COVERED_SIZE = TiB
 UTC = datetime.timezone.utc
 TMP_MARK = ".partial-"
 
+GROWN_PART_CAP = 512 * MiB
+
 ObjectInfo = collections.namedtuple("ObjectInfo", "key size modified")
+
+
+class ChangedError(StorageError):
+    """A conditional write found the object changed since it was read."""
 
 
 def part_size_for(size_hint=None):
@@ -31,6 +39,23 @@ def part_size_for(size_hint=None):
     size = -(-covered // S3_MAX_PARTS)
     size = -(-size // MiB) * MiB
     return max(S3_MIN_PART, min(S3_MAX_PART, size))
+
+
+def grown_part_size(parts_used, part_size, max_parts=S3_MAX_PARTS):
+    """The part size after ``parts_used`` parts: a stream larger than its size hint still fits.
+
+    Each time half of the remaining parts are used (5,000, 7,500, 8,750, ...), the part size is
+    multiplied by four, up to max(GROWN_PART_CAP, the initial size) so that memory stays bounded:
+    5 MiB parts then cover about 680 GiB instead of 48 GiB. S3 accepts parts of different sizes
+    (each at least 5 MiB except the last).
+    """
+    point, step = 0, max_parts
+    while step > 1:
+        step //= 2
+        point += step
+        if point == parts_used:
+            return max(part_size, min(max(GROWN_PART_CAP, part_size), S3_MAX_PART, part_size * 4))
+    return part_size
 
 
 class Location:
@@ -42,7 +67,9 @@ class Location:
     def url_for(self, key):
         return "%s/%s" % (self.url.rstrip("/"), key)
 
-    def list_objects(self, prefix=""):
+    def list_objects(self, prefix="", hidden=False):
+        """[ObjectInfo] of the keys under ``prefix``; ``hidden`` includes hidden directories
+        (``series/.inflight/``) where the backend has them (file://)."""
         raise NotImplementedError
 
     def open_write(self, key, size_hint=None, content_type=None):
@@ -63,6 +90,21 @@ class Location:
             writer.abort()
             raise
         writer.commit()
+
+    def head(self, key):
+        """The ObjectInfo of ``key``, or None when it does not exist."""
+        raise NotImplementedError
+
+    def read_versioned(self, key):
+        """(bytes, token): ``token`` identifies this version of the object for replace_bytes."""
+        raise NotImplementedError
+
+    def replace_bytes(self, key, data, token, content_type=None):
+        """Overwrite ``key`` only if it is still the version ``token`` (from read_versioned).
+
+        Raises NotFoundError when the object is gone and ChangedError when it was rewritten.
+        """
+        raise NotImplementedError
 
     def delete(self, keys):
         """Delete keys; return a list of (key, message) that could not be deleted."""

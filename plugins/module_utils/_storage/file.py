@@ -17,7 +17,7 @@ import secrets
 import stat
 
 from .._errors import ConfigError, NotFoundError, StorageError
-from .base import MiB, TMP_MARK, UTC, Location, ObjectInfo
+from .base import MiB, TMP_MARK, UTC, ChangedError, Location, ObjectInfo
 
 
 class FileLocation(Location):
@@ -69,12 +69,18 @@ class FileLocation(Location):
         st = os.lstat(os.path.join(dirpath, name))
         return ObjectInfo(key, st.st_size, datetime.datetime.fromtimestamp(st.st_mtime, UTC))
 
-    def list_objects(self, prefix=""):
+    def list_objects(self, prefix="", hidden=False):
+        """Files whose key starts with ``prefix``. Hidden directories below the prefix's own
+        directory are skipped unless ``hidden`` (the walk starts there, so a prefix such as
+        ``series/.inflight/`` lists that directory)."""
         self.check_readable()
+        start = self.path(prefix.rsplit("/", 1)[0]) if "/" in prefix else self.root
+        if self._through_link(start):
+            return []  # as before: a linked directory is never walked into
         out = []
         try:
-            for dirpath, dirnames, filenames in os.walk(self.root, onerror=self._raise):
-                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for dirpath, dirnames, filenames in os.walk(start, onerror=self._raise_unless_missing(start)):
+                dirnames[:] = sorted(d for d in dirnames if hidden or not d.startswith("."))
                 rel = os.path.relpath(dirpath, self.root)
                 for name in sorted(filenames):
                     key = name if rel == "." else "%s/%s" % (rel.replace(os.sep, "/"), name)
@@ -83,6 +89,20 @@ class FileLocation(Location):
         except OSError as exc:
             raise self._os_error(exc, "listing %s" % self.url) from exc
         return out
+
+    def _through_link(self, path):
+        while path != self.root:
+            if os.path.islink(path):
+                return True
+            path = os.path.dirname(path)
+        return False
+
+    @staticmethod
+    def _raise_unless_missing(start):
+        def onerror(exc):
+            if not (exc.errno in (errno.ENOENT, errno.ENOTDIR) and exc.filename == start):
+                raise exc
+        return onerror
 
     @staticmethod
     def _raise(exc):
@@ -101,6 +121,41 @@ class FileLocation(Location):
             return open(self.path(key), "rb")
         except OSError as exc:
             raise self._os_error(exc, "reading %s" % self.url_for(key)) from exc
+
+    def head(self, key):
+        try:
+            st = os.stat(self.path(key))
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise self._os_error(exc, "reading %s" % self.url_for(key)) from exc
+        return ObjectInfo(key, st.st_size, datetime.datetime.fromtimestamp(st.st_mtime, UTC))
+
+    @staticmethod
+    def _version(st):
+        return "%d:%d:%d:%d" % (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def read_versioned(self, key):
+        try:
+            with open(self.path(key), "rb") as fh:
+                return fh.read(), self._version(os.fstat(fh.fileno()))
+        except OSError as exc:
+            raise self._os_error(exc, "reading %s" % self.url_for(key)) from exc
+
+    def replace_bytes(self, key, data, token, content_type=None):
+        """Compare and rename: the new content is written beside the object, then renamed over it
+        only if the object is still the file that was read (same inode, mtime and size)."""
+        writer = _FileWriter(self, key)
+        writer.write(data)
+        writer.commit(expect=lambda: self._expect(key, token))
+
+    def _expect(self, key, token):
+        try:
+            current = self._version(os.stat(self.path(key)))
+        except FileNotFoundError as exc:
+            raise NotFoundError("writing %s: object not found" % self.url_for(key)) from exc
+        if current != token:
+            raise ChangedError("writing %s: the object changed since it was read" % self.url_for(key))
 
     def delete(self, keys):
         failed = []
@@ -134,11 +189,14 @@ class _FileWriter:
         except OSError as exc:
             raise self.location._os_error(exc, "writing %s" % self.final) from exc
 
-    def commit(self):
+    def commit(self, expect=None):
+        """fsync, rename into place, fsync the directory; ``expect()`` may refuse just before the rename."""
         try:
             self.fh.flush()
             os.fsync(self.fh.fileno())
             self.fh.close()
+            if expect is not None:
+                expect()
             os.rename(self.tmp, self.final)
             dfd = os.open(os.path.dirname(self.final), os.O_RDONLY)
             try:
@@ -148,6 +206,9 @@ class _FileWriter:
         except OSError as exc:
             self.abort()
             raise self.location._os_error(exc, "writing %s" % self.final) from exc
+        except BaseException:
+            self.abort()
+            raise
 
     def abort(self):
         try:

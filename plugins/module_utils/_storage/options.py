@@ -30,6 +30,7 @@ STORAGE_ARGSPEC = dict(
     sse_kms_key_id=dict(type="str", no_log=False),
     validate_certs=dict(type="bool", default=True),
     ca_bundle=dict(type="path", fallback=fallback("AWS_CA_BUNDLE")),
+    addressing_style=dict(type="str", choices=["path", "virtual", "auto"]),
 )
 STORAGE_OPTION_NAMES = tuple(STORAGE_ARGSPEC)
 LOCATION_ARGSPEC = dict(location=dict(type="str", required=True, aliases=["destination"]))

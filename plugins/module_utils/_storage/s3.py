@@ -19,10 +19,11 @@ from concurrent.futures import ThreadPoolExecutor
 from .._errors import ConfigError, NotFoundError, StorageError
 from .._imports import Library
 from .._retry import BOTOCORE, call_with_retry
-from .base import Location, ObjectInfo, Reader, part_size_for
+from .base import S3_MAX_PARTS, ChangedError, Location, MiB, ObjectInfo, Reader, grown_part_size, part_size_for
 
 BOTO3 = Library("boto3", "boto3", "boto3.session", "botocore.config")
 
+ADDRESSING_STYLES = ("path", "virtual", "auto")
 DENIED_CODES = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403",
                 "ExpiredToken", "InvalidToken", "AllAccessDisabled")
 
@@ -69,8 +70,15 @@ def _s3_error(exc, what, bucket):
     return StorageError("%s: %s" % (what, exc))
 
 
-def _client(endpoint_url, region, access_key, secret_key, session_token, validate_certs, ca_bundle):
-    """A boto3 S3 client: no SDK retries (ours wrap every call), path-style with an endpoint."""
+def _client(endpoint_url, region, access_key, secret_key, session_token, validate_certs, ca_bundle,
+            addressing_style=None):
+    """A boto3 S3 client: no SDK retries (ours wrap every call).
+
+    With a custom endpoint (an S3-compatible store): path-style addressing unless
+    ``addressing_style`` says otherwise, and checksums only where an operation requires them:
+    boto3 >= 1.36 sends CRC checksums and drops Content-MD5 by default, which Ceph RGW, older
+    MinIO and R2 reject on PutObject and DeleteObjects.
+    """
     boto3 = BOTO3.load()
     botocore = BOTOCORE.load()  # botocore.config is imported by BOTO3
     verify = (ca_bundle or True) if validate_certs else False
@@ -79,11 +87,22 @@ def _client(endpoint_url, region, access_key, secret_key, session_token, validat
     session = boto3.session.Session(
         aws_access_key_id=access_key, aws_secret_access_key=secret_key,
         aws_session_token=session_token, region_name=region or "us-east-1")
-    config = botocore.config.Config(
-        retries={"total_max_attempts": 1}, max_pool_connections=32,
-        s3={"addressing_style": "path"} if endpoint_url else None,
-        connect_timeout=10, read_timeout=60)
-    return session.client("s3", endpoint_url=endpoint_url, verify=verify, config=config)
+    style = addressing_style or ("path" if endpoint_url else "auto")
+    if style not in ADDRESSING_STYLES:
+        raise ConfigError("addressing_style %r is not one of %s" % (style, ", ".join(ADDRESSING_STYLES)))
+    options = dict(retries={"total_max_attempts": 1}, max_pool_connections=32,
+                   s3={"addressing_style": style}, connect_timeout=10, read_timeout=60)
+    if endpoint_url:
+        options.update(_checksum_options(botocore.config.Config))
+    return session.client("s3", endpoint_url=endpoint_url, verify=verify,
+                          config=botocore.config.Config(**options))
+
+
+def _checksum_options(config_class):
+    """request/response checksums "when_required", where this botocore knows the settings (1.36+)."""
+    known = getattr(config_class, "OPTION_DEFAULTS", {})
+    return {name: "when_required" for name in ("request_checksum_calculation", "response_checksum_validation")
+            if name in known}
 
 
 class S3Location(Location):
@@ -92,7 +111,7 @@ class S3Location(Location):
     def __init__(self, bucket, prefix="", endpoint_url=None, region=None, access_key=None,
                  secret_key=None, session_token=None, storage_class=None,
                  server_side_encryption=None, sse_kms_key_id=None, validate_certs=True,
-                 ca_bundle=None, client=None, max_inflight_parts=2, **_ignored):
+                 ca_bundle=None, client=None, max_inflight_parts=2, addressing_style=None, **_ignored):
         if client is None:
             BOTO3.load()  # boto3 is required unless a client is given
         if len(bucket) < 3:
@@ -108,7 +127,7 @@ class S3Location(Location):
         self.max_inflight_parts = max(1, int(max_inflight_parts))
         if client is None:
             client = _client(endpoint_url, region, access_key, secret_key, session_token,
-                             validate_certs, ca_bundle)
+                             validate_certs, ca_bundle, addressing_style)
         self.client = client
 
     def full_key(self, key):
@@ -144,7 +163,7 @@ class S3Location(Location):
             return error_code(exc) != "ObjectLockConfigurationNotFoundError"
         return (conf.get("ObjectLockConfiguration") or {}).get("ObjectLockEnabled") == "Enabled"
 
-    def list_objects(self, prefix=""):
+    def list_objects(self, prefix="", hidden=True):
         full_prefix = self.full_key(prefix) if self.prefix else prefix
         out, token = [], None
         while True:
@@ -210,6 +229,46 @@ class S3Location(Location):
         self.call("writing %s" % self.url_for(key), "put_object", Bucket=self.bucket,
                   Key=self.full_key(key), Body=bytes(data), **self.put_args(content_type))
 
+    def head(self, key):
+        try:
+            resp = call_with_retry(self.client.head_object, Bucket=self.bucket, Key=self.full_key(key))
+        except self.errors as exc:
+            err = _s3_error(exc, "reading %s" % self.url_for(key), self.bucket)
+            if isinstance(err, NotFoundError):
+                return None
+            raise err from exc
+        return ObjectInfo(key, resp["ContentLength"], resp["LastModified"])
+
+    def read_versioned(self, key):
+        def fetch():
+            resp = self.client.get_object(Bucket=self.bucket, Key=self.full_key(key))
+            try:
+                return resp["Body"].read(), resp.get("ETag")
+            finally:
+                resp["Body"].close()
+        try:
+            return call_with_retry(fetch)
+        except self.errors as exc:
+            raise _s3_error(exc, "reading %s" % self.url_for(key), self.bucket) from exc
+
+    def replace_bytes(self, key, data, token, content_type=None):
+        """PutObject with If-Match on the ETag read; an endpoint without conditional writes
+        (HTTP 501) gets an existence check right before an unconditional PutObject."""
+        what = "writing %s" % self.url_for(key)
+        args = dict(Bucket=self.bucket, Key=self.full_key(key), Body=bytes(data), **self.put_args(content_type))
+        try:
+            call_with_retry(self.client.put_object, IfMatch=token, **args)
+            return
+        except self.errors as exc:
+            code = error_code(exc)
+            if code in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
+                raise ChangedError("%s: the object changed since it was read" % what) from exc
+            if code not in ("NotImplemented", "501"):
+                raise _s3_error(exc, what, self.bucket) from exc
+        if self.head(key) is None:
+            raise NotFoundError("%s: object not found" % what)
+        self.call(what, "put_object", **args)
+
     def delete(self, keys):
         failed, keys = [], list(keys)
         for start in range(0, len(keys), 1000):
@@ -243,6 +302,8 @@ class _S3Writer:
     An object smaller than one part is sent with a single PutObject.
     """
 
+    max_parts = S3_MAX_PARTS
+
     def __init__(self, location, key, part_size, content_type):
         self.loc, self.key, self.part_size = location, key, part_size
         self.full = location.full_key(key)
@@ -271,8 +332,15 @@ class _S3Writer:
                 self._wait_for_slot()
                 self._submit(bytes(self.buf))
                 self.filled = 0
+                grown = grown_part_size(self.next_part, self.part_size, self.max_parts)
+                if grown != self.part_size:
+                    self.part_size, self.buf = grown, bytearray(grown)
 
     def _submit(self, chunk):
+        if self.next_part >= self.max_parts:
+            raise StorageError("%s: the object outgrew the %d parts of an S3 multipart upload (last part size"
+                               " %d MiB); give a size hint near the real size"
+                               % (self.what, self.max_parts, self.part_size // MiB))
         if self.upload_id is None:
             resp = self.loc.call(self.what, "create_multipart_upload", Bucket=self.loc.bucket,
                                  Key=self.full, **self.args)

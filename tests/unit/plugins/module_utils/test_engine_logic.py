@@ -7,18 +7,24 @@ from __future__ import annotations
 import datetime
 import io
 import itertools
+import json
 import os
 
 import pytest
+from botocore.awsrequest import AWSResponse
 from botocore.exceptions import ClientError
 
 from ansible_collections.opskit.runbook.plugins.module_utils import _retry, _timeutil
-from ansible_collections.opskit.runbook.plugins.module_utils._engine import artifacts, catalog, streams
+from ansible_collections.opskit.runbook.plugins.module_utils._engine import artifacts, catalog, report, streams
 from ansible_collections.opskit.runbook.plugins.module_utils._engine.compression import (
     make_compressor, make_decompressor, validate_compression)
-from ansible_collections.opskit.runbook.plugins.module_utils._storage.base import part_size_for
+from ansible_collections.opskit.runbook.plugins.module_utils._engine.session import BackupSession
+from ansible_collections.opskit.runbook.plugins.module_utils._storage import s3 as s3_backend
+from ansible_collections.opskit.runbook.plugins.module_utils._storage.base import grown_part_size, part_size_for
+from ansible_collections.opskit.runbook.plugins.module_utils._storage.file import FileLocation
 from ansible_collections.opskit.runbook.plugins.module_utils._storage.options import open_location
-from ansible_collections.opskit.runbook.plugins.module_utils._errors import ConfigError, IntegrityError
+from ansible_collections.opskit.runbook.plugins.module_utils._errors import (
+    ConfigError, IntegrityError, NotFoundError, StorageError)
 
 MiB = 1024 * 1024
 UTC = datetime.timezone.utc
@@ -288,3 +294,265 @@ def test_prefetch_stop_releases_a_blocked_producer():
     assert next(iter(pre)) == b"x"
     pre.stop()  # the consumer gave up (the writer failed): the thread must end
     assert not pre.thread.is_alive()
+
+
+# ------------------------------------------------ publish, abort, markers (issue 14)
+
+class _AmbiguousManifest(FileLocation):
+    """A real directory whose manifest write stores the object and then fails (response lost)."""
+
+    def __init__(self, root, manifest_delete_fails=False):
+        super().__init__(root)
+        self.manifest_delete_fails = manifest_delete_fails
+
+    def write_bytes(self, key, data, content_type=None):
+        super().write_bytes(key, data, content_type)
+        if key.endswith(".manifest.json"):
+            raise StorageError("writing %s: cannot reach the S3 endpoint (ReadTimeoutError)" % key)
+
+    def delete(self, keys):
+        if self.manifest_delete_fails and any(k.endswith(".manifest.json") for k in keys):
+            raise StorageError("deleting: access denied")
+        return super().delete(keys)
+
+
+def _files(location):
+    return sorted(i.key for i in location.list_objects(hidden=True))
+
+
+def _session_write(location, series="app", publish=True):
+    with BackupSession(location, series, "generic", compression="none") as session:
+        with session.artifact("txt", name="globals") as out:
+            out.write(b"globals")
+        with session.artifact("bin") as out:
+            out.write(b"main data")
+        if publish:
+            return session.publish()
+    return None
+
+
+def test_ambiguous_manifest_write_leaves_no_manifest(tmp_path):
+    location = _AmbiguousManifest(str(tmp_path / "b"))
+    with pytest.raises(StorageError, match="ReadTimeoutError"):
+        _session_write(location)
+    assert _files(location) == []  # neither the manifest nor its artifacts nor the marker
+
+
+def test_manifest_that_cannot_be_removed_keeps_its_artifacts(tmp_path):
+    location = _AmbiguousManifest(str(tmp_path / "b"), manifest_delete_fails=True)
+    with pytest.raises(StorageError, match="ReadTimeoutError"):
+        _session_write(location)
+    names = [k for k in _files(location) if "/.inflight/" not in k]
+    assert len(names) == 3 and catalog.list_backups(location)["app"]  # a complete backup, not a broken one
+
+
+def test_inflight_marker_lives_while_the_session_writes(tmp_path):
+    location = FileLocation(str(tmp_path / "b"))
+    with BackupSession(location, "app", "generic", compression="none", inflight_timeout=3600) as session:
+        with session.artifact("bin") as out:
+            out.write(b"x")
+        live = catalog.inflight(location, "app")
+        assert [(m["series"], m["id"]) for m in live] == [("app", session.id)]
+        assert catalog.inflight(location) == live
+        assert live[0]["expires_at"] - live[0]["started_at"] == datetime.timedelta(hours=1)
+        assert catalog.inflight(location, now=live[0]["expires_at"]) == []  # expired
+        assert catalog.inflight(location, now=live[0]["expires_at"], expired=True) == live
+        assert catalog.inflight(location, expired=True) == []
+        assert "app" in catalog.scan(location) and not catalog.scan(location)["app"]["manifests"]
+        session.publish()
+    assert catalog.inflight(location) == []
+    with pytest.raises(OSError):
+        with BackupSession(location, "app", "generic", compression="none") as session:
+            with session.artifact("bin") as out:
+                out.write(b"x")
+                assert len(catalog.inflight(location, "app")) == 1
+                raise OSError("producer died")
+    assert catalog.inflight(location) == [] and len(catalog.list_backups(location)["app"]) == 1
+
+
+def test_listing_never_walks_into_a_linked_series(tmp_path):
+    location = FileLocation(str(tmp_path / "b"))
+    _session_write(location, "app")
+    os.symlink(location.path("app"), location.path("linked"))
+    assert location.list_objects("linked/") == [] and location.list_objects("linked/.inflight/") == []
+    assert sorted(catalog.scan(location)) == ["app"]
+
+
+def test_publish_refuses_when_an_artifact_vanished(tmp_path):
+    location = FileLocation(str(tmp_path / "b"))
+    with pytest.raises(IntegrityError, match=r"not published: app/.*\.globals\.txt is missing"):
+        with BackupSession(location, "app", "generic", compression="none") as session:
+            with session.artifact("txt", name="globals") as out:
+                out.write(b"globals")
+            os.unlink(location.path(session.companions[0]["key"]))  # a concurrent rotation
+            with session.artifact("bin") as out:
+                out.write(b"main")
+            session.publish()
+    assert _files(location) == []
+
+
+# ----------------------------------------------------------- verification records
+
+def test_verification_is_not_recorded_on_a_deleted_backup(tmp_path):
+    location = FileLocation(str(tmp_path / "b"))
+    manifest = _session_write(location)
+    location.delete(["app/" + manifest["artifact"]])  # rotation deletes artifacts first
+    with pytest.raises(NotFoundError, match="deleted meanwhile"):
+        catalog.update_verification(location, manifest, "restore", "passed")
+    location.delete([catalog.manifest_key("app", manifest["id"])])
+    with pytest.raises(NotFoundError, match="deleted meanwhile"):
+        catalog.update_verification(location, manifest, "restore", "passed")
+    assert catalog.list_backups(location)["app"] == []
+
+
+def test_error_result_keeps_an_earlier_verdict(tmp_path):
+    location = FileLocation(str(tmp_path / "b"))
+    manifest = _session_write(location)
+    first = catalog.update_verification(location, manifest, "restore", "error", {"error": "connection refused"})
+    assert first["verification"]["result"] == "error" and not catalog.is_verified(first)
+    passed = catalog.update_verification(location, first, "restore", "passed")
+    again = catalog.update_verification(location, passed, "restore", "error", {"error": "disk full"})
+    assert again["verification"]["result"] == "passed" and catalog.is_verified(again)
+    assert again["verification"]["last_error"]["details"] == {"error": "disk full"}
+    assert catalog.read_manifest(location, "app", manifest["id"]) == again
+    with pytest.raises(ConfigError, match="not one of passed, failed, error"):
+        catalog.update_verification(location, manifest, "restore", "ok")
+
+
+# ------------------------------------------------------------ clock skew, anomalies
+
+def test_future_backup_is_never_latest_and_is_an_anomaly(tmp_path):
+    location = FileLocation(str(tmp_path / "b"))
+    now = datetime.datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+    with BackupSession(location, "app", "generic", compression="none", now=now - datetime.timedelta(hours=1)) as s:
+        with s.artifact("bin") as out:
+            out.write(b"x")
+        current = s.publish()
+    with BackupSession(location, "app", "generic", compression="none",
+                       now=now + datetime.timedelta(days=3 * 365)) as s:
+        with s.artifact("bin") as out:
+            out.write(b"x")
+        future = s.publish()
+    assert catalog.resolve_backup(location, "app", now=now)["id"] == current["id"]
+    assert catalog.resolve_backup(location, "app", future["id"], now=now)["id"] == future["id"]
+    rep = report.backup_report(location, max_age="2h", now=now)
+    entry = rep["series"]["app"]
+    assert entry["newest"]["id"] == current["id"] and entry["newest_age_seconds"] == 3600
+    assert [a["id"] for a in rep["anomalies"]] == [future["id"]] and "in the future" in rep["anomalies"][0]["reason"]
+    assert entry["stale"] is False
+    rep = report.backup_report(location, max_age="30min", now=now)
+    assert rep["stale_series"] == ["app"]  # the future backup does not count as fresh
+    location.delete([catalog.manifest_key("app", current["id"])])
+    with pytest.raises(NotFoundError, match="only backups dated in the future"):
+        catalog.resolve_backup(location, "app", now=now)
+
+
+@pytest.mark.parametrize("mangle, reason", [
+    (lambda m: dict(m, version="1"), "version '1', not an integer"),
+    (lambda m: dict(m, series="old-name"), "describes backup"),
+    (lambda m: dict(m, size_bytes=None), "field size_bytes is missing"),
+    (lambda m: dict(m, created_at="yesterday"), "not an RFC 3339 time"),
+])
+def test_one_odd_manifest_is_an_anomaly_of_the_report(tmp_path, mangle, reason):
+    location = FileLocation(str(tmp_path / "b"))
+    good = _session_write(location, "app")
+    odd = _session_write(location, "other")
+    location.write_bytes(catalog.manifest_key("other", odd["id"]), json.dumps(mangle(odd)).encode())
+    rep = report.backup_report(location)
+    assert rep["series"]["app"]["newest"]["id"] == good["id"]
+    assert rep["series"]["other"]["count"] == 0
+    assert len(rep["anomalies"]) == 1 and reason in rep["anomalies"][0]["reason"]
+    assert rep["anomalies"][0]["series"] == "other" and rep["anomalies"][0]["id"] == odd["id"]
+    with pytest.raises(IntegrityError, match=reason):
+        catalog.list_backups(location, "other")
+
+
+# -------------------------------------------------------------- S3 part sizes, client
+
+class _FakeS3:
+    def __init__(self):
+        self.parts = []
+
+    def create_multipart_upload(self, **_kw):
+        return {"UploadId": "u1"}
+
+    def upload_part(self, **kw):
+        self.parts.append(len(kw["Body"]))
+        return {"ETag": "e%d" % kw["PartNumber"]}
+
+    def complete_multipart_upload(self, **_kw):
+        return {}
+
+    def abort_multipart_upload(self, **_kw):
+        self.aborted = True
+        return {}
+
+
+def test_part_size_grows_when_the_stream_outgrows_its_hint():
+    covered, size = 0, part_size_for(1024 * MiB)
+    for number in range(1, 10001):
+        covered += size
+        size = grown_part_size(number, size)
+    assert covered > 600 * 1024 ** 3 and size == 512 * MiB  # 5 MiB parts alone: 48 GiB
+
+
+def test_s3_writer_grows_parts_then_fails_clearly_before_the_last_part(monkeypatch):
+    monkeypatch.setattr(s3_backend._S3Writer, "max_parts", 4)
+    fake = _FakeS3()
+    location = s3_backend.S3Location("bucket", "p", client=fake)
+    writer = location.open_write("app/k", size_hint=MiB)
+    for _i in range(50):
+        writer.write(b"x" * MiB)
+    writer.commit()
+    assert fake.parts == [5 * MiB, 5 * MiB, 20 * MiB, 20 * MiB]  # grown after half the parts
+    writer = location.open_write("app/k2", size_hint=MiB)
+    with pytest.raises(StorageError, match="outgrew the 4 parts of an S3 multipart upload") as exc:
+        for _i in range(5 + 5 + 20 + 80 + 1):  # parts grow at 2 and 3 used parts
+            writer.write(b"x" * MiB)
+        writer.commit()
+    assert "\n" not in exc.value.msg and fake.aborted
+
+
+@pytest.mark.parametrize("endpoint, style, expected_style, checksums", [
+    ("http://127.0.0.1:9000", None, "path", "when_required"),
+    ("https://s3.example.net", "virtual", "virtual", "when_required"),
+    (None, None, "auto", None),
+])
+def test_s3_client_settings_for_compatible_stores(endpoint, style, expected_style, checksums):
+    location = open_location("s3://bucket/p", endpoint_url=endpoint, access_key="k", secret_key="s",
+                             addressing_style=style)
+    config = location.client.meta.config
+    assert config.s3["addressing_style"] == expected_style
+    if checksums:
+        assert config.request_checksum_calculation == checksums
+        assert config.response_checksum_validation == checksums
+    else:
+        assert config.request_checksum_calculation == "when_supported"
+
+
+class _Raw:
+    def stream(self, **_kwargs):
+        return iter([b""])
+
+
+@pytest.mark.parametrize("style, url", [
+    ("virtual", "http://bucket-abc.s3.example.net:9000/k"),
+    ("path", "http://s3.example.net:9000/bucket-abc/k"),
+    (None, "http://s3.example.net:9000/bucket-abc/k"),
+])
+def test_addressing_style_builds_the_urls(style, url):
+    location = open_location("s3://bucket-abc", endpoint_url="http://s3.example.net:9000", access_key="k",
+                             secret_key="s", addressing_style=style)
+    sent = []
+
+    def answer(request, **_kwargs):
+        sent.append(request.url)
+        return AWSResponse(request.url, 200, {}, _Raw())
+    location.client.meta.events.register("before-send.s3", answer)
+    location.client.head_object(Bucket="bucket-abc", Key="k")
+    assert sent == [url]
+
+
+def test_bad_addressing_style():
+    with pytest.raises(ConfigError, match="addressing_style 'dns' is not one of path, virtual, auto"):
+        open_location("s3://bucket/p", endpoint_url="http://127.0.0.1:1", addressing_style="dns")
