@@ -20,13 +20,23 @@ description:
     the current time), so a backup job that stopped cannot age every backup out.
   - The time of a backup is its creation time as recorded in its key and manifest, never the
     storage object's modification time.
-  - "Safety: an empty policy is refused; at least O(min_keep) backups are kept; the newest
-    verified backup (a restore test passed) and every newer one are kept; backups under an S3
-    Object Lock retention date or legal hold are kept and reported; backups dated in the future
+  - "Safety: an empty policy is refused; the O(min_keep) newest backups are always kept; the
+    newest verified backup (a restore test passed) and every newer one are kept; backups under an
+    S3 Object Lock retention date or legal hold are kept and reported; backups dated in the future
     are kept and reported as anomalies."
+  - "Fail closed: when a manifest read to find the newest verified backup cannot be read (written
+    by a newer version of the collection, corrupt, access denied, a KMS error, a server error after
+    the retries), that backup may be the newest verified one: it and every other backup of its
+    series are kept, with the reasons V(manifest unreadable), V(newer than an unreadable manifest)
+    and V(older than an unreadable manifest), reported in RV(series.anomalies) and as a warning.
+    The other series are rotated as usual."
   - Artifacts without a manifest (failed or interrupted backups), hidden partial files of the
     file backend and incomplete S3 multipart uploads are deleted (aborted) only when older than
-    O(orphan_grace).
+    O(orphan_grace). The pieces of one backup go together (a running backup's finished companion
+    stays while its main artifact is still being written), and nothing of a backup whose
+    in-flight marker is live (written by the backup modules while they run) is touched, whatever
+    its age. A series whose only content is such leftovers (its first backup was killed) is
+    rotated too.
   - A backup is deleted artifacts first, manifest last, in a separate later request; a backup
     whose artifact could not be deleted keeps its manifest.
 author:
@@ -45,8 +55,11 @@ attributes:
 options:
   series:
     description:
-      - Only this series. It must exist at the location.
-      - Default is every series at the location, each rotated on its own.
+      - Only this series. It must exist at the location (backups, artifacts or leftovers of an
+        interrupted backup).
+      - Left out (null), every series at the location, each rotated on its own, including series
+        whose only content is an interrupted backup.
+      - An empty string is refused (a template that renders empty never means every series).
     type: str
   keep_last:
     description:
@@ -86,13 +99,22 @@ options:
     default: UTC
   min_keep:
     description:
-      - Never keep fewer backups than this per series (the newest are added when the rules keep fewer).
+      - The O(min_keep) newest backups of each series are always kept, whatever the rules keep
+        besides them. With 3 backups on one day, O(keep_daily=2) and O(min_keep=2), all three are
+        kept (the newest by the daily rule, the second by O(min_keep), the oldest as the
+        V(oldest daily)).
+      - The reason V(min_keep N) is given only to backups no other rule keeps.
+      - V(0) adds nothing to the rules.
     type: int
     default: 1
   orphan_grace:
     description:
-      - Artifacts without a manifest and incomplete uploads are deleted only when older than this
-        (a backup may still be running). Their age is the storage modification or initiation time.
+      - Artifacts without a manifest, partial files and incomplete uploads are deleted only when
+        older than this (a backup may still be running). Their age is the storage modification or
+        initiation time; all the pieces of one backup must be older.
+      - At least V(1h); a shorter grace is refused. A backup that runs longer than the grace is
+        protected by its in-flight marker (S3-compatible servers such as moto date uploads
+        wrongly, so the initiation time alone cannot be trusted).
     type: str
     default: 24h
   verified_lookback:
@@ -112,7 +134,9 @@ notes:
   - "Requests: one paginated listing (1000 keys per request); manifest reads only as described in
     O(verified_lookback); on S3 one GetObjectLockConfiguration when something is to be deleted and,
     only on buckets with Object Lock enabled, one HeadObject per key to delete; then DeleteObjects
-    calls of up to 1000 keys, artifacts before manifests."
+    calls of up to 1000 keys, artifacts before manifests. When a series has leftovers older than
+    O(orphan_grace), one listing of its in-flight markers (and one read per live marker) and one
+    HeadObject per backup id, to keep a backup that is running or was published meanwhile."
   - On a versioned bucket a deletion leaves noncurrent versions; expire them with a lifecycle rule.
 seealso:
   - module: opskit.runbook.backup_info
@@ -185,7 +209,11 @@ series:
   type: dict
   contains:
     kept:
-      description: Kept backups, newest first, each with the reasons it was kept.
+      description: >-
+        Kept backups, newest first, each with the reasons it was kept (the rules, V(min_keep N),
+        V(newest verified), V(newer than the newest verified), the fail-closed reasons
+        V(manifest unreadable), V(newer than an unreadable manifest),
+        V(older than an unreadable manifest), a lock, V(future-dated)).
       type: list
       elements: dict
       returned: always
@@ -205,19 +233,22 @@ series:
     orphans:
       description: >-
         Artifacts without a manifest and partial files with key, size_bytes, last_modified and
-        action (V(deleted) or V(kept) while younger than O(orphan_grace) or locked).
+        action (V(deleted) or V(kept) while younger than O(orphan_grace), locked or in flight);
+        C(in_flight=true) when a live in-flight marker kept it.
       type: list
       elements: dict
       returned: always
     uploads:
-      description: Incomplete multipart uploads with key, upload_id, initiated and action (V(aborted) or V(kept)).
+      description: >-
+        Incomplete multipart uploads with key, upload_id, initiated and action (V(aborted) or
+        V(kept)); C(in_flight=true) when a live in-flight marker kept it.
       type: list
       elements: dict
       returned: always
     anomalies:
       description: >-
-        Backups dated in the future, unreadable manifests and manifests without artifacts,
-        with id, created_at and problem.
+        Backups dated in the future, unreadable manifests (the reason, and that the series was
+        kept: fail closed) and manifests without artifacts, with id, created_at and problem.
       type: list
       elements: dict
       returned: always

@@ -3,23 +3,30 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Retention on a storage location: ``rotate(location, policy, ...)`` plans (plan.py) and applies.
 
-One listing, manifest reads only for the newest backups (to find the newest verified one),
-Object Lock lookups only for the objects about to be deleted, deletions in batches, artifacts
-before manifests. Orphans (artifacts without a manifest, hidden partial files of the file
-backend, incomplete S3 multipart uploads) are removed once older than the orphan grace.
+One listing, manifest reads only for the newest backups (to find the newest verified one; a
+manifest that cannot be read keeps its whole series: fail closed), Object Lock lookups only for
+the objects about to be deleted, deletions in batches, artifacts before manifests. Orphans
+(artifacts without a manifest, hidden partial files of the file backend, incomplete S3
+multipart uploads) are removed once every piece of their backup is older than the orphan grace
+(at least MIN_ORPHAN_GRACE) and no live in-flight marker covers it; a series whose only content
+is such leftovers is rotated too.
 """
 
 from __future__ import annotations
 
+import datetime
 from concurrent.futures import ThreadPoolExecutor
 
-from .._engine.catalog import backup_time, is_verified, parse_key, read_manifest, scan, validate_series
-from .._errors import ConfigError, NotFoundError, StorageError
+from .._engine.catalog import (backup_time, inflight, inflight_key, is_verified, manifest_key, parse_key, read_manifest, scan,
+                               validate_series)
+from .._errors import ConfigError, NotFoundError, OpsError, StorageError
 from .._storage.base import TMP_MARK
 from .._timeutil import Duration, rfc3339, utcnow
 from .plan import Backup, order, plan_rotation
 
 READ_BATCH = 16
+MIN_ORPHAN_GRACE = datetime.timedelta(hours=1)
+UNREADABLE = "manifest unreadable"
 
 
 def _entry(backup, reasons=None):
@@ -36,32 +43,42 @@ def _parallel(location, func, jobs):
     return [func(job) for job in jobs]
 
 
+def _verified(location, series, backup):
+    """(backup, is it verified, None) or (backup, None, why its manifest cannot be read).
+
+    Every failure is returned, never raised: the guard fails closed on it."""
+    try:
+        return backup, is_verified(read_manifest(location, series, backup.id)), None
+    except OpsError as exc:  # StorageError (denied, 5xx after the retries, gone), IntegrityError
+        return backup, None, exc.msg
+    except (ValueError, TypeError, AttributeError) as exc:  # a field of an unexpected type
+        return backup, None, "manifest %s cannot be parsed (%s)" % (
+            manifest_key(series, backup.id), type(exc).__name__)
+
+
 def find_newest_verified(location, series, ordered, lookback):
     """Read manifests newest first, READ_BATCH at a time, until a verified one is found.
 
-    At most ``lookback`` manifests are read (-1: no limit). Returns (id or None, reads,
-    anomalies). An unreadable manifest counts as unverified and is reported.
+    At most ``lookback`` manifests are read (-1: no limit). The search also stops at the first
+    manifest that cannot be read (a newer format version, corrupt, access denied, a server
+    error after the retries): that backup may be the newest verified one, so the guard fails
+    closed on it. Returns (verified id or None, reads, anomalies, unreadable id or None).
     """
     limit = len(ordered) if lookback < 0 else min(lookback, len(ordered))
-    reads, anomalies = 0, []
-
-    def load(backup):
-        try:
-            return backup, read_manifest(location, series, backup.id), None
-        except StorageError as exc:  # includes IntegrityError and NotFoundError
-            return backup, None, exc.msg
-
+    reads = 0
     for start in range(0, limit, READ_BATCH):
         batch = ordered[start:min(start + READ_BATCH, limit)]
-        results = _parallel(location, load, batch)
+        results = _parallel(location, lambda b: _verified(location, series, b), batch)
         reads += len(batch)
-        for backup, manifest, error in results:
+        for backup, verified, error in results:
             if error:
-                anomalies.append({"id": backup.id, "created_at": rfc3339(backup.created_at),
-                                  "problem": "manifest unreadable: %s" % error})
-            elif is_verified(manifest):
-                return backup.id, reads, anomalies
-    return None, reads, anomalies
+                problem = ("%s: %s; this backup and every other one of the series are kept"
+                           " (fail closed)" % (UNREADABLE, error))
+                return None, reads, [{"id": backup.id, "created_at": rfc3339(backup.created_at),
+                                      "problem": problem}], backup.id
+            if verified:
+                return backup.id, reads, [], None
+    return None, reads, [], None
 
 
 def _lock_reason(meta, now):
@@ -111,33 +128,75 @@ def _temp_series(info):
     return parsed[:2] if parsed else None
 
 
-def _orphan_file(info, delete):
-    return {"key": info.key, "size_bytes": info.size, "last_modified": rfc3339(info.modified),
-            "delete": delete}
+def list_leftovers(location, series=None):
+    """What interrupted (or running) writers leave outside the listing: hidden partial files of
+    the file backend and incomplete S3 multipart uploads, as [(series, id, record)].
 
-
-def orphans(location, grouped, wanted, grace_start):
-    """Per series: orphan artifacts, temp files and multipart uploads, with their action."""
-    out = {name: {"files": [], "uploads": []} for name in wanted}
-    for name in wanted:
-        entry = grouped.get(name) or {"manifests": {}, "artifacts": {}}
-        for backup_id, infos in sorted(entry["artifacts"].items()):
-            if backup_id in entry["manifests"]:
-                continue
-            young = any(i.modified > grace_start for i in infos)
-            out[name]["files"].extend(_orphan_file(info, not young) for info in infos)
+    A record is an ObjectInfo (a partial file) or an upload dict (key, upload_id, initiated).
+    One listing: the series they belong to are found here too, even a series that has nothing
+    else (its first backup was killed)."""
+    out = []
     if location.scheme == "file":
         for info in location.list_temporary():
             owner = _temp_series(info)
-            if owner and owner[0] in out:
-                out[owner[0]]["files"].append(_orphan_file(info, info.modified <= grace_start))
+            if owner and series in (None, owner[0]):
+                out.append(owner + (info,))
     elif location.scheme == "s3":
         for key, upload_id, initiated in location.list_multipart_uploads():
             parsed = parse_key(key)
-            if parsed and parsed[0] in out:
-                out[parsed[0]]["uploads"].append({"key": key, "upload_id": upload_id,
-                                                  "initiated": rfc3339(initiated),
-                                                  "abort": initiated <= grace_start})
+            if parsed and series in (None, parsed[0]):
+                out.append(parsed[:2] + ({"key": key, "upload_id": upload_id, "initiated": initiated},))
+    return out
+
+
+def _orphan_groups(grouped, wanted, leftovers):
+    """{(series, id): [records]}: the artifacts of ids without a manifest, and every leftover."""
+    groups = {}
+    for name in wanted:
+        entry = grouped[name]
+        for backup_id, infos in entry["artifacts"].items():
+            if backup_id not in entry["manifests"]:
+                groups.setdefault((name, backup_id), []).extend(infos)
+    for name, backup_id, record in leftovers:
+        if name in wanted:
+            groups.setdefault((name, backup_id), []).append(record)
+    return groups
+
+
+def _record_time(record):
+    return record["initiated"] if isinstance(record, dict) else record.modified
+
+
+def _record_key(record):
+    return record["key"] if isinstance(record, dict) else record.key
+
+
+def orphans(grouped, wanted, leftovers, grace_start, alive=None):
+    """Per series: orphan artifacts and partial files ("files") and multipart uploads
+    ("uploads"), each with its action, and ("markers") [(in-flight marker key, piece keys)] of
+    the backups removed: the marker goes when one of its pieces does.
+
+    The pieces of one backup id go together: they are removed only when every one of them is
+    older than the grace (a running backup keeps its finished companions while its main
+    artifact is still being written) and ``alive(series, id)``, asked only then, is false."""
+    out = {name: {"files": [], "uploads": [], "markers": []} for name in wanted}
+    for (name, backup_id), records in sorted(_orphan_groups(grouped, wanted, leftovers).items()):
+        remove = all(_record_time(r) <= grace_start for r in records)
+        published = backup_id in grouped[name]["manifests"]   # a partial left by a manifest rewrite
+        in_flight = bool(remove and not published and alive is not None and alive(name, backup_id))
+        remove = remove and not in_flight
+        if remove:  # the expired marker of a killed backup goes with its leftovers
+            out[name]["markers"].append((inflight_key(name, backup_id), [_record_key(r) for r in records]))
+        for record in records:
+            if isinstance(record, dict):
+                item = dict(record, initiated=rfc3339(record["initiated"]), abort=remove)
+                out[name]["uploads"].append(item)
+            else:
+                item = {"key": record.key, "size_bytes": record.size,
+                        "last_modified": rfc3339(record.modified), "delete": remove}
+                out[name]["files"].append(item)
+            if in_flight:
+                item["in_flight"] = True
     return out
 
 
@@ -148,33 +207,57 @@ def _check_lookback(verified_lookback):
                           " for no limit" % (verified_lookback,))
 
 
+def grace_start(orphan_grace, now):
+    """The instant before which leftovers are stale; a grace under MIN_ORPHAN_GRACE is refused."""
+    grace = Duration.parse(orphan_grace, "orphan_grace")
+    start = grace.before(now)
+    if start > now - MIN_ORPHAN_GRACE:
+        raise ConfigError("orphan_grace: %s is too short: use at least 1h (a running backup writes"
+                          " its artifacts long before its manifest)" % grace)
+    return start
+
+
 def _scan(location, series):
-    """The grouped listing (catalog.scan) of the series to rotate; the location must be readable."""
-    if series:
+    """The grouped listing (catalog.scan) and the leftovers of the series to rotate.
+
+    ``series`` None is every series at the location (found from the listing and the leftovers);
+    an empty name is refused, never read as "every series"."""
+    if series is not None:
+        if series == "":
+            raise ConfigError("series: an empty name is not valid; leave series out (null) to"
+                              " rotate every series at the location")
         validate_series(series)
     location.check_readable()
     grouped = scan(location, series)
+    leftovers = list_leftovers(location, series)
+    for name, _id, _record in leftovers:
+        grouped.setdefault(name, {"manifests": {}, "artifacts": {}})
     if series and series not in grouped:
         raise NotFoundError("series %s not found at %s: it has no backups or artifacts"
                             % (series, location.url))
-    return grouped
+    return grouped, leftovers
 
 
 def _plan_series(location, name, entry, policy, lookback, now):
+    """The plan of one series, with the verified guard; plan["guard"] holds its findings."""
     backups = [Backup(i, backup_time(i)) for i in entry["manifests"]]
     plan = plan_rotation(backups, policy, now)
-    verified, reads, unreadable = None, 0, []
+    guard = {"newest_verified": None, "unreadable": None}
+    reads, unreadable = 0, []
     if plan["deleted"]:  # the guard can only change a plan that deletes something
-        verified, reads, unreadable = find_newest_verified(location, name, order(backups), lookback)
-        if verified is not None:
-            plan = plan_rotation(backups, policy, now, newest_verified=verified)
+        guard["newest_verified"], reads, unreadable, guard["unreadable"] = find_newest_verified(
+            location, name, order(backups), lookback)
+        if guard["newest_verified"] or guard["unreadable"]:
+            plan = plan_rotation(backups, policy, now, **guard)
+    plan["guard"] = guard
     anomalies = plan["anomalies"] + unreadable
     for backup, _why in plan["kept"]:
         if not entry["artifacts"].get(backup.id):
             anomalies.append({"id": backup.id, "created_at": rfc3339(backup.created_at),
                               "problem": "manifest without artifacts (an interrupted deletion"
                                          " or a lost artifact)"})
-    return plan, {"newest_verified": verified, "manifests_read": reads, "anomalies": anomalies}
+    return plan, {"newest_verified": guard["newest_verified"], "manifests_read": reads,
+                  "anomalies": anomalies}
 
 
 def _keys(entry, backup_id):
@@ -206,7 +289,7 @@ def _settle_series(entry, plan, res, found, locked, policy, now):
             holds[backup.id] = "; ".join(why)
     if holds:
         plan = plan_rotation([b for b, _r in plan["kept"]] + plan["deleted"], policy, now,
-                             newest_verified=res["newest_verified"], holds=holds)
+                             holds=holds, **plan["guard"])
     artifact_keys, manifest_keys = [], []
     for backup in plan["deleted"]:
         keys = [i.key for i in entry["artifacts"].get(backup.id, [])]
@@ -217,6 +300,8 @@ def _settle_series(entry, plan, res, found, locked, policy, now):
             orphan.update(delete=False, locked=locked[orphan["key"]])
         if orphan["delete"]:
             artifact_keys.append(orphan["key"])
+    gone = set(artifact_keys) | {u["key"] for u in found["uploads"] if u["abort"]}
+    artifact_keys.extend(marker for marker, pieces in found["markers"] if gone.intersection(pieces))
     res.update(
         kept=[_entry(b, why) for b, why in plan["kept"]],
         deleted=[_entry(b) for b in plan["deleted"]],
@@ -265,6 +350,11 @@ def _outcome(location, policy, results, now, changed, requests, failed):
         res["counts"] = _counts(res)
     result = {"changed": changed, "location": location.url, "series": results,
               "policy": policy.describe(), "checked_at": rfc3339(now), "requests": requests}
+    warnings = ["series %s, backup %s: %s" % (name, a["id"], a["problem"])
+                for name, res in sorted(results.items()) for a in res["anomalies"]
+                if a["problem"].startswith(UNREADABLE)]
+    if warnings:
+        result["warnings"] = warnings
     if failed:
         result["failed"] = [{"key": key, "error": msg} for key, msg in failed]
         raise StorageError("%d object(s) could not be deleted at %s (first: %s: %s); their"
@@ -273,20 +363,42 @@ def _outcome(location, policy, results, now, changed, requests, failed):
     return result
 
 
+def _alive(location, now):
+    """alive(series, id): is that backup being written (a live in-flight marker, see
+    catalog.inflight), or was it published since the listing (its manifest exists now)?
+
+    Asked only for leftovers about to be removed: one marker listing per series, one HEAD per
+    backup id. A failed lookup answers yes (fail closed: the leftovers wait for the next run)."""
+    live = {}
+
+    def alive(series, backup_id):
+        try:
+            if series not in live:
+                live[series] = {marker["id"] for marker in inflight(location, series, now)}
+            return (live[series] is None or backup_id in live[series]
+                    or location.head(manifest_key(series, backup_id)) is not None)
+        except OpsError:   # StorageError, or ConfigError for a series name the engine refuses
+            live.setdefault(series, None)   # markers unreadable: every leftover of the series waits
+            return True
+    return alive
+
+
 def rotate(location, policy, series=None, orphan_grace="24h", verified_lookback=-1,
            check_mode=False, now=None):
     """Plan and (unless check_mode) apply the policy at ``location``; return the result dict.
 
     Requests: one paginated listing; manifest reads only while looking for the newest verified
     backup (none when the policy deletes nothing); Object Lock lookups only for the keys about
-    to be deleted (see find_locked); then ceil(keys / 1000) DeleteObjects calls for artifacts
-    and orphans, and a later ceil(manifests / 1000) for the manifests.
+    to be deleted (see find_locked); for leftovers older than the grace, one in-flight marker
+    listing per series and one HEAD per backup id (see _alive); then ceil(keys / 1000)
+    DeleteObjects calls for artifacts and orphans, and a later ceil(manifests / 1000) for the
+    manifests.
     """
     now = now or utcnow()
-    grace = Duration.parse(orphan_grace, "orphan_grace")
+    stale_before = grace_start(orphan_grace, now)
     _check_lookback(verified_lookback)
-    grouped = _scan(location, series)
-    found = orphans(location, grouped, sorted(grouped), grace.before(now))
+    grouped, leftovers = _scan(location, series)
+    found = orphans(grouped, sorted(grouped), leftovers, stale_before, _alive(location, now))
     results, plans = {}, {}
     for name in sorted(grouped):
         plans[name], results[name] = _plan_series(location, name, grouped[name], policy,

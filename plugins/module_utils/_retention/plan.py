@@ -12,8 +12,10 @@ semantics are those of restic ``forget`` plus our safety rules, one helper per r
 2. ``keep_within`` keeps every backup created after (newest - D), the newest being the newest
    backup that is not dated in the future;
 3. a bucket rule with count left after the scan keeps the oldest backup ("oldest <rule>");
-4. ``min_keep``: at least that many backups are kept, newest first;
-5. the newest verified backup and every newer one are kept;
+4. ``min_keep``: the ``min_keep`` newest backups are always kept, whatever else is kept;
+5. the newest verified backup and every newer one are kept; fail closed: when the guard met a
+   manifest it could not read (``unreadable``) before a verified one, that backup may be the
+   newest verified one, so it and every other backup of the series are kept;
 6. backups under an Object Lock retention or legal hold (``holds``) are kept and reported;
 7. backups dated in the future (beyond ``skew``) are kept, reported as anomalies, and take no
    part in the rules (they neither fill buckets nor move the keep_within reference).
@@ -24,12 +26,10 @@ The rules run in the order 7, 1, 3, 2, 4, 5, 6 (the order of the reasons in the 
 from __future__ import annotations
 
 import collections
-import datetime
 
+from .._engine.catalog import FUTURE_SKEW
 from .._timeutil import rfc3339
 from .policy import RULES, bucket_key
-
-FUTURE_SKEW = datetime.timedelta(minutes=5)
 
 Backup = collections.namedtuple("Backup", "id created_at")
 
@@ -94,14 +94,12 @@ def _keep_within(normal, reasons, within):
 
 
 def _keep_min(normal, reasons, min_keep):
-    """Rule 4: the newest backups not kept yet are kept until min_keep are."""
-    kept = sum(1 for b in normal if reasons[b.id])
-    for b in normal:
-        if kept >= min_keep:
-            break
+    """Rule 4: the ``min_keep`` newest backups are always kept (whatever else is kept).
+
+    A newest backup that another rule keeps already counts, and gets no extra reason."""
+    for b in normal[:min_keep]:
         if not reasons[b.id]:
             reasons[b.id].append("min_keep %d" % min_keep)
-            kept += 1
 
 
 def _keep_verified(items, reasons, newest_verified):
@@ -116,6 +114,20 @@ def _keep_verified(items, reasons, newest_verified):
             break
 
 
+def _keep_unreadable(items, reasons, unreadable):
+    """Rule 5, fail closed: the guard could not read this manifest, which may be the newest
+    verified one: it is kept, and so is every newer and every older backup of the series."""
+    if unreadable is None or unreadable not in reasons:
+        return
+    side = "newer than"
+    for b in items:
+        if b.id == unreadable:
+            reasons[b.id].append("manifest unreadable")
+            side = "older than"
+        elif not reasons[b.id]:
+            reasons[b.id].append("%s an unreadable manifest" % side)
+
+
 def _keep_held(reasons, holds):
     """Rule 6: backups under an Object Lock retention or legal hold are kept."""
     for backup_id, why in (holds or {}).items():
@@ -123,12 +135,14 @@ def _keep_held(reasons, holds):
             reasons[backup_id].append(why)
 
 
-def plan_rotation(backups, policy, now, newest_verified=None, holds=None, skew=FUTURE_SKEW):
+def plan_rotation(backups, policy, now, newest_verified=None, holds=None, skew=FUTURE_SKEW,
+                  unreadable=None):
     """Decide what to keep in one series. Pure: plain data in, plain data out.
 
     ``backups``: iterable of objects with ``id`` and ``created_at`` (aware datetime).
     ``newest_verified``: id of the newest backup whose restore test passed, or None.
     ``holds``: {id: reason} of backups under Object Lock (never deleted).
+    ``unreadable``: id of a backup whose manifest the guard could not read (fail closed).
     Returns {"kept": [(backup, [reasons])], "deleted": [backup], "anomalies": [...]},
     both lists newest first.
     """
@@ -141,6 +155,7 @@ def plan_rotation(backups, policy, now, newest_verified=None, holds=None, skew=F
         _keep_within(normal, reasons, policy.within)
         _keep_min(normal, reasons, policy.min_keep)
     _keep_verified(items, reasons, newest_verified)
+    _keep_unreadable(items, reasons, unreadable)
     _keep_held(reasons, holds)
     return {"kept": [(b, reasons[b.id]) for b in items if reasons[b.id]],
             "deleted": [b for b in items if not reasons[b.id]],

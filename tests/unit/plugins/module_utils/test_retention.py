@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import os
 
 import pytest
@@ -96,6 +97,21 @@ def test_reasons_of_oldest_within_min_keep_and_week_53():
                          parse_policy(keep_within="30h", min_keep=3), NOW)
     assert reasons_of(plan) == {"2026-11-20 00:00": ["within 30h"], "2026-11-19 00:00": ["within 30h"],
                                 "2026-11-18 00:00": ["min_keep 3"]}
+
+
+def test_min_keep_means_the_n_newest_are_always_kept():
+    # issue 14 item 22: the second newest was deleted because "oldest daily" counted toward min_keep
+    plan = plan_rotation(backups_at("2026-11-20 01:00", "2026-11-20 09:00", "2026-11-20 17:00"),
+                         parse_policy(keep_daily=2, min_keep=2), NOW)
+    assert reasons_of(plan) == {"2026-11-20 17:00": ["daily 2026-11-20"],
+                                "2026-11-20 09:00": ["min_keep 2"],
+                                "2026-11-20 01:00": ["oldest daily"]}
+    assert plan["deleted"] == []
+    # future-dated backups are kept anyway and do not take the place of the newest normal ones
+    plan = plan_rotation(backups_at("2026-11-19 01:00", "2026-11-20 01:00", "2031-01-01 00:00"),
+                         parse_policy(keep_last=1, min_keep=2), T("2026-11-20 06:00"))
+    assert reasons_of(plan) == {"2031-01-01 00:00": ["future-dated"], "2026-11-20 01:00": ["last 1"],
+                                "2026-11-19 01:00": ["min_keep 2"]}
 
 
 # Daylight saving in Europe/Berlin. 2026-10-25: 03:00 CEST -> 02:00 CET (01:00 UTC).
@@ -212,15 +228,20 @@ class Recording(FileLocation):
     def __init__(self, root, fail=()):
         super().__init__(root)
         self.deletes, self.reads, self.fail = [], [], set(fail)
+        self.read_fail = {}   # key -> the StorageError reading it raises
 
     def delete(self, keys):
         keys = list(keys)
+        if keys and all("/.inflight/" in k for k in keys):  # a BackupSession removing its in-flight marker
+            return super().delete(keys)
         self.deletes.append(keys)
         failed = [(k, "Permission denied") for k in keys if k in self.fail]
         return failed + super().delete([k for k in keys if k not in self.fail])
 
     def read_bytes(self, key):
         self.reads.append(key)
+        if key in self.read_fail:
+            raise self.read_fail[key]
         return super().read_bytes(key)
 
 
@@ -233,6 +254,8 @@ def write_backup(location, series, when, verified=False):
         manifest = session.publish()
     if verified:
         manifest = catalog.update_verification(location, manifest, "restore", "passed")
+    if isinstance(location, Recording):  # count only what rotation does (not the in-flight marker)
+        del location.deletes[:], location.reads[:]
     return manifest
 
 
@@ -326,6 +349,125 @@ def test_orphans_respect_the_grace_and_partial_files(tmp_path):
     assert apply.rotate(loc, parse_policy(keep_last=10), now=now)["changed"] is False
 
 
+def _partial(loc, series, when, ext="bin"):
+    """A hidden partial file as a killed writer leaves it, last written at ``when``."""
+    key = "%s/.%s.%s.partial-0badc0de" % (series, catalog.new_backup_id(when), ext)
+    os.makedirs(os.path.dirname(loc.path(key)), exist_ok=True)
+    with open(loc.path(key), "wb") as fh:
+        fh.write(b"half")
+    age(loc, key, when)
+    return key
+
+
+@pytest.mark.parametrize("series", [None, "fresh"])
+def test_a_series_with_only_an_interrupted_backup_is_cleaned_up(tmp_path, series):
+    """Issue 14 item 21: the first backup of a new series was killed; rotation (of that series or
+    of the whole location) finds the series from its partial file and removes it after the grace."""
+    loc = Recording(str(tmp_path / "b"))
+    write_backup(loc, "db", T("2026-11-01 02:00"))
+    partial = _partial(loc, "fresh", T("2026-11-05 02:00"))
+    young = _partial(loc, "young", T("2026-11-09 23:30"))
+    res = apply.rotate(loc, parse_policy(keep_last=3), series=series, now=T("2026-11-10 00:00"))
+    fresh = res["series"]["fresh"]
+    assert [(o["key"], o["action"]) for o in fresh["orphans"]] == [(partial, "deleted")]
+    assert fresh["kept"] == [] and fresh["counts"]["orphans_deleted"] == 1
+    assert res["changed"] is True and not os.path.exists(loc.path(partial))
+    if series is None:
+        assert sorted(res["series"]) == ["db", "fresh", "young"]
+        assert [o["action"] for o in res["series"]["young"]["orphans"]] == ["kept"]
+    assert os.path.exists(loc.path(young))
+
+
+def test_the_pieces_of_one_backup_go_together(tmp_path):
+    """A running backup's finished companion is old, its main artifact is still being written
+    (a young partial): both stay. A killed one (both old) goes."""
+    loc = Recording(str(tmp_path / "b"))
+    write_backup(loc, "db", T("2026-11-01 02:00"))
+    running = catalog.new_backup_id(T("2026-11-08 02:00"))
+    companion = "db/%s.globals.txt" % running
+    loc.write_bytes(companion, b"globals")
+    age(loc, companion, T("2026-11-08 02:00"))
+    main = "db/.%s.bin.partial-0badc0de" % running
+    with open(loc.path(main), "wb") as fh:
+        fh.write(b"dump so far")
+    age(loc, main, T("2026-11-09 23:59"))
+    res = apply.rotate(loc, parse_policy(keep_last=3), now=T("2026-11-10 00:00"))
+    assert {o["key"]: o["action"] for o in res["series"]["db"]["orphans"]} == {companion: "kept", main: "kept"}
+    age(loc, main, T("2026-11-08 03:00"))
+    res = apply.rotate(loc, parse_policy(keep_last=3), now=T("2026-11-10 00:00"))
+    assert {o["key"]: o["action"] for o in res["series"]["db"]["orphans"]} == {companion: "deleted", main: "deleted"}
+
+
+def test_a_live_in_flight_marker_protects_old_leftovers(tmp_path):
+    loc = Recording(str(tmp_path / "b"))
+    now = T("2026-11-10 00:00")
+    partial = _partial(loc, "db", T("2026-11-05 02:00"))
+    backup_id = partial.split("/.")[1].split(".")[0]
+    catalog.write_inflight(loc, "db", backup_id, T("2026-11-05 02:00"), timeout=7 * 86400)
+    res = apply.rotate(loc, parse_policy(keep_last=3), now=now)
+    assert res["series"]["db"]["orphans"] == [dict(key=partial, size_bytes=4, last_modified="2026-11-05T02:00:00Z",
+                                                   action="kept", in_flight=True)]
+    assert res["changed"] is False and os.path.exists(loc.path(partial))
+    # the marker of a killed backup expires: its leftovers go, and so does the marker
+    res = apply.rotate(loc, parse_policy(keep_last=3), now=T("2026-11-12 02:01"))
+    assert [o["action"] for o in res["series"]["db"]["orphans"]] == ["deleted"]
+    assert not os.path.exists(loc.path(partial))
+    assert not os.path.exists(loc.path(catalog.inflight_key("db", backup_id)))
+    assert apply.rotate(loc, parse_policy(keep_last=3), now=T("2026-11-12 02:01"))["changed"] is False
+
+
+class PublishesAfterListing(Recording):
+    """A backup that publishes (manifest written, marker removed) right after rotation listed."""
+
+    publish = None
+
+    def list_temporary(self):
+        found = super().list_temporary()
+        if self.publish:
+            self.write_bytes(self.publish, b"{}")
+        return found
+
+
+def test_an_old_partial_of_a_published_backup_goes(tmp_path):
+    """A killed rewrite of a manifest (recording a verification) leaves a partial beside it."""
+    loc = Recording(str(tmp_path / "b"))
+    manifest = write_backup(loc, "db", T("2026-11-01 02:00"))
+    partial = "db/.%s.manifest.json.partial-0badc0de" % manifest["id"]
+    with open(loc.path(partial), "wb") as fh:
+        fh.write(b"{")
+    age(loc, partial, T("2026-11-02 02:00"))
+    res = apply.rotate(loc, parse_policy(keep_last=3), now=T("2026-11-10 00:00"))
+    assert [(o["key"], o["action"]) for o in res["series"]["db"]["orphans"]] == [(partial, "deleted")]
+    assert res["series"]["db"]["counts"]["kept"] == 1 and not os.path.exists(loc.path(partial))
+
+
+def test_a_backup_published_after_the_listing_is_not_taken_for_an_orphan(tmp_path):
+    loc = PublishesAfterListing(str(tmp_path / "b"))
+    backup_id = catalog.new_backup_id(T("2026-11-08 02:00"))
+    pieces = ["db/%s.bin" % backup_id, "db/%s.globals.txt" % backup_id]
+    for key in pieces:
+        loc.write_bytes(key, b"x")
+        age(loc, key, T("2026-11-08 02:00"))
+    loc.publish = catalog.manifest_key("db", backup_id)
+    res = apply.rotate(loc, parse_policy(keep_last=3), now=T("2026-11-10 00:00"))
+    assert [(o["key"], o["action"], o.get("in_flight")) for o in res["series"]["db"]["orphans"]] == \
+        [(key, "kept", True) for key in pieces]
+    assert all(os.path.exists(loc.path(key)) for key in pieces)
+
+
+class DeniesHead(Recording):
+    def head(self, key):
+        raise StorageError("reading %s: access denied by the S3 endpoint (AccessDenied)" % key)
+
+
+def test_leftovers_wait_when_their_backup_cannot_be_checked(tmp_path):
+    loc = DeniesHead(str(tmp_path / "b"))
+    partial = _partial(loc, "db", T("2026-11-05 02:00"))
+    res = apply.rotate(loc, parse_policy(keep_last=3), now=T("2026-11-10 00:00"))
+    assert [(o["key"], o["action"], o["in_flight"]) for o in res["series"]["db"]["orphans"]] == [(partial, "kept", True)]
+    assert res["changed"] is False and os.path.exists(loc.path(partial))
+
+
 def test_failed_artifact_delete_keeps_the_manifest_and_fails(tmp_path):
     loc = Recording(str(tmp_path / "b"))
     manifests = [write_backup(loc, "db", when) for when in daily("2026-11-01", 3)]
@@ -353,6 +495,9 @@ def test_manifest_without_artifacts_is_an_anomaly(tmp_path):
     (dict(series="bad/name"), ConfigError, "series 'bad/name' is not valid"),
     (dict(orphan_grace="soon"), ConfigError, "orphan_grace: cannot parse duration"),
     (dict(verified_lookback=-2), ConfigError, "verified_lookback: -2 is not valid"),
+    (dict(orphan_grace="1s"), ConfigError, "orphan_grace: 1s is too short: use at least 1h"),
+    (dict(orphan_grace="59min"), ConfigError, "orphan_grace: 59min is too short: use at least 1h"),
+    (dict(series=""), ConfigError, "series: an empty name is not valid; leave series out (null)"),
 ])
 def test_rotate_bad_input(store, kwargs, error, message):
     with pytest.raises(error) as exc:
@@ -366,15 +511,78 @@ def test_rotate_missing_location(tmp_path):
         apply.rotate(FileLocation(str(tmp_path / "absent")), parse_policy(keep_last=1))
 
 
-def test_unreadable_manifest_is_reported_and_counts_as_unverified(tmp_path):
-    loc = Recording(str(tmp_path / "b"))
-    manifests = [write_backup(loc, "db", when) for when in daily("2026-11-01", 3)]
-    with open(loc.path(catalog.manifest_key("db", manifests[-1]["id"])), "wb") as fh:
+def _corrupt(loc, key):
+    with open(loc.path(key), "wb") as fh:
         fh.write(b"{not json")
+
+
+def _rewrite(loc, key, **fields):
+    with open(loc.path(key)) as fh:
+        manifest = json.load(fh)
+    manifest.update(fields)
+    with open(loc.path(key), "w") as fh:
+        json.dump(manifest, fh)
+
+
+def _deny(loc, key, text):
+    loc.read_fail[key] = StorageError(text)
+
+
+UNREADABLE = [
+    ("corrupt", _corrupt, "is not valid JSON"),
+    ("newer-version", lambda loc, key: _rewrite(loc, key, version=2), "has version 2"),
+    ("non-integer-version", lambda loc, key: _rewrite(loc, key, version="2.x"), "version '2.x'|cannot be parsed"),
+    ("odd-verification", lambda loc, key: _rewrite(loc, key, verification="passed"), "cannot be parsed"),
+    ("access-denied", lambda loc, key: _deny(loc, key, "reading %s: access denied by the S3 endpoint"
+                                                       " (AccessDenied)" % key), "AccessDenied"),
+    ("kms", lambda loc, key: _deny(loc, key, "reading %s: S3 error KMS.DisabledException (HTTP 400)" % key),
+     "KMS.DisabledException"),
+    ("5xx-after-retries", lambda loc, key: _deny(loc, key, "reading %s: S3 error InternalError (HTTP 500)" % key),
+     "HTTP 500"),
+]
+
+
+@pytest.mark.parametrize("position", [0, 2])
+@pytest.mark.parametrize("name, spoil, problem", UNREADABLE, ids=[row[0] for row in UNREADABLE])
+def test_unreadable_manifest_fails_closed(tmp_path, name, spoil, problem, position):
+    """The guard cannot tell whether an unreadable manifest is the newest verified backup: that
+    backup and every other one of the series are kept, and the reason is reported."""
+    loc = Recording(str(tmp_path / "b"))
+    manifests = [write_backup(loc, "db", when) for when in daily("2026-11-01", 5)]
+    write_backup(loc, "other", T("2026-11-01 02:00"))
+    write_backup(loc, "other", T("2026-11-02 02:00"))
+    newest_first = manifests[::-1]
+    spoiled = newest_first[position]["id"]
+    spoil(loc, catalog.manifest_key("db", spoiled))
+    before = keys_of(loc)
+    res = apply.rotate(loc, parse_policy(keep_last=1), now=T("2026-11-10 00:00"))
+    db = res["series"]["db"]
+    assert db["deleted"] == [] and db["counts"]["kept"] == 5
+    reasons = {k["id"]: k["reasons"] for k in db["kept"]}
+    assert "manifest unreadable" in reasons[spoiled]
+    for older in newest_first[position + 1:]:
+        assert reasons[older["id"]] == ["older than an unreadable manifest"]
+    for newer in newest_first[1:position]:
+        assert reasons[newer["id"]] == ["newer than an unreadable manifest"]
+    assert db["newest_verified"] is None
+    assert [a["id"] for a in db["anomalies"]] == [spoiled]
+    assert any(p in db["anomalies"][0]["problem"] for p in problem.split("|"))
+    assert "fail closed" in db["anomalies"][0]["problem"]
+    assert len(res["warnings"]) == 1 and spoiled in res["warnings"][0] and "\n" not in res["warnings"][0]
+    # the other series is rotated as usual
+    assert res["series"]["other"]["counts"]["deleted"] == 1
+    assert set(before) - set(keys_of(loc)) == {k for k in before if k.startswith("other/20261101")}
+
+
+def test_unreadable_manifest_older_than_the_newest_verified_is_not_read(tmp_path):
+    loc = Recording(str(tmp_path / "b"))
+    manifests = [write_backup(loc, "db", when, verified=(i == 3)) for i, when in enumerate(daily("2026-11-01", 5))]
+    _corrupt(loc, catalog.manifest_key("db", manifests[1]["id"]))
     res = apply.rotate(loc, parse_policy(keep_last=1), check_mode=True, now=T("2026-11-10 00:00"))
-    problems = [a["problem"] for a in res["series"]["db"]["anomalies"]]
-    assert any("manifest unreadable" in p for p in problems)
-    assert res["series"]["db"]["counts"]["deleted"] == 2
+    db = res["series"]["db"]
+    assert db["newest_verified"] == manifests[3]["id"]
+    assert [d["id"] for d in db["deleted"]] == [manifests[2]["id"], manifests[1]["id"], manifests[0]["id"]]
+    assert db["anomalies"] == [] and "warnings" not in res
 
 
 def test_copying_a_backup_does_not_change_its_time(store, tmp_path):

@@ -34,7 +34,7 @@ def _group_key(rule, when, tz):
     }[rule]
 
 
-def reference(backups, options, now, verified=None):
+def reference(backups, options, now, verified=None, unreadable=None):
     """Which ids to keep, written as plainly as possible (set operations, no counters)."""
     tz = UTC if options.get("timezone", "UTC") == "UTC" else zoneinfo.ZoneInfo(options["timezone"])
     newest_first = sorted(backups, key=lambda b: (b.created_at, b.id), reverse=True)
@@ -59,13 +59,12 @@ def reference(backups, options, now, verified=None):
     if options.get("keep_within") and normal:
         start = Duration.parse(options["keep_within"]).before(normal[0].created_at)
         keep |= {b.id for b in normal if b.created_at > start}
-    for b in normal:
-        if len(keep & {x.id for x in normal}) >= options.get("min_keep", 1):
-            break
-        keep.add(b.id)
+    keep |= {b.id for b in normal[:options.get("min_keep", 1)]}
     if verified is not None:
         position = [b.id for b in newest_first].index(verified)
         keep |= {b.id for b in newest_first[:position + 1]}
+    if unreadable is not None:  # fail closed: the whole series
+        keep |= {b.id for b in newest_first}
     return keep
 
 
@@ -163,6 +162,8 @@ def test_safety_properties(case):
         if normal:
             assert normal[0].id in ids, "the newest backup that is not future-dated is kept"
     assert len(ids) >= min(options["min_keep"], len(backups))
+    normal = [b for b in newest_first if b.created_at <= now + SKEW]
+    assert {b.id for b in normal[:options["min_keep"]]} <= ids, "the min_keep newest are always kept"
     if verified is not None:
         for b in newest_first:
             assert b.id in ids
@@ -181,3 +182,15 @@ def test_a_second_run_deletes_nothing(case):
     survivors = [b for b, _why in first["kept"]]
     second = plan_rotation(survivors, policy, now, newest_verified=verified)
     assert second["deleted"] == []
+
+
+@SETTINGS
+@given(cases(), st.integers(0, 39))
+def test_an_unreadable_manifest_keeps_the_whole_series(case, index):
+    backups, options, now, verified = case
+    assume(backups)
+    unreadable = sorted(b.id for b in backups)[index % len(backups)]
+    plan = plan_rotation(backups, parse_policy(**options), now, unreadable=unreadable)
+    assert plan["deleted"] == []
+    assert "manifest unreadable" in dict((b.id, why) for b, why in plan["kept"])[unreadable]
+    assert {b.id for b, _why in plan["kept"]} == reference(backups, options, now, None, unreadable)
