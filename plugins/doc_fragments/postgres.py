@@ -29,7 +29,11 @@ options:
       - Password of O(user). Falls back to E(PGPASSWORD).
       - Handed to pg_dump, pg_restore and psql through a 0600 passfile that is removed afterwards
         (or, when the tools run in a container, through the exec environment), never on a command
-        line; never logged.
+        line; never logged. The passfile is named C(opskit-pgpass-<pid>-*) in the system temporary
+        directory, so a later run removes it when a killed run left it.
+      - For the client tools, a O(password) or O(user) with a line break, a carriage return or a
+        NUL character is refused with a one-line error before anything runs, as the passfile holds
+        one entry per line and could not carry it.
     type: str
     aliases: [login_password]
   sslmode:

@@ -15,13 +15,28 @@ description:
     temporary file is written for the custom and plain formats.
   - O(state=restored) restores a backup into a database, after checking the stored sha256, so a
     corrupt artifact never touches the target.
-  - O(state=verified) restores a backup into a scratch database with a unique name, runs
-    O(verify_queries), drops the scratch database (also on failure) and records the outcome in
-    the backup's manifest. A failed verification fails the task.
+  - O(state=verified) checks the stored sha256 of every artifact (companions such as the globals
+    too), restores the backup into a scratch database with a unique name
+    (C(opskit_verify_<unix time>_<hex>)), runs O(verify_queries), drops the scratch database (also
+    on failure) and records the outcome in the backup's manifest. A failed verification fails the
+    task.
+  - An infrastructure problem during a verification (connection refused, CREATE DATABASE denied,
+    a full disk, a killed tool) is recorded as V(error), which keeps an earlier V(passed) or
+    V(failed) (as C(last_error)); the task fails. Corrupt or missing artifacts and a dump whose
+    SQL fails are V(failed).
   - The tools (C(pg_dump), C(pg_dumpall), C(pg_restore), C(psql)) run on the managed host, or
     inside O(docker_container) through the Docker API so that client and server versions match.
   - The password reaches the tools through a 0600 passfile (on the host) or the exec
     environment (in a container), never a command line.
+  - SQL scripts from the store (plain-format dumps, globals) never run psql meta-commands such
+    as C(\!) (a shell command). Where psql has C(\restrict) (17.6+, 16.10+, 15.14+, 14.19+,
+    13.22+) they are fed behind it; with an older psql they are read first and refused, before
+    anything is changed, when a backslash or a psql variable could reach psql outside of strings,
+    comments and COPY data.
+  - SIGTERM or SIGHUP end a run cleanly. The tools are killed, temporary copies, the passfile and
+    the scratch database are removed, and nothing is recorded. After a SIGKILL, the next run
+    removes what the killed one left (temporary files of dead runs, scratch databases older than
+    15 minutes without sessions) and reports it in RV(leftovers) and a warning.
 author:
   - opskit.runbook developers (@opskit-runbook)
 extends_documentation_fragment:
@@ -186,6 +201,14 @@ notes:
   - A failed or killed pg_dump aborts the backup; its artifacts are deleted (and an S3 multipart
     upload aborted), and no manifest is written, so it never appears as a backup.
   - Plain-format restores run psql with C(ON_ERROR_STOP), so an error midway fails the task.
+  - A plain dump that psql's C(\restrict) stops is refused midway; with O(single_transaction) nothing
+    of it stays, and a target database the restore created is dropped again.
+  - With a psql older than C(\restrict), a plain dump is first copied (decompressed) to a private
+    temporary file under O(tmp_dir) and checked there; the checked copy is what psql reads. Its
+    check also refuses, as a precaution, a standard string literal that psql would read
+    differently with C(standard_conforming_strings) off (one that ends in a backslash, for
+    example) and a psql variable (C(:NAME)) outside of quotes; use newer client tools
+    (O(bin_dir)) for such a dump.
   - Restores verify the stored sha256 before touching the target. Streamed restores read the
     artifact twice (verify, then restore); parallel restores verify the downloaded copy.
 seealso:
@@ -284,7 +307,9 @@ backup:
       type: str
       returned: always
     verification:
-      description: V(unverified), V(passed) or V(failed).
+      description:
+        - V(unverified), V(passed), V(failed) or V(error) (a verification that could not run, with
+          no earlier verdict to keep).
       type: str
       returned: always
     duration_seconds:
@@ -334,6 +359,16 @@ verification:
   type: dict
   sample: {"result": "passed", "method": "restore", "verified_at": "2026-11-23T03:00:00Z",
            "details": {"tables": 12, "queries": [{"name": "orders present", "passed": true, "value": "1234"}]}}
+leftovers:
+  description:
+    - What interrupted earlier runs had left and this run removed (in check mode, found and kept),
+      also said in a warning.
+    - C(temporary_files) are passfiles and temporary dump copies of runs that no longer live;
+      C(scratch_databases) are verification databases older than 15 minutes without sessions
+      (only looked for with O(state=verified)).
+  returned: when something was found
+  type: dict
+  sample: {"temporary_files": ["/tmp/opskit-pgpass-4711-k2j3"], "scratch_databases": ["opskit_verify_1764558000_5f2a9c1e"]}
 location:
   description: The storage location.
   returned: state=dumped
@@ -349,11 +384,8 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.opskit.runbook.plugins.module_utils._docker import docker_argspec
 from ansible_collections.opskit.runbook.plugins.module_utils._module import run_module
+from ansible_collections.opskit.runbook.plugins.module_utils._postgres.action import ACTIONS, run
 from ansible_collections.opskit.runbook.plugins.module_utils._postgres.connection import pg_argspec
-from ansible_collections.opskit.runbook.plugins.module_utils._postgres.dump import dump
-from ansible_collections.opskit.runbook.plugins.module_utils._postgres.restore import restore
-from ansible_collections.opskit.runbook.plugins.module_utils._postgres.server import open_server
-from ansible_collections.opskit.runbook.plugins.module_utils._postgres.verify import verify
 from ansible_collections.opskit.runbook.plugins.module_utils._storage.options import (
     location_from_params, storage_argspec)
 
@@ -365,7 +397,6 @@ QUERY_SPEC = dict(
     max=dict(type="float"),
     rows=dict(type="int"),
 )
-ACTIONS = {"dumped": dump, "restored": restore, "verified": verify}
 
 
 def main():
@@ -397,10 +428,7 @@ def main():
                            mutually_exclusive=[("clean", "force")])
 
     def action():
-        params = module.params
-        location = location_from_params(params)
-        with open_server(params) as server:
-            return ACTIONS[params["state"]](server, location, params, module.check_mode)
+        return run(module.params, location_from_params(module.params), module.check_mode)
 
     run_module(module, action)
 

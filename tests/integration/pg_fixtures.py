@@ -16,6 +16,9 @@ import tarfile
 import tempfile
 import time
 
+from ansible_collections.opskit.runbook.plugins.module_utils._engine.session import BackupSession
+from ansible_collections.opskit.runbook.plugins.module_utils._storage.options import open_location
+
 BIN = "/usr/lib/postgresql/15/bin"
 IMAGE = "opskit-test/postgres:15"
 
@@ -171,3 +174,17 @@ def _add_bytes(tar, name, data, mode=0o644):
     info = tarfile.TarInfo(name)
     info.size, info.mode, info.mtime = len(data), mode, int(time.time())
     tar.addfile(info, io.BytesIO(data))
+
+
+def plant_backup(store_dir, series, fmt, data, globals_sql=None, tables=1):
+    """Write a backup of kind postgres with any bytes as its dump (what an attacker with write
+    access to the bucket could put there), published by the engine like a real one."""
+    ext = {"custom": "dump", "plain": "sql", "directory": "tar"}[fmt]
+    with BackupSession(open_location("file://" + store_dir), series, "postgres") as session:
+        if globals_sql is not None:
+            with session.artifact("sql", name="globals") as out:
+                out.write(globals_sql)
+        with session.artifact(ext) as out:
+            out.write(data)
+        return session.publish(source={"database": "planted", "format": fmt, "tables": tables,
+                                       "globals": globals_sql is not None})

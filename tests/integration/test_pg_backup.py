@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import json
 import os
 import re
@@ -15,7 +17,7 @@ import time
 
 import pytest
 
-from pg_fixtures import Cluster, build_postgres_image
+from pg_fixtures import BIN as PG_BIN, Cluster, build_postgres_image, plant_backup
 
 PG_BACKUP = "opskit.runbook.pg_backup"
 
@@ -516,3 +518,237 @@ def test_docker_container_mode(pg_container, s3, run_playbook):
                                          " FROM t"])
     assert code == code2 == 0 and out == out2 and out.startswith(b"20000|")
     assert pg_container.password not in res.stdout + res.stderr
+
+
+def test_planted_plain_dump_never_runs_a_psql_meta_command(pg, run_playbook, tmp_path):
+    """A plain "dump" (or globals) in the bucket that runs \\! when psql reads it: refused by
+    restore and verify, the shell command never runs, no database is left behind."""
+    store = tmp_path / "store"
+    marker = "/tmp/pwned-%s" % secrets.token_hex(6)
+    evil = ("CREATE TABLE items (id int);\n\\! touch %s\nSELECT 1; \\! touch %s\n" % (marker, marker)).encode()
+    plant_backup(str(store), "evil-plain", "plain", evil)
+    plant_backup(str(store), "evil-globals", "plain", b"CREATE TABLE items (id int);\n",
+                 globals_sql=("CREATE ROLE %s;\n\\! touch %s\n" % (name("pgb_evil"), marker)).encode())
+    targets = [name("pgb_evil") for _target in range(3)]
+    res = run_playbook(play(
+        task("restore", state="restored", series="evil-plain", target_database=targets[0], create=True,
+             **conn(pg), **file_args(store)),
+        task("restore atomic", state="restored", series="evil-plain", target_database=targets[1], create=True,
+             single_transaction=True, **conn(pg), **file_args(store)),
+        task("verify", state="verified", series="evil-plain", **conn(pg), **file_args(store)),
+        task("globals", state="restored", series="evil-globals", target_database=targets[2], create=True,
+             restore_globals=True, **conn(pg), **file_args(store)),
+    ))
+    for task_name in ("restore", "restore atomic", "verify", "globals"):
+        assert "meta-command" in failed(res.task(task_name))
+    assert not os.path.exists(marker)
+    assert databases(pg, "pgb_evil") == [] and databases(pg, "opskit_verify_") == []
+    assert pg.psql("SELECT count(*) FROM pg_roles WHERE rolname LIKE 'pgb_evil%'") == "0\n"
+
+
+def _old_psql_bin_dir(path):
+    """Client tools whose psql says it is 15.13 (before \\restrict): the fallback check runs."""
+    path.mkdir()
+    for tool in ("pg_dump", "pg_dumpall", "pg_restore"):
+        (path / tool).symlink_to(os.path.join(PG_BIN, tool))
+    wrapper = path / "psql"
+    wrapper.write_text('#!/bin/sh\n[ "$1" = --version ] && { echo "psql (PostgreSQL) 15.13"; exit 0; }\n'
+                       'exec %s/psql "$@"\n' % PG_BIN)
+    wrapper.chmod(0o755)
+    return str(path)
+
+
+def test_planted_plain_dump_is_refused_before_anything_without_restrict(pg, small_db, run_playbook, tmp_path):
+    """With a psql that has no \\restrict, the plain dump is copied and read first: a
+    meta-command anywhere refuses it before the target is touched; a real dump restores."""
+    store = tmp_path / "store"
+    marker = "/tmp/pwned-%s" % secrets.token_hex(6)
+    evil = ("CREATE TABLE items (id int);\nCOPY items (id) FROM stdin;\n1\n\\.\nSELECT 1; \\! touch %s\n"
+            % marker).encode()
+    plant_backup(str(store), "evil-plain", "plain", evil)
+    bin_dir = _old_psql_bin_dir(tmp_path / "bin")
+    target, good = name("pgb_evil"), name("pgb_fallback")
+    pg.createdb(target)
+    res = run_playbook(play(
+        task("restore", state="restored", series="evil-plain", target_database=target, force=True,
+             bin_dir=bin_dir, **conn(pg), **file_args(store)),
+        task("dump", database=small_db, format="plain", series="good-plain", **conn(pg), **file_args(store)),
+        task("good", state="restored", series="good-plain", target_database=good, create=True,
+             bin_dir=bin_dir, **conn(pg), **file_args(store)),
+    ))
+    msg = failed(res.task("restore"))
+    assert "line 5 has a psql meta-command" in msg and "no \\restrict" in msg
+    assert not os.path.exists(marker)
+    assert pg.psql("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'", target) == "0\n"
+    ok(res.task("dump"))
+    ok(res.task("good"))
+    assert pg.psql("SELECT count(*), sum(id) FROM items", good) == "1000|500500\n"
+
+
+def test_passfile_is_private_temporary_and_a_newline_password_is_refused(pg, big_db, run_playbook, tmp_path):
+    """The passfile is 0600 while the tools run and gone afterwards; a password it cannot hold
+    (a newline would end its entry) is refused by name before any file is written."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    store = file_args(tmp_path / "store")
+    modes, stop = set(), threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            for entry in tmp.glob("opskit-pgpass-*"):
+                with contextlib.suppress(OSError):
+                    modes.add(entry.stat().st_mode & 0o777)
+            time.sleep(0.002)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    try:
+        res = run_playbook(play(
+            task("dump", database=big_db, **conn(pg), **store),
+            task("newline", database=big_db, **with_changes(conn(pg), password="line1\nline2-secret"), **store),
+            task("cr", database=big_db, **with_changes(conn(pg), password="line1\rline2-secret"), **store),
+        ), env={"TMPDIR": str(tmp)})
+    finally:
+        stop.set()
+        thread.join()
+    ok(res.task("dump"))
+    assert modes == {0o600}
+    for task_name, what in (("newline", "a line break"), ("cr", "a carriage return")):
+        msg = failed(res.task(task_name))
+        assert "password contains %s, which the libpq password file cannot hold" % what in msg
+    assert "line2-secret" not in res.stdout + res.stderr
+    assert list(tmp.glob("opskit-pgpass-*")) == []
+
+
+def _ppid(pid):
+    with open("/proc/%d/stat" % pid) as fh:
+        return int(fh.read().rsplit(")", 1)[1].split()[1])
+
+
+def _cmdline(pid):
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as fh:
+            return fh.read()
+    except OSError:
+        return b""
+
+
+def _hold_restore_and_signal(signum, seen):
+    """Catch the verify's pg_restore mid-restore, stop it (SIGSTOP) and send ``signum`` to the
+    module (the process above the pg_restore leader)."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        for pid in _pids_with(b"pg_restore", b"opskit_verify_"):
+            try:
+                leader = pid
+                while b"pg_restore" in _cmdline(_ppid(leader)):
+                    leader = _ppid(leader)
+                module = _ppid(leader)
+                if b"pg_backup" not in _cmdline(module):
+                    continue  # not this run's (an orphan of an earlier, broken run)
+                os.kill(leader, signal.SIGSTOP)
+            except (OSError, ValueError, IndexError):
+                continue
+            seen.update(tool=leader, module=module, module_cmdline=_cmdline(module))
+            time.sleep(0.3)  # the restore is under way, the scratch database exists
+            os.kill(module, signum)
+            return
+        time.sleep(0.005)
+
+
+def _leftovers(pg, *dirs):
+    files = [str(p) for d in dirs for p in d.glob("opskit-pg*")]
+    return {"databases": databases(pg, "opskit_verify_"), "files": sorted(files)}
+
+
+def _alive(pid):
+    return os.path.exists("/proc/%d" % pid) and b"pg_restore" in _cmdline(pid)
+
+
+def _verify_under_a_signal(pg, big_db, run_playbook, tmp_path, jobs, signum):
+    tmp, spool = tmp_path / "tmp", tmp_path / "spool"
+    tmp.mkdir()
+    spool.mkdir()
+    store = file_args(tmp_path / "store")
+    ok(run_playbook(play(task("dump", database=big_db, series="sig-" + big_db, **conn(pg), **store))).task("dump"))
+    seen = {}
+    thread = threading.Thread(target=_hold_restore_and_signal, args=(signum, seen), daemon=True)
+    thread.start()
+    verify = task("verify", state="verified", series="sig-" + big_db, jobs=jobs, tmp_dir=str(spool), **conn(pg), **store)
+    res = run_playbook(play(verify), env={"TMPDIR": str(tmp)})
+    thread.join()
+    assert seen.get("tool"), "pg_restore was never caught during the verify"
+    return res, seen, verify, (tmp, spool, store)
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_sigterm_during_verify_leaves_nothing_behind(pg, big_db, run_playbook, tmp_path, jobs):
+    res, seen, _verify, (tmp, spool, _store) = _verify_under_a_signal(pg, big_db, run_playbook, tmp_path, jobs,
+                                                                      signal.SIGTERM)
+    assert "interrupted by signal 15" in failed(res.task("verify"))
+    assert not _alive(seen["tool"])
+    assert _leftovers(pg, tmp, spool) == {"databases": [], "files": []}
+    record = json.loads(next((tmp_path / "store").rglob("*.manifest.json")).read_text())["verification"]
+    assert record["result"] == "unverified"  # an interruption says nothing about the backup
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_sigkill_during_verify_is_cleaned_up_by_the_next_run(pg, big_db, run_playbook, tmp_path, jobs):
+    res, seen, verify, (tmp, spool, _store) = _verify_under_a_signal(pg, big_db, run_playbook, tmp_path, jobs,
+                                                                     signal.SIGKILL)
+    assert failed(res.task("verify"))
+    deadline = time.monotonic() + 10
+    while _alive(seen["tool"]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(seen["tool"]), "pg_restore outlived the killed module"
+    left = _leftovers(pg, tmp, spool)
+    assert len(left["databases"]) == 1 and any("opskit-pgpass-" in f for f in left["files"])
+    if jobs > 1:
+        assert any("opskit-pgrestore-" in f for f in left["files"])
+    soon = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(minutes=2)
+    later = soon + datetime.timedelta(hours=1)
+    res = run_playbook(play(verify), env={"TMPDIR": str(tmp)}, clock=soon)
+    young = ok(res.task("verify"))  # the scratch database is too young to be called abandoned
+    assert young["leftovers"]["scratch_databases"] == [] and sorted(young["leftovers"]["temporary_files"]) == left["files"]
+    res = run_playbook(play(verify), env={"TMPDIR": str(tmp)}, clock=later)
+    again = ok(res.task("verify"))
+    assert again["leftovers"] == {"scratch_databases": left["databases"], "temporary_files": []}
+    assert any("removed what an interrupted earlier run left" in w and left["databases"][0] in w
+               for w in again.get("warnings", []))
+    assert _leftovers(pg, tmp, spool) == {"databases": [], "files": []}
+
+
+def test_verified_checks_every_companion(pg, small_db, run_playbook, tmp_path):
+    """A bit-flipped globals file fails the verification: a restore_globals would fail on it."""
+    store = file_args(tmp_path / "store")
+    res = run_playbook(play(task("dump", database=small_db, globals=True, series="comp-" + small_db, **conn(pg), **store)))
+    ok(res.task("dump"))
+    companion = next((tmp_path / "store").rglob("*.globals.sql.zst"))
+    _damage(str(companion), "bitflip")
+    res = run_playbook(play(task("verify", state="verified", series="comp-" + small_db, **conn(pg), **store)))
+    msg = failed(res.task("verify"))
+    assert "is corrupt" in msg and ".globals.sql.zst" in msg
+    record = json.loads(next((tmp_path / "store").rglob("*.manifest.json")).read_text())["verification"]
+    assert record["result"] == "failed" and "globals" in record["details"]["error"]
+    assert databases(pg, "opskit_verify_") == []
+
+
+def test_infrastructure_error_during_verify_keeps_the_earlier_verdict(pg, small_db, run_playbook, tmp_path):
+    """CREATE DATABASE denied is no verdict on the backup: recorded as an error, `passed` stays."""
+    store = file_args(tmp_path / "store")
+    role, password = name("pgb_nocreate"), "pw-" + secrets.token_hex(6)
+    pg.psql("CREATE ROLE %s LOGIN PASSWORD '%s'" % (role, password))
+    series = "infra-" + small_db
+    res = run_playbook(play(
+        task("dump", database=small_db, series=series, **conn(pg), **store),
+        task("verify", state="verified", series=series, **conn(pg), **store),
+        task("denied", state="verified", series=series, **with_changes(conn(pg), user=role, password=password),
+             **store),
+    ))
+    ok(res.task("dump"))
+    assert ok(res.task("verify"))["verification"]["result"] == "passed"
+    msg = failed(res.task("denied"))
+    assert "could not be verified" in msg and "permission denied to create database" in msg
+    record = json.loads(next((tmp_path / "store").rglob("*.manifest.json")).read_text())["verification"]
+    assert record["result"] == "passed"
+    assert "permission denied to create database" in record["last_error"]["details"]["error"]

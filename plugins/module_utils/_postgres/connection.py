@@ -15,7 +15,7 @@ import copy
 import os
 import tempfile
 
-from .._errors import ServiceError
+from .._errors import ConfigError, ServiceError
 from .._imports import Library, fallback
 
 PSYCOPG2 = Library("psycopg2")
@@ -83,8 +83,24 @@ def pg_message(exc, secret=None):
     return text
 
 
-def _passfile_escape(value):
-    return str(value).replace("\\", "\\\\").replace(":", "\\:")
+PASSFILE_PREFIX = "opskit-pgpass-"
+_UNFIT = {"\n": "a line break", "\r": "a carriage return", "\0": "a NUL character"}
+
+
+def _passfile_escape(name, value):
+    """A passfile field; a value the format cannot hold (one line per entry) is a ConfigError
+    that names the option, never the value."""
+    value = str(value)
+    for char, what in _UNFIT.items():
+        if char in value:
+            raise ConfigError("%s contains %s, which the libpq password file cannot hold (one entry per"
+                              " line): choose a %s without it" % (name, what, name))
+    return value.replace("\\", "\\\\").replace(":", "\\:")
+
+
+def passfile_line(conn):
+    """``*:*:*:user:password`` with libpq's escapes, or ConfigError."""
+    return "*:*:*:%s:%s\n" % (_passfile_escape("user", conn["user"]), _passfile_escape("password", conn["password"]))
 
 
 def libpq_vars(params, with_password=False):
@@ -108,12 +124,13 @@ def libpq_env(params, base_env=None):
     conn = conn_params(params)
     env.update(libpq_vars(params))
     path = None
+    line = passfile_line(conn) if conn.get("password") else None  # refused before any file exists
     try:
-        if conn.get("password"):
-            fd, path = tempfile.mkstemp(prefix="opskit-pgpass-")
-            os.fchmod(fd, 0o600)
+        if line:
+            # 0600 from the start; the pid tells a later run whether its owner still lives
+            fd, path = tempfile.mkstemp(prefix="%s%d-" % (PASSFILE_PREFIX, os.getpid()))
             with os.fdopen(fd, "w") as fh:
-                fh.write("*:*:*:%s:%s\n" % (_passfile_escape(conn["user"]), _passfile_escape(conn["password"])))
+                fh.write(line)
             env["PGPASSFILE"] = path
         yield env
     finally:

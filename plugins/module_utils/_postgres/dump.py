@@ -19,6 +19,7 @@ import time
 from .._engine.catalog import summarize
 from .._engine.session import BackupSession
 from .._errors import ConfigError, NotFoundError
+from .cleanup import temp_prefix
 from .options import FORMATS, KIND, check_options, series_for
 from .server import MAINTENANCE_DB
 from .tools import db_arg, failure
@@ -94,7 +95,7 @@ def _dump_one(server, location, params, plan, info, tools):
 
 def _dump_directory(tools, params, database, out):
     """pg_dump -Fd (optionally -j) into a private temporary directory, then stream it as a tar."""
-    tmp = tempfile.mkdtemp(prefix="opskit-pgdump-", dir=params.get("tmp_dir"))
+    tmp = tempfile.mkdtemp(prefix=temp_prefix("opskit-pgdump-"), dir=params.get("tmp_dir"))
     try:
         path = os.path.join(tmp, "dump")
         rc, _out, err = tools.run(dump_argv(tools, "directory", database, params["jobs"], path))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import mmap
 import os
 import shutil
 import tarfile
@@ -22,7 +23,9 @@ from .._engine.artifacts import ArtifactReader, verify_stored
 from .._engine.catalog import summarize
 from .._engine.streams import CHUNK, copy_to_fd
 from .._errors import ConfigError, NotFoundError, OpsError, ServiceError
+from .cleanup import temp_prefix
 from .options import check_options, find_backup
+from .script import RESTRICTED, SafeScript, check_script, has_restrict, refused_by_psql
 from .server import MAINTENANCE_DB
 from .tools import db_arg, failure, quote_ident, tool_message
 
@@ -74,12 +77,13 @@ def _has_companion(manifest, name):
 class RestoreJob:
     """A planned restore: the ``plan`` returned to the user and what applying it needs."""
 
-    def __init__(self, manifest, plan, streamed, no_owner, verifying):
+    def __init__(self, manifest, plan, streamed, no_owner, verifying, restricted=True):
         self.manifest, self.plan = manifest, plan
         self.fmt, self.target, self.steps = plan["format"], plan["target_database"], plan["steps"]
         self.streamed = streamed        # fed to pg_restore / psql from the store, no local copy
         self.no_owner = no_owner
         self.verifying = verifying      # verify()'s restore into its scratch database
+        self.restricted = restricted    # psql has \restrict: SQL scripts run behind it
 
 
 def restore(server, location, params, check_mode=False, manifest=None, target=None, verifying=False):
@@ -108,8 +112,9 @@ def _plan_restore(server, location, params, manifest, target, verifying):
     target = target or params.get("target_database") or source.get("database")
     if not target:
         raise ConfigError("target_database is required: backup %s does not name its database" % manifest["id"])
-    streamed = _streamed(manifest, fmt, params, server.tools.local)
     server.info()
+    restricted = _psql_restricts(server, fmt, params)
+    streamed = _streamed(manifest, fmt, params, server.tools.local, restricted)
     exists = server.exists(target)
     empty = server.is_empty(target) if exists else True
     steps = restore_plan(fmt, exists, empty, params.get("create") or verifying, params.get("clean"),
@@ -119,17 +124,30 @@ def _plan_restore(server, location, params, manifest, target, verifying):
         no_owner = verifying
     plan = {"backup_id": manifest["id"], "series": manifest["series"], "format": fmt,
             "target_database": target, "steps": steps, "globals": bool(params.get("restore_globals"))}
-    return RestoreJob(manifest, plan, streamed, no_owner, verifying)
+    return RestoreJob(manifest, plan, streamed, no_owner, verifying, restricted)
 
 
-def _streamed(manifest, fmt, params, local):
+def _psql_restricts(server, fmt, params):
+    """Whether the psql that runs SQL scripts (plain dumps, globals) has ``\\restrict``."""
+    if fmt != "plain" and not params.get("restore_globals"):
+        return True
+    return has_restrict(server.tool_version("psql"))
+
+
+def _streamed(manifest, fmt, params, local, restricted=True):
     """Whether the backup can be fed to the tool from the store (else it needs a local copy),
-    after the checks of what the backup and the tools' place allow."""
+    after the checks of what the backup and the tools' place allow.
+
+    A plain dump for a psql without ``\\restrict`` is copied and checked first (``check_script``)
+    and the checked copy is fed, so nothing is changed before it is refused.
+    """
     if params.get("restore_globals") and not _has_companion(manifest, "globals"):
         raise ConfigError("backup %s has no globals: it was taken without globals=true" % manifest["id"])
     if params.get("jobs", 1) > 1 and fmt == "plain":
         raise ConfigError("jobs > 1 needs a custom or directory format backup (this one is plain)")
-    streamed = fmt == "plain" or (fmt == "custom" and params.get("jobs", 1) <= 1)
+    if fmt == "plain":
+        return restricted
+    streamed = fmt == "custom" and params.get("jobs", 1) <= 1
     if not streamed and not local:
         raise ConfigError("restoring a %s format backup%s is not supported with docker_container: use jobs=1"
                           " with a custom or plain format backup"
@@ -150,12 +168,14 @@ def _apply_restore(server, location, params, job):
             verify_stored(location, manifest)  # nothing touches the target before this passed
         else:
             local_copy = stack.enter_context(_local_copy(location, manifest, job.fmt, params))
+            if job.fmt == "plain":
+                _check_file(local_copy, "backup %s" % manifest["id"])
         if params.get("restore_globals"):
             verify_stored(location, manifest, "globals")
         created = False
         try:
             if params.get("restore_globals"):
-                job.plan["roles_kept"] = _restore_globals(server, location, manifest)
+                job.plan["roles_kept"] = _restore_globals(server, location, manifest, job.restricted)
             created = _prepare_target(server, job)
             _run_restore(server, location, params, job, local_copy)
         except OpsError:
@@ -181,6 +201,16 @@ def _run_restore(server, location, params, job, local_copy):
     argv = restore_argv(server.tools, job.fmt, job.target, clean="clean" in job.steps, jobs=params.get("jobs", 1),
                         single_transaction=params.get("single_transaction"), no_owner=job.no_owner,
                         path=local_copy)
+    if job.fmt == "plain":
+        opener = (lambda: ArtifactReader(location, job.manifest)) if job.streamed else (lambda: open(local_copy, "rb"))
+        try:
+            with opener() as reader:
+                server.tools.feed(argv, SafeScript(reader, job.restricted))
+        except ServiceError as exc:
+            if RESTRICTED in exc.msg:
+                raise refused_by_psql("backup %s" % job.manifest["id"]) from None
+            raise
+        return
     if job.streamed:
         with ArtifactReader(location, job.manifest) as reader:
             server.tools.feed(argv, reader)
@@ -197,7 +227,7 @@ def _local_copy(location, manifest, fmt, params):
     pg_restore --jobs cannot read a pipe, and the directory format is a directory. The sha256
     is checked at the end of the download, before the path is handed out.
     """
-    tmp = tempfile.mkdtemp(prefix="opskit-pgrestore-", dir=params.get("tmp_dir"))  # mode 0700
+    tmp = tempfile.mkdtemp(prefix=temp_prefix("opskit-pgrestore-"), dir=params.get("tmp_dir"))  # mode 0700
     try:
         with ArtifactReader(location, manifest) as reader:
             if fmt == "directory":
@@ -208,7 +238,7 @@ def _local_copy(location, manifest, fmt, params):
                 while reader.read(CHUNK):  # the sha256 is checked at the very end
                     pass
             else:
-                path = os.path.join(tmp, "dump.custom")
+                path = os.path.join(tmp, "dump.sql" if fmt == "plain" else "dump.custom")
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
                 try:
                     copy_to_fd(reader, fd)
@@ -221,6 +251,15 @@ def _local_copy(location, manifest, fmt, params):
         yield path
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _check_file(path, what):
+    """check_script on a local copy, mapped rather than read into memory."""
+    with open(path, "rb") as fh:
+        if os.fstat(fh.fileno()).st_size == 0:
+            return
+        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            check_script(data, what)
 
 
 def filter_globals(script, existing_roles):
@@ -264,21 +303,28 @@ def _leading_ident(text):
     return text[:end]
 
 
-def _restore_globals(server, location, manifest):
+def _restore_globals(server, location, manifest, restricted=True):
     """Run the globals script: new roles and tablespaces are created, existing roles are kept.
 
     psql runs without ON_ERROR_STOP here, so its exit code says nothing about SQL errors:
-    they are read from its stderr and every one but 'already exists' fails the restore.
+    they are read from its stderr and every one but 'already exists' fails the restore (a
+    meta-command refused by ``\\restrict`` too). The script (small, in memory) is checked first in
+    any case: without ON_ERROR_STOP, the roles before a refused meta-command would stay.
     """
     with ArtifactReader(location, manifest, "globals") as reader:
-        script = reader.read(-1).decode("utf-8")
+        data = reader.read(-1)
+    check_script(data, "the globals of backup %s" % manifest["id"], copy_allowed=False)
+    script = data.decode("utf-8", "replace")
     existing = [row[0] for row in server.query("SELECT rolname FROM pg_roles")]
     script, kept = filter_globals(script, existing)
     argv = [server.tools.path("psql"), "--no-password", "--no-psqlrc", "--quiet", db_arg(MAINTENANCE_DB),
             "--file=-"]
-    _rc, err = server.tools.feed(argv, io.BytesIO(script.encode("utf-8")))
-    errors = [" ".join(line.split()) for line in err.decode("utf-8", "replace").splitlines() if "ERROR:" in line]
+    _rc, err = server.tools.feed(argv, SafeScript(io.BytesIO(script.encode("utf-8")), restricted))
+    errors = [" ".join(line.split()) for line in err.decode("utf-8", "replace").splitlines()
+              if "ERROR:" in line or "backslash commands are restricted" in line]
     unexpected = [line for line in errors if "already exists" not in line]
+    if any(RESTRICTED in line for line in unexpected):
+        raise refused_by_psql("the globals of backup %s" % manifest["id"])
     if unexpected:
         raise ServiceError("restoring globals failed: %s" % tool_message(unexpected[0], server.conn.get("password")))
     return kept

@@ -19,28 +19,24 @@ in a container it travels in the exec's environment. Neither puts it on a comman
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import glob
 import os
 import re
 import shutil
+import signal
 import socket
 import struct
 import subprocess
 import threading
 
+from .._docker import docker_errors
 from .._errors import ConfigError, ServiceError
-from .._imports import Library
 
 CHUNK = 1024 * 1024
 STDERR_KEEP = 64 * 1024
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
-DOCKER = Library("docker", "docker", "docker.errors")
-
-
-def _docker_errors():
-    """What an exec call of the docker SDK raises (requests' errors are OSErrors)."""
-    return (DOCKER.load().errors.DockerException, OSError)
 
 
 def conninfo_quote(value):
@@ -144,8 +140,46 @@ class _StderrDrain(threading.Thread):
             self.data = (self.data + chunk)[-STDERR_KEEP:]
 
 
+def _load_prctl():
+    """libc's prctl, looked up in the parent (never between fork and exec), or None."""
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _load_prctl()
+PR_SET_PDEATHSIG = 1
+
+
+def _child_setup():
+    """preexec_fn: the tool leads its own process group (pg_dump -j / pg_restore -j workers are
+    stopped with it) and gets SIGKILL when the module dies, even from SIGKILL (Linux)."""
+    os.setpgid(0, 0)
+    if _PRCTL is not None:
+        _PRCTL(PR_SET_PDEATHSIG, int(signal.SIGKILL))
+
+
+def stop(proc):
+    """Kill a tool and its workers (its process group) and reap it."""
+    with contextlib.suppress(OSError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(OSError):
+        proc.kill()
+    proc.wait()
+
+
+def _wait(proc):
+    try:
+        return proc.wait()
+    except BaseException:  # a signal while waiting: the tool must not outlive the module
+        stop(proc)
+        raise
+
+
 class LocalTools:
-    """The tools as child processes of the module on the managed host."""
+    """The tools as child processes of the module on the managed host. An exception (a
+    SIGTERM of the module, see ``cleanup.terminable``) stops the tool that is running."""
 
     where = "on the managed host"
     local = True
@@ -158,7 +192,8 @@ class LocalTools:
 
     def _popen(self, argv, **kwargs):
         try:
-            return subprocess.Popen(argv, env=self.env, close_fds=True, **kwargs)
+            return subprocess.Popen(argv, env=self.env, close_fds=True, preexec_fn=_child_setup,  # noqa: PLW1509
+                                    **kwargs)
         except OSError as exc:
             raise ServiceError("cannot run %s on the managed host: %s" % (argv[0], exc.strerror)) from exc
 
@@ -167,9 +202,11 @@ class LocalTools:
         try:
             out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired as exc:
-            proc.kill()
-            proc.communicate()
+            stop(proc)
             raise ServiceError("%s timed out after %s s" % (os.path.basename(argv[0]), timeout)) from exc
+        except BaseException:
+            stop(proc)
+            raise
         return proc.returncode, out, err
 
     @contextlib.contextmanager
@@ -183,12 +220,11 @@ class LocalTools:
         try:
             yield proc.stdout
         except BaseException:
-            proc.kill()
-            proc.wait()
+            stop(proc)
             raise
         finally:
             proc.stdout.close()
-            rc = proc.wait()
+            rc = _wait(proc)
             drain.join()
             proc.stderr.close()
         if rc != 0:
@@ -204,10 +240,9 @@ class LocalTools:
             with contextlib.suppress(BrokenPipeError):
                 proc.stdin.close()
         except BaseException:
-            proc.kill()
-            proc.wait()
+            stop(proc)
             raise
-        rc = proc.wait()
+        rc = _wait(proc)
         drain.join()
         if check and rc != 0:
             raise failure(tool, rc, drain.data, self.secret)
@@ -291,7 +326,7 @@ class DockerTools:
             return self.client.exec_create(self.container, argv, stdin=stdin, stdout=stdout,
                                            stderr=True, tty=False, environment=self.env,
                                            user=self.user or "")["Id"]
-        except _docker_errors() as exc:
+        except docker_errors() as exc:
             raise docker_error(exc, "container %s" % self.container) from exc
 
     def _exit_code(self, exec_id):
@@ -321,7 +356,7 @@ class DockerTools:
             while reader.read(CHUNK):  # drain to the end so the exit code is final
                 pass
         finally:
-            with contextlib.suppress(*_docker_errors()):
+            with contextlib.suppress(*docker_errors()):
                 frames.close()
         self._check(argv, exec_id, reader.stderr)
 

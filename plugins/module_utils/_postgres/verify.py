@@ -10,15 +10,14 @@ the scratch database is dropped in any case.
 from __future__ import annotations
 
 import contextlib
-import secrets
 import time
 
+from .._engine.artifacts import verify_stored
 from .._engine.catalog import summarize, update_verification
-from .._errors import OpsError, ServiceError
+from .._errors import IntegrityError, NotFoundError, OpsError, ServiceError
+from .cleanup import Interrupted, scratch_name
 from .options import check_options, find_backup
 from .restore import restore
-
-SCRATCH_PREFIX = "opskit_verify_"
 
 
 def evaluate_query(spec, rows):
@@ -47,11 +46,30 @@ def evaluate_query(spec, rows):
     return (not problems), value, "; ".join(problems) or "ok"
 
 
+# What a tool or query says when the failure is the infrastructure's, not the backup's.
+INFRASTRUCTURE = ("cannot connect", "connection to server", "could not connect", "server closed the connection",
+                  "terminating connection", "the database system is", "too many connections",
+                  "no space left on device", "could not extend file", "out of memory", "disk quota",
+                  "permission denied to create database", "must be owner", "was killed by signal",
+                  "timed out", "cannot run ")
+
+
+def outcome_of(exc):
+    """``failed`` when ``exc`` says the backup cannot be restored (corrupt or missing artifact,
+    SQL of the dump that fails), ``error`` when the restore test itself could not run."""
+    if isinstance(exc, (IntegrityError, NotFoundError)):
+        return "failed"
+    if isinstance(exc, ServiceError):
+        text = exc.msg.lower()
+        return "error" if any(marker in text for marker in INFRASTRUCTURE) else "failed"
+    return "error"  # StorageError (the store), ConfigError (this host cannot restore this format)
+
+
 def verify(server, location, params, check_mode=False):
     """Restore into a scratch database, run the checks, record the outcome in the manifest."""
     check_options("verified", params)
     manifest = find_backup(location, params, server)
-    scratch_db = "%s%s" % (SCRATCH_PREFIX, secrets.token_hex(4))
+    scratch_db = scratch_name()
     queries = params.get("verify_queries") or []
     if check_mode:
         result = restore(server, location, params, True, manifest, scratch_db, verifying=True)
@@ -60,25 +78,8 @@ def verify(server, location, params, check_mode=False):
         return result
     started = time.monotonic()
     details = {"scratch_database": scratch_db, "queries": []}
-    outcome, error = "failed", None
     try:
-        restore(server, location, params, False, manifest, scratch_db, verifying=True)
-        expected_tables = (manifest.get("source") or {}).get("tables")
-        details["tables"] = server.tables(scratch_db)
-        if expected_tables is not None and details["tables"] != expected_tables:
-            error = "restored %d tables, the source had %d" % (details["tables"], expected_tables)
-        for index, spec in enumerate(queries):
-            name = spec.get("name") or "query %d" % (index + 1)
-            try:
-                passed, value, message = evaluate_query(spec, server.query(spec["query"], scratch_db))
-            except ServiceError as exc:
-                passed, value, message = False, None, exc.msg
-            details["queries"].append({"name": name, "passed": passed, "value": value, "message": message})
-            if not passed and error is None:
-                error = "%s %s" % (name, message)
-        outcome = "passed" if error is None else "failed"
-    except OpsError as exc:
-        error = "restore failed: %s" % exc.msg
+        outcome, error = _restore_and_check(server, location, params, manifest, scratch_db, details)
     finally:
         with contextlib.suppress(OpsError):
             server.drop(scratch_db)
@@ -87,7 +88,41 @@ def verify(server, location, params, check_mode=False):
         details["error"] = error
     updated = update_verification(location, manifest, "restore", outcome, details)
     result = {"changed": True, "backup": summarize(updated, location), "verification": updated["verification"]}
+    if outcome == "error":
+        raise ServiceError("backup %s could not be verified (recorded as error; an earlier result is kept): %s"
+                           % (manifest["id"], error), **result)
     if outcome != "passed":
         raise OpsError("verification of backup %s failed: %s" % (manifest["id"], error), **result)
     result["msg"] = "backup %s verified: restored and checked in a scratch database" % manifest["id"]
     return result
+
+
+def _restore_and_check(server, location, params, manifest, scratch_db, details):
+    """(outcome, error): every artifact checked, the restore, the table count, the queries.
+    ``Interrupted`` (a signal) passes through: nothing is recorded for it."""
+    try:
+        for companion in manifest.get("companions") or []:
+            verify_stored(location, manifest, companion.get("name"))  # a restore may need each one
+        restore(server, location, params, False, manifest, scratch_db, verifying=True)
+        expected_tables = (manifest.get("source") or {}).get("tables")
+        details["tables"] = server.tables(scratch_db)
+    except Interrupted:
+        raise
+    except OpsError as exc:
+        outcome = outcome_of(exc)
+        return outcome, ("restore failed: %s" if outcome == "failed" else "%s") % exc.msg
+    error = None
+    if expected_tables is not None and details["tables"] != expected_tables:
+        error = "restored %d tables, the source had %d" % (details["tables"], expected_tables)
+    for index, spec in enumerate(params.get("verify_queries") or []):
+        name = spec.get("name") or "query %d" % (index + 1)
+        try:
+            passed, value, message = evaluate_query(spec, server.query(spec["query"], scratch_db))
+        except Interrupted:
+            raise
+        except ServiceError as exc:
+            passed, value, message = False, None, exc.msg
+        details["queries"].append({"name": name, "passed": passed, "value": value, "message": message})
+        if not passed and error is None:
+            error = "%s %s" % (name, message)
+    return ("passed" if error is None else "failed"), error

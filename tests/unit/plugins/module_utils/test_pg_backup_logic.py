@@ -310,3 +310,196 @@ def test_filter_globals_keeps_existing_roles(existing, kept, remaining_roles):
     assert "GRANT app TO postgres GRANTED BY postgres;" in script
     if "postgres" in existing:
         assert "SCRAM-SHA-256$4096:y" not in script  # the connecting role's password is never replaced
+
+
+# ------------------------------------------------- SQL scripts from a bucket (issue 14, item 9)
+
+from ansible_collections.opskit.runbook.plugins.module_utils._postgres import script as psc  # noqa: E402
+from ansible_collections.opskit.runbook.plugins.module_utils._errors import IntegrityError  # noqa: E402
+
+
+@pytest.mark.parametrize("version, expected", [
+    ("15.18", True), ("15.14", True), ("15.13", False), ("16.10", True), ("16.9", False),
+    ("17.6", True), ("17.5", False), ("18.0", True), ("14.19", True), ("13.21", False),
+    ("12.22", False), ("", False), ("garbage", False),
+])
+def test_has_restrict(version, expected):
+    assert psc.has_restrict(version) is expected
+
+
+DUMP_HEAD = b"--\n-- PostgreSQL database dump\n--\n\n\\restrict abcDEF123\n\nSET standard_conforming_strings = on;\n"
+DUMP_TAIL = b"\n\\unrestrict abcDEF123\n\n"
+LEGIT = (DUMP_HEAD + b"CREATE TABLE public.t (a text, b text);\n"
+         b"CREATE FUNCTION f() RETURNS text LANGUAGE sql AS $_$SELECT '\\d+' || $1$_$;\n"
+         b"COMMENT ON TABLE t IS E'back\\\\slash \\' quote';\n"
+         b"SELECT pg_catalog.lowrite(0, '\\x6c61726765'), '\\\\d', 'it''s', c[1:n], c[1:2];\n"
+         b"CREATE TABLE \"we\\ird\" (x int); SELECT 'a'::text, $$ \\! in a body $$; -- \\! in a comment\n"
+         b"/* nested /* \\! */ still */ SELECT 1;\n"
+         b"COPY public.t (a, b) FROM stdin;\n\\N\tx\n\\\\! data\t\\.x\n\\.\nSELECT 2;\n" + DUMP_TAIL)
+
+
+def test_check_script_accepts_what_pg_dump_writes():
+    psc.check_script(LEGIT, "backup x")
+
+
+@pytest.mark.parametrize("body, what", [
+    (b"\\! touch /tmp/pwned\n", "meta-command"),
+    (b"SELECT 1; \\! touch /tmp/pwned\n", "meta-command"),
+    (b"SELECT 1 \\gexec\n", "meta-command"),
+    (b"\\unrestrict abcDEF123\n\\! id\n", "meta-command"),  # the dump's key line, then a command
+    (b"SELECT 'it''s \\' ; \\! id ; '\n", "standard_conforming_strings off"),
+    (b"SELECT 'C:\\' ; \\! id ; '\n", "standard_conforming_strings off"),
+    (b"SELECT :'DBNAME';\n", "psql variable"),
+    (b"SELECT :LAST_ERROR_MESSAGE;\n", "psql variable"),
+    (b"SELECT $$COPY t FROM stdin;\n$$;\n\\! id\n\\.\n", "meta-command"),  # a fake COPY in a body
+    (b"COPY (SELECT 'FROM STDIN') TO STDOUT;\n\\! id\n\\.\n", "meta-command"),
+    (b"COPY t FROM stdin; SELECT 1;\nx\n\\.\n", "COPY FROM stdin"),
+    (b"SELECT 'unterminated\n", "unterminated"),
+])
+def test_check_script_refuses(body, what):
+    with pytest.raises(IntegrityError) as err:
+        psc.check_script(DUMP_HEAD + body, "backup x")
+    assert what in err.value.msg and "\n" not in err.value.msg and "line " in err.value.msg
+
+
+def test_check_script_globals_have_no_copy():
+    with pytest.raises(IntegrityError, match="COPY"):
+        psc.check_script(b"COPY t FROM stdin;\n\\! id\n\\.\n", "globals", copy_allowed=False)
+
+
+class Trickle(io.BytesIO):
+    """Returns at most ``step`` bytes a read: key lines arrive split across reads."""
+
+    def __init__(self, data, step):
+        super().__init__(data)
+        self.step = step
+
+    def read(self, size=-1):
+        return super().read(self.step)
+
+
+@pytest.mark.parametrize("step", [1, 3, 7, 1 << 20])
+@pytest.mark.parametrize("restrict", [True, False])
+def test_safe_script_drops_the_dumps_key_lines_and_restricts(step, restrict):
+    stream = psc.SafeScript(Trickle(LEGIT, step), restrict)
+    out = b"".join(iter(lambda: stream.read(5), b""))
+    lines = out.split(b"\n")
+    assert not [line for line in lines if b"abcDEF123" in line]
+    if restrict:
+        assert lines[0].startswith(b"\\restrict ") and len(lines[0]) == len(b"\\restrict ") + 32
+        out = out.split(b"\n", 1)[1]
+    assert out.replace(b"\n", b"") == LEGIT.replace(b"\\restrict abcDEF123", b"").replace(
+        b"\\unrestrict abcDEF123", b"").replace(b"\n", b"")
+
+
+def test_safe_script_keeps_a_foreign_key_line():
+    """Only the dump's own key is dropped: any other \\unrestrict reaches psql, which refuses it."""
+    out = psc.SafeScript(io.BytesIO(DUMP_HEAD + b"\\unrestrict other\n"), True).read()
+    assert b"\n\\unrestrict other\n" in out and b"abcDEF123" not in out
+
+
+# ------------------------------------------------- passfile (issue 14, item 8)
+
+from ansible_collections.opskit.runbook.plugins.module_utils._postgres import connection as pcn  # noqa: E402
+
+
+@pytest.mark.parametrize("user, password, line", [
+    ("app", "s3cret", "*:*:*:app:s3cret\n"),
+    ("a:b", "p\\w:d", "*:*:*:a\\:b:p\\\\w\\:d\n"),
+])
+def test_passfile_line(user, password, line):
+    assert pcn.passfile_line({"user": user, "password": password}) == line
+
+
+@pytest.mark.parametrize("field, value, what", [
+    ("password", "one\ntwo", "a line break"), ("password", "one\rtwo", "a carriage return"),
+    ("password", "one\0two", "a NUL character"), ("user", "ro\nle", "a line break"),
+])
+def test_passfile_refuses_what_it_cannot_hold(field, value, what, tmp_path, monkeypatch):
+    monkeypatch.setattr(pcn.tempfile, "tempdir", str(tmp_path))
+    params = {"user": "app", "password": "ok"}
+    params[field] = value
+    with pytest.raises(ConfigError) as err:
+        with pcn.libpq_env(params):
+            pass
+    assert err.value.msg.startswith("%s contains %s" % (field, what)) and value not in err.value.msg
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_libpq_env_passfile_is_0600_and_removed(tmp_path, monkeypatch):
+    monkeypatch.setattr(pcn.tempfile, "tempdir", str(tmp_path))
+    with pcn.libpq_env({"user": "app", "password": "pw"}, base_env={"PGPASSWORD": "leak"}) as env:
+        path = env["PGPASSFILE"]
+        assert "PGPASSWORD" not in env and oct(__import__("os").stat(path).st_mode & 0o777) == "0o600"
+    assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------- leftovers of killed runs (issue 14, item 13)
+
+import os  # noqa: E402
+
+from ansible_collections.opskit.runbook.plugins.module_utils._postgres import action as pa  # noqa: E402
+from ansible_collections.opskit.runbook.plugins.module_utils._postgres import cleanup as pcl  # noqa: E402
+from ansible_collections.opskit.runbook.plugins.module_utils._errors import StorageError  # noqa: E402
+
+
+def test_scratch_name_carries_its_time():
+    name = pcl.scratch_name(now=1764579600)
+    assert pcl.SCRATCH_RE.match(name) and name.startswith("opskit_verify_1764579600_")
+
+
+@pytest.mark.parametrize("rows, expected", [
+    ([("opskit_verify_1764579600_0123abcd", "0")], ["opskit_verify_1764579600_0123abcd"]),
+    ([("opskit_verify_1764579600_0123abcd", "1")], []),            # someone is connected
+    ([("opskit_verify_1764582000_0123abcd", "0")], []),            # 10 minutes old: maybe running
+    ([("opskit_verify_0123abcd", "0")], []),                       # no time in its name: not ours to judge
+    ([("opskit_verify_1764579600_0123abcd_x", "0"), ("app", "0")], []),
+])
+def test_stale_scratch(rows, expected):
+    assert pcl.stale_scratch(rows, now=1764582600) == expected
+
+
+def test_leftover_temporaries_are_those_of_dead_owners(tmp_path):
+    (tmp_path / "opskit-pgpass-111-abc").write_text("x")
+    (tmp_path / "opskit-pgrestore-222-def").mkdir()
+    (tmp_path / ("opskit-pgdump-%d-mine" % os.getpid())).mkdir()   # this run's own
+    (tmp_path / "opskit-pgpass-legacy").write_text("x")             # no pid: left alone
+    (tmp_path / "other-111-x").write_text("x")
+    found = pcl.leftover_temporaries([str(tmp_path), None], alive=lambda pid: pid == 222)
+    assert found == [str(tmp_path / "opskit-pgpass-111-abc")]
+
+
+def test_terminable_turns_sigterm_into_interrupted_and_restores_the_handler():
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(pcl.Interrupted, match="interrupted by signal 15"):
+        with pcl.terminable():
+            os.kill(os.getpid(), signal.SIGTERM)
+            __import__("time").sleep(5)  # the handler raises at once
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_report_names_what_was_removed():
+    result = pa._report({"changed": True}, {"temporary_files": ["/tmp/opskit-pgpass-1-x"],
+                                            "scratch_databases": ["opskit_verify_1_0123abcd"]}, [], False)
+    assert result["leftovers"]["scratch_databases"] == ["opskit_verify_1_0123abcd"]
+    assert result["warnings"] == ["removed what an interrupted earlier run left: 1 temporary file(s)"
+                                  " (/tmp/opskit-pgpass-1-x); scratch database(s) opskit_verify_1_0123abcd"]
+    assert "leftovers" not in pa._report({}, {"temporary_files": [], "scratch_databases": []}, [], False)
+
+
+# ------------------------------------------------- verification outcomes (issue 14, items 6 and 23)
+
+@pytest.mark.parametrize("exc, outcome", [
+    (IntegrityError("artifact a/b.globals.sql.zst is corrupt: sha256 ..."), "failed"),
+    (NotFoundError("backup x has no globals artifact"), "failed"),
+    (ServiceError("pg_restore failed (exit 1): ERROR: syntax error at or near \"x\""), "failed"),
+    (ServiceError("cannot connect to PostgreSQL u@h:5432 on the managed host: Connection refused"), "error"),
+    (ServiceError("query on u@h:5432/postgres failed: ERROR: permission denied to create database"), "error"),
+    (ServiceError("pg_restore failed (exit 1): could not extend file \"base/1/2\": No space left on device"), "error"),
+    (ServiceError("writing backup x to the temporary file /t failed: No space left on device (set tmp_dir ...)"), "error"),
+    (ServiceError("pg_restore was killed by signal 9"), "error"),
+    (StorageError("s3 GetObject failed: 503 SlowDown"), "error"),
+    (ConfigError("restoring a directory format backup is not supported with docker_container"), "error"),
+])
+def test_outcome_of(exc, outcome):
+    assert pv.outcome_of(exc) == outcome

@@ -1,0 +1,149 @@
+# -*- coding: utf-8 -*-
+# Copyright: opskit.runbook contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""What a run of pg_backup leaves when it is killed, and how the next run removes it.
+
+- ``terminable()``: SIGTERM / SIGHUP raise ``Interrupted`` in the main thread, so every
+  ``with`` block unwinds (the child tools killed, the passfile and temporary copies removed,
+  the scratch database dropped); later signals are ignored until the cleanup is done.
+- After SIGKILL nothing runs: the temporary files and directories carry the owner's pid in
+  their names (``temp_prefix``) and the scratch databases their creation time
+  (``scratch_name``). ``sweep_temporary`` removes those of dead owners; ``sweep_scratch``
+  drops scratch databases older than STALE_SCRATCH_SECONDS that nobody is connected to.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import secrets
+import shutil
+import signal
+import tempfile
+import time
+
+from .._errors import ServiceError
+from .tools import quote_ident, quote_literal
+
+SCRATCH_PREFIX = "opskit_verify_"
+SCRATCH_RE = re.compile(r"^opskit_verify_(\d{9,11})_[0-9a-f]{8}$")
+STALE_SCRATCH_SECONDS = 15 * 60
+TEMP_PREFIXES = ("opskit-pgpass-", "opskit-pgdump-", "opskit-pgrestore-")
+TEMP_RE = re.compile(r"^(?:%s)(\d+)-" % "|".join(re.escape(p) for p in TEMP_PREFIXES))
+OWNER_MARK = b"pg_backup"  # in the command line of a live owner (AnsiballZ_pg_backup.py)
+SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+class Interrupted(ServiceError):
+    """The run was ended by a signal: nothing about the backup is recorded."""
+
+
+@contextlib.contextmanager
+def terminable(signals=SIGNALS):
+    """SIGTERM / SIGHUP become ``Interrupted`` while the block runs (main thread only)."""
+    def handler(signum, _frame):
+        for number in signals:
+            signal.signal(number, signal.SIG_IGN)  # the cleanup that follows runs to its end
+        raise Interrupted("interrupted by signal %d: the tools were stopped and the temporary files,"
+                          " passfile and scratch database removed" % signum)
+
+    old = {}
+    try:
+        for number in signals:
+            old[number] = signal.signal(number, handler)
+    except ValueError:  # not the main thread: no handler
+        pass
+    try:
+        yield
+    finally:
+        for number, previous in old.items():
+            signal.signal(number, previous)
+
+
+def temp_prefix(prefix):
+    """``opskit-pgdump-<pid>-``: the next run knows whether the owner still lives."""
+    return "%s%d-" % (prefix, os.getpid())
+
+
+def scratch_name(now=None):
+    return "%s%d_%s" % (SCRATCH_PREFIX, int(time.time() if now is None else now), secrets.token_hex(4))
+
+
+def _owner_alive(pid):
+    """Whether ``pid`` is a running pg_backup (a reused pid of another program is not)."""
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as fh:
+            return OWNER_MARK in fh.read()
+    except FileNotFoundError:
+        return False
+    except OSError:  # not ours to read: someone else's process, not a leftover of ours
+        return True
+
+
+def leftover_temporaries(dirs, alive=_owner_alive, uid=None):
+    """Paths of our temporary files and directories in ``dirs`` whose owner is gone."""
+    uid = os.getuid() if uid is None else uid
+    found = []
+    for directory in dict.fromkeys(d for d in dirs if d):
+        try:
+            entries = sorted(os.listdir(directory))
+        except OSError:
+            continue
+        for entry in entries:
+            match = TEMP_RE.match(entry)
+            path = os.path.join(directory, entry)
+            if not match or int(match.group(1)) == os.getpid():
+                continue
+            try:
+                if os.lstat(path).st_uid != uid or alive(int(match.group(1))):
+                    continue
+            except OSError:
+                continue
+            found.append(path)
+    return found
+
+
+def sweep_temporary(tmp_dir=None, remove=True):
+    """Remove (unless ``remove`` is false) what killed runs left in the temporary directories."""
+    paths = leftover_temporaries([tempfile.gettempdir(), tmp_dir])
+    for path in paths if remove else ():
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+    return paths
+
+
+def stale_scratch(rows, now, min_age=STALE_SCRATCH_SECONDS):
+    """Names of the scratch databases among ``rows`` (name, sessions) a killed run left:
+    older than ``min_age`` by their name and without any session."""
+    out = []
+    for name, sessions in rows:
+        match = SCRATCH_RE.match(name)
+        if match and int(sessions) == 0 and now - int(match.group(1)) >= min_age:
+            out.append(name)
+    return sorted(out)
+
+
+SCRATCH_SQL = ("SELECT d.datname, (SELECT count(*) FROM pg_stat_activity a WHERE a.datname = d.datname)"
+               " FROM pg_database d WHERE starts_with(d.datname, %s)" % quote_literal(SCRATCH_PREFIX))
+
+
+def sweep_scratch(server, now=None, remove=True):
+    """Drop stale scratch databases; returns (names dropped or found, warnings). Never raises
+    for a database it cannot drop (in use again, not its owner): that is a warning."""
+    names = stale_scratch(server.query(SCRATCH_SQL), time.time() if now is None else now)
+    warnings = []
+    if not remove:
+        return names, warnings
+    dropped = []
+    for name in names:
+        try:
+            server.query("DROP DATABASE IF EXISTS %s" % quote_ident(name))  # no FORCE: never a live one
+            dropped.append(name)
+        except ServiceError as exc:
+            warnings.append("scratch database %s left by an interrupted run could not be dropped: %s"
+                            % (name, exc.msg))
+    return dropped, warnings
