@@ -15,13 +15,20 @@ description:
     multithreaded) and writes it to a file:// or s3:// location, where a manifest publishes it.
   - Volumes are read through the Docker Engine API only. A helper container is created (never
     started) with the volume mounted read-only and its content is streamed out through the
-    archive API, so no tar binary is needed and nothing is pulled.
+    archive API, so no tar binary is needed and nothing is pulled. Helper containers are
+    removed with their anonymous volumes (an image that declares a C(VOLUME) creates one
+    with each container).
   - Ownership, permissions, symlinks, hard links, empty directories, modification times (to the
     second) and non-UTF-8 file names are preserved. Sparse files are stored as plain data.
+  - Device files are left out of volume and directory backups, because every restore refuses
+    them. RV(skipped_files) counts them, and for a volume a warning names them.
   - Containers using the volume can be stopped for a consistent copy (O(stop_containers)).
     Exactly the containers that were running are started again, also when the backup fails,
     and also when the module process is killed (a small watchdog process does it then). The
     containers are started as soon as the volume has been read, before the upload completes.
+    A container that is still stopping when the module is interrupted (SIGTERM) or killed is
+    waited for (up to O(stop_timeout) + 15 seconds), then started, and checked to be running;
+    up to three attempts.
   - With O(state=restored), restores a backup into the volume (created if missing) or
     directory. Members with absolute paths, C(..) components, device files and paths through
     an archive symlink are refused.
@@ -31,9 +38,25 @@ description:
     whole archive is written and verified; on any error it is removed and the target is as
     it was. Through the Engine API, the stored archive is read and verified once before it is
     written. A volume or directory that the failed restore created is removed again.
-  - A non-empty target is refused unless O(force=true), which deletes its content (once the
-    new content is verified). So a second identical restore is refused, never applied on top
-    of the first.
+  - A non-empty target is refused unless O(force=true), which replaces its content. So a
+    second identical restore is refused, never applied on top of the first.
+  - A forced staged restore (a directory, or a volume through its mountpoint) replaces all or
+    nothing. Before anything is downloaded, it refuses a target that holds a mount point or
+    an immutable or append-only (C(chattr +i), C(+a)) entry. Once the new content is staged
+    and verified, the old entries are moved into a hidden C(.opskit-old-*) directory and the
+    new ones are renamed in, with SIGTERM, SIGINT and SIGHUP held. On any error, everything
+    moves back. Only then is the old content deleted, never across a mount point. If that
+    deletion fails, the restore still succeeds, and a warning names what is left.
+  - O(force=true) never empties C(/), also when O(path) is C(//) or a symlink to C(/).
+  - Through the Engine API, the stored archive is read once before anything is written. That
+    read checks its sha256 and every member, so an archive with a refused member fails
+    before the volume is emptied. The API replace is not all or nothing. An error or a kill
+    after the emptying leaves the volume half-restored.
+  - Containers stopped for a restore are left stopped when the restore failed or was killed
+    while the target held neither its old content nor the new one. The failure says so and
+    RV(left_stopped) names them. After a SIGKILL the watchdog leaves them stopped too, without
+    a message. A staged restore whose replace was rolled back leaves the old content intact,
+    so its containers are started again.
   - Volume and directory backups have the same archive layout and manifest; either restores
     into the other.
 author:
@@ -73,6 +96,13 @@ options:
         configuration files or the source of a bind mount. A symlink to a directory is followed
         for the root only.
       - Sockets and device files are skipped when backing up a directory (RV(skipped_files)).
+      - Below the root, no symlink is ever followed. Every entry is opened relative to its
+        directory's descriptor with C(O_NOFOLLOW), and its header and data come from what was
+        opened. A file or directory that is swapped for a symlink during the backup is stored
+        as that symlink, never as the link's target.
+      - A file that shrinks while it is read (logrotate's C(copytruncate)) is padded with zeros
+        to the size it had when its read began, as GNU tar does. An entry that vanishes, or
+        keeps changing type, while it is read is left out. Both get a warning that names them.
     type: path
   series:
     description:
@@ -109,6 +139,8 @@ options:
   stop_timeout:
     description:
       - Seconds a container is given to stop before it is killed.
+      - A container still stopping when it is to be started again is waited for this long, plus
+        15 seconds.
     type: int
     default: 30
   helper_image:
@@ -144,12 +176,16 @@ notes:
     user who can read it, else with C(docker system df) (which walks every volume of the host).
   - A backup whose containers fail to restart is still published (its data is complete); the
     task fails and names the containers.
-  - An unsafe member fails the task and is named. Through the Engine API, the members before
-    it have been written by then; in a staged restore nothing is moved into place.
+  - An unsafe member fails the task and is named, before anything is written (through the
+    Engine API, it is found in the verification read; in a staged restore, nothing is moved
+    into place).
   - A staged restore needs room for the new content next to the old one until the old one is
     deleted. If the module process is killed during it, a hidden C(.opskit-restore-*)
     directory is left in the target, which then counts as not empty (O(force=true) replaces
-    it).
+    it). A SIGKILL in the short replace phase can also leave the old entries in a hidden
+    C(.opskit-old-*) directory, from which they can be moved back by hand.
+  - Through the Engine API, a restore reads and decompresses the stored archive twice, once to
+    verify it, once to write it.
 seealso:
   - module: opskit.runbook.backup_info
 """
@@ -311,8 +347,8 @@ hardlinks:
   type: int
   sample: 2
 skipped_files:
-  description: Sockets and device files left out of a directory backup.
-  returned: success, O(path) with O(state=backed_up)
+  description: Device files (and, for a directory, sockets) left out of the backup.
+  returned: success, O(state=backed_up), not in check mode
   type: int
   sample: 0
 raw_bytes:
@@ -360,8 +396,17 @@ access:
   returned: O(state=restored) with O(volume), success, not in check mode
   type: str
   sample: mountpoint
+left_stopped:
+  description:
+    - Names of the stopped containers that were NOT started again because the failed restore
+      left the target half-restored. Start them once the target is repaired (for example by a
+      new forced restore).
+  returned: O(state=restored), on failure, when the target was left half-restored
+  type: list
+  elements: str
+  sample: [app-db-1]
 emptied:
-  description: Whether the restore target's content is deleted first (O(force=true)).
+  description: Whether the restore target's content is replaced (O(force=true)).
   returned: O(state=restored)
   type: bool
   sample: false

@@ -407,18 +407,11 @@ def test_killed_mid_backup_publishes_nothing_and_restarts_the_containers(tmp_pat
     _fill_random(dockerthings.mountpoint(vol), 64 << 20)
     app = dockerthings.container(docker_engine.busybox_image, vol, SERVICE)
     store = tmp_path / "store"
-    playbook = tmp_path / "play.yml"
-    playbook.write_text(PLAY_HEAD + """
+    proc = _start_playbook(tmp_path, PLAY_HEAD + """
     - name: backup
       opskit.runbook.volume_backup:
         {volume: "%s", location: "file://%s", series: killed, compression_level: 19, stop_timeout: 5}
 """ % (vol, store))
-    (tmp_path / "inventory").write_text("localhost ansible_connection=local\n")
-    collections = os.path.join(os.path.dirname(os.path.dirname(HERE)), ".build", "collections")
-    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=collections, ANSIBLE_PYTHON_INTERPRETER=sys.executable)
-    proc = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-i",
-                             str(tmp_path / "inventory"), str(playbook)], env=env, cwd=str(tmp_path),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 60
         while dockerthings.state(app)["Running"]:
@@ -450,8 +443,87 @@ def test_killed_mid_backup_publishes_nothing_and_restarts_the_containers(tmp_pat
     assert manifests == []
 
 
+def _start_playbook(tmp_path, play):
+    """ansible-playbook of ``play`` in its own session, its output in a pipe."""
+    playbook = tmp_path / "play.yml"
+    playbook.write_text(play)
+    (tmp_path / "inventory").write_text("localhost ansible_connection=local\n")
+    collections = os.path.join(os.path.dirname(os.path.dirname(HERE)), ".build", "collections")
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=collections, ANSIBLE_PYTHON_INTERPRETER=sys.executable)
+    return subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-i",
+                             str(tmp_path / "inventory"), str(playbook)], env=env, cwd=str(tmp_path),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _module_pids(proc, module="volume_backup"):
+    """Pids of the module's python processes under ansible-playbook."""
+    out = []
+    for pid in _descendants(proc.pid):
+        try:
+            with open("/proc/%d/cmdline" % pid, "rb") as fh:
+                if ("AnsiballZ_%s" % module).encode() in fh.read():
+                    out.append(pid)
+        except OSError:
+            pass
+    return out
+
+
+def _interrupt(proc, how):
+    """SIGKILL of the whole tree (returns None), or SIGTERM of the module (returns the output
+    of the playbook, which then ends)."""
+    if how.startswith("SIGKILL"):
+        _kill_tree(proc)
+        return None
+    for pid in _module_pids(proc):
+        os.kill(pid, signal.SIGTERM)
+    return proc.communicate(timeout=120)[0].decode()
+
+
+# Takes 4 s to stop after SIGTERM, and says when it got it.
+SLOW_TO_STOP = ("sh", "-c", "trap 'echo stopping; sleep 4; exit 0' TERM; echo up; sleep 3600 & wait")
+
+
+@pytest.mark.parametrize("how", ["SIGKILL of ansible-playbook's process tree", "SIGTERM of the module"])
+def test_a_container_still_stopping_when_the_module_dies_ends_running(tmp_path, docker_engine,
+                                                                      dockerthings, how):
+    """docker start on a container that is still stopping answers 304 (success for docker-py)
+    and the container exits a moment later: the watchdog (SIGKILL) and resume (SIGTERM) wait
+    for it to stop, start it, and check that it runs."""
+    vol = dockerthings.volume()
+    app = dockerthings.container(docker_engine.busybox_image, vol, SLOW_TO_STOP)
+    first_start = dockerthings.started_at(app)
+    proc = _start_playbook(tmp_path, PLAY_HEAD + """
+    - name: backup
+      opskit.runbook.volume_backup: {volume: "%s", location: "file://%s/store", series: slow}
+""" % (vol, tmp_path))
+    try:
+        deadline = time.monotonic() + 60
+        while b"stopping" not in docker_engine.client.api.logs(app.id):
+            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+            assert time.monotonic() < deadline, "the container was never stopped"
+            time.sleep(0.05)
+        assert dockerthings.state(app)["Running"]  # still stopping
+        output = _interrupt(proc, how)
+        assert output is None or "interrupted by signal 15" in output, output[-3000:]
+    finally:
+        _kill_tree(proc)
+        proc.stdout.close()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        state = dockerthings.state(app)
+        if state["Running"] and state["StartedAt"] != first_start:
+            break
+        time.sleep(0.2)
+    time.sleep(5)  # a 304 "start" would show now: the container exits once its trap is done
+    state = dockerthings.state(app)
+    assert state["Running"] and state["StartedAt"] != first_start, state
+    assert not _helpers(docker_engine, vol)
+
+
 def _kill_tree(proc):
     """SIGKILL ansible-playbook and every process under it (the test started them all)."""
+    if proc.poll() is not None:
+        return  # reaped: its pid may be another process's by now
     for pid in _descendants(proc.pid) + [proc.pid]:
         try:
             os.kill(pid, signal.SIGKILL)
@@ -475,3 +547,270 @@ def _exists(docker_engine, cid):
         return True
     except docker.errors.NotFound:
         return False
+
+
+def _mount_tmpfs(path):
+    os.makedirs(path)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(path)],
+                          capture_output=True, text=True, check=False)
+    if done.returncode:
+        pytest.skip("cannot mount a tmpfs here: %s" % done.stderr.strip())
+
+
+@pytest.mark.parametrize("obstacle", ["immutable file", "nested mount"])
+def test_a_forced_restore_that_cannot_replace_changes_nothing(run_playbook, tmp_path, docker_engine,
+                                                              dockerthings, obstacle):
+    """An immutable file (chattr +i) deep in the target, or a tmpfs mounted inside it: the
+    forced restore fails with a one-line error before anything changes (the mount's content
+    is never touched), and the container stopped for it runs again on its intact content."""
+    from docker.types import Mount
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "new.conf").write_text("new")
+    dst = tmp_path / "dst"
+    (dst / "keep").mkdir(parents=True)
+    for i in range(10):
+        (dst / ("old-%d.conf" % i)).write_text("old %d" % i)
+        (dst / "keep" / ("data-%d" % i)).write_text("precious %d" % i)
+    blocker = dst / "keep" / "data-5"
+    if obstacle == "immutable file":
+        done = subprocess.run(["chattr", "+i", str(blocker)], capture_output=True, text=True, check=False)
+        if done.returncode:
+            pytest.skip("chattr +i is not available on this file system: %s" % done.stderr.strip())
+    else:
+        _mount_tmpfs(dst / "keep" / "mnt")
+        (dst / "keep" / "mnt" / "inside").write_text("on another file system")
+    try:
+        before = listing(dst)
+        web = dockerthings.container(docker_engine.busybox_image, command=SERVICE,
+                                     mounts=[Mount("/cfg", str(dst), type="bind")])
+        location = "file://%s/store" % tmp_path
+        run = run_playbook(PLAY_HEAD + """
+    - name: backup
+      opskit.runbook.volume_backup: {path: "{{ src }}", location: "{{ location }}", series: cfg}
+    - name: forced restore
+      opskit.runbook.volume_backup: {state: restored, path: "{{ dst }}", location: "{{ location }}", series: cfg, force: true}
+      ignore_errors: true
+""", extra_vars={"src": str(src), "dst": str(dst), "location": location})
+        result = run.task("forced restore")
+        assert listing(dst) == before
+        assert _failed(result) and "\n" not in result["msg"], result
+        assert "nothing was changed" in result["msg"], result["msg"]
+        assert ("immutable" if obstacle == "immutable file" else "is a mount point") in result["msg"]
+        assert result["stopped"] == [web.name] and result["restarted"] == [web.name]
+        assert "left_stopped" not in result and dockerthings.state(web)["Running"]
+    finally:
+        subprocess.run(["chattr", "-i", str(blocker)], capture_output=True, check=False)
+        subprocess.run(["umount", str(dst / "keep" / "mnt")], capture_output=True, check=False)
+
+
+@pytest.mark.parametrize("how", ["SIGTERM of the module", "SIGKILL of ansible-playbook's process tree"])
+def test_containers_stay_stopped_on_a_half_restored_volume(tmp_path, docker_engine, dockerthings, how):
+    """Through the Engine API a forced restore empties the volume, then writes the new content:
+    interrupted in between, the volume is neither the old nor the new content, so the
+    containers stopped for it are left stopped (by resume after SIGTERM, by the watchdog after
+    SIGKILL), and the failure names them."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(20000):
+        (src / ("f-%05d" % i)).write_bytes(b"x" * 512)
+    vol = dockerthings.volume()
+    mountpoint = dockerthings.mountpoint(vol)
+    with open(os.path.join(mountpoint, "old"), "w") as fh:
+        fh.write("old")
+    app = dockerthings.container(docker_engine.busybox_image, vol, SERVICE)
+    location = "file://%s/store" % tmp_path
+    proc = _start_playbook(tmp_path, PLAY_HEAD + """
+    - name: backup
+      opskit.runbook.volume_backup: {path: "%s", location: "%s", series: many}
+    - name: forced restore
+      opskit.runbook.volume_backup:
+        {state: restored, volume: "%s", location: "%s", series: many, force: true,
+         volume_access: api, helper_image: "%s"}
+""" % (src, location, vol, location, docker_engine.busybox_image))
+    try:
+        deadline = time.monotonic() + 120
+        while True:  # the volume was emptied and the new content is being written
+            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+            assert time.monotonic() < deadline, "the restore never started writing"
+            names = os.listdir(mountpoint)
+            if "old" not in names and names:
+                break
+            time.sleep(0.01)
+        assert len(os.listdir(mountpoint)) < 20000, "the restore finished before it could be interrupted"
+        output = _interrupt(proc, how)
+        if output is not None:
+            assert "LEFT STOPPED" in output and app.name in output, output[-3000:]
+            assert '"left_stopped"' in output, output[-3000:]
+    finally:
+        _kill_tree(proc)
+        proc.stdout.close()
+    time.sleep(5)  # the watchdog (or resume) would have started it by now
+    assert not dockerthings.state(app)["Running"], "a container was started on a half-restored volume"
+    deadline = time.monotonic() + 20
+    while _helpers(docker_engine, vol) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _helpers(docker_engine, vol)
+
+
+@pytest.mark.parametrize("evil, message", [
+    (("./null", tarfile.CHRTYPE, b""), "device files are refused"),
+    (("./../../../../etc/opskit-escaped", tarfile.REGTYPE, b"pwned"), "'..' components are refused"),
+    (("./link", tarfile.SYMTYPE, b""), "goes through the symlink"),
+])
+def test_a_refused_member_fails_a_forced_api_restore_before_the_volume_is_emptied(
+        run_playbook, tmp_path, docker_engine, dockerthings, evil, message):
+    location = "file://%s/store" % tmp_path
+    members = [(".", tarfile.DIRTYPE, b""), ("./fine", tarfile.REGTYPE, b"ok"), evil]
+    if evil[0] == "./link":
+        members.append(("./link/through", tarfile.REGTYPE, b"never"))
+    _publish_tar(location, "evil", members + [("./after", tarfile.REGTYPE, b"never")])
+    vol = dockerthings.volume()
+    with open(os.path.join(dockerthings.mountpoint(vol), "old"), "w") as fh:
+        fh.write("old")
+    before = listing(dockerthings.mountpoint(vol))
+    app = dockerthings.container(docker_engine.busybox_image, vol, SERVICE)
+    run = run_playbook(PLAY_HEAD + """
+    - name: forced restore of a crafted archive
+      opskit.runbook.volume_backup:
+        {state: restored, volume: "{{ vol }}", location: "{{ location }}", series: evil, force: true,
+         helper_image: "{{ image }}", volume_access: api}
+      ignore_errors: true
+""", extra_vars={"vol": vol, "location": location, "image": docker_engine.busybox_image})
+    result = run.task("forced restore of a crafted archive")
+    assert listing(dockerthings.mountpoint(vol)) == before  # nothing emptied, nothing written
+    assert _failed(result) and message in result["msg"] and "\n" not in result["msg"], result
+    assert result["restarted"] == [app.name] and dockerthings.state(app)["Running"]
+    assert not _helpers(docker_engine, vol)
+
+
+def _dangling_anonymous(docker_engine):
+    """Names of the volumes no container uses that have no name of their own (64 hex digits)."""
+    return {v["Name"] for v in docker_engine.client.api.volumes(filters={"dangling": True})["Volumes"] or []
+            if len(v["Name"]) == 64 and all(c in "0123456789abcdef" for c in v["Name"])}
+
+
+def test_helper_containers_leave_no_anonymous_volume(run_playbook, tmp_path, docker_engine, dockerthings):
+    """A helper image that declares a VOLUME (as database images do) gets an anonymous volume
+    with each helper container: removed with it."""
+    import io
+    tag = "opskit-test/with-volume:%s" % short("t").split("-")[1]
+    dockerfile = ("FROM %s\nVOLUME /anon\n" % docker_engine.busybox_image).encode()
+    docker_engine.client.images.build(fileobj=io.BytesIO(dockerfile), tag=tag, rm=True)
+    try:
+        vol = dockerthings.volume()
+        with open(os.path.join(dockerthings.mountpoint(vol), "data"), "w") as fh:
+            fh.write("data")
+        before = _dangling_anonymous(docker_engine)
+        run = run_playbook(PLAY_HEAD + """
+    - name: backup
+      opskit.runbook.volume_backup: {volume: "{{ vol }}", location: "{{ location }}", series: anon, helper_image: "{{ tag }}"}
+    - name: forced restore through the API
+      opskit.runbook.volume_backup:
+        {state: restored, volume: "{{ vol }}", location: "{{ location }}", series: anon, force: true,
+         helper_image: "{{ tag }}", volume_access: api}
+""", extra_vars={"vol": vol, "location": "file://%s/store" % tmp_path, "tag": tag})
+        assert run.rc == 0, run.stdout[-3000:]
+        assert _dangling_anonymous(docker_engine) - before == set()
+    finally:
+        docker_engine.client.api.remove_image(tag, force=True)
+
+
+def test_a_volume_with_a_device_file_gets_a_backup_that_restores(run_playbook, tmp_path, docker_engine,
+                                                                 dockerthings):
+    """Every restore refuses device files, so volume backups leave them out, as directory
+    backups do, and say so (skipped_files and a warning): the backup restores."""
+    import stat as stat_module
+    vol = dockerthings.volume()
+    mountpoint = dockerthings.mountpoint(vol)
+    with open(os.path.join(mountpoint, "data"), "w") as fh:
+        fh.write("data")
+    os.mknod(os.path.join(mountpoint, "null"), stat_module.S_IFCHR | 0o600, os.makedev(1, 3))
+    target = short("vbdev")
+    dockerthings.volumes.append(target)
+    run = run_playbook(PLAY_HEAD + """
+    - name: backup
+      opskit.runbook.volume_backup: {volume: "{{ vol }}", location: "{{ location }}", series: dev}
+    - name: restore
+      opskit.runbook.volume_backup:
+        {state: restored, volume: "{{ target }}", location: "{{ location }}", series: dev, helper_image: "{{ image }}"}
+""", extra_vars={"vol": vol, "target": target, "location": "file://%s/store" % tmp_path,
+                 "image": docker_engine.busybox_image})
+    assert run.rc == 0, run.stdout[-3000:]
+    saved = run.task("backup")
+    assert saved["skipped_files"] == 1 and saved["entries"] == 2
+    assert "1 device file(s) of volume %s are left out of the backup" % vol in json.dumps(saved), saved
+    assert sorted(os.listdir(dockerthings.mountpoint(target))) == ["data"]
+
+
+# An attacker who owns files in a backed-up tree: swaps each tree/dNN between a directory and a
+# symlink to a root-only directory, and each tree/fNN between a file and a symlink to a
+# root-only file, until ``stop`` exists.
+SWAP_LOOP = r"""
+import os, sys, time
+b = sys.argv[1]
+j = lambda *p: os.path.join(b, *p)
+open(j("started"), "w").close()
+while not os.path.exists(j("stop")):
+    for i in range(20):
+        os.rename(j("tree", "d%02d" % i), j("prep", "d%02d" % i))
+        os.symlink(j("secret"), j("tree", "d%02d" % i))
+        os.symlink(j("secret", "key"), j("prep", "l%02d" % i))
+        os.rename(j("prep", "l%02d" % i), j("tree", "f%02d" % i))
+    time.sleep(0.001)
+    for i in range(20):
+        os.unlink(j("tree", "d%02d" % i))
+        os.rename(j("prep", "d%02d" % i), j("tree", "d%02d" % i))
+        with open(j("prep", "f%02d" % i), "w") as fh:
+            fh.write("harmless")
+        os.rename(j("prep", "f%02d" % i), j("tree", "f%02d" % i))
+    time.sleep(0.001)
+"""
+
+
+def test_a_symlink_swap_loop_during_a_directory_backup_leaks_nothing(run_playbook, tmp_path):
+    base = str(tmp_path)
+    secret = b"TOPSECRET root-only"
+    for d in ["secret", "prep"] + ["tree/d%02d" % i for i in range(20)]:
+        os.makedirs(os.path.join(base, d))
+    with open(os.path.join(base, "secret", "key"), "wb") as fh:
+        fh.write(secret)
+    os.chmod(os.path.join(base, "secret"), 0o700)
+    for i in range(20):
+        with open(os.path.join(base, "tree", "f%02d" % i), "w") as fh:
+            fh.write("harmless")
+        with open(os.path.join(base, "tree", "d%02d" % i, "inner"), "w") as fh:
+            fh.write("harmless")
+        for k in range(50):  # time between listing a directory and entering its subdirectories
+            with open(os.path.join(base, "tree", "pad-%02d-%02d" % (i, k)), "wb") as fh:
+                fh.write(os.urandom(4000))
+    swapper = subprocess.Popen([sys.executable, "-c", SWAP_LOOP, base])
+    try:
+        deadline = time.monotonic() + 30
+        while not os.path.exists(os.path.join(base, "started")):
+            assert swapper.poll() is None and time.monotonic() < deadline
+            time.sleep(0.01)
+        run = run_playbook(PLAY_HEAD + """
+    - name: backup
+      opskit.runbook.volume_backup: {path: "{{ tree }}", location: "{{ location }}", series: swap, stop_containers: none}
+      loop: [1, 2, 3]
+""", extra_vars={"tree": os.path.join(base, "tree"), "location": "file://%s/store" % base})
+        assert run.rc == 0, run.stdout[-3000:]
+    finally:
+        open(os.path.join(base, "stop"), "w").close()
+        swapper.wait(30)
+    restored = run_playbook(PLAY_HEAD + """
+    - name: restore
+      opskit.runbook.volume_backup: {state: restored, path: "{{ base }}/out{{ item }}", location: "{{ location }}",
+                                     series: swap, backup: "{{ item }}", stop_containers: none}
+      loop: "{{ ids }}"
+""", extra_vars={"base": base, "location": "file://%s/store" % base,
+                 "ids": [r["backup"]["id"] for r in run.task("backup")["results"]]})
+    assert restored.rc == 0, restored.stdout[-3000:]
+    for out in [d for d in os.listdir(base) if d.startswith("out")]:
+        for dirpath, _dirs, files in os.walk(os.path.join(base, out)):  # symlinks are not followed
+            for name in files:
+                path = os.path.join(dirpath, name)
+                if not os.path.islink(path):
+                    with open(path, "rb") as fh:
+                        assert secret not in fh.read(), "%s holds the secret" % path

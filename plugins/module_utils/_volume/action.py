@@ -18,9 +18,9 @@ import socket
 
 from .._engine.catalog import resolve_backup, sanitize_series, summarize, validate_series
 from .._engine.session import BackupSession
-from .._docker import DEFAULT_DOCKER_HOST, docker_client, docker_error
+from .._docker import DEFAULT_DOCKER_HOST, DOCKER, docker_client, docker_error
 from .._errors import ConfigError, OpsError, ServiceError
-from .quiesce import DOCKER, Guardian, Quiescer, api_errors, container_view, normalize_selection, select_containers
+from .quiesce import Guardian, Quiescer, api_errors, container_view, normalize_selection, select_containers
 from .targets import DirectoryTarget, VolumeTarget
 
 RESTORABLE_KINDS = ("volume", "directory")
@@ -115,10 +115,10 @@ class VolumeBackup:
 
     def _quiesced(self, to_stop, work):
         """Run ``work(quiescer)`` with ``to_stop`` stopped; containers restart in any case."""
-        guardian = Guardian(self.client_factory) if self.client is not None else None
+        stop_timeout = self.params.get("stop_timeout", 30)
+        guardian = Guardian(self.client_factory, stop_timeout + 15) if self.client is not None else None
         self.target.guardian = guardian
-        quiescer = Quiescer(self.client, to_stop, self.params.get("stop_timeout", 30), guardian,
-                            docker_error)
+        quiescer = Quiescer(self.client, to_stop, stop_timeout, guardian, docker_error)
         error, value = None, None
         try:
             quiescer.stop()
@@ -126,6 +126,8 @@ class VolumeBackup:
         except OpsError as exc:
             error = exc
         finally:
+            if self.target.dirty:  # a failed restore left neither the old nor the new content
+                quiescer.hold("%s is half-restored, its old content is not intact" % self.target.label)
             quiescer.resume()
             if guardian is not None:
                 guardian.done()
@@ -134,10 +136,12 @@ class VolumeBackup:
     @staticmethod
     def _finish(result, error, quiescer, what):
         result.update(quiescer.report())
-        if quiescer.failures:
+        if quiescer.failures or quiescer.left_stopped:
             msg = quiescer.failure_message()
-            msg += ("; %s failed as well: %s" % (what, error.msg)) if error else \
-                   ("; the %s itself completed" % what)
+            if error is None:
+                msg += "; the %s itself completed" % what
+            else:
+                msg += "; the %s failed%s: %s" % (what, "" if quiescer.left_stopped else " as well", error.msg)
             raise ServiceError(msg, **result)
         if error is not None:
             error.result.update({k: v for k, v in result.items() if k not in error.result})
@@ -167,12 +171,15 @@ class VolumeBackup:
                 with session.artifact("tar", content_type="application/x-tar") as out:
                     stats = self.target.backup_to(out)
                     quiescer.resume()  # the source is read: restart while the upload finishes
+                self.warnings.extend(stats.pop("warnings", []))
                 source.update(stats, size_estimate_bytes=size_hint,
                               stopped=[c["name"] for c in quiescer.stopped],
                               downtime_seconds=quiescer.downtime)
                 return session.publish(source=source, tools=_tools(self.client)), stats
 
         value, error, quiescer = self._quiesced(to_stop, work)
+        if self.warnings:  # also those of reading the source
+            result["warnings"] = list(self.warnings)
         if value is not None:
             manifest, stats = value
             result["backup"] = summarize(manifest, self.location)
@@ -211,11 +218,12 @@ class VolumeBackup:
                 return self.target.restore(self.location, manifest, replace=not empty)
             except OpsError:
                 if not exists:
-                    self.target.remove()  # it did not exist: leave nothing behind
+                    self._remove_created()
                 raise
 
         stats, error, quiescer = self._quiesced(to_stop, work)
         if stats is not None:
+            result["warnings"] = result.get("warnings", []) + stats.pop("warnings", [])
             result.update(stats)
             result["raw_bytes"] = manifest.get("raw_bytes")
             if self.target.kind == "volume":
@@ -223,7 +231,19 @@ class VolumeBackup:
         warning = self.target.access_warning()
         if warning:  # emitted with module.warn(), also with a failure
             result["warnings"] = result.get("warnings", []) + [warning]
+        if not result.get("warnings"):
+            result.pop("warnings", None)
         return self._finish(result, error, quiescer, "restore")
+
+    def _remove_created(self):
+        """Remove the target a failed restore created; once it is gone, nothing is half-restored."""
+        self.target.remove()
+        try:
+            gone = not self.target.load()
+        except OpsError:
+            gone = False
+        if gone:
+            self.target.dirty = False
 
     def run(self):
         if self.params["state"] == "restored":

@@ -5,13 +5,16 @@
 
 * ``select_containers`` (pure): which containers to stop for a volume or host path.
 * ``Quiescer``: stops exactly the selected running containers and starts exactly those again,
-  also when the work in between fails; reports failures to restart by container name.
+  also when the work in between fails or is interrupted (``start_stopped`` waits for a
+  container still stopping); reports failures to restart by container name. A restore that
+  left its target half-written holds them stopped instead (``hold``).
 * ``Guardian``: a small detached process that restarts the stopped containers (and removes
   helper containers) if the module process dies before it could (SIGKILL, OOM killer, a lost
   SSH session). It is told about every stop and restart through a pipe; the pipe closing
-  without a final ``done`` is the signal that the module died.
+  without a final ``done`` is the signal that the module died. Between ``hold`` and
+  ``release`` events (a restore's destructive phase) it leaves the containers stopped.
 * ``api_errors()``: the exceptions a Docker API call can raise, for the ``except`` clauses of
-  this package.
+  this package (the ground floor's ``_docker.docker_errors``).
 """
 
 from __future__ import annotations
@@ -22,19 +25,13 @@ import signal
 import time
 
 from .._errors import ConfigError, ServiceError
-from .._imports import Library
+from .._docker import docker_errors as api_errors
 
 STOP_LABEL = "opskit.runbook.stop-during-backup"
 HELPER_LABEL = "opskit.runbook.helper"
 AUTO, NONE = "auto", "none"
-DOCKER = Library("docker", "docker", "docker.errors", "docker.types")
-
-
-def api_errors():
-    """What a call of the docker SDK's APIClient raises: DockerException (APIError, NotFound,
-    ...) and OSError, which covers the requests and socket errors of a lost or timed-out
-    daemon connection (requests' RequestException is an OSError; so is APIError)."""
-    return (DOCKER.load().errors.DockerException, OSError)
+STOP_GRACE = 45.0   # seconds a container still stopping is waited for (stop_timeout + 15 by default)
+START_ATTEMPTS = 3
 
 
 def container_view(summary):
@@ -126,7 +123,7 @@ class Guardian:
     """A detached watchdog process; see the module docstring. ``client_factory`` is called in
     the child to get a fresh Docker API client."""
 
-    def __init__(self, client_factory):
+    def __init__(self, client_factory, stop_wait=STOP_GRACE):
         self.fd = None
         read_fd, write_fd = os.pipe()
         pid = os.fork()
@@ -136,7 +133,7 @@ class Guardian:
                 os.setsid()  # survive a kill of the module's process group
                 if os.fork() == 0:  # double fork: not a descendant of the module any more
                     _detach(read_fd)
-                    _watch(read_fd, client_factory)
+                    _watch(read_fd, client_factory, stop_wait)
             finally:
                 os._exit(0)
         os.close(read_fd)
@@ -172,8 +169,8 @@ def _detach(keep_fd):  # pragma: no cover - child process
     os.closerange(keep_fd + 1, 65536)
 
 
-def _watch(read_fd, client_factory):  # pragma: no cover - child process
-    stopped, helpers, buf = [], [], b""
+def _watch(read_fd, client_factory, stop_wait):  # pragma: no cover - child process
+    stopped, helpers, buf, held = [], [], b"", False
     while True:
         data = os.read(read_fd, 65536)
         if not data:
@@ -192,33 +189,84 @@ def _watch(read_fd, client_factory):  # pragma: no cover - child process
                 helpers.append(cid)
             elif event == "removed" and cid in helpers:
                 helpers.remove(cid)
+            elif event in ("hold", "release"):
+                held = event == "hold"
     # The module died before it could clean up: the services first, then the helpers (whose
     # removal may wait until the daemon notices that the archive stream lost its reader).
     client = client_factory()
-    for cid in reversed(stopped):
-        for _attempt in range(3):
+    if not held:  # a restore that was not all or nothing: the services stay stopped
+        for cid in reversed(stopped):
             try:
-                client.start(cid)
-                break
-            except api_errors():
-                time.sleep(1)
+                start_stopped(client, cid, stop_wait)
+            except ServiceError:
+                pass  # nobody to tell: the next run finds it stopped
     for cid in helpers:
         try:
-            client.remove_container(cid, force=True)
+            client.remove_container(cid, force=True, v=True)  # and its anonymous volumes
         except api_errors():
             pass
 
 
+def _state(client, cid):
+    return client.inspect_container(cid).get("State") or {}
+
+
+def _exit_reason(state):
+    return "exited at once with code %s%s" % (
+        state.get("ExitCode"), (": %s" % state["Error"]) if state.get("Error") else "")
+
+
+def start_stopped(client, cid, stop_wait=STOP_GRACE, attempts=START_ATTEMPTS, clock=time.monotonic,
+                  sleep=time.sleep):
+    """Start container ``cid`` again after a stop, and make sure that it runs.
+
+    A container that is still stopping (the module was killed or interrupted during its stop)
+    answers ``start`` with 304, which docker-py takes for success, and exits a moment later.
+    So: wait until it is not running (at most ``stop_wait`` seconds: the daemon kills it after
+    its stop timeout), start it, check that it runs with a new StartedAt; up to ``attempts``
+    times. A container that never stopped (its stop failed) is left running. Raises
+    ServiceError, or the Docker error of the last attempt, when it does not run.
+    """
+    deadline = clock() + stop_wait
+    why = "did not start"
+    for attempt in range(attempts):
+        if attempt:
+            sleep(1)
+        try:
+            state = _state(client, cid)
+            while state.get("Running") and clock() < deadline:
+                sleep(0.2)
+                state = _state(client, cid)
+            if state.get("Running"):
+                return
+            before = state.get("StartedAt")
+            client.start(cid)
+            state = _state(client, cid)
+        except api_errors():
+            if attempt + 1 == attempts:
+                raise
+            continue
+        if state.get("Running") and state.get("StartedAt") != before:
+            return
+        why = _exit_reason(state)
+    raise ServiceError(why)
+
+
 class Quiescer:
-    """Stop the selected containers, start exactly those again (``resume``), once."""
+    """Stop the selected containers, start exactly those again (``resume``), once.
+
+    ``hold(reason)`` before ``resume`` keeps them stopped (a restore that left the target
+    half-written): ``left_stopped`` then names them and ``failure_message`` says why.
+    """
 
     def __init__(self, client, to_stop, stop_timeout=30, guardian=None, docker_error=None,
-                 clock=time.monotonic):
+                 clock=time.monotonic, sleep=time.sleep, wait_clock=time.monotonic):
         self.client, self.to_stop, self.stop_timeout = client, list(to_stop), stop_timeout
-        self.guardian, self.clock = guardian, clock
+        self.guardian, self.clock, self.sleep, self.wait_clock = guardian, clock, sleep, wait_clock
         self.docker_error = docker_error or (lambda exc, what: ServiceError("%s: %s" % (what, exc)))
-        self.stopped, self.restarted, self.failures = [], [], []
+        self.stopped, self.restarted, self.failures, self.left_stopped = [], [], [], []
         self.started_at = self.resumed_at = None
+        self.held = None
         self._resumed = False
         self._old_term = None
 
@@ -243,25 +291,28 @@ class Quiescer:
         for container in self.to_stop:
             if self.guardian:
                 self.guardian.note("stopped", container["id"])
+            self.stopped.append(container)  # maybe stopped, also when interrupted: resume starts it
             try:
                 self.client.stop(container["id"], timeout=self.stop_timeout)
             except api_errors() as exc:
-                self.stopped.append(container)  # maybe stopped: resume starts it if so
                 raise self.docker_error(exc, "stopping container %s" % container["name"]) from exc
-            self.stopped.append(container)
+
+    def hold(self, reason):
+        """Keep the stopped containers stopped: ``reason`` says why (the target's state)."""
+        self.held = reason
 
     def resume(self):
-        """Start the stopped containers (reverse order). Returns the failures; never raises."""
+        """Start the stopped containers (reverse order), once each has really stopped; or,
+        when held, leave them stopped. Returns the failures; never raises."""
         if self._resumed:
             return self.failures
         self._resumed = True
-        for container in reversed(self.stopped):
+        if self.held is not None:
+            self.left_stopped = [c["name"] for c in self.stopped]
+        for container in [] if self.held is not None else reversed(self.stopped):
             try:
-                self.client.start(container["id"])
-                state = (self.client.inspect_container(container["id"]).get("State") or {})
-                if not state.get("Running"):
-                    raise ServiceError("exited at once with code %s%s" % (
-                        state.get("ExitCode"), (": %s" % state["Error"]) if state.get("Error") else ""))
+                start_stopped(self.client, container["id"], self.stop_timeout + 15, clock=self.wait_clock,
+                              sleep=self.sleep)
                 self.restarted.append(container)
                 if self.guardian:
                     self.guardian.note("started", container["id"])
@@ -280,10 +331,16 @@ class Quiescer:
         return self.failures
 
     def report(self):
-        return {"stopped": [c["name"] for c in self.stopped],
-                "restarted": [c["name"] for c in self.restarted],
-                "downtime_seconds": self.downtime}
+        out = {"stopped": [c["name"] for c in self.stopped],
+               "restarted": [c["name"] for c in self.restarted],
+               "downtime_seconds": self.downtime}
+        if self.left_stopped:
+            out["left_stopped"] = list(self.left_stopped)
+        return out
 
     def failure_message(self):
-        return "; ".join("container %s failed to restart: %s" % (name, msg)
-                         for name, msg in self.failures)
+        msgs = ["container %s failed to restart: %s" % (name, msg) for name, msg in self.failures]
+        if self.left_stopped:
+            msgs.insert(0, "containers %s are LEFT STOPPED: %s; start them once it is repaired"
+                        % (", ".join(self.left_stopped), self.held))
+        return "; ".join(msgs)

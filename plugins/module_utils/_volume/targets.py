@@ -20,21 +20,27 @@ one it has, and both produce the same archive layout (see ``tar/headers.py``).
 
 from __future__ import annotations
 
-import collections
 import contextlib
+import errno
+import fcntl
 import os
+import re
 import secrets
+import signal
 import socket
+import stat
+import struct
 import tarfile
 
-from .._engine.artifacts import ArtifactReader, verify_stored
+from .._engine.artifacts import ArtifactReader
 from .._engine.streams import Prefetch, read_chunks
-from .._docker import docker_error
+from .._docker import DOCKER, docker_error
 from .._errors import ConfigError, IntegrityError, NotFoundError, OpsError, ServiceError
-from .quiesce import DOCKER, HELPER_LABEL, api_errors, uses
+from .quiesce import HELPER_LABEL, api_errors, uses
 from .tar.extract import DIR_FLAGS, NEW_FILE_FLAGS, TarExtractor, extract_chunks
-from .tar.headers import CHUNK, TAR_ENCODING, TAR_ERRORS, TarScanner, kind_of, summary
+from .tar.headers import CHUNK, TAR_ENCODING, TAR_ERRORS, DeviceFilter, MemberScan, TarScanner, summary
 from .tar.rewrite import rewrite_stream
+from .tree import TreeWriter
 
 MOUNT = "/.opskit-volume"          # where helper containers mount the volume
 NEVER_RUN = ["/.opskit-helper-never-started"]
@@ -50,8 +56,9 @@ def _os_error(label, exc):
         label, exc.strerror or exc, (" (%s)" % exc.filename) if getattr(exc, "filename", None) else ""))
 
 
-def _remove_at(dir_fd, name):
-    """Remove ``name`` under ``dir_fd``, recursively, never following a symlink."""
+def _remove_at(dir_fd, name, dev):
+    """Remove ``name`` under ``dir_fd``, recursively, never following a symlink and never
+    entering a directory of another device than ``dev`` (a mount point)."""
     try:
         os.unlink(name, dir_fd=dir_fd)
         return
@@ -59,29 +66,156 @@ def _remove_at(dir_fd, name):
         pass
     fd = os.open(name, DIR_FLAGS, dir_fd=dir_fd)
     try:
+        if os.fstat(fd).st_dev != dev:
+            raise OSError(errno.EXDEV, "a mount point, not removed", name)
         with contextlib.suppress(OSError):
             os.fchmod(fd, 0o700)  # a read-only directory of the archive, when not root
         for child in os.listdir(fd):
-            _remove_at(fd, child)
+            _remove_at(fd, child, dev)
     finally:
         os.close(fd)
     os.rmdir(name, dir_fd=dir_fd)
 
 
-def staged_restore(root_fd, location, manifest, replace, label):
+FS_IOC_GETFLAGS = 0x80086601
+FS_IMMUTABLE_FL, FS_APPEND_FL = 0x10, 0x20
+ENTRY_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+
+
+def _fs_flags(fd):
+    """The inode flags (chattr) of an open file, 0 where the file system has none."""
+    try:
+        return struct.unpack("i", fcntl.ioctl(fd, FS_IOC_GETFLAGS, b"\0" * 8)[:4])[0]
+    except OSError:
+        return 0
+
+
+def _mount_points_below(root_fd):
+    """Mount points strictly inside the directory open as ``root_fd`` (/proc/self/mountinfo)."""
+    try:
+        root = os.readlink("/proc/self/fd/%d" % root_fd)
+        with open("/proc/self/mountinfo", "rb") as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return []
+    out = []
+    for line in lines:
+        fields = line.split(b" ")
+        if len(fields) > 4:
+            point = re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), fields[4])
+            point = os.fsdecode(point)
+            if point != root and point.startswith(root.rstrip("/") + "/"):
+                out.append(point)
+    return out
+
+
+def _unmovable(dfd, name, dev, rel):
+    """Why ``name`` under ``dfd`` (or something in it) cannot be moved and deleted, or None."""
+    st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+    if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
+        return None
+    try:
+        fd = os.open(name, ENTRY_FLAGS, dir_fd=dfd)
+    except OSError:
+        return None  # unreadable here: a rename or delete error rolls the replace back
+    try:
+        st = os.fstat(fd)
+        if st.st_dev != dev:
+            return "%s is on another file system (a mount point)" % rel
+        if _fs_flags(fd) & (FS_IMMUTABLE_FL | FS_APPEND_FL):
+            return "%s is immutable or append-only (chattr +i / +a)" % rel
+        if stat.S_ISDIR(st.st_mode):
+            for child in sorted(os.listdir(fd)):
+                why = _unmovable(fd, child, dev, "%s/%s" % (rel, child))
+                if why:
+                    return why
+    finally:
+        os.close(fd)
+    return None
+
+
+def check_replaceable(root_fd, label, skip=()):
+    """Refuse a forced restore, before anything changes, whose old content cannot be deleted:
+    a mount point inside the target, an immutable or append-only entry."""
+    mounts = _mount_points_below(root_fd)
+    why = ("%s is a mount point" % mounts[0]) if mounts else None
+    dev = os.fstat(root_fd).st_dev
+    for name in sorted(os.listdir(root_fd)):
+        if why is None and name not in skip:
+            why = _unmovable(root_fd, name, dev, name)
+    if why:
+        raise SourceError("refusing to replace the content of %s (force=true): %s; nothing was"
+                          " changed" % (label, why))
+
+
+def _marker(target):
+    """``mark(dirty)`` for staged_restore: sets ``target.dirty`` and tells the watchdog to hold
+    the stopped containers while the target is neither the old nor the new content."""
+    def mark(dirty):
+        target.dirty = dirty
+        if target.guardian:
+            target.guardian.note("hold" if dirty else "release", "")
+    return mark
+
+
+def _swap(root_fd, sfd, replace, token, mark):
+    """Move the old entries into a hidden directory, then the staged ones into the root: all or
+    nothing (on any error, what moved goes back). Returns the hidden directory's name (None
+    without ``replace``), whose old content the caller deletes."""
+    aside = ".opskit-old-%s" % token if replace else None
+    staging = ".opskit-restore-%s" % token
+    moved, placed, afd = [], [], None
+    try:
+        if aside:
+            os.mkdir(aside, 0o700, dir_fd=root_fd)
+            afd = os.open(aside, DIR_FLAGS, dir_fd=root_fd)
+            for name in os.listdir(root_fd):
+                if name not in (staging, aside):
+                    os.rename(name, name, src_dir_fd=root_fd, dst_dir_fd=afd)
+                    moved.append(name)
+        for name in os.listdir(sfd):
+            os.rename(name, name, src_dir_fd=sfd, dst_dir_fd=root_fd)
+            placed.append(name)
+    except BaseException:
+        for name in reversed(placed):
+            os.rename(name, name, src_dir_fd=root_fd, dst_dir_fd=sfd)
+        for name in reversed(moved):
+            os.rename(name, name, src_dir_fd=afd, dst_dir_fd=root_fd)
+        if aside:
+            os.rmdir(aside, dir_fd=root_fd)
+        mark(False)  # the old content is back, whole
+        raise
+    finally:
+        if afd is not None:
+            os.close(afd)
+    return aside
+
+
+SWAP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+
+
+def staged_restore(root_fd, location, manifest, replace, label, mark=lambda dirty: None):
     """Restore the backup into the directory open as ``root_fd`` in one pass, nothing visible
     changing until the archive is complete and its sha256 verified.
 
-    The archive is extracted (TarExtractor) into a fresh 0700 staging directory inside the
-    target, while it is downloaded, checked and decompressed in a second thread. Only then
-    is the target's old content deleted (``replace``), the staged entries renamed into place
-    and the root's own attributes applied. On any error the staging directory is removed and
-    the target is as it was. Returns the entry counts.
+    With ``replace`` (force), ``check_replaceable`` first refuses old content that could not be
+    deleted. The archive is extracted (TarExtractor) into a fresh 0700 staging directory inside
+    the target, while it is downloaded, checked and decompressed in a second thread. Then, with
+    SIGTERM, SIGINT and SIGHUP held, the old entries are moved into a hidden ``.opskit-old-*``
+    directory and the staged ones renamed into place (``_swap``: on any error, everything moves
+    back); only then is the old content deleted (a kill before that leaves it in the hidden
+    directory), and the root gets its attributes. ``mark(True)``
+    is called before the swap and ``mark(False)`` once the target holds the old or the new
+    content whole (a failed rollback leaves it marked). Returns the entry counts, with
+    ``warnings`` when old content could not be deleted.
     """
-    staging = ".opskit-restore-%s" % secrets.token_hex(6)
+    token = secrets.token_hex(6)
+    staging = ".opskit-restore-%s" % token
     sfd = None
     before = os.fstat(root_fd)
     try:
+        if replace:
+            check_replaceable(root_fd, label)
         os.mkdir(staging, 0o700, dir_fd=root_fd)
         sfd = os.open(staging, DIR_FLAGS, dir_fd=root_fd)
         extractor = TarExtractor(sfd, "backup archive", defer_root=True)
@@ -91,27 +225,60 @@ def staged_restore(root_fd, location, manifest, replace, label):
                 stats = extract_chunks(chunks, extractor)
             finally:
                 chunks.stop()
-        if replace:
-            for name in os.listdir(root_fd):
-                if name != staging:
-                    _remove_at(root_fd, name)
-        for name in os.listdir(sfd):
-            os.rename(name, name, src_dir_fd=sfd, dst_dir_fd=root_fd)
+        mark(True)
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, SWAP_SIGNALS)
+        try:
+            aside = _swap(root_fd, sfd, replace, token, mark)
+            mark(False)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
         os.close(sfd)
         sfd = None
         os.rmdir(staging, dir_fd=root_fd)
+        warnings = _drop_old(root_fd, aside, before.st_dev, label)
         if extractor.root_attrs is not None:
             extractor.apply_attrs(root_fd, extractor.root_attrs)
-        return stats
     except BaseException as exc:
         if sfd is not None:
             os.close(sfd)
         with contextlib.suppress(OSError):
-            _remove_at(root_fd, staging)
+            _remove_at(root_fd, staging, before.st_dev)
             os.utime(root_fd, ns=(before.st_atime_ns, before.st_mtime_ns))  # as it was
         if isinstance(exc, OSError):
             raise _os_error(label, exc) from exc
         raise
+    if warnings:
+        stats["warnings"] = warnings
+    return stats
+
+
+def _drop_old(root_fd, aside, dev, label):
+    """Delete the old content moved into ``aside`` (if any); the warnings if that failed."""
+    if not aside:
+        return []
+    try:
+        _remove_at(root_fd, aside, dev)
+    except OSError as exc:
+        return ["%s holds the new content, but deleting its old content failed: %s; what is left"
+                " of it is in %s" % (label, exc.strerror or exc, aside)]
+    return []
+
+
+def verify_archive(location, manifest):
+    """Read the stored archive once, to the end, before anything is written: its sha256 and
+    size (checked at the end, so a damaged archive is reported as corrupt) and every member
+    (``MemberScan``: what the restore would refuse is refused now)."""
+    scan, refused = MemberScan("backup archive"), None
+    with ArtifactReader(location, manifest) as reader:
+        for data in read_chunks(reader):
+            if refused is None and not scan.ended:
+                try:
+                    scan.feed(data)
+                except IntegrityError as exc:
+                    refused = exc  # reported once the stored bytes are known to be intact
+    if refused is not None:
+        raise refused
+    return scan.finish()
 
 
 def _tree_size(root):
@@ -133,6 +300,7 @@ class VolumeTarget:
     def __init__(self, client, name, helper_image=None, guardian=None, access="auto"):
         self.client, self.name, self.helper_image = client, name, helper_image
         self.guardian = guardian
+        self.dirty = False              # a restore left neither the old nor the new content
         self.access = access
         self.used_access = None
         self.fallback = None            # why access auto did not use the mountpoint
@@ -224,7 +392,7 @@ class VolumeTarget:
             yield cid
         finally:
             try:
-                self.client.remove_container(cid, force=True)
+                self.client.remove_container(cid, force=True, v=True)  # and its anonymous volumes
                 if self.guardian:
                     self.guardian.note("removed", cid)
             except api_errors():
@@ -264,17 +432,27 @@ class VolumeTarget:
             res.close()
 
     def backup_to(self, out):
-        """Stream the volume's tar into ``out``; return the entry counts."""
+        """Stream the volume's tar into ``out``, device files left out (``DeviceFilter``: no
+        restore would accept them); return the entry counts, ``skipped_files`` and a warning
+        naming the devices left out."""
         scanner = TarScanner("the archive of volume %s" % self.name)
+        devices = DeviceFilter()
         with self.helper(read_only=True) as cid:
             try:
                 with self.archive(cid, CHUNK) as stream:
                     for chunk in stream:
+                        chunk = devices.feed(chunk)
                         scanner.feed(chunk)
                         out.write(chunk)
             except api_errors() as exc:  # the scanner's and the storage's OpsErrors pass as they are
                 raise docker_error(exc, "reading volume %s" % self.name) from exc
-        return scanner.finish()
+        result = scanner.finish()
+        result["skipped_files"] = len(devices.dropped)
+        if devices.dropped:
+            result["warnings"] = ["%d device file(s) of volume %s are left out of the backup (a restore"
+                                  " refuses device files): %s" % (len(devices.dropped), self.name,
+                                                                  ", ".join(devices.dropped[:5]))]
+        return result
 
     def create(self):
         if self.info is None:
@@ -363,9 +541,10 @@ class VolumeTarget:
         """Restore the backup into the volume (emptied first when ``replace``).
 
         Directly through its mountpoint when possible (see _local_root): a staged restore in
-        one pass. Else through the Engine API: the stored sha256 is verified first, then the
-        volume is emptied and the checked archive goes through ``PUT /containers/{id}/archive``
-        of the helper's root, the names rebased onto the mount point. The volume root gets the
+        one pass. Else through the Engine API: the stored archive is read once first
+        (``verify_archive``: sha256 and every member's checks), then the volume is emptied and
+        the checked archive goes through ``PUT /containers/{id}/archive`` of the helper's root,
+        the names rebased onto the mount point; in between, the target is marked dirty. The volume root gets the
         archive root's attributes either way.
         """
         with self.helper(read_only=False) as cid:
@@ -373,11 +552,13 @@ class VolumeTarget:
             if root_fd is not None:
                 self.used_access = "mountpoint"
                 try:
-                    return staged_restore(root_fd, location, manifest, replace, self.label)
+                    return staged_restore(root_fd, location, manifest, replace, self.label, _marker(self))
                 finally:
                     os.close(root_fd)
             self.used_access = "api"
-            verify_stored(location, manifest)  # before anything is written
+            verify_archive(location, manifest)  # before anything is written
+            mark = _marker(self)
+            mark(True)  # neither the old nor the new content until the new one is all written
             if replace:
                 self.empty()
             with ArtifactReader(location, manifest) as reader:
@@ -391,6 +572,7 @@ class VolumeTarget:
                     if isinstance(exc, OpsError):
                         raise
                     raise docker_error(exc, "writing volume %s" % self.name) from exc
+        mark(False)
         return chunks.value.summary()
 
     def remove(self):
@@ -409,6 +591,8 @@ class DirectoryTarget:
             raise ConfigError("path %r must be an absolute path" % (path,))
         self.path = os.path.normpath(path)
         self.info = None
+        self.guardian = None
+        self.dirty = False              # a restore left neither the old nor the new content
 
     @property
     def label(self):
@@ -440,30 +624,25 @@ class DirectoryTarget:
             return next(it, None) is None
 
     def backup_to(self, out):
-        root = os.path.realpath(self.path)
-        counts, entries, skipped = collections.Counter(), 0, 0
+        """Write the directory's tar into ``out`` (``tree.TreeWriter``: no symlink is ever
+        followed below the root); return the entry counts, with ``warnings``."""
         tar = tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT, bufsize=CHUNK,
                            encoding=TAR_ENCODING, errors=TAR_ERRORS)
+        writer = TreeWriter(tar)
         try:
-            for abspath, arcname in directory_members(root):
-                info = tar.gettarinfo(abspath, arcname)
-                if info is None or info.ischr() or info.isblk():
-                    skipped += 1  # sockets and device files
-                    continue
-                info.mtime = int(info.mtime)
-                if info.isreg():
-                    with open(abspath, "rb") as data:
-                        tar.addfile(info, data)
-                else:
-                    tar.addfile(info)
-                counts[kind_of(info)] += 1
-                entries += 1
+            root_fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)  # a root symlink is followed
+            try:
+                writer.write(root_fd)
+            finally:
+                os.close(root_fd)
             tar.close()
         except OSError as exc:
             raise SourceError("reading %s failed: %s%s" % (
                 self.path, exc.strerror or exc, (" (%s)" % exc.filename) if getattr(exc, "filename", None) else "")) from exc
-        result = summary(counts, entries)
-        result["skipped_files"] = skipped
+        result = summary(writer.counts, writer.entries)
+        result["skipped_files"] = writer.skipped
+        if writer.warnings():
+            result["warnings"] = writer.warnings()
         return result
 
     def create(self):
@@ -476,14 +655,16 @@ class DirectoryTarget:
 
     def restore(self, location, manifest, replace):
         """A staged restore into the directory (see staged_restore)."""
-        if replace and self.path == "/":
-            raise ConfigError("refusing to empty / (force=true)")
         try:
             root_fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as exc:
             raise SourceError("cannot open %s: %s" % (self.path, exc.strerror)) from exc
         try:
-            return staged_restore(root_fd, location, manifest, replace, self.path)
+            st, top = os.fstat(root_fd), os.stat("/")
+            if replace and (st.st_dev, st.st_ino) == (top.st_dev, top.st_ino):  # "//", a link to /
+                raise ConfigError("refusing to empty / (force=true): path %s is the root directory"
+                                  % self.path)
+            return staged_restore(root_fd, location, manifest, replace, self.path, _marker(self))
         finally:
             os.close(root_fd)
 
@@ -494,32 +675,3 @@ class DirectoryTarget:
         """Remove the directory (one this restore created, after a failure), if empty."""
         with contextlib.suppress(OSError):
             os.rmdir(self.path)
-
-
-# ------------------------------------------------------------------------ the action
-
-
-def directory_members(root):
-    """(absolute path, arcname) pairs of a directory tree, parents before children, root first.
-
-    Names are sorted within a directory; symlinks are listed, never followed.
-    """
-    yield root, "."
-    stack = [(root, ".")]
-    while stack:
-        path, arc = stack.pop()
-        try:
-            with os.scandir(path) as it:
-                entries = sorted(it, key=lambda e: e.name)
-        except OSError as exc:
-            raise IntegrityError("cannot list %s: %s" % (path, exc.strerror)) from exc
-        subdirs = []
-        for entry in entries:
-            child_arc = "%s/%s" % (arc, entry.name)
-            yield entry.path, child_arc
-            try:
-                if entry.is_dir(follow_symlinks=False):
-                    subdirs.append((entry.path, child_arc))
-            except OSError:
-                pass
-        stack.extend(reversed(subdirs))

@@ -428,3 +428,81 @@ class TarWalker(_HeaderParser):
 
     def _incomplete(self):
         return self.skip or self.pad or self.meta or self.header
+
+
+class MemberScan(TarWalker):
+    """A TarWalker that only checks: every member as a restore would (MemberChecker), nothing
+    written. The verification pass of a restore through the Engine API runs it, so an archive
+    with a refused member fails before the volume is emptied."""
+
+    def _member(self, rel, typeflag, size, block, extra):
+        pass
+
+    def _payload(self, chunk, data_bytes):
+        pass
+
+
+class DeviceFilter:
+    """Drops the device members (and their PAX / GNU long-name headers) from a raw tar stream
+    fed in chunks; everything else passes through byte for byte. Volume backups use it: every
+    restore refuses device files, so a backup that kept them could never be restored.
+    ``dropped`` holds the names of the members left out."""
+
+    def __init__(self):
+        self.header = bytearray()
+        self.left = 0            # data bytes (with padding) of the current header still to pass
+        self.pending = None      # meta headers (with their data) held until their member comes
+        self.pax = None          # the data of a PAX header being held, for its size record
+        self.ended = False
+        self.dropped = []
+
+    def feed(self, data):
+        """The filtered bytes of ``data`` (possibly empty)."""
+        out, view, pos = [], memoryview(data), 0
+        while pos < len(view):
+            if self.ended:
+                out.append(view[pos:])
+                break
+            if self.left:
+                take = min(self.left, len(view) - pos)
+                piece = view[pos:pos + take]
+                (out if self.pending is None else self.pending).append(bytes(piece))
+                if self.pax is not None:
+                    self.pax += piece
+                self.left -= take
+                pos += take
+                continue
+            pos, block = _fill_header(self.header, view, pos, len(view))
+            if block is not None:
+                self._block(block, out)
+        return b"".join(out)
+
+    def _block(self, block, out):
+        if block == ZERO_BLOCK:
+            out.extend(self.pending or [])
+            self.pending = None
+            out.append(block)
+            self.ended = True
+            return
+        if not _checksum_ok(block):
+            raise IntegrityError("volume archive is not a valid tar stream (bad header checksum)")
+        typeflag, size = block[156:157], _number(block[124:136])
+        if typeflag in META_TYPES:
+            self.pending = (self.pending or []) + [block]
+            self.pax = bytearray() if typeflag == b"x" else None
+            self.left = _padded(size)
+            return
+        pax_size = _pax_size(bytes(self.pax)) if self.pax else None
+        self.pax = None
+        if typeflag in (b"1", b"2", b"3", b"4", b"5", b"6"):
+            size = 0
+        elif pax_size is not None:
+            size = pax_size
+        if typeflag in (b"3", b"4"):
+            self.dropped.append(_display(block[0:100].split(b"\0", 1)[0].decode(TAR_ENCODING, TAR_ERRORS)))
+            self.pending = None
+            return
+        out.extend(self.pending or [])
+        self.pending = None
+        out.append(block)
+        self.left = _padded(size)

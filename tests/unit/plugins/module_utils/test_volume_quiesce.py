@@ -10,7 +10,8 @@ from docker.errors import APIError
 
 from ansible_collections.opskit.runbook.plugins.module_utils._errors import ConfigError, ServiceError
 from ansible_collections.opskit.runbook.plugins.module_utils._volume.quiesce import (
-    HELPER_LABEL, STOP_LABEL, Quiescer, container_view, normalize_selection, select_containers, uses)
+    HELPER_LABEL, STOP_LABEL, Quiescer, container_view, normalize_selection, select_containers, start_stopped,
+    uses)
 
 
 def _c(name, running=True, volumes=(), binds=(), labels=None, cid=None):
@@ -117,21 +118,26 @@ class FakeDocker:
     def __init__(self, fail_stop=(), fail_start=(), exits=()):
         self.calls = []
         self.fail_stop, self.fail_start, self.exits = set(fail_stop), set(fail_start), set(exits)
+        self.down, self.starts = set(), {}
 
     def stop(self, cid, timeout=None):
         self.calls.append(("stop", cid, timeout))
         if cid in self.fail_stop:
             raise APIError("daemon says no")
+        self.down.add(cid)
 
     def start(self, cid):
         self.calls.append(("start", cid))
         if cid in self.fail_start:
             raise APIError("bind source path does not exist")
+        if cid not in self.exits:
+            self.down.discard(cid)
+            self.starts[cid] = self.starts.get(cid, 0) + 1
 
     def inspect_container(self, cid):
-        if cid in self.exits:
+        if cid in self.down:
             return {"State": {"Running": False, "ExitCode": 3}}
-        return {"State": {"Running": True}}
+        return {"State": {"Running": True, "StartedAt": self.starts.get(cid, 0)}}
 
 
 class FakeGuardian:
@@ -149,6 +155,19 @@ class Clock:
     def __call__(self):
         self.now += 1.5
         return self.now
+
+
+class FakeTime:
+    """A clock that only advances when slept on."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.now += seconds
 
 
 A, B, C = _c("a"), _c("b"), _c("c")
@@ -171,18 +190,21 @@ def test_stops_then_restarts_exactly_the_stopped_in_reverse_order():
 
 
 def test_a_failed_stop_restarts_those_already_stopped_and_names_the_container():
-    docker = FakeDocker(fail_stop=[B["id"]])
-    q = Quiescer(docker, [A, B, C])
+    docker, waited = FakeDocker(fail_stop=[B["id"]]), FakeTime()
+    q = Quiescer(docker, [A, B, C], stop_timeout=10, sleep=waited.sleep, wait_clock=waited)
     with pytest.raises(ServiceError, match="stopping container b"):
         q.stop()
-    q.resume()
+    assert q.resume() == []
     started = [c[1] for c in docker.calls if c[0] == "start"]
-    assert started == [B["id"], A["id"]]  # b may be half-stopped: started again; c never touched
+    # b may be stopping: waited for (stop_timeout + 15 s), and still running it needs no start;
+    # c was never touched
+    assert started == [A["id"]] and 25 <= waited.now < 26
+    assert q.report()["restarted"] == ["b", "a"]
 
 
 def test_restart_failures_are_collected_not_raised():
     docker = FakeDocker(fail_start=[A["id"]], exits=[C["id"]])
-    q = Quiescer(docker, [A, B, C])
+    q = Quiescer(docker, [A, B, C], sleep=lambda _s: None)
     q.stop()
     failures = q.resume()
     assert [name for name, _msg in failures] == ["c", "a"]
@@ -196,3 +218,76 @@ def test_nothing_to_stop_means_no_downtime():
     q.stop()
     q.resume()
     assert q.report() == {"stopped": [], "restarted": [], "downtime_seconds": 0.0}
+
+
+class StoppingDocker:
+    """One container's life as the daemon sees it: a stop that takes ``stopping`` inspections
+    to complete (the container traps TERM), a start on a running container answers 304 (no-op,
+    success for docker-py), ``interrupt`` makes the stop call itself fail as a SIGTERM of the
+    module does while the daemon goes on stopping."""
+
+    def __init__(self, stopping=3, interrupt=False, start_exits=0):
+        self.running, self.stopping, self.interrupt = True, None, interrupt
+        self.stopping_for, self.start_exits = stopping, start_exits
+        self.started_at, self.starts = 1, 0
+
+    def stop(self, cid, timeout=None):
+        self.stopping = self.stopping_for
+        if self.interrupt:
+            raise ServiceError("interrupted by signal 15")
+        self.running, self.stopping = False, None
+
+    def inspect_container(self, cid):
+        if self.stopping is not None:
+            self.stopping -= 1
+            if self.stopping < 0:
+                self.running, self.stopping = False, None
+        return {"State": {"Running": self.running, "StartedAt": self.started_at, "ExitCode": 1}}
+
+    def start(self, cid):
+        self.starts += 1
+        if self.running:
+            return  # 304 Not Modified: docker-py does not raise
+        if self.start_exits:
+            self.start_exits -= 1
+            return
+        self.running, self.started_at = True, self.started_at + 1
+
+
+def test_a_container_still_stopping_is_started_once_it_has_stopped():
+    """SIGTERM of the module during the stop: the daemon goes on stopping the container;
+    resume waits for it to stop, then starts it (a start while it stops is a no-op)."""
+    docker = StoppingDocker(stopping=4, interrupt=True)
+    q = Quiescer(docker, [A], sleep=lambda _s: None)
+    with pytest.raises(ServiceError, match="interrupted"):
+        q.stop()
+    assert q.resume() == []
+    assert docker.running and docker.started_at == 2
+    assert q.report()["restarted"] == ["a"]
+
+
+def test_start_stopped_retries_a_start_that_did_not_take():
+    docker = StoppingDocker(stopping=0, start_exits=1)
+    docker.stop("x")
+    start_stopped(docker, "x", sleep=lambda _s: None)
+    assert docker.running and docker.starts == 2
+
+
+def test_start_stopped_gives_up_after_the_attempts():
+    docker = StoppingDocker(stopping=0, start_exits=5)
+    docker.stop("x")
+    with pytest.raises(ServiceError, match="exited at once with code 1"):
+        start_stopped(docker, "x", attempts=3, sleep=lambda _s: None)
+    assert docker.starts == 3
+
+
+def test_held_containers_are_left_stopped_and_named():
+    docker, guardian = FakeDocker(), FakeGuardian()
+    q = Quiescer(docker, [A, B], guardian=guardian)
+    q.stop()
+    q.hold("volume v is half-restored")
+    assert q.resume() == []
+    assert [c for c in docker.calls if c[0] == "start"] == []
+    assert q.report()["left_stopped"] == ["a", "b"] and q.report()["restarted"] == []
+    assert q.failure_message() == ("containers a, b are LEFT STOPPED: volume v is half-restored;"
+                                   " start them once it is repaired")

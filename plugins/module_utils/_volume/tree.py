@@ -1,0 +1,218 @@
+# -*- coding: utf-8 -*-
+# Copyright: opskit.runbook contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""A host directory tree written into a tar stream without ever following a symlink.
+
+``TreeWriter.write(root_fd)`` walks the tree open as ``root_fd`` with directory descriptors:
+every entry is looked at with ``lstat`` relative to its directory's fd, then opened relative to
+it with O_NOFOLLOW (O_NONBLOCK, so a FIFO swapped in never blocks), and the tar header comes
+from ``fstat`` of what was opened, the data from that very descriptor. A user who owns files in
+the tree and swaps a file or a directory for a symlink meanwhile gets a symlink member, never
+the link's target. Subdirectories are entered the same way, and only when they are still the
+directory that was listed (same device and inode).
+
+Order (the archive layout of ``tar/headers.py``): the root first, then a directory's entries
+sorted by name, then each subdirectory's subtree in that order.
+
+Entries that vanish or keep changing type while they are read are left out, and a regular
+file that shrinks while it is read (logrotate's copytruncate) is padded with zeros to the size
+its header announced, as GNU tar does; both are reported in ``warnings``.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import os
+import stat
+import tarfile
+
+try:
+    import grp
+    import pwd
+except ImportError:  # pragma: no cover - not on Linux
+    grp = pwd = None
+
+from .tar.extract import DIR_FLAGS
+from .tar.headers import kind_of
+
+ENTRY_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+ATTEMPTS = 3        # lstat + open of an entry that changes type in between
+SHOWN = 5           # names listed in a warning
+
+
+class _Source:
+    """The open descriptor of an entry, as the ``fileobj`` of tarfile.gettarinfo/addfile.
+    ``read(n)`` always returns ``n`` bytes: past the end of a file that shrank, zeros."""
+
+    def __init__(self, fd, name):
+        self.fd, self.name, self.shrunk = fd, name, 0
+
+    def fileno(self):
+        return self.fd
+
+    def read(self, size):
+        parts, left = [], size
+        while left:
+            data = os.read(self.fd, left)
+            if not data:
+                break
+            parts.append(data)
+            left -= len(data)
+        if left:
+            self.shrunk += left
+            parts.append(b"\0" * left)
+        return b"".join(parts)
+
+
+def _symlink_info(tar, st, arcname, target):
+    """The TarInfo of a symlink from its lstat, as tarfile.gettarinfo makes it."""
+    info = tar.tarinfo(arcname)
+    info.type, info.linkname, info.size = tarfile.SYMTYPE, target, 0
+    info.mode, info.uid, info.gid, info.mtime = st.st_mode, st.st_uid, st.st_gid, int(st.st_mtime)
+    if pwd is not None:
+        try:
+            info.uname = pwd.getpwuid(st.st_uid)[0]
+        except KeyError:
+            pass
+        try:
+            info.gname = grp.getgrgid(st.st_gid)[0]
+        except KeyError:
+            pass
+    return info
+
+
+class TreeWriter:
+    """Writes a directory tree into the open tarfile ``tar`` (see the module docstring)."""
+
+    def __init__(self, tar):
+        self.tar = tar
+        self.counts = collections.Counter()
+        self.entries = self.skipped = 0
+        self.left_out, self.shrank = [], []
+
+    def warnings(self):
+        out = []
+        if self.shrank:
+            out.append("%d file(s) shrank while being read and were padded with zeros to their"
+                       " size at the start: %s" % (len(self.shrank), ", ".join(self.shrank[:SHOWN])))
+        if self.left_out:
+            out.append("%d entr(y/ies) vanished or changed type while being read and were left out:"
+                       " %s" % (len(self.left_out), ", ".join(self.left_out[:SHOWN])))
+        return out
+
+    def _add_open(self, fd, arcname):
+        """Add the entry open as ``fd``; return its (st_dev, st_ino) if it is a directory."""
+        source = _Source(fd, arcname)
+        info = self.tar.gettarinfo(arcname=arcname, fileobj=source)
+        if info is None or info.ischr() or info.isblk():
+            self.skipped += 1  # sockets and device files
+            return None
+        info.mtime = int(info.mtime)
+        if info.isreg():
+            self.tar.addfile(info, source)
+            if source.shrunk:
+                self.shrank.append(arcname)
+        else:
+            self.tar.addfile(info)
+        self.counts[kind_of(info)] += 1
+        self.entries += 1
+        if info.isdir():
+            st = os.fstat(fd)
+            return st.st_dev, st.st_ino
+        return None
+
+    def _add_link(self, dfd, name, arcname, st):
+        """Add the symlink ``name``; False when it is no symlink any more."""
+        try:
+            target = os.readlink(name, dir_fd=dfd)
+        except OSError as exc:
+            if exc.errno == errno.EINVAL:
+                return False
+            raise
+        self.tar.addfile(_symlink_info(self.tar, st, arcname, target))
+        self.counts["symlinks"] += 1
+        self.entries += 1
+        return True
+
+    def _add(self, dfd, name, arcname):
+        """Add entry ``name`` of the directory open as ``dfd``; return its (st_dev, st_ino)
+        if it is a directory to enter."""
+        try:
+            for _attempt in range(ATTEMPTS):
+                st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+                if stat.S_ISLNK(st.st_mode):
+                    if self._add_link(dfd, name, arcname, st):
+                        return None
+                    continue
+                if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode) or stat.S_ISFIFO(st.st_mode)):
+                    self.skipped += 1  # sockets and device files are never opened
+                    return None
+                try:
+                    fd = os.open(name, ENTRY_FLAGS, dir_fd=dfd)
+                except OSError as exc:
+                    if exc.errno == errno.ELOOP:
+                        continue  # became a symlink since the lstat
+                    raise
+                try:
+                    return self._add_open(fd, arcname)
+                finally:
+                    os.close(fd)
+        except FileNotFoundError:
+            pass
+        self.left_out.append(arcname)
+        return None
+
+    def _enter(self, dfd, name, ident):
+        """An fd of subdirectory ``name`` if it is still the directory ``ident``, else None."""
+        try:
+            fd = os.open(name, DIR_FLAGS, dir_fd=dfd)
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR):
+                return None
+            raise
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != ident:
+            os.close(fd)
+            return None
+        return fd
+
+    def _list(self, dfd, arc, stack):
+        """Add the entries of the directory open as ``dfd``; push it with its subdirectories."""
+        subdirs = []
+        for name in sorted(os.listdir(dfd)):
+            ident = self._add(dfd, name, "%s/%s" % (arc, name))
+            if ident is not None:
+                subdirs.append((name, ident))
+        stack.append((dfd, arc, iter(subdirs)))
+
+    def write(self, root_fd):
+        """Write the tree of ``root_fd`` (the root as ``.``); the caller closes the tarfile."""
+        self._add_open(root_fd, ".")
+        stack, top = [], os.dup(root_fd)
+        try:
+            try:
+                self._list(top, ".", stack)
+            except BaseException:
+                if not stack:
+                    os.close(top)
+                raise
+            while stack:
+                dfd, arc, pending = stack[-1]
+                nxt = next(pending, None)
+                if nxt is None:
+                    os.close(dfd)
+                    stack.pop()
+                    continue
+                fd = self._enter(dfd, nxt[0], nxt[1])
+                if fd is None:
+                    self.left_out.append("%s/%s" % (arc, nxt[0]))
+                    continue
+                try:
+                    self._list(fd, "%s/%s" % (arc, nxt[0]), stack)
+                except BaseException:
+                    os.close(fd)
+                    raise
+        finally:
+            for dfd, _arc, _pending in stack:
+                os.close(dfd)
