@@ -6,11 +6,19 @@
 
 Two measurements, each repeated ``--runs`` times, for both variants:
 
-1. Broken upgrade: the new image exits at start (``opskit-test/rollout-web:exit``, restart
-   policy unless-stopped). Detection = from the start of the upgrade until the failure is known;
-   restore = from then until the previous version answers GET /version again (seen by a poller
-   asking every 50 ms). rollout runs with its DEFAULT settings (timeout 300, monitor 10,
-   rollback_timeout 120); its total also contains the 10 s monitor window of the restored version.
+1. Broken upgrade (restart policy unless-stopped). Detection = from the start of the upgrade
+   until the failure is known; restore = from then until the previous version answers
+   GET /version again (seen by a poller asking every 50 ms). rollout runs with its DEFAULT
+   settings (timeout 300, monitor 10, rollback_timeout 120); its total also contains the 10 s
+   monitor window of the restored version. The broken kinds:
+     exit    exits at start (no health checks)
+     late    "ready" at once, exits after 1 s, restarts: a crash while the health check retries
+     503     serves, but its health endpoint answers 503
+     port    listens on the wrong port (the published port never answers)
+   late, 503 and port are gated by one HTTP check with ``--check-retries`` (default 7) and
+   ``--check-interval`` (default 1 s): the check's failure budget, retries x interval plus the
+   attempts' own time, is what a service that answers but is broken costs (the gate cannot
+   tell it from one that is still starting); a crash ends the gate at once.
      rollout         opskit.runbook.rollout's code (the module's ``run``), fail fast + recorded rollback
      recreate+wait   the runbooks' procedure as community.docker's docker_container does it:
                      remove the old container, run the new one with the same settings, then the
@@ -24,7 +32,8 @@ Two measurements, each repeated ``--runs`` times, for both variants:
      rollout         (monitor 2 s; the window closes when the new container answers)
      recreate+wait   stop + remove old, create + start new
 
-Usage: .venv/bin/python bench/rollout.py [--runs 5] [--deadline 60] [--out bench/results/rollout.md]
+Usage: .venv/bin/python bench/rollout.py [--runs 5] [--deadline 60] [--check-retries 7] [--check-interval 1]
+       [--out bench/results/rollout.md]
 """
 
 from __future__ import annotations
@@ -92,12 +101,17 @@ def _serving(api, name, image, port, body):
         yield poller
 
 
-def broken_rollout(api, images, name, port):
+def _check(port, retries, interval):
+    return {"name": "web", "type": "http", "url": "http://127.0.0.1:%d/cgi-bin/health" % port, "status_codes": [200],
+            "retries": retries, "interval": interval, "timeout": 1}
+
+
+def broken_rollout(api, images, name, port, kind="exit", checks=None):
     with _serving(api, name, images["plain"], port, "plain") as poller:
         t0 = time.monotonic()
-        res = _rollout.run(dict(target="docker_container", name=name, image=images["exit"], pull="never",
+        res = _rollout.run(dict(target="docker_container", name=name, image=images[kind], pull="never",
                                 timeout=300.0, monitor=10.0, rollback_timeout=120.0, stop_timeout=10,
-                                fail_on_rollback=False, log_lines=20), False)
+                                fail_on_rollback=False, log_lines=20, health_checks=checks), False)
         t_end = time.monotonic()
     assert res["outcome"] == "rolled_back", res
     detected = t0 + res["timings"]["upgrade"]
@@ -149,6 +163,12 @@ def healthy_recreate(api, images, name, port):
     return {"gap": gap, "failed_requests": failed, "total": t_end - t0}
 
 
+BROKEN = ("broken/rollout", "broken late/rollout", "broken 503/rollout", "broken port/rollout")
+LABELS = {"broken/rollout": "rollout (exit)", "broken late/rollout": "rollout + check (late)",
+          "broken 503/rollout": "rollout + check (503)", "broken port/rollout": "rollout + check (port)",
+          "broken/recreate+wait": "recreate+wait (exit)"}
+
+
 def _stats(values):
     values = [v for v in values if v is not None]
     if not values:
@@ -160,6 +180,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--deadline", type=float, default=60.0)
+    parser.add_argument("--check-retries", type=int, default=7)
+    parser.add_argument("--check-interval", type=float, default=1.0)
     parser.add_argument("--out", default=os.path.join(HERE, "results", "rollout.md"))
     args = parser.parse_args()
 
@@ -168,16 +190,22 @@ def main():
         api.inspect_image(BASE_IMAGE)
     except docker.errors.ImageNotFound:
         subprocess.run([os.path.join(ROOT, "scripts", "docker-engine.sh"), "image"], check=True)
-    images = build_images(api, tags=("v1", "v2", "plain", "exit"))
+    images = build_images(api, tags=("v1", "v2", "plain", "exit", "late", "503", "port"))
     prefix = "rltbench%s" % uuid.uuid4().hex[:6]
-    rows = {k: [] for k in ("broken/rollout", "broken/recreate+wait", "healthy/rollout", "healthy/recreate+wait")}
+    rows = {k: [] for k in BROKEN + ("broken/recreate+wait", "healthy/rollout", "healthy/recreate+wait")}
+
+    def checked(kind):
+        return lambda n, p: broken_rollout(api, images, n, p, kind, [_check(p, args.check_retries, args.check_interval)])
     try:
         for i in range(args.runs):
             for key, func in (("broken/rollout", lambda n, p: broken_rollout(api, images, n, p)),
+                              ("broken late/rollout", checked("late")),
+                              ("broken 503/rollout", checked("503")),
+                              ("broken port/rollout", checked("port")),
                               ("broken/recreate+wait", lambda n, p: broken_recreate(api, images, n, p, args.deadline)),
                               ("healthy/rollout", lambda n, p: healthy_rollout(api, images, n, p)),
                               ("healthy/recreate+wait", lambda n, p: healthy_recreate(api, images, n, p))):
-                name = "%s-%s-%d" % (prefix, key.replace("/", "-").replace("+", ""), i)
+                name = "%s-%s-%d" % (prefix, key.replace("/", "-").replace("+", "").replace(" ", "-"), i)
                 try:
                     rows[key].append(func(name, free_port()))
                 finally:
@@ -200,15 +228,16 @@ def main():
         "rollout is driven through the module's `run()` (the code path of the module minus Ansible's",
         "own task start-up). Times in seconds, median and max of %d runs." % args.runs,
         "",
-        "## Broken upgrade (new image exits at start), rollout with default settings",
+        "## Broken upgrades, rollout with default settings",
         "",
-        "| variant | detect median | detect max | restore median | restore max | serving again after (median) | serving again max | task total median |",
+        "| variant (broken kind) | detect median | detect max | restore median | restore max "
+        "| serving again after (median) | serving again max | task total median |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for key in ("broken/rollout", "broken/recreate+wait"):
+    for key in BROKEN + ("broken/recreate+wait",):
         r = rows[key]
         d, r_, s, t = (_stats([x[k] for x in r]) for k in ("detect", "restore", "serving_again", "total"))
-        cells = (key.split("/")[1], d[0], d[1], r_[0], r_[1], s[0], s[1], t[0])
+        cells = (LABELS[key], d[0], d[1], r_[0], r_[1], s[0], s[1], t[0])
         lines.append("| %s | %s | %s | %s | %s | %s | %s | %s |" % cells)
     lines += [
         "",
@@ -216,6 +245,14 @@ def main():
         "recreate+wait: the %g s deadline of the verify loop). restore: from detection until the previous version answers" % args.deadline,
         "GET /version again (50 ms poller). rollout's task total also holds the 10 s monitor window that",
         "verifies the restored version. Target: previous version serving again within 10 s.",
+        "",
+        "A crash (exit, late) ends the gate at once, also while a health check still retries. A service",
+        "that answers but is broken (503) or never answers (port) fails only when its check gives up:",
+        "after retries x interval (here %d x %g s) plus the attempts' own time (at most their timeout, 1 s)."
+        % (args.check_retries, args.check_interval),
+        "The gate cannot tell such a service from one that is still starting, so that budget is the",
+        "operator's: serving again takes that budget plus the restore (about 1-2 s); keep it at 8 s or",
+        "less to meet the 10 s target (the module's example uses retries 7, interval 1).",
         "",
         "## Healthy upgrade v1 -> v2, published port, GET every 50 ms",
         "",

@@ -11,6 +11,7 @@ Images (built FROM the harness's busybox image, tag prefix ``opskit-test/rollout
   unhealthy  serves, but its HEALTHCHECK fails
   503      serves /version, but /cgi-bin/health answers 503 (no HEALTHCHECK)
   port     listens on 8081 instead of 8080 (no HEALTHCHECK)
+  late     runs for one second, then exits with code 1 (no HEALTHCHECK: "ready" at once)
   (nope    is never built: the missing tag)
 """
 
@@ -19,6 +20,8 @@ from __future__ import annotations
 import copy
 import io
 import json
+import re
+import socket
 import tarfile
 import threading
 import time
@@ -46,6 +49,8 @@ VARIANTS = {
     "unhealthy": ("unhealthy", 8080, "/missing", _HEALTH_OK, None),
     "503": ("503", 8080, None, _HEALTH_503, None),
     "port": ("port", 8081, None, _HEALTH_OK, None),
+    "late": ("late", 8080, None, _HEALTH_OK,
+             '#!/bin/sh\necho "web late starting"\nsleep 1\necho "fatal: lost the database" >&2\nexit 1\n'),
 }
 
 
@@ -86,6 +91,70 @@ def build_images(client, tags=tuple(VARIANTS)):
         refs[tag] = ref
     refs["nope"] = "%s:nope-%s" % (REPO, uuid.uuid4().hex[:6])
     return refs
+
+
+class SlowDockerProxy:
+    """A TCP front of the Docker Engine socket that holds back the answer to chosen requests.
+
+    ``rules``: a list of regular expressions on request lines ("POST /v1.41/containers/create...");
+    each delays the answer to the first request it matches by ``delay`` s (the daemon does the
+    work, the client times out: a lost answer, as on a loaded host). ``docker_host`` is the
+    address to give the module; ``hits`` the request lines that were held back.
+    """
+
+    def __init__(self, rules, delay, unix_path="/var/run/docker.sock"):
+        self.rules, self.delay, self.unix_path = [re.compile(r) for r in rules], delay, unix_path
+        self.used, self.hits = set(), []
+        self.server = socket.socket()
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(16)
+        self.docker_host = "tcp://127.0.0.1:%d" % self.server.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def close(self):
+        self.server.close()
+
+    def _accept(self):
+        while True:
+            try:
+                client, _addr = self.server.accept()
+            except OSError:
+                return
+            upstream = socket.socket(socket.AF_UNIX)
+            upstream.connect(self.unix_path)
+            held = threading.Event()
+            threading.Thread(target=self._pump, args=(client, upstream, held, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, held, False), daemon=True).start()
+
+    def _match(self, data):
+        line = data.split(b"\r\n", 1)[0].decode("latin-1")
+        for index, rule in enumerate(self.rules):
+            if index not in self.used and rule.search(line):
+                self.used.add(index)
+                self.hits.append(line)
+                return True
+        return False
+
+    def _pump(self, src, dst, held, requests):
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                if requests and self._match(data):
+                    held.set()
+                elif not requests and held.is_set():
+                    time.sleep(self.delay)  # the client gave up meanwhile
+                    held.clear()
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
 
 
 def wait_http(url, want, timeout=15.0):

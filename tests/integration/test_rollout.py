@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import time
 import uuid
 
 import pytest
 
-from harness import Poller, free_port, http_get
-from rollout_fixtures import K8sStandIn, build_images, run_web, settings_view, wait_http
+from harness import COLLECTIONS, VENV_BIN, Poller, free_port, http_get
+from rollout_fixtures import K8sStandIn, SlowDockerProxy, build_images, run_web, settings_view, wait_http
 
 RECORD_LABEL = "opskit.runbook.last-known-good"
 
@@ -125,7 +128,9 @@ def test_twenty_broken_rollouts_end_in_twenty_rollbacks(api, images, prefix, run
     print("per rollout (s):", [(k, r["timings"]["total"]) for k, r in zip(kinds, results)])
     assert [r["outcome"] for r in results] == ["rolled_back"] * 20
     by_kind = dict(zip(kinds, results))
-    assert "container exited with code 3" in by_kind["exit"]["reason"] or "restarting" in by_kind["exit"]["reason"]
+    # exited, restarting, or (caught running again between two observations) restarted: all say "crash"
+    assert any(w in by_kind["exit"]["reason"] for w in ("container exited with code 3", "restarting", "restarted")), \
+        by_kind["exit"]["reason"]
     assert any("cannot read config" in line for line in by_kind["exit"]["logs"])
     assert "healthcheck failed" in by_kind["unhealthy"]["reason"]
     assert "503" in by_kind["503"]["reason"] and "on 2 attempts" in by_kind["503"]["reason"]
@@ -137,6 +142,210 @@ def test_twenty_broken_rollouts_end_in_twenty_rollbacks(api, images, prefix, run
     # independent evidence: 16 outages (the 4 missing-image rollouts stop nothing), each followed by
     # the old version serving again, and it serves at the end
     assert poller.runs_of("plain") >= 17, poller.summary()
+    assert http_get("http://127.0.0.1:%d/version" % port) == (200, "plain")
+    assert [c["Names"] for c in api.containers(all=True, filters={"name": prefix})] == [["/" + name]]
+
+
+def test_crash_after_ready_ends_the_gate_while_checks_retry(api, images, prefix, run_playbook):
+    """Issue 14 item 17: ready at once, crashes after 1 s, restarts (unless-stopped); the check would
+    retry for 20 s. The gate watches the container between the attempts and rolls back at once."""
+    port = free_port()
+    name = prefix + "-web"
+    run_web(api, name, images["plain"], port)
+    wait_http("http://127.0.0.1:%d/version" % port, "plain")
+    run = run_playbook(_play([
+        {"name": "late crash", "ignore_errors": True,
+         "opskit.runbook.rollout": {"target": "docker_container", "name": name, "image": images["late"],
+                                    "pull": "never", "monitor": 2, "timeout": 60, "rollback_timeout": 30,
+                                    "health_checks": _web_check(port, "ok", retries=40, interval=0.5)}},
+    ]))
+    res = run.task("late crash")
+    assert res["outcome"] == "rolled_back", res
+    assert "while the health checks ran" in res["reason"], res["reason"]
+    assert "restart" in res["reason"] or "exited" in res["reason"], res["reason"]
+    assert res["timings"]["upgrade"] < 8, res["timings"]       # not the checks' 20 s of retries
+    assert any("lost the database" in line for line in res["logs"]), res["logs"]
+    assert http_get("http://127.0.0.1:%d/version" % port) == (200, "plain")
+    assert [c["Names"] for c in api.containers(all=True, filters={"name": prefix})] == [["/" + name]]
+
+
+def _exec(api, name, cmd):
+    return api.exec_start(api.exec_create(name, ["sh", "-c", cmd])["Id"]).decode().strip()
+
+
+def test_autoremove_container_rolls_back_to_a_running_old_one(api, images, prefix, run_playbook):
+    """Issue 14 item 11a: `docker run --rm` (AutoRemove) is deleted by the daemon when its old copy
+    stops; the rollback re-creates it, every setting and its anonymous volume's data kept."""
+    port = free_port()
+    name = prefix + "-web"
+    host = api.create_host_config(port_bindings={8080: ("127.0.0.1", port)}, auto_remove=True)
+    api.start(api.create_container(images["plain"], name=name, host_config=host, volumes=["/data"],
+                                   labels={"team": "ops"}, environment={"APP_MODE": "prod"})["Id"])
+    wait_http("http://127.0.0.1:%d/version" % port, "plain")
+    _exec(api, name, "echo keep > /data/marker")
+    base = {"target": "docker_container", "name": name, "pull": "never", "monitor": 0.5, "timeout": 20,
+            "rollback_timeout": 20, "fail_on_rollback": False, "health_checks": _web_check(port, "ok plain", retries=1)}
+    run = run_playbook(_play([
+        {"name": "503", "opskit.runbook.rollout": dict(base, image=images["503"])},
+        {"name": "exit", "opskit.runbook.rollout": dict(base, image=images["exit"])},
+        {"name": "good", "opskit.runbook.rollout": dict(base, image=images["v2"], health_checks=_web_check(port, "ok v2"))},
+    ]))
+    assert run.rc == 0, run.stdout[-3000:]
+    for task in ("503", "exit"):
+        res = run.task(task)
+        assert res["outcome"] == "rolled_back", (task, res["reason"])
+    assert run.task("good")["outcome"] == "deployed", run.task("good")["reason"]
+    after = api.inspect_container(name)
+    assert after["State"]["Running"] and after["HostConfig"]["AutoRemove"]
+    assert "APP_MODE=prod" in after["Config"]["Env"] and after["Config"]["Labels"]["team"] == "ops"
+    assert _exec(api, name, "cat /data/marker") == "keep"          # the anonymous volume survived
+    assert http_get("http://127.0.0.1:%d/version" % port) == (200, "v2")
+    assert [c["Names"] for c in api.containers(all=True, filters={"name": prefix})] == [["/" + name]]
+
+
+def _kill_group(proc):
+    """SIGKILL the module (Ansible starts it in a session of its own), then ansible-playbook and its
+    process group: no cleanup code can run."""
+    for pid in _module_pids(proc.pid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(10)
+
+
+def _module_pids(ancestor):
+    """Pids of the rollout module's processes under ``ancestor`` (this test's ansible-playbook)."""
+    parent, cmdlines = {}, {}
+    for entry in os.listdir("/proc"):
+        try:
+            with open("/proc/%s/stat" % entry) as fh:
+                parent[int(entry)] = int(fh.read().rsplit(")", 1)[1].split()[1])
+            with open("/proc/%s/cmdline" % entry, "rb") as fh:
+                cmdlines[int(entry)] = fh.read()
+        except (OSError, IndexError, ValueError):
+            continue
+
+    def under(pid):
+        while pid > 1:
+            pid = parent.get(pid, 0)
+            if pid == ancestor:
+                return True
+        return False
+    return [pid for pid, cmd in cmdlines.items()
+            if b"AnsiballZ_rollout" in cmd and not cmd.startswith(b"/bin/sh") and under(pid)]
+
+
+def _gating(api, images, name, port, tmp_path):
+    """ansible-playbook running a rollout to the 503 image, once the new container serves (the
+    gate's check then retries for 100 s)."""
+    play = tmp_path / "play.json"
+    play.write_text(json.dumps(_play([{"name": "slow gate", "opskit.runbook.rollout": {
+        "target": "docker_container", "name": name, "image": images["503"], "pull": "never", "timeout": 120,
+        "health_checks": _web_check(port, "ok plain", retries=200, interval=0.5)}}])))
+    (tmp_path / "inventory").write_text("localhost ansible_connection=local\n")
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=COLLECTIONS, ANSIBLE_PYTHON_INTERPRETER=os.path.join(VENV_BIN, "python"))
+    proc = subprocess.Popen([os.path.join(VENV_BIN, "ansible-playbook"), "-i", str(tmp_path / "inventory"), str(play)],
+                            env=env, cwd=str(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    deadline = time.monotonic() + 60
+    while http_get("http://127.0.0.1:%d/version" % port) != (200, "503"):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            _kill_group(proc)
+            raise AssertionError("the new container never served: %s" % proc.stdout.read().decode()[-3000:])
+        time.sleep(0.1)
+    time.sleep(1.0)
+    return proc
+
+
+def _leftovers(api, prefix):
+    return [c for c in api.containers(all=True, filters={"name": prefix}) if "_opskit_" in c["Names"][0]]
+
+
+def test_sigterm_during_the_gate_reverts_before_the_module_exits(api, images, prefix, tmp_path, run_playbook):
+    """Issue 14 item 11c: SIGTERM (an Ansible timeout, a cancelled job) while the gate runs; a
+    second run meanwhile does not mistake the live run's parked container for a leftover."""
+    port = free_port()
+    name = prefix + "-web"
+    run_web(api, name, images["plain"], port)
+    wait_http("http://127.0.0.1:%d/version" % port, "plain")
+    proc = _gating(api, images, name, port, tmp_path)
+    try:
+        second = run_playbook(_play([{"name": "second", "ignore_errors": True, "opskit.runbook.rollout": {
+            "target": "docker_container", "name": name, "image": images["plain"], "pull": "never"}}])).task("second")
+        assert _failed(second) and "another rollout (process" in second["msg"], second
+        assert http_get("http://127.0.0.1:%d/version" % port) == (200, "503")   # still gating, untouched
+        pids = _module_pids(proc.pid)
+        assert pids, "no module process found"
+        for pid in pids:
+            os.kill(pid, signal.SIGTERM)
+        output = proc.communicate(timeout=60)[0].decode()
+    finally:
+        _kill_group(proc)
+    assert "rollout rolled back" in output and "SIGTERM" in output, output[-3000:]
+    assert "Traceback" not in output
+    assert http_get("http://127.0.0.1:%d/version" % port) == (200, "plain")
+    assert _leftovers(api, prefix) == []
+
+
+def test_sigkill_during_the_gate_is_repaired_by_the_next_run(api, images, prefix, run_playbook, tmp_path):
+    """Issue 14 item 11c: killed while it gates a broken upgrade, rollout leaves the old container
+    parked and stopped; the next run puts it back (and says so) before it does anything else."""
+    port = free_port()
+    name = prefix + "-web"
+    run_web(api, name, images["plain"], port, volume=prefix + "-data")
+    wait_http("http://127.0.0.1:%d/version" % port, "plain")
+    proc = _gating(api, images, name, port, tmp_path)
+    _kill_group(proc)  # SIGKILL: no cleanup code of the module can run
+    parked = _leftovers(api, prefix)
+    assert len(parked) == 1 and "_opskit_prev_" in parked[0]["Names"][0] and parked[0]["State"] != "running"
+    run = run_playbook(_play([
+        {"name": "next run", "opskit.runbook.rollout": {"target": "docker_container", "name": name,
+                                                        "image": images["plain"], "pull": "never", "monitor": 0.5}},
+    ]))
+    assert run.rc == 0, run.stdout[-3000:]
+    res = run.task("next run")
+    assert res["repaired"] and "renamed it back and started it" in res["repaired"][0], res
+    assert "removed the unverified container" in res["repaired"][0]
+    assert res["outcome"] == "unchanged", res                   # the old version runs again
+    assert http_get("http://127.0.0.1:%d/version" % port) == (200, "plain")
+    assert [c["Names"] for c in api.containers(all=True, filters={"name": prefix})] == [["/" + name]]
+    assert "interrupted rollout" in run.stdout + run.stderr     # the warning
+
+
+def test_lost_docker_answers_in_the_switch_and_the_revert_still_roll_back(api, images, prefix, run_playbook):
+    """Issue 14 item 11b: a request whose answer is lost (requests' ReadTimeout) while creating the
+    new container, while stopping the old one, or while stopping the failed one in the revert, is a
+    one-line error and the old container is serving again."""
+    port = free_port()
+    name = prefix + "-web"
+    run_web(api, name, images["plain"], port)
+    wait_http("http://127.0.0.1:%d/version" % port, "plain")
+    proxy = SlowDockerProxy([r"^POST /v[0-9.]+/containers/create", r"^POST /v[0-9.]+/containers/[0-9a-f]+/stop\?t=0",
+                             r"^POST /v[0-9.]+/containers/[0-9a-f]+/stop\?t=1 "], delay=5)
+    base = {"target": "docker_container", "name": name, "pull": "never", "monitor": 0.5, "timeout": 20,
+            "rollback_timeout": 20, "docker_host": proxy.docker_host, "docker_timeout": 2, "fail_on_rollback": False,
+            "health_checks": _web_check(port, "ok plain", retries=1)}
+    try:
+        run = run_playbook(_play([
+            {"name": "create", "opskit.runbook.rollout": dict(base, image=images["v2"])},
+            {"name": "revert", "opskit.runbook.rollout": dict(base, image=images["503"])},
+            {"name": "stop", "opskit.runbook.rollout": dict(base, image=images["v2"], stop_timeout=1)},
+        ]))
+    finally:
+        proxy.close()
+    assert run.rc == 0, run.stdout[-3000:]
+    assert len(proxy.hits) == 3, proxy.hits
+    create, revert, stop = run.task("create"), run.task("revert"), run.task("stop")
+    assert stop["outcome"] == "rolled_back" and "stopping the old container" in stop["reason"], stop["reason"]
+    assert create["outcome"] == "rolled_back" and "creating the new container" in create["reason"], create["reason"]
+    assert "timed out" in create["reason"] and "\n" not in create["reason"]
+    assert revert["outcome"] == "rolled_back", revert["reason"]
+    assert "Traceback" not in run.stdout + run.stderr
     assert http_get("http://127.0.0.1:%d/version" % port) == (200, "plain")
     assert [c["Names"] for c in api.containers(all=True, filters={"name": prefix})] == [["/" + name]]
 
@@ -166,6 +375,38 @@ def test_compose_service_replaced_container_by_container(api, images, prefix, ru
     for port in ports:
         assert http_get("http://127.0.0.1:%d/version" % port) == (200, "v2")
     assert _failed(missing) and "no containers carry the labels" in missing["msg"]
+
+
+def test_compose_leftovers_of_a_killed_run_are_put_back(api, images, prefix, run_playbook):
+    """Issue 14 item 11c for Compose: the state a run killed between its rename and its create
+    leaves (web-2 only parked, nothing under its name), plus a parked failed copy of web-1."""
+    ports = [free_port(), free_port()]
+    labels = {"com.docker.compose.project": prefix, "com.docker.compose.service": "web",
+              "com.docker.compose.oneoff": "False"}
+    for i, port in enumerate(ports, 1):
+        run_web(api, "%s-web-%d" % (prefix, i), images["v1"], port,
+                extra_labels=dict(labels, **{"com.docker.compose.container-number": str(i)}))
+    for port in ports:
+        wait_http("http://127.0.0.1:%d/version" % port, "v1")
+    api.rename("%s-web-2" % prefix, "%s-web-2_opskit_prev_1764581234567" % prefix)
+    api.stop("%s-web-2_opskit_prev_1764581234567" % prefix, timeout=5)
+    api.create_container(images["v2"], name="%s-web-1_opskit_failed_1764581234999" % prefix,
+                         labels=dict(labels, **{"com.docker.compose.container-number": "1"}))
+    base = {"target": "compose_service", "project": prefix, "name": "web", "monitor": 0.5, "pull": "never"}
+    run = run_playbook(_play([
+        {"name": "plan", "opskit.runbook.rollout": dict(base, image=images["v1"]), "check_mode": True},
+        {"name": "next run", "opskit.runbook.rollout": dict(base, image=images["v1"])},
+    ]))
+    assert run.rc == 0, run.stdout[-3000:]
+    plan, res = run.task("plan"), run.task("next run")
+    assert [t.split(":")[0] for t in plan["repaired"]] == ["container %s-web-1" % prefix, "container %s-web-2" % prefix]
+    assert all(" would " in t for t in plan["repaired"]), plan["repaired"]
+    assert len(res["repaired"]) == 2 and "renamed it back and started it" in res["repaired"][1], res["repaired"]
+    assert res["outcome"] == "unchanged" and len(res["units"]) == 2, res
+    for port in ports:
+        assert http_get("http://127.0.0.1:%d/version" % port) == (200, "v1")
+    names = sorted(c["Names"][0] for c in api.containers(all=True, filters={"name": prefix}))
+    assert names == ["/%s-web-1" % prefix, "/%s-web-2" % prefix]
 
 
 def test_bad_input_is_one_line(api, run_playbook, tmp_path):

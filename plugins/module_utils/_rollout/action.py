@@ -31,6 +31,9 @@ tested against a real Docker Engine and a Kubernetes stand-in. ``run`` is the mo
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 import time
 
 from .._docker import DOCKER_OPTION_NAMES, docker_client
@@ -163,7 +166,7 @@ def execute(units, action, image=None, settings=None, check_mode=False,
         plan["last_known_good"] = _recorded_summary(unit) if unit in done else None
     result["last_known_good"] = next((p["last_known_good"] for _unit, p in switching if p["last_known_good"]), None)
     if failure is None:
-        _commit(done, switching)
+        _commit(result, done, switching)
         _publish(result, plans)
         result["reason"] = spec.success % _labels(switching)
     else:
@@ -194,7 +197,11 @@ def _switch_all(result, spec, switching, settings, clock, sleep):
             failure = (unit, "%s: %s" % (unit.label(), exc.msg))
             break
         done.append(unit)
-        res = _gate(unit, settings, settings.timeout, clock, sleep)
+        try:
+            res = _gate(unit, settings, settings.timeout, clock, sleep)
+        except Interrupted as exc:
+            failure = (unit, "%s: %s" % (unit.label(), exc.msg))
+            break
         _merge(result["timings"], res.timings)
         if res.report is not None:
             result["health"] = res.report
@@ -205,10 +212,14 @@ def _switch_all(result, spec, switching, settings, clock, sleep):
     return done, failure
 
 
-def _commit(done, switching):
-    """Every unit passed: drop what revert() needed, and fill in digests known only now."""
+def _commit(result, done, switching):
+    """Every unit passed: drop what revert() needed, and fill in digests known only now. A unit
+    whose old copy cannot be dropped is still upgraded: a warning says what is left."""
     for unit in done:
-        unit.commit()
+        try:
+            unit.commit()
+        except OpsError as exc:
+            result.setdefault("warnings", []).append("%s passed the gate, but %s" % (unit.label(), exc.msg))
     for unit, plan in switching:
         if plan["to"].get("digest") is None and hasattr(unit, "digest_now"):
             plan["to"]["digest"] = unit.digest_now(plan["to"])
@@ -229,7 +240,11 @@ def _fail(result, spec, done, failure, settings, clock, sleep):
         except OpsError as exc:
             rb_failures.append("%s: %s" % (unit.label(), exc.msg))
             continue
-        res = _gate(unit, settings, settings.rollback_timeout, clock, sleep)
+        try:
+            res = _gate(unit, settings, settings.rollback_timeout, clock, sleep)
+        except Interrupted as exc:
+            rb_failures.append("%s: %s" % (unit.label(), exc.msg))
+            continue
         rb_monitor += res.timings.get("monitor") or 0.0
         if not res.ok:
             rb_failures.append("%s: %s" % (unit.label(), res.reason))
@@ -289,6 +304,29 @@ def missing_image_result(units, image, exc):
 
 # --------------------------------------------------------------------------- module entry point
 
+class Interrupted(ServiceError):
+    """SIGTERM arrived while a unit was switched or gated: it is reverted like a failed gate."""
+
+
+@contextlib.contextmanager
+def reverting_on_sigterm():
+    """While switching and gating, SIGTERM (an Ansible timeout, a cancelled AWX job) raises
+    Interrupted in the module's thread, so the switched units are reverted before it exits; a
+    second SIGTERM is ignored until then (SIGKILL leaves the repair to the next run)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_term(signum, _frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Interrupted("interrupted by signal %d (SIGTERM) before the gate passed" % signum)
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _positive(params, key, allow_zero=False):
     value = params.get(key)
     if value is None or value < 0 or (value == 0 and not allow_zero):
@@ -297,12 +335,14 @@ def _positive(params, key, allow_zero=False):
     return float(value)
 
 
-def build_units(params):
-    """The units of ``params['target']`` (connects to Docker or Kubernetes)."""
+def build_units(params, check_mode=False):
+    """The units of ``params['target']`` (connects to Docker or Kubernetes). The Docker units put
+    back what an interrupted earlier run left (their ``repaired``; only reported in check mode)."""
     target = params["target"]
     if target in ("docker_container", "compose_service"):
         client = docker_client(params)
-        opts = dict(pull=params.get("pull") or "missing", stop_timeout=params.get("stop_timeout") or 10)
+        opts = dict(pull=params.get("pull") or "missing", stop_timeout=params.get("stop_timeout") or 10,
+                    check_mode=check_mode)
         if target == "docker_container":
             return [DockerContainer(client, params["name"], **opts)]
         return compose_units(client, params["project"], params["name"], **opts)
@@ -330,13 +370,16 @@ def run(params, check_mode=False):
     spec = ACTIONS[action]
     if spec.takes_image and not params.get("image"):
         raise ConfigError("image is required for state=deployed")
-    units = build_units(params)
+    units = build_units(params, check_mode)
     try:
-        result = execute(units, action, params.get("image"), settings, check_mode)
+        with reverting_on_sigterm():
+            result = execute(units, action, params.get("image"), settings, check_mode)
     except ImageMissing as exc:
         if not spec.takes_image:
             raise
         result = missing_image_result(units, params.get("image"), exc)
+    result["repaired"] = [text for unit in units for text in getattr(unit, "repaired", None) or []]
+    result.setdefault("warnings", []).extend(result["repaired"])
     outcome = result["outcome"]
     if outcome == "rollback_failed" or (outcome == "rolled_back" and spec.takes_image and params.get("fail_on_rollback", True)):
         raise OpsError("rollout %s: %s" % (outcome.replace("_", " "), result["reason"]), **result)

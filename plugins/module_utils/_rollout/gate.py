@@ -9,11 +9,14 @@
 
 The gate waits for the platform to call the unit ready, runs the health checks, then watches
 it for the monitor window; ``clock`` and ``sleep`` are parameters so that tests drive it with a
-fake clock.
+fake clock. The health checks run in a daemon thread while the gate keeps observing the unit
+every ``interval`` s: a unit that crashes, restarts or is OOM-killed while a check is still
+retrying ends the gate at once (the abandoned checks end by their own retries, off the gate).
 """
 
 from __future__ import annotations
 
+import threading
 import time
 
 from .record import FAILED, READY
@@ -49,6 +52,7 @@ class _Run:
         self.clock, self.sleep = clock, sleep
         self.timings = {"ready": None, "checks": None, "monitor": None}
         self.report = None
+        self.checked = (True, None)  # (ok, reason) of the last finished run of the checks
 
     def took(self, since):
         return round(self.clock() - since, 3)
@@ -63,7 +67,8 @@ def gate(observe, timeout, monitor, checks=None, interval=0.25, check_every=1.0,
 
     ``observe()`` -> (READY|WAITING|FAILED, reason). ``checks(deadline)`` -> (ok, reason, report)
     or None when there are no health checks; a check's own retries/interval decide how long it
-    may fail before it counts. FAILED ends the gate at once (fail fast); WAITING past ``timeout``
+    may fail before it counts. FAILED ends the gate at once (fail fast), also while a check is still
+    retrying; WAITING past ``timeout``
     fails it; anything but READY inside the monitor window fails it.
     Returns a GateResult with timings in seconds per phase (ready, checks, monitor).
     """
@@ -95,8 +100,11 @@ def _first_checks(run, start, timeout):
     if run.checks is None:
         return None
     cstart = run.clock()
-    ok, creason, run.report = run.checks(max(1.0, timeout - (run.clock() - start)))
+    crash = _watched_checks(run, max(1.0, timeout - (run.clock() - start)))
     run.timings["checks"] = run.took(cstart)
+    if crash is not None:
+        return run.fail("checks", "%s while the health checks ran" % crash)
+    ok, creason = run.checked
     if ok:
         return None
     state, reason = run.observe()  # a crashed container explains a failed check better
@@ -118,12 +126,41 @@ def _monitor(run, monitor):
             return run.fail("monitor", "within the %ss monitor window: %s" % (_num(monitor), reason))
         final = run.clock() - mstart >= monitor
         if run.checks is not None and (final or run.clock() - last_checks >= run.check_every):
-            ok, creason, run.report = run.checks(max(1.0, monitor - (run.clock() - mstart)))
+            crash = _watched_checks(run, max(1.0, monitor - (run.clock() - mstart)))
             last_checks = run.clock()
+            ok, creason = run.checked if crash is None else (False, "%s while the health checks ran" % crash)
             if not ok:
                 run.timings["monitor"] = run.took(mstart)
                 return run.fail("monitor", "within the %ss monitor window: %s" % (_num(monitor), creason))
     run.timings["monitor"] = run.took(mstart)
+    return None
+
+
+def _watched_checks(run, deadline):
+    """Run the checks in a daemon thread and observe the unit every ``interval`` s meanwhile.
+
+    Returns None when the checks finished (``run.checked`` = (ok, reason), ``run.report`` set),
+    or the reason the unit FAILED while they ran (the checks are then abandoned: a crashed unit
+    fails the gate whatever they would say, and their retries could last far longer).
+    """
+    box, done = {}, threading.Event()
+
+    def work():
+        try:
+            box["out"] = run.checks(deadline)
+        except BaseException as exc:  # pylint: disable=broad-except
+            box["exc"] = exc          # re-raised in the gate's thread below
+        finally:
+            done.set()
+    threading.Thread(target=work, name="opskit-gate-checks", daemon=True).start()
+    while not done.wait(max(0.01, run.interval)):
+        state, reason = run.observe()
+        if state == FAILED:
+            return reason
+    if "exc" in box:
+        raise box["exc"]
+    ok, reason, run.report = box["out"]
+    run.checked = (ok, reason)
     return None
 
 

@@ -208,6 +208,43 @@ def test_gate_fails_when_checks_start_failing_in_the_window():
     assert not res.ok and res.phase == "monitor" and "connection refused" in res.reason
 
 
+@pytest.mark.parametrize("phase_monitor", [False, True])
+def test_gate_ends_at_once_when_the_unit_crashes_while_checks_retry(phase_monitor):
+    """Issue 14 item 17: a check still retrying (here: blocked) must not hold up a crashed unit."""
+    import threading
+    import time as _time
+    release, calls, blocked = threading.Event(), [], []
+
+    def checks(deadline):
+        calls.append(deadline)
+        if phase_monitor and len(calls) == 1:
+            return True, None, {"status": "OK", "checks": []}
+        blocked.append(1)
+        release.wait(30)  # a check with many retries against a service that never answers
+        return False, "check api CRITICAL: connection refused on 41 attempts", {"status": "CRITICAL"}
+
+    def observe():  # the container crashes while the check retries
+        if not blocked:
+            return REC.READY, "running (no healthcheck)"
+        return REC.FAILED, "container restarted 1 time(s) (last exit code 1)"
+    clock = Clock()
+    t0 = _time.monotonic()
+    try:
+        res = G.gate(observe, 300, 10, checks, interval=0.02, clock=clock, sleep=clock.sleep)
+    finally:
+        release.set()
+    assert _time.monotonic() - t0 < 5  # not the checks' 30 s
+    assert not res.ok and res.phase == ("monitor" if phase_monitor else "checks")
+    assert "restarted 1 time(s)" in res.reason and "while the health checks ran" in res.reason
+
+
+def test_gate_reraises_a_bug_in_the_checks():
+    def checks(deadline):
+        raise ConfigError("bad check")
+    with pytest.raises(ConfigError):
+        _gate([(99, REC.READY, "ok")], checks=checks)
+
+
 def test_checks_reason_words():
     report = {"status": "CRITICAL", "checks": [
         {"name": "api", "status": "CRITICAL", "message": "HTTP 503 Service Unavailable", "attempts": 3},
@@ -312,6 +349,40 @@ def test_execute_deploys_and_commits():
     assert unit.events == [("replace", "app:2", False), ("commit",)]
     assert res["last_known_good"]["image"] == "app:1"
     assert res["timings"]["monitor"] == pytest.approx(1.0, abs=0.3)
+
+
+def test_execute_a_commit_that_fails_is_a_warning_not_a_failed_upgrade():
+    unit = FakeUnit()
+
+    def commit():
+        raise ServiceError("removing the old container: read timed out")
+    unit.commit = commit
+    res = _run([unit])
+    assert res["outcome"] == "deployed"
+    assert res["warnings"] == ["container web passed the gate, but removing the old container: read timed out"]
+
+
+@pytest.mark.parametrize("name, expect", [
+    ("/web_opskit_prev_1764581234567", ("web", "prev")),
+    ("/my_web_opskit_failed_12", ("my_web", "failed")),
+    ("web_opskit_old_1", ("web", "old")),
+    ("/web_opskit_prev_x", None),
+    ("/web", None),
+    ("/web_opskit_prev_", None),
+])
+def test_parked_names(name, expect):
+    m = D._PARKED.match(name)
+    assert (m and (m.group("base"), m.group("kind"))) == (expect or None) if expect else m is None
+
+
+def test_run_token_names_a_live_run_only():
+    import os
+    token = D.run_token()
+    assert D.run_alive(token)
+    host, pid, start = token.split("/")
+    assert not D.run_alive("%s/%s/%s" % (host, pid, int(start) + 1))   # a reused pid
+    assert not D.run_alive("%s/%d/1" % (host, 2 ** 22 + os.getpid()))  # no such process
+    assert not D.run_alive("other-host/%s/%s" % (pid, start)) and not D.run_alive(None) and not D.run_alive("x")
 
 
 def test_execute_same_image_is_unchanged():
