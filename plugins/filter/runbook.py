@@ -5,11 +5,13 @@
 verdict, connection options for module_defaults, backup rows and inline SVG bar charts.
 
 Documentation: the sidecar files here, one per filter (duration_seconds.yml, elapsed.yml,
-health_failing.yml, health_worst.yml, connection_options.yml, svg_bars.yml, backup_rows.yml).
+health_failing.yml, health_worst.yml, connection_options.yml, svg_bars.yml, backup_rows.yml,
+secret_env.yml).
 """
 
 from __future__ import annotations
 
+import re
 import time
 from html import escape
 
@@ -172,8 +174,29 @@ def backup_rows(series, only=None):
     return rows
 
 
+# Reads the secret file named by $2 into the variable named by $1, then runs the rest of the
+# arguments with it in their environment: the secret is never part of any command line.
+SECRET_ENV_SCRIPT = 'secret=$(cat -- "$2") || exit 125; export "$1=$secret"; unset secret; shift 2; exec "$@"'
+_ENV_NAME = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+def secret_env(argv, name, path):
+    """argv run with the content of the file ``path`` in its environment variable ``name``
+    (through /bin/sh, never on a command line); argv unchanged when path is empty."""
+    if not isinstance(argv, (list, tuple)) or not all(isinstance(a, str) for a in argv) or not argv:
+        raise AnsibleFilterError("secret_env: expected a non-empty list of strings (the command), got %r"
+                                 % type(argv).__name__)
+    if not isinstance(name, str) or not _ENV_NAME.match(name):
+        raise AnsibleFilterError("secret_env: %r is not an environment variable name" % (name,))
+    if path is None or path == "":
+        return list(argv)
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise AnsibleFilterError("secret_env: the secret file must be an absolute path, got %r" % (path,))
+    return ["/bin/sh", "-c", SECRET_ENV_SCRIPT, "opskit-secret-env", name, path] + list(argv)
+
+
 class FilterModule:
     def filters(self):
         return {"duration_seconds": duration_seconds, "elapsed": elapsed, "health_failing": health_failing,
                 "health_worst": health_worst, "connection_options": connection_options,
-                "svg_bars": svg_bars, "backup_rows": backup_rows}
+                "svg_bars": svg_bars, "backup_rows": backup_rows, "secret_env": secret_env}

@@ -5,10 +5,13 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import pathlib
+import signal
 import subprocess
+import threading
 import time
 import uuid
 
@@ -19,7 +22,8 @@ from ansible_collections.opskit.runbook.plugins.module_utils._engine.catalog imp
 from ansible_collections.opskit.runbook.plugins.module_utils._storage.options import open_location
 
 from harness import free_port, http_get
-from roles_fixtures import ROOT, Webhook, conn, playbook, reports
+from roles_fixtures import (ROOT, VERBOSE_BECOME, CmdlineWatcher, PasswordRedis, SyslogCapture, Webhook, conn, playbook,
+                            reports)
 
 ROLES = ["backup", "restore", "upgrade", "maintenance", "health", "report"]
 
@@ -75,6 +79,7 @@ def _base_vars(tmp_path, pg, db, **extra):
         "opskit_databases": [{"name": db, "verify_queries": [
             {"name": "orders", "query": "SELECT count(*) FROM orders", "expect": "300"}]}],
         "opskit_disk_paths": [str(tmp_path)],
+        "opskit_lock_dir": str(tmp_path / "locks"),  # not the host's: other test sessions run playbooks too
     }
     out.update(extra)
     return out
@@ -284,3 +289,206 @@ def test_upgrade_rolls_back_and_restores_the_database(run_playbook, pg, shop, do
     finally:
         for container in docker_engine.client.containers.list(all=True, filters={"name": name}):
             container.remove(force=True)
+
+
+# ------------------------------------------------------------------ secrets never on a command line
+
+
+def _secret_files():
+    return {n for n in os.listdir("/tmp") if n.startswith("opskit-secret-")}
+
+
+def _assert_secret_free(run, watcher, *secrets):
+    assert watcher.scans > 20, "the /proc watcher hardly ran (%d scans)" % watcher.scans
+    assert watcher.hits == [], "a secret on a command line: %s" % watcher.hits[:3]
+    text = json.dumps(run.results) + run.stdout + run.stderr
+    for secret in secrets:
+        where = text.find(secret)
+        assert where < 0, "a secret in the task results or the -vvv output, after: %s" % text[max(0, where - 600):where]
+
+
+def test_daily_secrets_never_reach_a_command_line(run_playbook, pg, shop, tmp_path):
+    redis_password = "redis-Pw-%s" % uuid.uuid4().hex
+    before = _secret_files()
+    with PasswordRedis(redis_password) as redis:
+        redis.cli("SET", "greeting", "hello")
+        extra = _base_vars(tmp_path, pg, shop,
+                           opskit_redis=[{"name": "cache", "host": redis.host, "port": redis.port,
+                                          "password": redis_password, "path": redis.root}],
+                           opskit_health_checks=[{"name": "shop db", "type": "postgres", "database": shop,
+                                                  "password": pg.password},  # a check's own password
+                                                 {"name": "cache", "type": "redis", "host": redis.host,
+                                                  "port": redis.port, "password": redis_password}])
+        with CmdlineWatcher([pg.password, redis_password]) as watcher:
+            run = run_playbook(playbook("daily"), extra, env=VERBOSE_BECOME)
+        assert run.rc == 0, run.stdout[-3000:]
+        assert os.path.exists(os.path.join(redis.root, "dump.rdb"))  # BGSAVE authenticated and ran
+    _assert_secret_free(run, watcher, pg.password, redis_password)
+    assert "<localhost> EXEC" in run.stdout  # -vvv really showed the remote commands
+    assert sorted(os.listdir(tmp_path / "backups")) == ["t-pg-%s" % shop, "t-redis-cache"]
+    assert _secret_files() - before == set()  # the 0600 secret files are removed afterwards
+
+
+def test_maintenance_secrets_never_reach_a_command_line(run_playbook, pg, shop, tmp_path):
+    extra = _base_vars(tmp_path, pg, shop, opskit_idle_connection_minutes=60)
+    before = _secret_files()
+    with CmdlineWatcher([pg.password]) as watcher:
+        run = run_playbook(playbook("monthly"), extra, env=VERBOSE_BECOME)
+    assert run.rc == 0, run.stdout[-3000:]
+    _assert_secret_free(run, watcher, pg.password)
+    assert run.task("PostgreSQL | VACUUM (ANALYZE) each database")["changed"] is True
+    assert reports(tmp_path / "reports", "monthly")[-1]["maintenance"]["vacuumed"] == [shop]
+    assert _secret_files() - before == set()
+
+    # a password with a line break is refused, with a message that does not show it
+    first_line = "line1-%s" % uuid.uuid4().hex
+    broken = first_line + "\nline2"
+    run = run_playbook(playbook("monthly"), dict(extra, opskit_postgres=dict(conn(pg), password=broken)))
+    assert run.rc != 0
+    doc = reports(tmp_path / "reports", "monthly")[-1]
+    assert "line break" in doc["failure"]["msg"] and "Traceback" not in run.stdout
+    assert first_line not in json.dumps(run.results) + run.stdout
+
+
+def test_upgrade_health_check_password_is_masked(run_playbook, pg, shop, docker_engine, tmp_path):
+    import rollout_fixtures  # pylint: disable=import-outside-toplevel
+    refs = rollout_fixtures.build_images(docker_engine.client.api, tags=("v1", "v2"))
+    name = "opskit-upg-%s" % uuid.uuid4().hex[:8]
+    port = free_port()
+    rollout_fixtures.run_web(docker_engine.client.api, name, refs["v1"], port)
+    check = {"name": "shop db", "type": "postgres", "host": pg.host, "port": pg.port, "user": pg.user,
+             "password": pg.password, "database": shop}
+    extra = _base_vars(tmp_path, pg, shop, opskit_services=[{"name": name, "image": refs["v1"], "timeout": 30,
+                                                             "monitor": 1, "pull": "never", "health_checks": [check]}],
+                       opskit_upgrade_images={name: refs["v2"]}, upgrade_pre_backup=False)
+    try:
+        with CmdlineWatcher([pg.password]) as watcher, SyslogCapture() as syslog:
+            run = run_playbook(playbook("upgrade"), extra, env=VERBOSE_BECOME)
+        assert run.rc == 0, run.stdout[-3000:]
+        if syslog.active:  # what the journal (or syslog) gets: the same masked invocation
+            # this run's invocation only (another test may run a rollout while /dev/log is ours)
+            invoked = [m for m in syslog.messages if "ansible-opskit.runbook.rollout: Invoked with" in m and name in m]
+            assert len(invoked) == 1 and "health_checks" in invoked[0] and "'password': '********'" in invoked[0]
+            assert not [m for m in syslog.messages if pg.password in m]
+        (rollout,) = [r for r in run.results if "health_checks" in r.get("invocation", {}).get("module_args", {})]
+        assert rollout["outcome"] == "deployed" and rollout["health"]["status"] == "OK"
+        (masked,) = rollout["invocation"]["module_args"]["health_checks"]
+        assert masked["password"] == "VALUE_SPECIFIED_IN_NO_LOG_PARAMETER" and masked["database"] == shop
+        _assert_secret_free(run, watcher, pg.password)
+        assert http_get("http://127.0.0.1:%d/version" % port)[1] == "v2"
+    finally:
+        for container in docker_engine.client.containers.list(all=True, filters={"name": name}):
+            container.remove(force=True)
+
+
+# ------------------------------------------------------------------ the run lock
+
+
+def _locked(path):
+    """True when another process holds the flock on path."""
+    return subprocess.run(["flock", "-n", str(path), "true"], check=False).returncode != 0
+
+
+def test_run_lock_names_the_holder_and_leaves_the_series_alone(run_playbook, pg, shop, tmp_path):
+    locks = tmp_path / "locks"
+    locks.mkdir(mode=0o700)
+    lock = locks / "localhost.lock"
+    (locks / "localhost.lock.holder").write_text("weekly run (AWX job 41) from awx-1 as awx, since 2026-12-01T03:00:00Z\n")
+    holder = subprocess.Popen(["flock", str(lock), "sleep", "120"], start_new_session=True)  # a run still going
+    try:
+        deadline = time.monotonic() + 10
+        while not _locked(lock) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        extra = _base_vars(tmp_path, pg, shop, opskit_lock_timeout=2)
+        started = time.monotonic()
+        run = run_playbook(playbook("daily"), extra)
+        assert run.rc != 0
+        assert time.monotonic() - started < 60
+        msg = reports(tmp_path / "reports", "daily")[-1]["failure"]["msg"]
+        assert msg == ("run lock %s is held by weekly run (AWX job 41) from awx-1 as awx, since 2026-12-01T03:00:00Z;"
+                       " waited 2 s" % lock), msg
+        assert not (tmp_path / "backups").exists()  # nothing was backed up, rotated or verified
+    finally:
+        os.killpg(holder.pid, signal.SIGKILL)  # flock and its sleep, which holds the lock too
+        holder.wait()
+
+    run = run_playbook(playbook("daily"), extra)
+    assert run.rc == 0, run.stdout[-3000:]
+    assert os.listdir(tmp_path / "backups") == ["t-pg-%s" % shop]
+    time.sleep(2.5)  # the holder ends within a second of the release
+    assert not _locked(lock)
+    assert sorted(os.listdir(locks)) == ["localhost.lock", "localhost.lock.holder"]  # no token left
+    assert "daily run from " in (locks / "localhost.lock.holder").read_text()
+
+
+def test_run_lock_serializes_two_overlapping_runs(run_playbook, tmp_path):
+    journal = tmp_path / "journal"
+
+    def play(tag):
+        return _lock_play(tag, {"name": "work", "ansible.builtin.shell": "echo start %s >> %s; sleep 2; echo end %s >> %s"
+                                % (tag, journal, tag, journal)})
+
+    extra = {"opskit_lock_dir": str(tmp_path / "locks"), "opskit_lock_timeout": 60}
+    runs = {}
+    threads = [threading.Thread(target=lambda tag=tag: runs.__setitem__(tag, run_playbook(play(tag), extra)))
+               for tag in ("cron", "awx")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(run.rc == 0 for run in runs.values()), {tag: run.stdout[-2000:] for tag, run in runs.items()}
+    lines = journal.read_text().split()
+    first, second = lines[1], lines[5]
+    assert lines == ["start", first, "end", first, "start", second, "end", second], lines  # never interleaved
+
+
+def _lock_play(tag, step):
+    lock = {"name": "lock", "ansible.builtin.include_role": {"name": "opskit.runbook.report", "tasks_from": "lock"},
+            "vars": {"report_name": tag}}
+    unlock = {"name": "unlock", "ansible.builtin.include_role": {"name": "opskit.runbook.report", "tasks_from": "unlock"}}
+    return [{"hosts": "localhost", "gather_facts": False, "tasks": [
+        {"name": "locked", "block": [lock, step], "always": [unlock]}]}]
+
+
+def _children_named(word):
+    """PIDs of this process's children whose command line contains word."""
+    out = []
+    for stat in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            with open(stat) as fh:
+                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+            with open(stat[:-4] + "cmdline", "rb") as fh:
+                line = fh.read()
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == os.getpid() and word.encode() in line:
+            out.append(int(stat.split("/")[2]))
+    return out
+
+
+def test_run_lock_of_a_killed_run_names_its_release(run_playbook, tmp_path):
+    locks = tmp_path / "locks"
+    extra = {"opskit_lock_dir": str(locks), "opskit_lock_timeout": 1, "opskit_lock_ttl": 600}
+    killed = {}
+    thread = threading.Thread(target=lambda: killed.setdefault("run", run_playbook(
+        _lock_play("cron", {"name": "work", "ansible.builtin.command": "sleep 6"}), extra)))
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not [n for n in os.listdir(locks) if n.startswith("localhost.lock.")] if locks.exists() else True:
+        assert time.monotonic() < deadline, "the first run never took the lock"
+        time.sleep(0.05)
+    (pid,) = _children_named("ansible-playbook")
+    os.kill(pid, signal.SIGKILL)  # cron's run killed in the middle: it never releases the lock
+    thread.join()
+    assert killed["run"].rc == -signal.SIGKILL
+
+    waiting = run_playbook(_lock_play("awx", {"name": "work", "ansible.builtin.command": "true"}), extra)
+    assert waiting.rc != 0
+    msg = waiting.task("report : Lock | it is ours")["msg"]
+    assert msg.startswith("run lock %s/localhost.lock is held by cron run from " % locks) and msg.endswith("; waited 1 s")
+    token = msg.split("release by hand: rm ", 1)[1].split(")", 1)[0]
+    assert os.path.exists(token)
+    os.unlink(token)  # what the message tells the operator to do
+    time.sleep(1.5)
+    again = run_playbook(_lock_play("awx", {"name": "work", "ansible.builtin.command": "true"}), extra)
+    assert again.rc == 0, again.stdout[-2000:]

@@ -2,11 +2,14 @@
 # Copyright: opskit.runbook contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The runbook filters: duration_seconds, elapsed, health_failing, health_worst,
-connection_options, backup_rows, svg_bars."""
+connection_options, backup_rows, svg_bars, secret_env."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 import time
 import xml.etree.ElementTree as ET
 
@@ -15,7 +18,7 @@ from ansible.errors import AnsibleFilterError
 
 from ansible_collections.opskit.runbook.plugins.filter.runbook import (
     FilterModule, backup_rows, connection_options, duration_seconds, elapsed, health_failing, health_worst,
-    svg_bars)
+    secret_env, svg_bars)
 
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -141,7 +144,7 @@ def test_svg_bars_rejects_bad_items(items, message):
 
 def test_filter_module_exports():
     assert set(FilterModule().filters()) == {"duration_seconds", "elapsed", "health_failing", "health_worst",
-                                             "connection_options", "svg_bars", "backup_rows"}
+                                             "connection_options", "svg_bars", "backup_rows", "secret_env"}
 
 
 @pytest.mark.parametrize("started", [lambda now: now - 2.5, lambda now: str(now - 2.5)])
@@ -208,3 +211,39 @@ def test_connection_options_keep_the_fragment_options_only():
 def test_connection_options_rejects(value, kind, message):
     with pytest.raises(AnsibleFilterError, match=message):
         connection_options(value, kind)
+
+
+def test_secret_env_passes_the_file_content_through_the_environment_only(tmp_path):
+    secret = "p@ss w'o\"rd:$(id)`x`\\;*"
+    path = tmp_path / "secret"
+    path.write_text(secret)
+    probe = [sys.executable, "-c", "import os, sys; sys.stdout.write(os.environ['PGPASSWORD'] + '|' + repr(sys.argv[1:]))", "a b"]
+    argv = secret_env(probe, "PGPASSWORD", str(path))
+    assert secret not in " ".join(argv) and str(path) in argv
+    out = subprocess.run(argv, capture_output=True, text=True, check=True, env=dict(os.environ, PGPASSWORD="")).stdout
+    assert out == secret + "|['a b']"  # the exact secret (no shell expansion), the arguments untouched
+
+
+def test_secret_env_fails_when_the_file_is_gone(tmp_path):
+    argv = secret_env(["true"], "REDISCLI_AUTH", str(tmp_path / "missing"))
+    assert subprocess.run(argv, capture_output=True, check=False).returncode == 125  # the command never runs
+
+
+def test_secret_env_without_a_file_keeps_the_command():
+    assert secret_env(["redis-cli", "PING"], "REDISCLI_AUTH", "") == ["redis-cli", "PING"]
+    assert secret_env(("psql",), "PGPASSWORD", None) == ["psql"]
+
+
+@pytest.mark.parametrize("argv, name, path, words", [
+    ("psql -c 'SELECT 1'", "PGPASSWORD", "/tmp/x", "list of strings"),
+    ([], "PGPASSWORD", "/tmp/x", "list of strings"),
+    (["psql", 5], "PGPASSWORD", "/tmp/x", "list of strings"),
+    (["psql"], "PG PASSWORD", "/tmp/x", "not an environment variable name"),
+    (["psql"], "X=1", "/tmp/x", "not an environment variable name"),
+    (["psql"], None, "/tmp/x", "not an environment variable name"),
+    (["psql"], "PGPASSWORD", "relative/file", "absolute path"),
+    (["psql"], "PGPASSWORD", 42, "absolute path"),
+])
+def test_secret_env_refuses_bad_input(argv, name, path, words):
+    with pytest.raises(AnsibleFilterError, match=words):
+        secret_env(argv, name, path)
