@@ -186,6 +186,20 @@ notes:
     C(.opskit-old-*) directory, from which they can be moved back by hand.
   - Through the Engine API, a restore reads and decompresses the stored archive twice, once to
     verify it, once to write it.
+  - "What a backup records. A directory backup (O(path)) records every entry's mtime to the
+    nanosecond (before 1970 too) and the C(user.*) extended attributes of files and directories
+    (as C(SCHILY.xattr) PAX records, like C(tar --xattrs)); other namespaces (C(security.*),
+    C(trusted.*), ACLs) belong to the host and are not recorded. A volume backup (O(volume)) is
+    the archive the Docker Engine builds: whole-second mtimes (rounded down) and no C(user.*)
+    extended attributes. Neither records holes: a sparse file is stored with its zeros
+    (compressed, they take little room)."
+  - "What a restore keeps. Through the mountpoint and into a directory, everything the archive
+    records (owner as root, mode, mtime to the nanosecond, C(user.*) extended attributes where
+    the filesystem takes them, else a warning names them), and every run of zero 4 KiB blocks
+    becomes a hole again (a file that had zeros but no holes comes back sparse, with the same
+    content). Through the Engine API the daemon untars: it keeps the nanoseconds and the
+    extended attributes, but writes holes as zeros (the restored volume may take the full size
+    of its sparse files) and sets any mtime before 1970-01-01 to 1970-01-01 00:00:00."
 seealso:
   - module: opskit.runbook.backup_info
 """

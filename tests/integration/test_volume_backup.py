@@ -814,3 +814,118 @@ def test_a_symlink_swap_loop_during_a_directory_backup_leaks_nothing(run_playboo
                 if not os.path.islink(path):
                     with open(path, "rb") as fh:
                         assert secret not in fh.read(), "%s holds the secret" % path
+
+
+PRECISE_NS = 1500000000123456789            # 2017-07-14, with nanoseconds
+BEFORE_1970_NS = -1000000250000000          # 1969-12-20, a quarter second past
+XATTR = ("user.opskit", b"kept \x00\xff")
+
+
+def _attribute_tree(root):
+    """A file with a nanosecond mtime and a user.* xattr, a sparse file, a 1969 file."""
+    precise = os.path.join(root, "precise")
+    with open(precise, "wb") as fh:
+        fh.write(b"precise\n")
+    os.setxattr(precise, XATTR[0], XATTR[1])
+    os.utime(precise, ns=(PRECISE_NS, PRECISE_NS))
+    sparse = os.path.join(root, "sparse.img")
+    with open(sparse, "wb") as fh:                  # 8 MiB, two 4-byte islands
+        fh.write(b"head")
+        fh.seek(4 << 20)
+        fh.write(b"midl")
+        fh.truncate(8 << 20)
+    old = os.path.join(root, "old")
+    with open(old, "wb") as fh:
+        fh.write(b"old\n")
+    os.utime(old, ns=(BEFORE_1970_NS, BEFORE_1970_NS))
+
+
+def _recorded(tmp_path):
+    """What the stored archive records of the attribute tree's members."""
+    import io
+    import zstandard
+    [path] = [os.path.join(d, n) for d, _s, names in os.walk(tmp_path / "store") for n in names
+              if n.endswith(".tar.zst")]
+    with open(path, "rb") as fh:
+        raw = zstandard.ZstdDecompressor().stream_reader(fh).read()
+    out = {}
+    with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as tar:
+        for member in tar:
+            name = member.name[2:] if member.name.startswith("./") else member.name
+            if name in ("precise", "sparse.img", "old"):
+                out[name] = {"mtime": member.pax_headers.get("mtime", member.mtime),
+                             "xattrs": sorted(k for k in member.pax_headers if "xattr" in k),
+                             "sparse": member.issparse()}
+    return out
+
+
+def _attributes(root):
+    out = {}
+    for name in ("precise", "sparse.img", "old"):
+        path = os.path.join(root, name)
+        st = os.stat(path)
+        try:
+            xattr = os.getxattr(path, XATTR[0])
+        except OSError:
+            xattr = None
+        out[name] = {"mtime_ns": st.st_mtime_ns, "xattr": xattr, "blocks_kib": st.st_blocks // 2}
+    return out
+
+
+SECONDS = 1000000000
+# What a backup records of the attribute tree: a directory backup (tree.py) everything but the
+# holes; a volume backup is the Engine's archive: whole seconds (rounded down), no user.* xattr.
+RECORDS = {
+    "directory": {"precise": {"mtime": "1500000000.123456789", "xattrs": ["SCHILY.xattr.user.opskit"], "sparse": False},
+                  "old": {"mtime": "-1000000.250000000", "xattrs": [], "sparse": False}},
+    "volume": {"precise": {"mtime": 1500000000, "xattrs": [], "sparse": False},
+               "old": {"mtime": "-1000001", "xattrs": [], "sparse": False}},
+}
+
+
+@pytest.mark.parametrize("source, access", [("volume", "auto"), ("volume", "api"),
+                                            ("directory", "auto"), ("directory", "api")])
+def test_restores_keep_what_the_archive_records(run_playbook, tmp_path, docker_engine, dockerthings,
+                                                source, access):
+    """Sub-second and pre-1970 mtimes, user.* xattrs and holes, by source and access path.
+
+    Through the mountpoint, everything the archive records is kept and zero runs become holes.
+    Through the Engine API, the daemon untars: it keeps the nanoseconds and the xattrs, but
+    writes holes as zeros and sets a pre-1970 mtime to 1970-01-01 (documented in the module)."""
+    src_vol = dockerthings.volume()
+    src = dockerthings.mountpoint(src_vol) if source == "volume" else str(tmp_path / "src")
+    os.makedirs(src, exist_ok=True)
+    _attribute_tree(src)
+    dst = dockerthings.volume()
+    location = "file://%s/store" % tmp_path
+    what = ('volume: "%s", helper_image: "{{ image }}"' % src_vol) if source == "volume" else ('path: "%s"' % src)
+    run = run_playbook(PLAY_HEAD + """
+    - name: backup
+      opskit.runbook.volume_backup: {%s, location: "{{ location }}", series: attrs}
+    - name: restore
+      opskit.runbook.volume_backup:
+        {state: restored, volume: "{{ dst }}", location: "{{ location }}", series: attrs,
+         helper_image: "{{ image }}", volume_access: "{{ access }}"}
+""" % what, extra_vars={"dst": dst, "location": location, "image": docker_engine.busybox_image,
+                        "access": access})
+    assert run.rc == 0, run.stdout[-3000:]
+    recorded = _recorded(tmp_path)
+    assert {k: recorded[k] for k in ("precise", "old")} == RECORDS[source]
+    assert recorded["sparse.img"]["sparse"] is False  # neither writer records holes
+    restored = run.task("restore")
+    path = restored["access"]
+    assert path == ("mountpoint" if access == "auto" and os.geteuid() == 0 else "api")
+    got = _attributes(dockerthings.mountpoint(dst))
+    exact = source == "directory"
+    assert got["precise"]["mtime_ns"] == (PRECISE_NS if exact else PRECISE_NS // SECONDS * SECONDS)
+    assert got["precise"]["xattr"] == (XATTR[1] if exact else None)
+    if path == "api":
+        assert got["old"]["mtime_ns"] == 0                     # the daemon's clamp
+        assert got["sparse.img"]["blocks_kib"] >= 8 << 10      # the daemon writes the zeros
+    else:
+        assert got["old"]["mtime_ns"] == (BEFORE_1970_NS if exact else -1000001 * SECONDS)
+        assert got["sparse.img"]["blocks_kib"] <= 64           # zero runs became holes again
+    with open(os.path.join(dockerthings.mountpoint(dst), "sparse.img"), "rb") as fh:
+        data = fh.read()
+    assert len(data) == 8 << 20 and data[:4] == b"head" and data[4 << 20:(4 << 20) + 4] == b"midl"
+    assert data.count(0) == len(data) - 8

@@ -238,6 +238,7 @@ def staged_restore(root_fd, location, manifest, replace, label, mark=lambda dirt
         warnings = _drop_old(root_fd, aside, before.st_dev, label)
         if extractor.root_attrs is not None:
             extractor.apply_attrs(root_fd, extractor.root_attrs)
+            stats = extractor.summary()  # with an xattr of the root the filesystem refused
     except BaseException as exc:
         if sfd is not None:
             os.close(sfd)
@@ -248,7 +249,7 @@ def staged_restore(root_fd, location, manifest, replace, label, mark=lambda dirt
             raise _os_error(label, exc) from exc
         raise
     if warnings:
-        stats["warnings"] = warnings
+        stats["warnings"] = stats.get("warnings", []) + warnings
     return stats
 
 

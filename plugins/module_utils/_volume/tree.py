@@ -17,6 +17,12 @@ sorted by name, then each subdirectory's subtree in that order.
 Entries that vanish or keep changing type while they are read are left out, and a regular
 file that shrinks while it is read (logrotate's copytruncate) is padded with zeros to the size
 its header announced, as GNU tar does; both are reported in ``warnings``.
+
+Every entry's mtime is recorded exactly (a PAX ``mtime`` record with all nine digits of the
+nanoseconds when it has any, or when it lies before 1970), and the ``user.*`` extended
+attributes of files and directories as ``SCHILY.xattr.<name>`` records (as GNU tar --xattrs,
+bsdtar and Docker write them). Holes are not recorded: a sparse file is stored with its zeros
+(which the restore turns back into holes, see ``tar/extract.py``).
 """
 
 from __future__ import annotations
@@ -33,12 +39,46 @@ try:
 except ImportError:  # pragma: no cover - not on Linux
     grp = pwd = None
 
-from .tar.extract import DIR_FLAGS
-from .tar.headers import kind_of
+from .tar.extract import DIR_FLAGS, KEPT_XATTRS
+from .tar.headers import MTIME_MAX, kind_of
 
 ENTRY_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 ATTEMPTS = 3        # lstat + open of an entry that changes type in between
 SHOWN = 5           # names listed in a warning
+XATTR_PREFIX = "SCHILY.xattr."
+
+
+def set_mtime(info, mtime_ns):
+    """Give ``info`` the exact mtime ``mtime_ns``: a PAX record when whole seconds do not
+    tell it (nanoseconds, before 1970 or past 2242), the ustar field otherwise."""
+    whole, frac = divmod(mtime_ns, 1000000000)
+    if not frac and 0 <= whole < MTIME_MAX:
+        info.mtime = whole
+        return
+    sign, value = ("-", -mtime_ns) if mtime_ns < 0 else ("", mtime_ns)
+    info.pax_headers["mtime"] = "%s%d.%09d" % ((sign,) + divmod(value, 1000000000))
+    info.mtime = min(max(whole, 0), MTIME_MAX - 1)  # in range: tarfile keeps the record
+
+
+def add_xattrs(info, fd):
+    """The ``user.*`` extended attributes of the entry open as ``fd`` as PAX records (none
+    where the filesystem has no xattrs)."""
+    try:
+        names = os.listxattr(fd)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTSUP, errno.EPERM, errno.EACCES):
+            return
+        raise
+    for name in sorted(names):
+        if not name.startswith(KEPT_XATTRS):
+            continue
+        try:
+            value = os.getxattr(fd, name)
+        except OSError as exc:
+            if exc.errno == errno.ENODATA:  # removed meanwhile
+                continue
+            raise
+        info.pax_headers[XATTR_PREFIX + name] = value.decode("utf-8", "surrogateescape")
 
 
 class _Source:
@@ -69,7 +109,8 @@ def _symlink_info(tar, st, arcname, target):
     """The TarInfo of a symlink from its lstat, as tarfile.gettarinfo makes it."""
     info = tar.tarinfo(arcname)
     info.type, info.linkname, info.size = tarfile.SYMTYPE, target, 0
-    info.mode, info.uid, info.gid, info.mtime = st.st_mode, st.st_uid, st.st_gid, int(st.st_mtime)
+    info.mode, info.uid, info.gid = st.st_mode, st.st_uid, st.st_gid
+    set_mtime(info, st.st_mtime_ns)
     if pwd is not None:
         try:
             info.uname = pwd.getpwuid(st.st_uid)[0]
@@ -108,7 +149,8 @@ class TreeWriter:
         if info is None or info.ischr() or info.isblk():
             self.skipped += 1  # sockets and device files
             return None
-        info.mtime = int(info.mtime)
+        set_mtime(info, os.fstat(fd).st_mtime_ns)
+        add_xattrs(info, fd)
         if info.isreg():
             self.tar.addfile(info, source)
             if source.shrunk:

@@ -5,13 +5,22 @@
 
 ``TarExtractor`` (a ``headers.TarWalker``) is fed the raw tar bytes of a restore in chunks and
 writes each checked member below ``root_fd``; ``extract_chunks`` drives it to the end.
+
+What the archive records is applied: owner (as root), mode, the mtime to the nanosecond
+(PAX ``mtime``, before 1970 included), the ``user.*`` extended attributes of its
+``SCHILY.xattr.*`` (or ``LIBARCHIVE.xattr.*``) records where the filesystem takes them (else a
+warning names them), and every run of zero 4 KiB blocks of a file's data becomes a hole
+(archives do not record holes: neither Docker nor tarfile writes GNU sparse members).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import errno
 import os
 import stat
+import urllib.parse
 
 from ..._engine.streams import write_all
 from ..._errors import IntegrityError
@@ -25,16 +34,82 @@ class ExtractError(IntegrityError):
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 SPECIAL_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
+BLOCK = 4096                      # a run of zero blocks this size becomes a hole
+ZERO = bytes(BLOCK)
+KEPT_XATTRS = "user."             # other namespaces belong to the host (security, trusted, system)
+SHOWN = 5
+NOT_TAKEN = (errno.ENOTSUP, errno.EPERM, errno.EACCES, errno.E2BIG, errno.ENOSPC, errno.ERANGE)
 
 
 def _ustar_attrs(block):
-    """(mode, uid, gid, mtime in ns) of a plain ustar header block."""
+    """(mode, uid, gid, mtime in ns, xattrs) of a plain ustar header block."""
     return (_number(block[100:108]), _number(block[108:116]), _number(block[116:124]),
-            _number(block[136:148]) * 1000000000)
+            _number(block[136:148]) * 1000000000, ())
+
+
+def _xattrs(pax):
+    """The (name, value) ``user.*`` extended attributes of PAX records: ``SCHILY.xattr.<name>``
+    (GNU tar, Docker, bsdtar) or ``LIBARCHIVE.xattr.<url-encoded name>`` (base64 value)."""
+    out = {}
+    for key, value in pax.items():
+        if key.startswith("SCHILY.xattr."):
+            out[key[13:]] = value.encode("utf-8", "surrogateescape")
+        elif key.startswith("LIBARCHIVE.xattr."):
+            try:
+                out.setdefault(urllib.parse.unquote(key[17:]), base64.b64decode(value + "=" * (-len(value) % 4)))
+            except (binascii.Error, ValueError):
+                continue
+    return tuple(sorted((k, v) for k, v in out.items() if k.startswith(KEPT_XATTRS) and "\0" not in k))
+
+
+def _skip_zero_blocks(fd, view):
+    """os.write the BLOCK-aligned ``view`` to ``fd``, every run of zero BLOCKs skipped with
+    lseek so that it stays a hole."""
+    size, start, pos = len(view), 0, 0
+    while pos + BLOCK <= size:
+        if view[pos:pos + BLOCK] != ZERO:
+            pos += BLOCK
+            continue
+        end = pos + BLOCK
+        while end + BLOCK <= size and view[end:end + BLOCK] == ZERO:
+            end += BLOCK
+        write_all(fd, view[start:pos])
+        os.lseek(fd, end - pos, os.SEEK_CUR)
+        start = pos = end
+    write_all(fd, view[start:])
+
+
+class SparseWriter:
+    """Writes a file's data in pieces of any size to the new file open as ``fd``: every run of
+    zero BLOCKs (aligned in the file) becomes a hole; ``close`` sets the size."""
+
+    def __init__(self, fd):
+        self.fd, self.size, self.tail = fd, 0, bytearray()
+
+    def write(self, data):
+        view = memoryview(data)
+        self.size += len(view)
+        if self.tail:  # complete the block started by the previous piece
+            take = min(BLOCK - len(self.tail), len(view))
+            self.tail += view[:take]
+            view = view[take:]
+            if len(self.tail) < BLOCK:
+                return
+            _skip_zero_blocks(self.fd, memoryview(self.tail))
+            self.tail = bytearray()
+        whole = len(view) - len(view) % BLOCK
+        _skip_zero_blocks(self.fd, view[:whole])
+        self.tail += view[whole:]
+
+    def close(self):
+        """Write the last partial block; give the file its size (it may end in a hole)."""
+        write_all(self.fd, self.tail)
+        self.tail = bytearray()
+        os.ftruncate(self.fd, self.size)
 
 
 def _info_attrs(info):
-    """(mode, uid, gid, mtime in ns) of a TarInfo; a PAX mtime keeps all its digits."""
+    """(mode, uid, gid, mtime in ns, xattrs) of a TarInfo; a PAX mtime keeps all its digits."""
     mtime = int(info.mtime * 1000000000)
     raw = info.pax_headers.get("mtime")
     if raw:
@@ -44,7 +119,7 @@ def _info_attrs(info):
             mtime = int(whole) * 1000000000 + sign * int((frac + "000000000")[:9] or 0)
         except ValueError:
             pass
-    return info.mode, info.uid, info.gid, mtime
+    return info.mode, info.uid, info.gid, mtime, _xattrs(info.pax_headers)
 
 
 class TarExtractor(TarWalker):
@@ -70,7 +145,8 @@ class TarExtractor(TarWalker):
         self.root_attrs = None
         self.same_owner = (os.geteuid() == 0) if same_owner is None else same_owner
         self.stack = []                 # (name, fd) of the directories from the root to the last used
-        self.file = None                # (fd, attrs) of the regular file being written
+        self.file = None                # (fd, attrs, SparseWriter, name) of the regular file being written
+        self.dropped = []               # "member: xattr" the filesystem did not take
         self.dirs = []                  # (relative path, attrs) of the directories, set at the end
 
     # ------------------------------------------------------------------ walking
@@ -148,13 +224,27 @@ class TarExtractor(TarWalker):
             self._clear(dfd, base, rel)
             return make()
 
-    def apply_attrs(self, fd, attrs):
-        """Owner (as root), mode and mtime of ``attrs`` on the open ``fd``."""
-        mode, uid, gid, mtime = attrs
+    def apply_attrs(self, fd, attrs, rel="."):
+        """Owner (as root), xattrs, mode and mtime of ``attrs`` on the open ``fd``."""
+        mode, uid, gid, mtime, xattrs = attrs
         if self.same_owner:
             os.fchown(fd, uid, gid)
+        for name, value in xattrs:
+            try:
+                os.setxattr(fd, name, value)
+            except OSError as exc:
+                if exc.errno not in NOT_TAKEN:
+                    raise
+                self.dropped.append("%s: %s" % (_display(rel), _display(name)))
         os.fchmod(fd, mode & 0o7777)
         os.utime(fd, ns=(mtime, mtime))
+
+    def summary(self):
+        out = super().summary()
+        if self.dropped:
+            out["warnings"] = ["%d extended attribute(s) of the archive were not restored (the"
+                               " filesystem refused them): %s" % (len(self.dropped), ", ".join(self.dropped[:SHOWN]))]
+        return out
 
     # ------------------------------------------------------------------ members
     def _member(self, rel, typeflag, size, block, extra):
@@ -181,7 +271,7 @@ class TarExtractor(TarWalker):
         dfd, base = self._place(rel)
         if typeflag in (b"0", b"\0", b"7"):
             fd = self._create(lambda: os.open(base, NEW_FILE_FLAGS, 0o600, dir_fd=dfd), dfd, base, rel)
-            self.file = (fd, attrs)
+            self.file = (fd, attrs, SparseWriter(fd), rel)
             if not size:
                 self._close_file()
         elif typeflag == b"2":
@@ -202,22 +292,23 @@ class TarExtractor(TarWalker):
             self._create(lambda: os.mkfifo(base, 0o600, dir_fd=dfd), dfd, base, rel)
             fd = os.open(base, SPECIAL_FLAGS, dir_fd=dfd)
             try:
-                self.apply_attrs(fd, attrs)
+                self.apply_attrs(fd, attrs, rel)
             finally:
                 os.close(fd)
 
     def _payload(self, chunk, data_bytes):
         if not data_bytes:
             return
-        write_all(self.file[0], chunk[:data_bytes])
+        self.file[2].write(chunk[:data_bytes])
         if not self.skip:
             self._close_file()
 
     def _close_file(self):
-        fd, attrs = self.file
+        fd, attrs, writer, rel = self.file
         self.file = None
         try:
-            self.apply_attrs(fd, attrs)
+            writer.close()
+            self.apply_attrs(fd, attrs, rel)
         finally:
             os.close(fd)
 
@@ -225,7 +316,7 @@ class TarExtractor(TarWalker):
         # A directory comes after its parent in the archive: in reverse order, every one gets
         # its (possibly read-only) mode before its parent does.
         for rel, attrs in reversed(self.dirs):
-            self.apply_attrs(self._dir_fd(rel, rel, create=False), attrs)
+            self.apply_attrs(self._dir_fd(rel, rel, create=False), attrs, rel or ".")
         self._drop_stack()
         self.dirs = []
 

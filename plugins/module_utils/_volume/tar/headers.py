@@ -28,6 +28,7 @@ from ..._errors import IntegrityError
 
 BLOCK = 512
 ZERO_BLOCK = b"\0" * BLOCK
+MTIME_MAX = 8 ** 11  # what the ustar mtime field holds; later or earlier ones go to PAX
 CHUNK = 1024 * 1024
 TAR_ENCODING = "utf-8"
 TAR_ERRORS = "surrogateescape"  # non-UTF-8 names round-trip byte for byte

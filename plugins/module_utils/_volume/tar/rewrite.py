@@ -11,14 +11,15 @@ bounded whatever the archive's size. ``rewrite_stream`` drives it over a file-li
 from __future__ import annotations
 
 import copy
+import math
 import tarfile
 
-from .headers import CHUNK, TAR_ENCODING, TAR_ERRORS, ZERO_BLOCK, TarWalker, clean_name, rebase
+from .headers import CHUNK, MTIME_MAX, TAR_ENCODING, TAR_ERRORS, ZERO_BLOCK, TarWalker, clean_name, rebase
 
 # PAX keys that tarfile turns into TarInfo attributes: dropped when re-emitting, so the
-# (possibly renamed) attributes are written afresh.
-PAX_ATTRIBUTE_KEYS = ("path", "linkpath", "size", "mtime", "uid", "gid", "uname", "gname",
-                      "hdrcharset")
+# (possibly renamed) attributes are written afresh. A PAX ``mtime`` is kept as it is (tarfile's
+# float would lose nanoseconds).
+PAX_ATTRIBUTE_KEYS = ("path", "linkpath", "size", "uid", "gid", "uname", "gname", "hdrcharset")
 
 
 def renamed(member, rel, root, link_root=None):
@@ -29,6 +30,8 @@ def renamed(member, rel, root, link_root=None):
         out.linkname = rebase(clean_name(member.linkname), root if link_root is None else link_root)
     out.pax_headers = {k: v for k, v in member.pax_headers.items()
                        if k not in PAX_ATTRIBUTE_KEYS and not k.startswith("GNU.sparse.")}
+    if "mtime" in out.pax_headers:  # an int in range: tarfile leaves the record alone
+        out.mtime = min(max(math.floor(member.mtime), 0), MTIME_MAX - 1)
     if member.issparse() or member.type in (tarfile.CONTTYPE, tarfile.GNUTYPE_SPARSE):
         out.type = tarfile.REGTYPE
         out.sparse = None

@@ -305,3 +305,51 @@ def test_a_restore_through_the_api_returns_the_warning(tmp_path, monkeypatch):
 @contextlib.contextmanager
 def _cid():
     yield "cid"
+
+
+# ------------------------------------------------------------------ recorded attributes (issue 14, item 20)
+def _pax_file(name, data, pax):
+    return (name, tarfile.REGTYPE, data, {"pax_headers": pax})
+
+
+@pytest.mark.parametrize("mtime, ns", [("1500000000.123456789", 1500000000123456789),
+                                       ("-1000000.25", -1000000250000000),
+                                       ("-1", -1000000000)])
+def test_a_pax_mtime_is_applied_to_the_nanosecond(tmp_path, mtime, ns):
+    _extract(_tar([_d("."), _pax_file("./f", b"x", {"mtime": mtime})]), tmp_path)
+    assert os.stat(tmp_path / "f").st_mtime_ns == ns
+
+
+def test_user_xattrs_are_applied_and_other_namespaces_ignored(tmp_path):
+    pax = {"SCHILY.xattr.user.opskit": "kept \x00\udcff", "SCHILY.xattr.trusted.evil": "no",
+           "LIBARCHIVE.xattr.user.b64%20name": "YmluYXJ5"}
+    _extract(_tar([_d("."), _pax_file("./f", b"x", pax), _d("./d", pax_headers=pax)]), tmp_path)
+    for path in (tmp_path / "f", tmp_path / "d"):
+        assert os.getxattr(path, "user.opskit") == b"kept \x00\xff"
+        assert os.getxattr(path, "user.b64 name") == b"binary"
+        assert not [n for n in os.listxattr(path) if n.startswith("trusted.")]
+
+
+def test_an_xattr_the_filesystem_refuses_is_a_warning(tmp_path, monkeypatch):
+    import errno
+
+    def refuse(*_args):
+        raise OSError(errno.ENOTSUP, "Operation not supported")
+    monkeypatch.setattr(os, "setxattr", refuse)
+    stats = _extract(_tar([_d("."), _pax_file("./f", b"x", {"SCHILY.xattr.user.a": "1"})]), tmp_path)
+    assert stats["warnings"] == ["1 extended attribute(s) of the archive were not restored (the filesystem"
+                                 " refused them): f: user.a"]
+    assert (tmp_path / "f").read_bytes() == b"x"
+
+
+@pytest.mark.parametrize("chunk", [1 << 20, 4096, 1000, 513])
+def test_runs_of_zero_blocks_become_holes_whatever_the_chunks(tmp_path, chunk):
+    data = b"head" + bytes((1 << 20) - 4) + b"midl" + bytes((1 << 20) - 8) + b"tail"
+    ends_in_hole = b"x" + bytes((1 << 20) - 1)
+    _extract(_tar([_d("."), _f("./sparse", data), _f("./hole-at-end", ends_in_hole), _f("./tiny", b"\0\0")]),
+             tmp_path, chunk=chunk)
+    assert (tmp_path / "sparse").read_bytes() == data
+    assert (tmp_path / "hole-at-end").read_bytes() == ends_in_hole
+    assert (tmp_path / "tiny").read_bytes() == b"\0\0"
+    assert os.stat(tmp_path / "sparse").st_blocks * 512 <= 64 << 10
+    assert os.stat(tmp_path / "hole-at-end").st_blocks * 512 <= 16 << 10

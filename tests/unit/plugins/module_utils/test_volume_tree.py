@@ -162,3 +162,27 @@ def test_device_members_are_dropped_from_a_volume_stream(chunk):
     assert sorted(members) == [".", "./a", "./b", "./" + "f" * 120]
     assert members["./a"][1] == b"A" * 700 and members["./" + "f" * 120][1] == b"F" * 3000
     assert len(devices.dropped) == 2 and devices.dropped[0] == "./null"
+
+
+def test_a_directory_backup_records_exact_mtimes_and_user_xattrs(tmp_path):
+    """Issue 14, item 20: nanoseconds and pre-1970 mtimes as PAX records, user.* xattrs as
+    SCHILY.xattr records (binary values byte for byte)."""
+    tree = tmp_path / "tree"
+    (tree / "d").mkdir(parents=True)
+    (tree / "precise").write_bytes(b"x")
+    (tree / "whole").write_bytes(b"y")
+    (tree / "old").write_bytes(b"z")
+    os.setxattr(tree / "precise", "user.opskit", b"kept \x00\xff")
+    os.setxattr(tree / "d", "user.dir", b"1")
+    os.utime(tree / "precise", ns=(1, 1500000000123456789))
+    os.utime(tree / "whole", ns=(1, 1500000000000000000))
+    os.utime(tree / "old", ns=(1, -1000000250000000))
+    data, _stats = _backup(tree)
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+        members = {m.name: m for m in tar}
+    assert members["./precise"].pax_headers["mtime"] == "1500000000.123456789"
+    assert members["./old"].pax_headers["mtime"] == "-1000000.250000000"
+    assert "mtime" not in members["./whole"].pax_headers and members["./whole"].mtime == 1500000000
+    value = members["./precise"].pax_headers["SCHILY.xattr.user.opskit"]
+    assert value.encode("utf-8", "surrogateescape") == b"kept \x00\xff"
+    assert members["./d"].pax_headers["SCHILY.xattr.user.dir"] == "1"
