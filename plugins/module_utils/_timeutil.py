@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import calendar
 import datetime
+import math
 import re
 
 from ._errors import ConfigError
@@ -17,6 +18,38 @@ STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
 _DURATION_RE = re.compile(r"(\d+)(min|y|m|w|d|h|s)")
 _UNITS = {"y": "years", "m": "months", "w": "weeks", "d": "days", "h": "hours",
           "min": "minutes", "s": "seconds"}
+_SECONDS = {"weeks": 604800, "days": 86400, "hours": 3600, "minutes": 60, "seconds": 1}
+MAX_DURATION_YEARS = 200
+MAX_TIMEOUT = 7 * 86400  # seconds: the largest timeout, deadline or interval an option accepts
+
+
+def seconds_option(value, option, minimum=0.0, maximum=MAX_TIMEOUT, exclusive=False):
+    """``value`` as a finite float of seconds in [minimum, maximum], else a one-line ConfigError.
+
+    NaN, infinities, booleans, text that is no number and values out of range are refused;
+    ``exclusive`` refuses ``minimum`` itself (a timeout of 0 waits for nothing).
+    """
+    try:
+        number = None if isinstance(value, bool) else float(value)
+    except (TypeError, ValueError, OverflowError):
+        number = None
+    if number is None or not math.isfinite(number) or number < minimum or number > maximum \
+            or (exclusive and number == minimum):
+        raise ConfigError("%s must be a number of seconds %s %g and <= %g, got %r"
+                          % (option, ">" if exclusive else ">=", minimum, maximum, value))
+    return number
+
+
+def int_option(value, option, minimum, maximum):
+    """``value`` as an integer in [minimum, maximum], else a one-line ConfigError naming ``option``."""
+    try:
+        number = None if isinstance(value, bool) else float(value)
+        ok = number is not None and math.isfinite(number) and number == int(number) and minimum <= number <= maximum
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok:
+        raise ConfigError("%s must be an integer from %d to %d, got %r" % (option, minimum, maximum, value))
+    return int(number)
 
 
 def utcnow():
@@ -55,7 +88,15 @@ class Duration:
 
     @classmethod
     def parse(cls, text, option="duration"):
+        """Parse ``text`` (or a number of seconds); a one-line ConfigError naming ``option`` if bad.
+
+        Durations longer than MAX_DURATION_YEARS years are refused: they cannot be subtracted
+        from a date and mean "for ever" anyway.
+        """
         if isinstance(text, (int, float)) and not isinstance(text, bool):
+            if not math.isfinite(text) or text < 0:
+                raise ConfigError("%s: cannot parse duration %r (a number of seconds must be finite and >= 0)"
+                                  % (option, text))
             text = "%ds" % int(text)
         raw = str(text).strip().replace(" ", "")
         pos, parts = 0, {}
@@ -70,7 +111,12 @@ class Duration:
         if not raw or pos != len(raw) or not any(parts.values()):
             raise ConfigError(
                 "%s: cannot parse duration %r (use a number and unit, e.g. 36h, 30d, 2w, 1y6m;"
-                " units y, m (months), w, d, h, min, s)" % (option, str(text)))
+                " units y, m (months), w, d, h, min, s)" % (option, str(text)[:80]))
+        months = parts.get("years", 0) * 12 + parts.get("months", 0)
+        seconds = sum(parts.get(unit, 0) * factor for unit, factor in _SECONDS.items())
+        if months + seconds / (31 * 86400.0) > MAX_DURATION_YEARS * 12:
+            raise ConfigError("%s: duration %r is too long (at most %d years)"
+                              % (option, str(text)[:80], MAX_DURATION_YEARS))
         return cls(raw, **parts)
 
     def before(self, dt):

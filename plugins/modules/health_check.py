@@ -79,23 +79,24 @@ options:
       timeout:
         description:
           - Seconds one attempt of this check may take (clipped to what is left of O(deadline)).
+          - At least 0.001 and at most 604800 (7 days); NaN and infinities are refused.
         type: float
         default: 10.0
       retries:
         description:
           - How many non-OK attempts are tolerated before the check's state is final (Nagios soft
-            states); attempts are O(checks[].interval) apart.
+            states); attempts are O(checks[].interval) apart. At most 10000.
         type: int
         default: 0
       interval:
         description:
-          - Seconds between attempts.
+          - Seconds between attempts, from 0 to 604800 (7 days).
         type: float
         default: 1.0
       consecutive:
         description:
           - OK results needed in a row before the check is OK (for flapping services). A non-OK
-            result resets the streak and uses up one of O(checks[].retries).
+            result resets the streak and uses up one of O(checks[].retries). 1 to 10000.
         type: int
         default: 1
       warning:
@@ -266,13 +267,14 @@ options:
         type: path
   concurrency:
     description:
-      - How many checks run at the same time (threads).
+      - How many checks run at the same time (threads), 1 to 256.
     type: int
     default: 32
   deadline:
     description:
       - Seconds the whole run may take, retries included. A check still running at the deadline is
         V(CRITICAL); a check that never started is V(UNKNOWN).
+      - More than 0 and at most 604800 (7 days); NaN and infinities are refused.
     type: float
     default: 120.0
   fail_on:
@@ -432,7 +434,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.opskit.runbook.plugins.module_utils._docker import DOCKER_ARGSPEC, docker_argspec
 from ansible_collections.opskit.runbook.plugins.module_utils._errors import OpsError
-from ansible_collections.opskit.runbook.plugins.module_utils._health.checks import CHECK_ARGSPEC, validate_checks
+from ansible_collections.opskit.runbook.plugins.module_utils._health.checks import CHECK_ARGSPEC, run_options, validate_checks
 from ansible_collections.opskit.runbook.plugins.module_utils._health.engine import run_checks
 from ansible_collections.opskit.runbook.plugins.module_utils._health.ranges import failing
 from ansible_collections.opskit.runbook.plugins.module_utils._module import run_module
@@ -452,8 +454,9 @@ def main():
     def action():
         params = module.params
         defaults = {k: params[k] for k in list(PG_ARGSPEC) + list(DOCKER_ARGSPEC)}
+        concurrency, deadline = run_options(params["concurrency"], params["deadline"])
         checks = validate_checks(params["checks"], defaults=defaults)
-        report = run_checks(checks, concurrency=params["concurrency"], deadline=params["deadline"])
+        report = run_checks(checks, concurrency=concurrency, deadline=deadline)
         report["changed"] = False
         if failing(report["status"], params["fail_on"]):
             raise OpsError(report["summary"], **report)

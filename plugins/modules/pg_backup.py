@@ -76,7 +76,11 @@ options:
     description:
       - Series (folder) of the backups. V({host}) and V({database}) are filled in; with several
         databases it must contain V({database}).
-      - V({host}) is O(host), or O(docker_container) / V(local) when connecting over a socket.
+      - V({host}) is O(host), or O(docker_container) / the managed host's name (C(hostname)) when
+        connecting over a socket, so that two hosts never share a series.
+      - A name that is not a valid series (letters, digits, V(.), V(_), V(-)) is cleaned and gets
+        8 hex digits of the sha256 of the original text appended, so V(app db) and V(app/db) stay
+        two series.
       - Default V({host}-{database}).
     type: str
   format:
@@ -99,6 +103,7 @@ options:
       - Parallel jobs. Dumping, only with O(format=directory). Restoring a custom-format backup
         with O(jobs) > 1 downloads it to a 0600 temporary file first (pg_restore cannot run in
         parallel from a pipe); with V(1) it streams.
+      - From 1 to 64 (each job is one PostgreSQL connection and one pg_dump/pg_restore worker).
     type: int
     default: 1
   backup:

@@ -752,3 +752,33 @@ def test_infrastructure_error_during_verify_keeps_the_earlier_verdict(pg, small_
     record = json.loads(next((tmp_path / "store").rglob("*.manifest.json")).read_text())["verification"]
     assert record["result"] == "passed"
     assert "permission denied to create database" in record["last_error"]["details"]["error"]
+
+
+def test_bad_durations_timeouts_and_jobs_are_one_line_errors_naming_the_option(pg, small_db, run_playbook, tmp_path):
+    store = file_args(tmp_path / "store")
+    tasks = [
+        task("jobs huge", database=small_db, format="directory", jobs=100000, **conn(pg), **store),
+        task("jobs negative", database=small_db, jobs=-2, **conn(pg), **store),
+        {"name": "keep_within 3000y", "opskit.runbook.s3_rotate": dict(keep_within="3000y", keep_last=1, **store),
+         "ignore_errors": True},
+        {"name": "orphan_grace overflow", "ignore_errors": True,
+         "opskit.runbook.s3_rotate": dict(orphan_grace="99999999999999999999d", keep_last=1, **store)},
+        {"name": "deadline nan", "ignore_errors": True,
+         "opskit.runbook.health_check": dict(deadline="nan", checks=[dict(type="disk", path="/")])},
+        {"name": "timeout inf", "ignore_errors": True,
+         "opskit.runbook.health_check": dict(checks=[dict(type="disk", path="/", timeout="inf")])},
+    ]
+    res = run_playbook(play(*tasks))
+    expected = {
+        "jobs huge": "jobs must be an integer from 1 to 64, got 100000",
+        "jobs negative": "jobs must be an integer from 1 to 64, got -2",
+        "keep_within 3000y": "keep_within: duration '3000y' is too long (at most 200 years)",
+        "orphan_grace overflow": "orphan_grace: duration '99999999999999999999d' is too long",
+        "deadline nan": "deadline must be a number of seconds > 0 and <= 604800, got nan",
+        "timeout inf": "timeout must be a number >= 0.001 and <= 604800, got inf",
+    }
+    for name, message in expected.items():
+        msg = failed(res.task(name))
+        assert message in msg and "internal error" not in msg, (name, msg)
+        assert "exception" not in res.task(name) or "Traceback" not in msg
+    assert "Traceback" not in res.stdout + res.stderr

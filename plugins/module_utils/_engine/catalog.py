@@ -22,6 +22,7 @@ anomaly: it is never ``latest`` and never counts as fresh.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import re
 import secrets
@@ -46,16 +47,26 @@ KEY_RE = re.compile(r"^(?P<series>[A-Za-z0-9][A-Za-z0-9._-]*)/(?P<id>\d{8}T\d{6}
 
 
 def validate_series(series):
-    if not isinstance(series, str) or not SERIES_RE.match(series):
+    if not isinstance(series, str) or not SERIES_RE.fullmatch(series):
         raise ConfigError("series %r is not valid: use letters, digits, '.', '_' and '-' (max 128,"
                           " starting with a letter or digit)" % (series,))
     return series
 
 
 def sanitize_series(text):
-    """Turn a free text (host-database) into a valid series name."""
-    value = re.sub(r"[^A-Za-z0-9._-]+", "-", str(text)).strip("-._")[:128]
-    return value or "backup"
+    """Turn a free text (host-database) into a valid series name, distinct texts into distinct names.
+
+    A text that is a valid series name already is returned as it is. Any other text is cleaned
+    (runs of other characters become '-') and gets the first 8 hex digits of the sha256 of the
+    original text appended: ``app db``, ``app-db`` and ``app/db`` are three series
+    (``app-db-<hash>``, ``app-db``, ``app-db-<hash>``), never one.
+    """
+    text = str(text)
+    if SERIES_RE.fullmatch(text):
+        return text
+    value = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-._")[:119].rstrip("-._")
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return "%s-%s" % (value or "backup", digest)
 
 
 def new_backup_id(now):

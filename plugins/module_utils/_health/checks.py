@@ -8,6 +8,7 @@
     MEASURES / PRIMARY_MEASURE        numeric measures per type, and the one O(warning)/O(critical) apply to
     APPLIES / REQUIRED / TYPE_DEFAULTS / INHERITED   which options a type takes, needs, defaults, inherits
     validate_checks(checks, defaults=None) -> list of normalised check dicts (ConfigError names the check)
+    run_options(concurrency, deadline) -> the two module-level options, checked (finite, bounded)
 
 Running the checks is engine.py's job; this file only turns user input into check dicts.
 """
@@ -15,13 +16,18 @@ Running the checks is engine.py's job; this file only turns user input into chec
 from __future__ import annotations
 
 import copy
+import math
 from urllib.parse import urlsplit
 
 from .._docker import DOCKER_ARGSPEC
 from .._errors import ConfigError
+from .._timeutil import MAX_TIMEOUT, int_option, seconds_option
 from .._postgres.connection import PG_ARGSPEC
 from .net import parse_condition
 from .ranges import parse_range
+
+MAX_ATTEMPTS = 10000  # retries and consecutive: more is a typo, and the deadline ends them anyway
+MAX_CONCURRENCY = 256
 
 CHECK_TYPES = ("http", "tcp", "postgres", "redis", "docker_container", "k8s_deployment", "disk", "memory", "load")
 
@@ -142,16 +148,19 @@ def _auto_name(check):
     return kind
 
 
-def _number(label, check, key, minimum, integer=False):
+def _number(label, check, key, minimum, integer=False, maximum=MAX_TIMEOUT):
+    """A finite number in [minimum, maximum] (NaN, inf, 1e400 and text refused in one line)."""
     value = check.get(key)
     try:
-        ok = not isinstance(value, bool) and float(value) >= minimum
-    except (TypeError, ValueError):
+        number = float(value) if not isinstance(value, bool) else None
+        ok = number is not None and math.isfinite(number) and minimum <= number <= maximum
+        ok = ok and (not integer or number == int(number))
+    except (TypeError, ValueError, OverflowError):
         ok = False
-    if not ok or (integer and float(value) != int(float(value))):
-        raise ConfigError("%s: %s must be %s >= %s, got %r"
-                          % (label, key, "an integer" if integer else "a number", minimum, value))
-    return int(float(value)) if integer else float(value)
+    if not ok:
+        raise ConfigError("%s: %s must be %s >= %s and <= %s, got %r"
+                          % (label, key, "an integer" if integer else "a number", minimum, maximum, value))
+    return int(number) if integer else number
 
 
 def _thresholds(label, check):
@@ -205,8 +214,8 @@ def _validate_one(index, raw, defaults):
         raise ConfigError("%s: type %s requires %s" % (label, kind, " and ".join(missing)))
     check["timeout"] = _number(label, check, "timeout", 0.001)
     check["interval"] = _number(label, check, "interval", 0)
-    check["retries"] = _number(label, check, "retries", 0, integer=True)
-    check["consecutive"] = _number(label, check, "consecutive", 1, integer=True)
+    check["retries"] = _number(label, check, "retries", 0, integer=True, maximum=MAX_ATTEMPTS)
+    check["consecutive"] = _number(label, check, "consecutive", 1, integer=True, maximum=MAX_ATTEMPTS)
     if check.get("port") is not None:
         check["port"] = _number(label, check, "port", 1, integer=True)
         if check["port"] > 65535:
@@ -243,6 +252,14 @@ def _validate_http(label, check):
                             for i, text in enumerate(check.get("json_conditions") or ())]
     if check.get("client_key") and not check.get("client_cert"):
         raise ConfigError("%s: client_key needs client_cert" % label)
+
+
+def run_options(concurrency, deadline):
+    """``concurrency`` 1..MAX_CONCURRENCY and ``deadline`` > 0 s and <= MAX_TIMEOUT (None: no deadline)."""
+    concurrency = int_option(concurrency, "concurrency", 1, MAX_CONCURRENCY)
+    if deadline is not None:
+        deadline = seconds_option(deadline, "deadline", 0.0, MAX_TIMEOUT, exclusive=True)
+    return concurrency, deadline
 
 
 def validate_checks(checks, defaults=None):

@@ -9,18 +9,27 @@ Plain data in, plain data out (``find_backup`` reads the catalog); ``dump``, ``r
 
 from __future__ import annotations
 
+import socket
+
 from .._engine.catalog import resolve_backup, sanitize_series, validate_series
 from .._errors import ConfigError
+from .._timeutil import MAX_TIMEOUT, int_option, seconds_option
 
 KIND = "postgres"
 FORMATS = {"custom": "dump", "plain": "sql", "directory": "tar"}
 DEFAULT_SERIES = "{host}-{database}"
+MAX_JOBS = 64  # each job is a connection and a worker process; more is a typo on any real host
+
+
+def local_host_name():
+    """The managed host's name, for the series of a server reached over its local socket."""
+    return socket.gethostname() or "local"
 
 
 def series_for(template, host, database, container=None):
     """The series of ``database``: ``template`` with {host} and {database} filled in."""
     if host in (None, "") or str(host).startswith("/"):
-        host = container or "local"
+        host = container or local_host_name()
     try:
         text = (template or DEFAULT_SERIES).format(host=host, database=database)
     except (KeyError, IndexError, ValueError) as exc:
@@ -35,9 +44,9 @@ def check_options(state, params):
     """One-line ConfigErrors for combinations that cannot work."""
     databases = params.get("database") or []
     fmt, jobs = params.get("format") or "custom", params.get("jobs")
-    jobs = 1 if jobs is None else jobs
-    if jobs < 1:
-        raise ConfigError("jobs must be 1 or more (got %s)" % jobs)
+    jobs = 1 if jobs is None else int_option(jobs, "jobs", 1, MAX_JOBS)
+    if params.get("connect_timeout") is not None:
+        seconds_option(params["connect_timeout"], "connect_timeout", 0, MAX_TIMEOUT)
     if state == "dumped":
         if not databases:
             raise ConfigError("database is required with state=dumped")

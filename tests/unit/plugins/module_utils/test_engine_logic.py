@@ -84,8 +84,13 @@ def test_invalid_series(series):
 
 
 def test_sanitize_series():
-    assert catalog.sanitize_series("db.example.com-app/main") == "db.example.com-app-main"
-    assert catalog.sanitize_series("///") == "backup"
+    assert catalog.sanitize_series("db.example.com-app/main") == "db.example.com-app-main-%s" % _sha8("db.example.com-app/main")
+    assert catalog.sanitize_series("///") == "backup-%s" % _sha8("///")
+    assert catalog.sanitize_series("db.example.com-app") == "db.example.com-app"  # valid names stay as they are
+
+
+def _sha8(text):
+    return __import__("hashlib").sha256(text.encode()).hexdigest()[:8]
 
 
 def test_backup_id_carries_created_at():

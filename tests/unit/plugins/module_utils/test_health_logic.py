@@ -32,6 +32,26 @@ from ansible_collections.opskit.runbook.plugins.module_utils._health.services im
 
 # --------------------------------------------------------------------------- validation
 
+@pytest.mark.parametrize("concurrency, deadline, message", [
+    (0, 10, "concurrency must be an integer from 1 to 256, got 0"),
+    (100000, 10, "concurrency must be an integer from 1 to 256, got 100000"),
+    (4, float("nan"), "deadline must be a number of seconds > 0 and <= 604800, got nan"),
+    (4, float("inf"), "deadline must be a number of seconds > 0 and <= 604800, got inf"),
+    (4, 0, "deadline must be a number of seconds > 0"),
+    (4, -1, "deadline must be a number of seconds > 0"),
+    (4, 1e12, "deadline must be a number of seconds > 0 and <= 604800"),
+])
+def test_run_options_rejects(concurrency, deadline, message):
+    with pytest.raises(ConfigError) as err:
+        _checks.run_options(concurrency, deadline)
+    assert str(err.value) == message or str(err.value).startswith(message)
+
+
+def test_run_options_accepts():
+    assert _checks.run_options(32, 120.0) == (32, 120.0)
+    assert _checks.run_options(1, None) == (1, None)
+
+
 @pytest.mark.parametrize("checks, message", [
     ([{"type": "htp", "name": "api"}], "check 'api' (checks[0]): unknown type 'htp' (expected one of http, tcp"),
     ([{"name": "api"}], "check 'api' (checks[0]): missing type"),
@@ -64,6 +84,16 @@ from ansible_collections.opskit.runbook.plugins.module_utils._health.services im
     ([{"type": "tcp", "name": "t", "host": "h", "port": 1, "timeout": 0}], "timeout must be a number >= 0.001"),
     ([{"type": "disk", "name": "d", "consecutive": 0}], "consecutive must be an integer >= 1"),
     ([{"type": "disk", "name": "d", "retries": -1}], "retries must be an integer >= 0"),
+    ([{"type": "disk", "name": "d", "timeout": float("nan")}], "check 'd' (checks[0]): timeout must be a number >= 0.001 and <= 604800, got nan"),
+    ([{"type": "disk", "name": "d", "timeout": float("inf")}], "timeout must be a number >= 0.001 and <= 604800, got inf"),
+    ([{"type": "disk", "name": "d", "timeout": 1e9}], "timeout must be a number >= 0.001 and <= 604800"),
+    ([{"type": "disk", "name": "d", "interval": float("nan")}], "interval must be a number >= 0 and <= 604800, got nan"),
+    ([{"type": "disk", "name": "d", "interval": "1x"}], "interval must be a number >= 0 and <= 604800, got '1x'"),
+    ([{"type": "disk", "name": "d", "retries": float("inf")}], "retries must be an integer >= 0 and <= 10000, got inf"),
+    ([{"type": "disk", "name": "d", "retries": 10 ** 400}], "retries must be an integer >= 0 and <= 10000"),
+    ([{"type": "disk", "name": "d", "consecutive": 1e300}], "consecutive must be an integer >= 1 and <= 10000"),
+    ([{"type": "postgres", "name": "p", "database": "x", "long_query_seconds": float("nan")}],
+     "long_query_seconds must be a number >= 0"),
     ([{"type": "disk", "name": "d", "bogus": 1}], "check 'd' (checks[0]): unsupported option(s) bogus"),
     ([{"type": "disk", "name": "d"}, {"type": "memory", "name": "d"}], "check 'd' (checks[1]): duplicate check name 'd'"),
     (["disk"], "checks[0]: each check must be a mapping"),

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import signal
 import sys
@@ -30,15 +31,43 @@ class FakeTools:
 
 @pytest.mark.parametrize("template, host, database, container, expected", [
     (None, "db1.internal", "app", None, "db1.internal-app"),
-    (None, None, "app", None, "local-app"),
-    (None, "/var/run/postgresql", "app", None, "local-app"),
+    (None, None, "app", None, "db7.example.net-app"),
+    (None, "/var/run/postgresql", "app", None, "db7.example.net-app"),
     (None, None, "app", "wakedock_postgres", "wakedock_postgres-app"),
-    (None, "127.0.0.1", "my db/ü", None, "127.0.0.1-my-db"),
+    (None, "127.0.0.1", "my db/ü", None, "127.0.0.1-my-db-%s" % hashlib.sha256("127.0.0.1-my db/ü".encode()).hexdigest()[:8]),
     ("nightly-{database}", "h", "app", None, "nightly-app"),
     ("fixed", "h", "app", None, "fixed"),
 ])
-def test_series_for(template, host, database, container, expected):
+def test_series_for(template, host, database, container, expected, monkeypatch):
+    monkeypatch.setattr(po.socket, "gethostname", lambda: "db7.example.net")
     assert po.series_for(template, host, database, container) == expected
+
+
+def test_local_series_differ_between_hosts(monkeypatch):
+    names = set()
+    for host in ("db1", "db2"):
+        monkeypatch.setattr(po.socket, "gethostname", lambda host=host: host)
+        names.add(po.series_for(None, "/var/run/postgresql", "app"))
+    assert names == {"db1-app", "db2-app"}
+
+
+@pytest.mark.parametrize("texts", [
+    ("app db", "app-db", "app/db", "app--db", "app_db", "app\ndb", "app\n", "app"),
+    ("h-ü", "h-é", "h-", "h"),
+    ("x" * 200, "x" * 201, "x" * 128),
+    ("///", "", "-", "backup"),
+])
+def test_sanitize_series_keeps_distinct_texts_distinct(texts):
+    names = [po.sanitize_series(text) for text in texts]
+    assert len(set(names)) == len(texts), names
+    for name in names:
+        assert po.validate_series(name) == name
+
+
+@pytest.mark.parametrize("series", ["app\n", "app db", "-app", "x" * 129])
+def test_validate_series_refuses(series):
+    with pytest.raises(ConfigError, match="is not valid"):
+        po.validate_series(series)
 
 
 @pytest.mark.parametrize("template, message", [
@@ -59,7 +88,12 @@ BASE = dict(database=["app"], format="custom", jobs=1, series=None, clean=False,
     ("dumped", dict(database=["a", "b", "a"]), "lists a more than once"),
     ("dumped", dict(database=["a", "b"], series="fixed"), "must contain {database}"),
     ("dumped", dict(jobs=2), "jobs > 1 needs format=directory"),
-    ("dumped", dict(jobs=0), "jobs must be 1 or more"),
+    ("dumped", dict(jobs=0), "jobs must be an integer from 1 to 64, got 0"),
+    ("dumped", dict(jobs=-3), "jobs must be an integer from 1 to 64, got -3"),
+    ("restored", dict(jobs=65), "jobs must be an integer from 1 to 64, got 65"),
+    ("restored", dict(jobs=10 ** 9), "jobs must be an integer from 1 to 64"),
+    ("verified", dict(connect_timeout=-1), "connect_timeout must be a number of seconds >= 0"),
+    ("dumped", dict(connect_timeout=10 ** 12), "connect_timeout must be a number of seconds"),
     ("dumped", dict(format="directory", docker_container="db"), "not supported with docker_container"),
     ("restored", dict(database=["a", "b"]), "takes one database"),
     ("restored", dict(database=[]), "needs database or series"),
