@@ -6,7 +6,8 @@ verdict, connection options for module_defaults, backup rows and inline SVG bar 
 
 Documentation: the sidecar files here, one per filter (duration_seconds.yml, elapsed.yml,
 health_failing.yml, health_worst.yml, connection_options.yml, svg_bars.yml, backup_rows.yml,
-secret_env.yml).
+secret_env.yml, asset_outcomes.yml, failure_lines.yml,
+run_failure.yml).
 """
 
 from __future__ import annotations
@@ -174,6 +175,63 @@ def backup_rows(series, only=None):
     return rows
 
 
+def _asset_outcome(result, kind, series):
+    item = result.get("item") or {}
+    name = item.get("name") if isinstance(item, dict) else str(item)
+    row = {"name": name, "kind": kind, "series": series.replace("{name}", str(name)),
+           "outcome": "written", "backup_id": None, "error": None}
+    backup = result.get("backup") or (result.get("backups") or [None])[0]
+    if result.get("failed"):
+        row.update(outcome="failed", error=" ".join(str(result.get("msg") or "failed").split())[:500])
+    elif result.get("skipped"):
+        row["outcome"] = "skipped"
+    elif not backup:
+        row["outcome"] = "planned"  # check mode: the plan only
+    else:
+        row.update(backup_id=backup.get("id"), size_bytes=backup.get("size_bytes"),
+                   duration_seconds=backup.get("duration_seconds"))
+    return row
+
+
+def asset_outcomes(registered, kind, series):
+    """A registered loop of pg_backup or volume_backup (one asset per item, ignore_errors) -> one
+    row per asset: name, kind, series (``{name}`` replaced), outcome (written, failed, planned,
+    skipped), backup_id, size_bytes, duration_seconds, error."""
+    if not isinstance(registered, dict):
+        raise AnsibleFilterError("asset_outcomes: expected a registered loop result, got %s" % type(registered).__name__)
+    results = registered.get("results")
+    if results is None:
+        return []
+    if not isinstance(results, list) or not all(isinstance(r, dict) for r in results):
+        raise AnsibleFilterError("asset_outcomes: the results of the registered loop must be dicts")
+    return [_asset_outcome(result, str(kind), str(series)) for result in results]
+
+
+def failure_lines(rows):
+    """The rows of asset_outcomes (or of the roles' asset facts) that failed, one line each:
+    "<kind> <name>: <error>"."""
+    if not isinstance(rows, (list, tuple)) or not all(isinstance(r, dict) for r in rows):
+        raise AnsibleFilterError("failure_lines: expected a list of asset rows (dicts)")
+    return ["%s %s: %s" % (r.get("kind") or "asset", r.get("name"), r.get("error") or "failed")
+            for r in rows if r.get("outcome") == "failed"]
+
+
+def run_failure(failures):
+    """A list of {task, msg} (one per failed phase) -> the one failure of the run for the report
+    role: {} when the list is empty, else {task, msg, failures} with every task and message."""
+    if not isinstance(failures, (list, tuple)) or not all(isinstance(f, dict) for f in failures):
+        raise AnsibleFilterError("run_failure: expected a list of {task, msg} dicts")
+    if not failures:
+        return {}
+    tasks = []
+    for failure in failures:
+        task = str(failure.get("task") or "")
+        if task and task not in tasks:
+            tasks.append(task)
+    msg = "; ".join(" ".join(str(f.get("msg") or "failed").split()) for f in failures)
+    return {"task": ", ".join(tasks), "msg": msg, "failures": [dict(f) for f in failures]}
+
+
 # Reads the secret file named by $2 into the variable named by $1, then runs the rest of the
 # arguments with it in their environment: the secret is never part of any command line.
 SECRET_ENV_SCRIPT = 'secret=$(cat -- "$2") || exit 125; export "$1=$secret"; unset secret; shift 2; exec "$@"'
@@ -199,4 +257,5 @@ class FilterModule:
     def filters(self):
         return {"duration_seconds": duration_seconds, "elapsed": elapsed, "health_failing": health_failing,
                 "health_worst": health_worst, "connection_options": connection_options,
-                "svg_bars": svg_bars, "backup_rows": backup_rows, "secret_env": secret_env}
+                "svg_bars": svg_bars, "backup_rows": backup_rows, "secret_env": secret_env,
+                "asset_outcomes": asset_outcomes, "failure_lines": failure_lines, "run_failure": run_failure}

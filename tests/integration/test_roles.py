@@ -109,7 +109,9 @@ def test_backup_daily_then_drill(run_playbook, pg, redis, shop, tmp_path):
     assert planned.rc == 0, planned.stdout[-3000:]
     assert not (tmp_path / "backups").exists()
     assert not (metrics / "opskit_backup.prom").exists()
-    assert planned.task("PostgreSQL | dump the databases")["plan"][0]["database"] == shop
+    assert planned.task("PostgreSQL | dump the databases")["results"][0]["plan"][0]["database"] == shop
+    planned_doc = reports(tmp_path / "reports", "daily")[-1]
+    assert {a["name"]: a["outcome"] for a in planned_doc["assets"]} == {shop: "planned", "etc-app": "planned", "cache": "planned"}
 
     run = run_playbook(playbook("daily"), extra)
     assert run.rc == 0, run.stdout[-3000:]
@@ -120,6 +122,11 @@ def test_backup_daily_then_drill(run_playbook, pg, redis, shop, tmp_path):
     daily = reports(tmp_path / "reports", "daily")[-1]
     assert daily["status"] == "passed" and daily["health_status"] == "OK"
     assert {b["series"] for b in daily["backups"]} == set(series)
+    outcomes = {a["name"]: (a["kind"], a["series"], a["outcome"]) for a in daily["assets"]}
+    assert outcomes == {shop: ("postgres", "t-pg-%s" % shop, "written"), "etc-app": ("directory", "t-dir-etc-app", "written"),
+                        "cache": ("redis", "t-redis-cache", "written")}
+    assert all(a["backup_id"] and a["error"] is None for a in daily["assets"])
+    assert daily["stale"] == [] and daily["missing"] == []
     assert [p["name"] for p in daily["phases"]][:2] == ["health", "redis cache"]
     prom = (metrics / "opskit_backup.prom").read_text()
     for name in series:
@@ -153,11 +160,14 @@ def test_failure_alerts_the_webhook_and_reports(run_playbook, pg, shop, tmp_path
     assert run.rc != 0
     assert len(hook.posts) == 1
     text = hook.posts[0]["json"]["text"]
-    assert "daily FAILED on localhost" in text and "PostgreSQL | dump the databases" in text
+    assert "daily FAILED on localhost" in text and "postgres %s: " % shop in text
     assert "password authentication failed" in text
+    assert "RPO check of t-pg-%s: cannot list" % shop in text, text  # nothing was ever written: no location
     assert "wrong-password-Zq93" not in json.dumps(hook.posts) and "secret-token" not in run.stdout
     doc = reports(tmp_path / "reports", "daily")[-1]
-    assert doc["status"] == "failed" and doc["failure"]["task"] == "PostgreSQL | dump the databases"
+    assert doc["status"] == "failed" and doc["failure"]["task"].startswith("Verdict | every asset backed up")
+    (asset,) = doc["assets"]
+    assert asset["outcome"] == "failed" and "password authentication failed" in asset["error"]
     assert "wrong-password-Zq93" not in json.dumps(doc)
 
 
@@ -492,3 +502,59 @@ def test_run_lock_of_a_killed_run_names_its_release(run_playbook, tmp_path):
     time.sleep(1.5)
     again = run_playbook(_lock_play("awx", {"name": "work", "ansible.builtin.command": "true"}), extra)
     assert again.rc == 0, again.stdout[-2000:]
+
+
+# ------------------------------------------------------------------ daily: independent phases, the stale-backup alarm
+
+
+def test_daily_health_down_and_redis_unreachable_still_back_up_the_rest(run_playbook, pg, shop, tmp_path):
+    conf = tmp_path / "etc-app"
+    conf.mkdir()
+    (conf / "app.conf").write_text("listen 8080\n")
+    down = free_port()  # nothing listens: the health endpoint and Redis are down
+    with Webhook() as hook:
+        extra = _base_vars(tmp_path, pg, shop, opskit_webhook_url=hook.url,
+                           opskit_directories=[{"name": "etc-app", "path": str(conf)}],
+                           opskit_redis=[{"name": "cache", "host": "127.0.0.1", "port": down, "path": str(tmp_path)}],
+                           opskit_health_checks=[{"name": "api health", "type": "http",
+                                                  "url": "http://127.0.0.1:%d/health" % down}])
+        run = run_playbook(playbook("daily"), extra)
+    assert run.rc != 0
+    assert sorted(os.listdir(tmp_path / "backups")) == ["t-dir-etc-app", "t-pg-%s" % shop]  # every other backup written
+    doc = reports(tmp_path / "reports", "daily")[-1]
+    outcomes = {a["name"]: a["outcome"] for a in doc["assets"]}
+    assert outcomes == {shop: "written", "etc-app": "written", "cache": "failed"}
+    msg = doc["failure"]["msg"]
+    assert "CRITICAL api health" in msg and "redis cache: Redis | start a background save" in msg, msg
+    assert "RPO check" in msg or "t-redis-cache has no backup" in msg, msg  # the Redis series has none at all
+    assert [f["phase"] for f in doc["failure"]["failures"]] == ["health", "backup"]
+    (post,) = hook.posts
+    assert "api health" in post["json"]["text"] and "redis cache" in post["json"]["text"]
+    assert "Traceback" not in run.stdout
+
+
+def test_daily_alarms_on_a_series_backdated_two_days(run_playbook, pg, shop, tmp_path):
+    import datetime  # pylint: disable=import-outside-toplevel
+    old = tmp_path / "old-app"
+    old.mkdir()
+    (old / "app.conf").write_text("old\n")
+    extra = _base_vars(tmp_path, pg, shop, opskit_directories=[{"name": "old-app", "path": str(old)}])
+    two_days_ago = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=2)
+    first = run_playbook(playbook("daily"), extra, clock=two_days_ago)
+    assert first.rc == 0, first.stdout[-3000:]
+    weekly = run_playbook(playbook("weekly"), extra)  # weekly checks the declared series too
+    assert weekly.rc != 0
+    week = reports(tmp_path / "reports", "weekly")[-1]
+    assert sorted(week["stale"]) == sorted(["t-pg-%s" % shop, "t-dir-old-app"]), week
+    assert "RPO breach (24h): " in week["failure"]["msg"] and "t-dir-old-app is stale" in week["failure"]["msg"]
+    old.rename(tmp_path / "moved-away")  # from now on its backup fails: the series stops getting new backups
+    with Webhook() as hook:
+        run = run_playbook(playbook("daily"), dict(extra, opskit_webhook_url=hook.url))
+    assert run.rc != 0
+    doc = reports(tmp_path / "reports", "daily")[-1]
+    assert doc["stale"] == ["t-dir-old-app"] and doc["missing"] == []
+    assert "RPO breach (24h): t-dir-old-app is stale" in doc["failure"]["msg"], doc["failure"]["msg"]
+    assert {a["name"]: a["outcome"] for a in doc["assets"]} == {shop: "written", "old-app": "failed"}
+    assert "t-dir-old-app is stale" in hook.posts[0]["json"]["text"]
+    stale = {b["series"]: b["stale"] for b in doc["backups"]}
+    assert stale == {"t-pg-%s" % shop: False, "t-dir-old-app": True}

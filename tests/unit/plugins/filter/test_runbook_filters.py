@@ -16,7 +16,8 @@ import xml.etree.ElementTree as ET
 import pytest
 from ansible.errors import AnsibleFilterError
 
-from ansible_collections.opskit.runbook.plugins.filter.runbook import (
+from ansible_collections.opskit.runbook.plugins.filter.runbook import (  # noqa: I001
+    asset_outcomes, failure_lines, run_failure,
     FilterModule, backup_rows, connection_options, duration_seconds, elapsed, health_failing, health_worst,
     secret_env, svg_bars)
 
@@ -144,7 +145,8 @@ def test_svg_bars_rejects_bad_items(items, message):
 
 def test_filter_module_exports():
     assert set(FilterModule().filters()) == {"duration_seconds", "elapsed", "health_failing", "health_worst",
-                                             "connection_options", "svg_bars", "backup_rows", "secret_env"}
+                                             "connection_options", "svg_bars", "backup_rows", "secret_env",
+                                             "asset_outcomes", "failure_lines", "run_failure"}
 
 
 @pytest.mark.parametrize("started", [lambda now: now - 2.5, lambda now: str(now - 2.5)])
@@ -247,3 +249,39 @@ def test_secret_env_without_a_file_keeps_the_command():
 def test_secret_env_refuses_bad_input(argv, name, path, words):
     with pytest.raises(AnsibleFilterError, match=words):
         secret_env(argv, name, path)
+
+
+# ------------------------------------------------------------------ asset_outcomes, failure_lines, run_failure
+
+
+def test_asset_outcomes_one_row_per_asset():
+    registered = {"results": [
+        {"item": {"name": "app"}, "backups": [{"id": "b1", "size_bytes": 3}]},
+        {"item": {"name": "crm"}, "failed": True, "msg": "cannot\nconnect"},
+        {"item": {"name": "dry"}, "plan": [{}]},
+        {"item": {"name": "off"}, "skipped": True}]}
+    rows = asset_outcomes(registered, "postgres", "h-pg-{name}")
+    assert [(r["name"], r["series"], r["outcome"]) for r in rows] == [
+        ("app", "h-pg-app", "written"), ("crm", "h-pg-crm", "failed"), ("dry", "h-pg-dry", "planned"),
+        ("off", "h-pg-off", "skipped")]
+    assert rows[0]["backup_id"] == "b1" and rows[1]["error"] == "cannot connect"
+    assert failure_lines(rows) == ["postgres crm: cannot connect"]
+    assert asset_outcomes({}, "volume", "{name}") == []
+
+
+@pytest.mark.parametrize("bad", [None, [], {"results": "x"}, {"results": [1]}])
+def test_asset_outcomes_rejects_what_is_not_a_loop(bad):
+    with pytest.raises(AnsibleFilterError):
+        asset_outcomes(bad, "volume", "{name}")
+
+
+def test_run_failure_combines_every_phase():
+    assert run_failure([]) == {}
+    one = run_failure([{"task": "Lock | it is ours", "msg": "run lock x is held"}])
+    assert one["task"] == "Lock | it is ours" and one["msg"] == "run lock x is held"
+    two = run_failure([{"phase": "health", "task": "Verdict", "msg": "health: CRITICAL api"},
+                       {"phase": "backup", "task": "Verdict", "msg": "redis cache: down"}])
+    assert two["task"] == "Verdict" and two["msg"] == "health: CRITICAL api; redis cache: down"
+    assert len(two["failures"]) == 2
+    with pytest.raises(AnsibleFilterError):
+        run_failure("x")
