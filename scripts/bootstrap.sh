@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prepare a fresh build machine for the tests; idempotent, quiet on success, loud on failure.
 #   1. system packages the tests need (docker.io, redis-server, busybox-static, postgresql-15,
-#      git, shellcheck, faketime), installed only when missing
+#      git, shellcheck, faketime, and the real peers: prometheus/promtool, age, restic,
+#      pgbackrest, nginx, chromium + chromium-driver), installed only when missing
 #   2. .venv with tests/requirements.txt (skipped while its sha256 matches the stamp)
 #   3. .build/collections/ansible_collections/opskit/runbook -> the checkout
 set -euo pipefail
@@ -20,6 +21,13 @@ command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v git >/dev/null 2>&1 || missing+=(git)
 command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)   # else ansible-test skips that test
 command -v faketime >/dev/null 2>&1 || missing+=(faketime)       # fixed clocks for history-based tests
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)     # alert rules tests, a real Prometheus to query
+command -v age >/dev/null 2>&1 || missing+=(age)                 # interoperability of client-side encryption
+command -v restic >/dev/null 2>&1 || missing+=(restic)           # the peer of volume backups (bench/peers.py)
+command -v pgbackrest >/dev/null 2>&1 || missing+=(pgbackrest)   # the peer of physical backups
+command -v nginx >/dev/null 2>&1 || missing+=(nginx-light)       # the reverse proxy of start-first rollouts
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)       # the reports, opened in a real browser
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "bootstrap: installing ${missing[*]}"
     # Keep the packages' init scripts from starting daemons (redis on 6379, a "main" cluster,
