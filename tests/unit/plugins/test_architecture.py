@@ -25,7 +25,7 @@ MAX_FUNCTION_LINES = 60
 GROUND = "ground floor"
 LAYERS = (
     (GROUND,),
-    ("_storage",),
+    ("_storage", "_crypto"),
     ("_engine",),
     ("_postgres", "_volume", "_retention"),
     ("_health",),
