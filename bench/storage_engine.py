@@ -8,6 +8,9 @@ reports throughput and its peak RSS growth (VmHWM at the end minus VmRSS before 
 
   engine-none   BackupSession, compression none, size hint 1 GiB (8 MiB parts, 2 in flight)
   engine-zstd   the same with zstd (level 3, all cores)
+  engine-*-age  the same, encrypted client-side with age (one X25519 recipient)
+  read-zstd     ArtifactReader of the engine-zstd backup: download, sha256, decompress
+  read-zstd-age the same for the engine-zstd-age backup: download, sha256, decrypt, decompress
   upload_fileobj  boto3 S3Transfer.upload_fileobj of the same bytes from a file on disk
                   (default TransferConfig: 8 MiB parts, 10 threads); the time to write the
                   file first is not counted
@@ -21,6 +24,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import socket
 import subprocess
 import sys
@@ -31,6 +35,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 COLLECTIONS = os.path.join(ROOT, ".build", "collections")
 MiB = 1024 * 1024
+VARIANTS = ("engine-none", "engine-none-age", "upload_fileobj", "engine-zstd", "engine-zstd-age",
+            "read-zstd", "read-zstd-age")
 
 
 def memory():
@@ -66,10 +72,18 @@ def child(variant, size, endpoint, bucket, path):
     client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
                           aws_access_key_id="bench", aws_secret_access_key="bench-secret")
     loc = open_location("s3://%s/bench" % bucket, **opts)
+    loc.protection_options = age_options(variant)
+    before_import = memory()["VmRSS"]
+    if loc.protection_options:  # cryptography's import, measured apart from the data path
+        from ansible_collections.opskit.runbook.plugins.module_utils._crypto.primitives import CRYPTOGRAPHY
+        CRYPTOGRAPHY.load()
     base = memory()["VmRSS"]
+    cpu = resource.getrusage(resource.RUSAGE_SELF)
     start = time.monotonic()
-    if variant.startswith("engine"):
-        with BackupSession(loc, "bench", "generic", compression=variant.split("-", 1)[1],
+    if variant.startswith("read"):
+        stored = read_back(loc)
+    elif variant.startswith("engine"):
+        with BackupSession(loc, "bench", "generic", compression=variant.split("-")[1],
                            size_hint=size) as session:
             with session.artifact("bin") as out:
                 for block in blocks(size):
@@ -80,8 +94,30 @@ def child(variant, size, endpoint, bucket, path):
             client.upload_fileobj(fh, bucket, "bench/fileobj.bin")
         stored = os.path.getsize(path)
     elapsed = time.monotonic() - start
-    print(json.dumps(dict(variant=variant, seconds=elapsed, stored=stored,
-                          growth=memory()["VmHWM"] - base, base=base)))
+    end = resource.getrusage(resource.RUSAGE_SELF)
+    cpu_seconds = end.ru_utime + end.ru_stime - cpu.ru_utime - cpu.ru_stime
+    print(json.dumps(dict(variant=variant, seconds=elapsed, cpu=cpu_seconds, stored=stored,
+                          growth=memory()["VmHWM"] - base, base=base, library=base - before_import)))
+
+
+def age_options(variant):
+    """The protection options of a variant: an age recipient for -age, its identity for reading."""
+    if not variant.endswith("-age"):
+        return {}
+    key_file = os.environ["BENCH_AGE_KEY"]
+    recipient = subprocess.run(["age-keygen", "-y", key_file], check=True, capture_output=True, text=True).stdout.strip()
+    return {"encrypt_recipients": [recipient], "decrypt_identity_files": [key_file]}
+
+
+def read_back(loc):
+    """Read the raw bytes of the series' latest backup through ArtifactReader; the stored size."""
+    from ansible_collections.opskit.runbook.plugins.module_utils._engine.artifacts import ArtifactReader
+    from ansible_collections.opskit.runbook.plugins.module_utils._engine.catalog import resolve_backup
+    manifest = resolve_backup(loc, "bench")
+    with ArtifactReader(loc, manifest) as reader:
+        while reader.read(4 * MiB):
+            pass
+    return manifest["size_bytes"]
 
 
 def free_port():
@@ -117,14 +153,17 @@ def main():
                 time.sleep(0.1)
         rows = []
         with tempfile.TemporaryDirectory() as tmp:
+            os.environ["BENCH_AGE_KEY"] = os.path.join(tmp, "age.key")
+            subprocess.run(["age-keygen", "-o", os.environ["BENCH_AGE_KEY"]], check=True, capture_output=True)
             path = os.path.join(tmp, "payload.bin")
             # the same bytes for upload_fileobj, written beforehand (not timed)
             with open(path, "wb") as fh:
                 for block in blocks(size):
                     fh.write(block)
-            for variant in ("engine-none", "upload_fileobj", "engine-zstd"):
-                bucket = "bench-%s" % variant.replace("_", "-")
-                client.create_bucket(Bucket=bucket)
+            for variant in VARIANTS:
+                bucket = "bench-%s" % variant.replace("_", "-").replace("read-", "engine-")
+                if not variant.startswith("read"):
+                    client.create_bucket(Bucket=bucket)
                 out = subprocess.run([sys.executable, __file__, "--child", variant, str(size), endpoint, bucket, path],
                                      check=False, capture_output=True, text=True)
                 if out.returncode:
@@ -145,15 +184,24 @@ def main():
         "Payload: 3/4 random bytes, 1/4 log text. Peak memory growth = VmHWM after the upload"
         " minus VmRSS before it, in the child process that uploads.",
         "",
-        "| variant | seconds | MiB/s (raw) | stored MiB | peak memory growth MiB |",
-        "| --- | ---: | ---: | ---: | ---: |",
+        "CPU seconds = user + system time of that process (all its threads), which the load of a"
+        " shared machine disturbs less than the wall time. The -age rows import cryptography before"
+        " the measurement; its import adds the RSS shown in the last column.",
+        "",
+        "| variant | seconds | CPU seconds | MiB/s (raw) | stored MiB | peak memory growth MiB | library import MiB |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in rows:
-        lines.append("| %s | %.2f | %.0f | %.0f | %.1f |" % (
-            row["variant"], row["seconds"], size / MiB / row["seconds"], row["stored"] / MiB,
-            row["growth"] / MiB))
+        lines.append("| %s | %.2f | %.2f | %.0f | %.0f | %.1f | %.1f |" % (
+            row["variant"], row["seconds"], row["cpu"], size / MiB / row["seconds"], row["stored"] / MiB,
+            row["growth"] / MiB, row["library"] / MiB))
     lines.append("")
-    lines.append("Target: engine peak memory growth under 64 MiB for 1 GiB.")
+    lines.append("Target: engine peak memory growth under 64 MiB for 1 GiB; age encryption costs at most 10 %.")
+    speed = {row["variant"]: row for row in rows}
+    lines.append("")
+    for plain in ("engine-none", "engine-zstd", "read-zstd"):
+        wall, cpu = (speed[plain + "-age"][k] / speed[plain][k] - 1 for k in ("seconds", "cpu"))
+        lines.append("- age cost, %s: %+.1f %% wall time, %+.1f %% CPU time" % (plain, 100.0 * wall, 100.0 * cpu))
     with open(args.out, "w") as fh:
         fh.write("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -10,20 +10,25 @@ import hashlib
 
 from .._errors import IntegrityError, NotFoundError
 from .._storage.base import Reader
+from .._crypto.age import DecryptionError, Encryptor
 from .compression import ZSTD, decompression_errors, make_compressor, make_decompressor
+from .protection import DecryptingSource, client_side, protection_for
 from .streams import CHUNK, read_chunks
 
 
 class ArtifactWriter:
-    """Compresses, hashes and counts a stream on its way to a backend writer."""
+    """Compresses, encrypts (with age ``recipients``), hashes and counts a stream on its way to
+    a backend writer: the sha256 and size are those of the stored bytes."""
 
-    def __init__(self, raw, key, compression, level, threads):
+    def __init__(self, raw, key, compression, level, threads, recipients=None):
         self.raw, self.key, self.compression = raw, key, compression
         self.sha = hashlib.sha256()
         self.size = 0
         self.raw_bytes = 0
         self.closed = False
-        self.comp = make_compressor(compression, _Sink(self._emit), level, threads)
+        self.enc = Encryptor(self._emit, recipients) if recipients else None
+        sink = _Sink(self.enc.write if self.enc else self._emit)
+        self.comp = make_compressor(compression, sink, level, threads)
 
     def write(self, data):
         """Take raw (uncompressed) bytes from the producer."""
@@ -46,6 +51,8 @@ class ArtifactWriter:
 
     def close(self):
         self.comp.finish()
+        if self.enc:
+            self.enc.finish()
         self.raw.commit()
         self.closed = True
         return self.record()
@@ -56,8 +63,11 @@ class ArtifactWriter:
             self.raw.abort()
 
     def record(self):
-        return {"key": self.key, "size_bytes": self.size, "raw_bytes": self.raw_bytes,
-                "sha256": self.sha.hexdigest(), "compression": self.compression}
+        record = {"key": self.key, "size_bytes": self.size, "raw_bytes": self.raw_bytes,
+                  "sha256": self.sha.hexdigest(), "compression": self.compression}
+        if self.enc:
+            record["encryption"] = "age"
+        return record
 
 
 class _Sink:
@@ -84,15 +94,16 @@ class _StoredSource:
         self.owner = owner
 
     def read(self, size=CHUNK):
-        return self.owner._read_stored(size)  # pylint: disable=protected-access
+        return self.owner._read_payload(size)  # pylint: disable=protected-access
 
 
 class ArtifactReader(Reader):
     """File-like reader of an artifact's raw (decompressed) bytes.
 
     The stored bytes are hashed as they pass; at the end the sha256 and size are compared with
-    the manifest and an IntegrityError is raised on any mismatch. With ``decompress=False``
-    the stored bytes are returned as they are (to verify or copy).
+    the manifest and an IntegrityError is raised on any mismatch. A backup encrypted with age
+    is decrypted on the way (identities from the location's protection options). With
+    ``decompress=False`` the stored bytes are returned as they are (to verify or copy).
 
     Memory stays bounded whatever the compression ratio: each read() decompresses at most
     ``size`` bytes (a 1 MiB zstd chunk of a pgbench dump expands to about 200 MiB).
@@ -107,7 +118,11 @@ class ArtifactReader(Reader):
             zstandard = ZSTD.load()
         elif self.compression not in ("gzip", "none"):
             raise IntegrityError("unknown compression %r in manifest" % (self.compression,))
+        identities = None
+        if decompress and client_side(manifest) == "age":
+            identities = protection_for(location).identities_for(manifest)
         self.stream = location.open_read(self.key)
+        self.plain = DecryptingSource(self._read_stored, identities) if identities else None
         self.sha = hashlib.sha256()
         self.size = 0
         self.eof = False
@@ -148,14 +163,18 @@ class ArtifactReader(Reader):
             return self.dec.read(size)
         if self.compression == "gzip":
             while True:
-                data = self.tail or self._read_stored(CHUNK)
+                data = self.tail or self._read_payload(CHUNK)
                 if not data:
                     return self.dec.flush()
                 out = self.dec.decompress(data, size)
                 self.tail = self.dec.unconsumed_tail
                 if out:
                     return out
-        return self._read_stored(size)
+        return self._read_payload(size)
+
+    def _read_payload(self, size):
+        """The compressed bytes: the stored ones, decrypted if the backup is encrypted."""
+        return self.plain.read(size) if self.plain else self._read_stored(size)
 
     def read(self, size=CHUNK):
         if size is None or size < 0:
@@ -168,6 +187,10 @@ class ArtifactReader(Reader):
             self._drain()
             raise IntegrityError("artifact %s is corrupt: it cannot be decompressed (%s), although its"
                                  " sha256 matches the manifest" % (self.key, exc)) from exc
+        except DecryptionError as exc:
+            self._drain()
+            raise IntegrityError("artifact %s is corrupt: it cannot be decrypted (%s), although its sha256"
+                                 " matches the manifest" % (self.key, exc.msg)) from exc
         if not data:
             self._drain()  # the end of the data
         return data

@@ -31,6 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from .._errors import ConfigError, IntegrityError, NotFoundError, StorageError
 from .._storage.base import ChangedError
 from .._timeutil import parse_rfc3339, parse_stamp, rfc3339, stamp, utcnow
+from .protection import protection_for
 
 MANIFEST_FORMAT = "opskit.runbook/backup"
 MANIFEST_VERSION = 1
@@ -311,10 +312,21 @@ def is_future(manifest, now=None):
 
 
 def resolve_backup(location, series, backup="latest", now=None):
-    """The manifest of ``backup`` (an id, or ``latest``) in ``series``.
+    """The manifest of ``backup`` (an id, or ``latest``) in ``series``, admitted for a restore.
 
-    ``latest`` is the newest backup not dated in the future (see FUTURE_SKEW).
+    ``latest`` is the newest backup not dated in the future (see FUTURE_SKEW). With
+    ``trusted_signing_keys`` a backup not signed by one of them is refused (IntegrityError
+    naming series and id, even when it is ``latest``: a planted backup is never skipped
+    silently); an encrypted backup that the identities given cannot open is refused
+    (ConfigError). Both happen before the caller touches any target.
     """
+    protection = protection_for(location)  # bad keys: refused before the listing
+    manifest = _resolve(location, series, backup, now)
+    protection.admit(location, manifest)
+    return manifest
+
+
+def _resolve(location, series, backup, now):
     validate_series(series)
     if backup in (None, "", "latest"):
         backups = list_backups(location, series).get(series) or []

@@ -13,6 +13,7 @@ from .artifacts import ArtifactWriter
 from .catalog import (DEFAULT_INFLIGHT_TIMEOUT, inflight_key, manifest_key, missing_artifacts, new_backup_id,
                       new_manifest, validate_series, write_inflight, write_manifest)
 from .compression import COMPRESSION_EXT, validate_compression
+from .protection import AGE_SUFFIX, protection_for
 from .streams import CHUNK
 
 
@@ -36,6 +37,7 @@ class BackupSession:
         validate_series(series)
         validate_compression(compression, level)
         self.location, self.series, self.kind = location, series, kind
+        self.protection = protection_for(location)  # bad recipients or signing key: fail here
         self.compression, self.level, self.threads = compression, level, threads
         self.size_hint = size_hint
         self.created = now or utcnow()
@@ -49,11 +51,13 @@ class BackupSession:
         self.inflight_timeout = inflight_timeout
         self.marker = None
         self.manifest_tried = False
+        self.locked = None  # the Object Lock retention of the artifacts (object_lock)
         self.warnings = []
 
     def key(self, ext, name=None):
         parts = [self.id] + ([name] if name else []) + [ext]
-        return "%s/%s%s" % (self.series, ".".join(parts), COMPRESSION_EXT[self.compression])
+        suffix = COMPRESSION_EXT[self.compression] + (AGE_SUFFIX if self.protection.encrypting else "")
+        return "%s/%s%s" % (self.series, ".".join(parts), suffix)
 
     def artifact(self, ext, name=None, content_type=None):
         """A writer for the main artifact (name=None) or a named companion."""
@@ -61,18 +65,20 @@ class BackupSession:
             raise OpsError("a backup has one main artifact")
         key = self.key(ext, name)
         if self.marker is None:
+            self.protection.check_lock_target(self.location)  # before anything is written
             write_inflight(self.location, self.series, self.id, utcnow(), self.inflight_timeout)
             self.marker = inflight_key(self.series, self.id)
         raw = self.location.open_write(key, size_hint=self.size_hint if name is None else None,
                                        content_type=content_type)
-        writer = _ManagedWriter(self, ArtifactWriter(raw, key, self.compression, self.level,
-                                                     self.threads), name)
+        writer = _ManagedWriter(self, ArtifactWriter(raw, key, self.compression, self.level, self.threads,
+                                                     self.protection.recipients), name)
         self._open.append(writer)
         return writer
 
     def _closed(self, writer, record):
         self._open.remove(writer)
         self._written.append(record["key"])
+        self.locked = self.protection.lock(self.location, record["key"], self.created)
         if writer.name is None:
             self.main = record
         else:
@@ -91,10 +97,15 @@ class BackupSession:
         manifest = new_manifest(self.series, self.id, self.kind, self.created, self.main,
                                 self.companions, source, tools, time.monotonic() - self.started,
                                 encryption=getattr(self.location, "sse", None))
+        manifest["encryption"].update(self.protection.encryption_fields())
+        if self.locked:
+            manifest["object_lock"] = self.locked
         if extra:
             manifest.update(extra)
+        manifest = self.protection.sign(manifest)  # last: the signature covers everything else
         self.manifest_tried = True
         write_manifest(self.location, manifest)
+        self.protection.lock(self.location, manifest_key(self.series, self.id), self.created)
         self.published = manifest
         self._remove_marker()
         return manifest
