@@ -37,6 +37,19 @@ options:
       - Default is V(path) with O(endpoint_url) (what most S3-compatible stores expect), V(auto) without.
     type: str
     choices: [path, virtual, auto]
+  lock_timeout:
+    description:
+      - Seconds to wait for the run lock of a series (C(<series>/.opskit-lock)), from V(0) (fail at
+        once when it is held) to V(86400). M(opskit.runbook.s3_rotate), M(opskit.runbook.pg_backup)
+        with O(opskit.runbook.pg_backup#module:state=verified) and M(opskit.runbook.volume_backup)
+        take it, so that two runs never rotate, verify or quiesce the same series at once. A run
+        that waits longer fails with one line naming the holder (module, pid, host, since when).
+      - A held lock is renewed every 5 minutes and expires 15 minutes after its last renewal. The
+        lock of a killed run is taken over, with a warning naming its holder, at once when that
+        run was on the same machine and its process is gone, else once it expired.
+        Check mode never takes the lock. Other modules ignore this option.
+    type: int
+    default: 600
   region:
     description:
       - S3 region. Falls back to E(AWS_REGION), then E(AWS_DEFAULT_REGION); default V(us-east-1).
@@ -78,6 +91,73 @@ options:
     description:
       - CA bundle file to verify the S3 endpoint with. Falls back to E(AWS_CA_BUNDLE).
     type: path
+  encrypt_recipients:
+    description:
+      - Age public keys (C(age1...), from C(age-keygen -y)) to encrypt every new backup to, client-side,
+        in the age format (age-encryption.org/v1, X25519), which the C(age) CLI reads.
+      - Each artifact and companion is compressed, then encrypted (its key gets the suffix C(.age)), then
+        hashed. The manifest's sha256 is over the stored bytes, so rotation, M(opskit.runbook.backup_info)
+        and integrity checks need no key.
+      - The manifest records C(encryption.client_side=age) and each recipient's fingerprint
+        (C(sha256:) and the first 16 hex digits of the sha256 of its C(age1...) text), never a key.
+      - Without it backups are not encrypted client-side (C(client_side=none)).
+    type: list
+    elements: str
+  decrypt_identities:
+    description:
+      - Age identities (C(AGE-SECRET-KEY-1...)) that restores and verifications decrypt encrypted backups
+        with, while streaming. Never logged.
+      - Before anything is restored, each artifact's header must open with one of them (or of
+        O(decrypt_identity_files)); otherwise the task fails with one line and no target is touched.
+    type: list
+    elements: str
+  decrypt_identity_files:
+    description:
+      - Age identity files on the managed host (the output of C(age-keygen)), as an alternative to
+        O(decrypt_identities). A file that group or others may access (mode other than C(0600)/C(0400))
+        is refused.
+    type: list
+    elements: path
+  signing_key:
+    description:
+      - Ed25519 private key (PEM PKCS#8 or OpenSSH format, without passphrase) that signs every new
+        manifest. Never logged; keep it in Ansible Vault.
+      - The signature covers the canonical JSON of the manifest without its C(signature) and
+        C(verification) fields (sorted keys, separators C(,) and C(:), ASCII), and so every
+        artifact's sha256. It is stored as C(signature) (C(algorithm=ed25519), C(key_id) = the key's
+        OpenSSH SHA256 fingerprint, C(value) base64).
+    type: str
+  trusted_signing_keys:
+    description:
+      - Ed25519 public keys (C(ssh-ed25519 AAAA...) lines or PEM). When set, restores and
+        verifications refuse a backup whose manifest is unsigned, signed by another key or altered
+        after signing, with one line naming the series and the id (also when it is the latest backup,
+        a planted backup is reported, never skipped).
+    type: list
+    elements: str
+  object_lock:
+    description:
+      - S3 Object Lock retention for every object a new backup writes, manifest included. Each gets
+        O(object_lock.mode) until O(object_lock.days) days after the backup started, set on the version just
+        written (C(PutObjectRetention)) and recorded in the manifest as C(object_lock).
+      - The bucket must have Object Lock enabled (checked before anything is written); with a
+        C(file://) location this is an error. Manifest versions that a later verification writes are not
+        locked; the version the backup wrote stays.
+      - A locked version cannot be deleted or overwritten before its date (C(COMPLIANCE) by nobody,
+        C(GOVERNANCE) only with C(s3:BypassGovernanceRetention)). A delete without a version id only adds a
+        delete marker. M(opskit.runbook.s3_rotate) keeps objects whose retention has not expired.
+      - Choose O(object_lock.days) no longer than the retention policy keeps the backups.
+    type: dict
+    suboptions:
+      mode:
+        description: The retention mode.
+        type: str
+        required: true
+        choices: [GOVERNANCE, COMPLIANCE]
+      days:
+        description: Days from the start of the backup until its objects can be deleted.
+        type: int
+        required: true
 requirements:
   - boto3 (for s3:// locations)
 """

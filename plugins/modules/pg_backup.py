@@ -101,8 +101,8 @@ options:
   jobs:
     description:
       - Parallel jobs. Dumping, only with O(format=directory). Restoring a custom-format backup
-        with O(jobs) > 1 downloads it to a 0600 temporary file first (pg_restore cannot run in
-        parallel from a pipe); with V(1) it streams.
+        with O(jobs) > 1 decompresses the downloaded copy into a 0600 temporary file first
+        (pg_restore cannot run in parallel from a pipe); with V(1) it is fed from the copy.
       - From 1 to 64 (each job is one PostgreSQL connection and one pg_dump/pg_restore worker).
     type: int
     default: 1
@@ -199,12 +199,16 @@ options:
     type: path
   tmp_dir:
     description:
-      - Where the directory format and parallel restores keep their private (0700) temporary
-        files. Default the system temporary directory.
+      - Where the directory format and restores keep their private (0700) temporary files (a
+        restore needs room for the stored backup, and a parallel or directory-format one also for
+        its decompressed content). Default the system temporary directory.
     type: path
 notes:
   - A failed or killed pg_dump aborts the backup; its artifacts are deleted (and an S3 multipart
     upload aborted), and no manifest is written, so it never appears as a backup.
+  - O(state=verified) holds the run lock of the backup's series (C(<series>/.opskit-lock), see
+    O(lock_timeout)) from the restore until the outcome is recorded, so that two verifications
+    never run at once and M(opskit.runbook.s3_rotate) never deletes the backup under it.
   - Plain-format restores run psql with C(ON_ERROR_STOP), so an error midway fails the task.
   - A plain dump that psql's C(\restrict) stops is refused midway; with O(single_transaction) nothing
     of it stays, and a target database the restore created is dropped again.
@@ -214,8 +218,13 @@ notes:
     differently with C(standard_conforming_strings) off (one that ends in a backslash, for
     example) and a psql variable (C(:NAME)) outside of quotes; use newer client tools
     (O(bin_dir)) for such a dump.
-  - Restores verify the stored sha256 before touching the target. Streamed restores read the
-    artifact twice (verify, then restore); parallel restores verify the downloaded copy.
+  - Restores download the backup once, as stored (compressed, encrypted), into a private
+    temporary file under O(tmp_dir), and check its sha256 there before anything touches the
+    target; the tools are fed from that copy. The download is pinned to the object's version
+    (the S3 ETag, If-Match) read right after the manifest, so an object overwritten meanwhile
+    fails the task and nothing is restored. A dropped connection resumes where it stopped
+    (a Range request, still pinned), through the usual retries. Parallel and directory-format
+    restores also decode the copy into a second temporary file or directory.
 seealso:
   - module: opskit.runbook.backup_info
 """
@@ -379,6 +388,15 @@ location:
   returned: state=dumped
   type: str
   sample: s3://acme-backups/prod
+lock:
+  description:
+    - The run lock of the series held during the verification (see O(lock_timeout)) - its key,
+      C(waited_seconds), C(attempts), and C(taken_over), the holder of a stale lock that was
+      taken over (expired, or its process gone on this machine; module, host, pid, started,
+      expires) or null.
+  returned: O(state=verified), not in check mode
+  type: dict
+  sample: {key: db1.internal-app/.opskit-lock, waited_seconds: 0.0, attempts: 1, taken_over: null}
 msg:
   description: What happened, in one line.
   returned: always

@@ -39,6 +39,10 @@ description:
     rotated too.
   - A backup is deleted artifacts first, manifest last, in a separate later request; a backup
     whose artifact could not be deleted keeps its manifest.
+  - Each series is rotated holding its run lock (C(<series>/.opskit-lock), see O(lock_timeout)),
+    which M(opskit.runbook.pg_backup) verifications and M(opskit.runbook.volume_backup) runs take
+    too, so a verification or a quiesced backup of the same series is never rotated under it.
+    Rotating a whole location takes the locks of every series found, in name order.
 author:
   - opskit.runbook developers (@opskit-runbook)
 extends_documentation_fragment:
@@ -266,6 +270,15 @@ series:
         uploads_aborted and anomalies.
       type: dict
       returned: always
+    lock:
+      description:
+        - The run lock of the series held during the rotation (see O(lock_timeout)) - its key,
+          C(waited_seconds), C(attempts), and C(taken_over), the holder of a stale lock that
+          was taken over (expired, or its process gone on this machine; module, host, pid,
+          started, expires) or null.
+      type: dict
+      returned: success, not in check mode
+      sample: {key: db1-app/.opskit-lock, waited_seconds: 0.0, attempts: 1, taken_over: null}
 """
 
 from ansible.module_utils.basic import AnsibleModule
@@ -300,7 +313,7 @@ def main():
         result = rotate(location_from_params(params), policy, series=params["series"],
                         orphan_grace=params["orphan_grace"],
                         verified_lookback=params["verified_lookback"],
-                        check_mode=module.check_mode)
+                        check_mode=module.check_mode, lock_timeout=params["lock_timeout"])
         if module._diff:
             result["diff"] = diff_lists(result)
         return result

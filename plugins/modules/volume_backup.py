@@ -174,6 +174,10 @@ notes:
   - The S3 part size comes from the size of the volume or directory, so memory stays bounded.
     A volume is measured through its mountpoint when the module runs on the Docker host as a
     user who can read it, else with C(docker system df) (which walks every volume of the host).
+  - A backup or restore (not in check mode) holds the run lock of its series
+    (C(<series>/.opskit-lock), see O(lock_timeout)) from before the containers are stopped until
+    they are started again, so that two runs never quiesce the same series at once and
+    M(opskit.runbook.s3_rotate) never rotates it meanwhile.
   - A backup whose containers fail to restart is still published (its data is complete); the
     task fails and names the containers.
   - An unsafe member fails the task and is named, before anything is written (through the
@@ -360,6 +364,30 @@ hardlinks:
   returned: success, not in check mode
   type: int
   sample: 2
+file_bytes:
+  description:
+    - Bytes of the regular files written or restored (each file once; hard links add none), as
+      the archive holds them. A backup records it in its manifest (C(source.file_bytes)).
+  returned: success, not in check mode
+  type: int
+  sample: 1048576000
+on_disk:
+  description:
+    - What the target holds after the restore, counted on disk without following links
+      (C(files), hard links included, and C(file_bytes)), when the restore wrote it directly (a
+      directory, or a volume through its mountpoint). The restore role's drill compares it with
+      RV(recorded).
+  returned: O(state=restored), success, not in check mode, unless the restore went through the Engine API
+  type: dict
+  sample: {files: 1402, file_bytes: 1048576000}
+recorded:
+  description:
+    - The counts the backup recorded at backup time (C(entries), C(files), C(directories),
+      C(symlinks), C(hardlinks) and, for backups made since this collection records it,
+      C(file_bytes)).
+  returned: O(state=restored), success, not in check mode
+  type: dict
+  sample: {entries: 1532, files: 1402, directories: 120, symlinks: 8, hardlinks: 2, file_bytes: 1048576000}
 skipped_files:
   description: Device files (and, for a directory, sockets) left out of the backup.
   returned: success, O(state=backed_up), not in check mode
@@ -424,6 +452,15 @@ emptied:
   returned: O(state=restored)
   type: bool
   sample: false
+lock:
+  description:
+    - The run lock of the series held during the backup or restore, containers stopped or not (see O(lock_timeout)) - its key,
+      C(waited_seconds), C(attempts), and C(taken_over), the holder of a stale lock that was
+      taken over (expired, or its process gone on this machine; module, host, pid, started,
+      expires) or null.
+  returned: not in check mode
+  type: dict
+  sample: {key: web1-app_uploads/.opskit-lock, waited_seconds: 0.0, attempts: 1, taken_over: null}
 """
 
 from ansible.module_utils.basic import AnsibleModule

@@ -188,3 +188,76 @@ def plant_backup(store_dir, series, fmt, data, globals_sql=None, tables=1):
             out.write(data)
         return session.publish(source={"database": "planted", "format": fmt, "tables": tables,
                                        "globals": globals_sql is not None})
+
+
+class FaultProxy:
+    """An HTTP proxy on loopback in front of the S3 endpoint (moto) that injects faults into the
+    GETs of chosen paths: ``rules[path]`` is a list, one rule per GET in order (``{}`` passes
+    it). ``before`` runs before the request is forwarded (an overwrite between a HEAD and the
+    GET), ``cut`` sends only that many bytes of the body, then drops the connection. ``seen``
+    lists (method, path, Range header, status) of every request."""
+
+    def __init__(self, upstream_port):
+        self.upstream_port = upstream_port
+        self.rules = {}
+        self.seen = []
+        self.server = None
+
+    def start(self):
+        import http.server  # pylint: disable=import-outside-toplevel
+        import threading  # pylint: disable=import-outside-toplevel
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *_args):
+                pass
+
+            def _any(self):
+                proxy.forward(self)
+            do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _any
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    @property
+    def url(self):
+        return "http://127.0.0.1:%d" % self.server.server_address[1]
+
+    def forward(self, handler):
+        import http.client  # pylint: disable=import-outside-toplevel
+        body = handler.rfile.read(int(handler.headers.get("Content-Length") or 0))
+        path = handler.path.split("?", 1)[0]
+        pending = self.rules.get(path) if handler.command == "GET" else None
+        rule = pending.pop(0) if pending else None
+        if rule and rule.get("before"):
+            rule["before"]()
+        upstream = http.client.HTTPConnection("127.0.0.1", self.upstream_port, timeout=60)
+        upstream.request(handler.command, handler.path, body=body, headers=dict(handler.headers.items()))
+        resp = upstream.getresponse()
+        data = resp.read()
+        upstream.close()
+        self.seen.append((handler.command, path, handler.headers.get("Range"), resp.status))
+        handler.send_response(resp.status)
+        for key, value in resp.getheaders():
+            if key.lower() not in ("transfer-encoding", "connection", "content-length", "server", "date"):
+                handler.send_header(key, value)
+        handler.send_header("Content-Length", str(len(data)))
+        handler.end_headers()
+        if handler.command == "HEAD":
+            return
+        if rule and rule.get("cut") is not None:
+            handler.wfile.write(data[:rule["cut"]])
+            handler.wfile.flush()
+            handler.close_connection = True
+            return
+        handler.wfile.write(data)
+        handler.wfile.flush()
+
+    def stop(self):
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()

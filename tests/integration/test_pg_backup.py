@@ -17,7 +17,10 @@ import time
 
 import pytest
 
-from pg_fixtures import BIN as PG_BIN, Cluster, build_postgres_image, plant_backup
+from pg_fixtures import BIN as PG_BIN, Cluster, FaultProxy, build_postgres_image, plant_backup
+
+from ansible_collections.opskit.runbook.plugins.module_utils._engine.session import BackupSession
+from ansible_collections.opskit.runbook.plugins.module_utils._storage.options import open_location
 
 PG_BACKUP = "opskit.runbook.pg_backup"
 
@@ -782,3 +785,59 @@ def test_bad_durations_timeouts_and_jobs_are_one_line_errors_naming_the_option(p
         assert message in msg and "internal error" not in msg, (name, msg)
         assert "exception" not in res.task(name) or "Traceback" not in msg
     assert "Traceback" not in res.stdout + res.stderr
+
+
+def _plant_plain_s3(location, series, text):
+    """A plain-format backup stored as it is (compression none), so a proxy can cut its body."""
+    sql = ("CREATE TABLE t (v text);\nINSERT INTO t VALUES ('%s');\n" % text).encode()
+    with BackupSession(location, series, "postgres", compression="none") as session:
+        with session.artifact("sql") as out:
+            out.write(sql)
+        return session.publish(source={"database": "planted", "format": "plain", "tables": 1, "globals": False})
+
+
+def test_restore_downloads_once_pinned_and_resumed(pg, s3, run_playbook):
+    """Item 14: the restore reads the backup once, through the retries (a dropped connection
+    resumes with a Range), pinned to the ETag read with the manifest (If-Match): an object
+    overwritten before the download is a clear error with nothing restored, and one
+    overwritten after it does not get into the restore."""
+    bucket = s3.new_bucket()
+    store = s3_args(s3, bucket)
+    location = open_location(store["destination"], endpoint_url=s3.endpoint_url, access_key=s3.access_key,
+                             secret_key=s3.secret_key, region=s3.region)
+    old, new = "old-" + "a" * 600000, "new-" + "b" * 600000  # same size: only the sha256 tells them apart
+    proxy = FaultProxy(s3.port).start()
+    try:
+        paths, targets = {}, {}
+        for case in ("cut", "overwritten before", "overwritten after"):
+            series = "pin-%s-%s" % (case.split()[-1], secrets.token_hex(3))
+            manifest = _plant_plain_s3(location, series, old)
+            key = location.full_key("%s/%s" % (series, manifest["artifact"]))
+            paths[case] = "/%s/%s" % (bucket, key)
+            targets[case] = (series, name("pgb_pin"))
+
+            def overwrite(key=key):
+                s3.client.put_object(Bucket=bucket, Key=key, Body=(
+                    "CREATE TABLE t (v text);\nINSERT INTO t VALUES ('%s');\n" % new).encode())
+            proxy.rules[paths[case]] = {"cut": [{"cut": 300000}],
+                                        "overwritten before": [{"before": overwrite}],
+                                        "overwritten after": [{}, {"before": overwrite}]}[case]
+        via_proxy = dict(store, endpoint_url=proxy.url)
+        res = run_playbook(play(*[task(case, state="restored", series=series, target_database=target, create=True,
+                                       **conn(pg), **via_proxy) for case, (series, target) in targets.items()]))
+    finally:
+        proxy.stop()
+    gets = {case: [(rng, status) for method, p, rng, status in proxy.seen if method == "GET" and p == path]
+            for case, path in paths.items()}
+    for case in ("cut", "overwritten after"):
+        ok(res.task(case))
+        assert pg.psql("SELECT left(v, 4), length(v) FROM t", targets[case][1]) == "old-|600004\n", case
+    assert len(gets["overwritten after"]) == 1, gets  # one download, not a second read of a newer object
+    assert gets["cut"][0][0] is None and gets["cut"][1][0].startswith("bytes=") and gets["cut"][1][0] != "bytes=0-"
+    assert [status for _rng, status in gets["cut"]] == [200, 206]
+    msg = failed(res.task("overwritten before"))
+    assert "changed while it was being restored" in msg and "nothing was restored" in msg, msg
+    assert gets["overwritten before"] == [(None, 412)]
+    assert databases(pg, targets["overwritten before"][1]) == []
+    for _series, target in targets.values():
+        pg.psql('DROP DATABASE IF EXISTS "%s"' % target)

@@ -930,3 +930,44 @@ def test_restores_keep_what_the_archive_records(run_playbook, tmp_path, docker_e
         data = fh.read()
     assert len(data) == 8 << 20 and data[:4] == b"head" and data[4 << 20:(4 << 20) + 4] == b"midl"
     assert data.count(0) == len(data) - 8
+
+
+def test_a_directory_drill_compares_the_restored_files_and_bytes_with_the_backup(run_playbook, tmp_path):
+    """Item 14: a drill passes on what the backup recorded (files and bytes, counted on disk
+    after the restore), not on ``files >= 1``: a manifest that lies about either fails it."""
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "a.conf").write_text("listen 8080\n")
+    (src / "sub" / "b.bin").write_bytes(os.urandom(5000))
+    os.link(src / "a.conf", src / "sub" / "hard")
+    location = "file://%s/store" % tmp_path
+    run = run_playbook(PLAY_HEAD + """
+    - name: backup
+      opskit.runbook.volume_backup: {path: "{{ src }}", location: "{{ location }}", series: "{{ item }}", stop_containers: none}
+      loop: [honest, fewer, smaller]
+""", extra_vars={"src": str(src), "location": location})
+    made = run.task("backup")["results"]
+    assert [(r["files"], r["file_bytes"]) for r in made] == [(3, 12 + 5000)] * 3
+    for result, lie in zip(made[1:], ({"files": 4}, {"file_bytes": 5013})):  # the manifest says more than the archive holds
+        path = os.path.join(str(tmp_path), "store", result["series"], "%s.manifest.json" % result["backup"]["id"])
+        with open(path) as fh:
+            manifest = json.load(fh)
+        assert manifest["source"]["files"] == 3 and manifest["source"]["file_bytes"] == 5012
+        manifest["source"].update(lie)
+        with open(path, "w") as fh:
+            json.dump(manifest, fh)
+    drill = run_playbook([{"hosts": "localhost", "gather_facts": False, "tasks": [
+        {"name": "drill", "ansible.builtin.include_role": {"name": "opskit.runbook.restore"},
+         "vars": {"restore_location": location, "restore_series_prefix": "", "restore_fail_on_error": False,
+                  "restore_scratch_dir": str(tmp_path),
+                  "restore_directories": [{"name": n, "path": str(src), "series": n}
+                                          for n in ("honest", "fewer", "smaller")]}},
+        {"name": "assets", "ansible.builtin.debug": {"var": "restore_assets"}}]}])
+    assert drill.rc == 0, drill.stdout[-3000:]
+    assets = {a["name"]: a for a in drill.task("assets")["restore_assets"]}
+    assert assets["honest"]["ok"] is True and assets["honest"]["verification"] == "passed"
+    assert assets["fewer"]["ok"] is False and assets["fewer"]["error"] == (
+        "verification failed: restored 3 files (5012 bytes), the backup recorded 4 files (5012 bytes)")
+    assert assets["smaller"]["ok"] is False and assets["smaller"]["error"] == (
+        "verification failed: restored 3 files (5012 bytes), the backup recorded 3 files (5013 bytes)")
+    assert not [p for p in os.listdir(str(tmp_path)) if p.startswith("opskit-drill-")]

@@ -22,7 +22,9 @@ import time
 from .._engine.artifacts import ArtifactReader, verify_stored
 from .._engine.catalog import summarize
 from .._engine.streams import CHUNK, copy_to_fd
-from .._errors import ConfigError, NotFoundError, OpsError, ServiceError
+from .._errors import ConfigError, IntegrityError, NotFoundError, OpsError, ServiceError
+from .._storage.base import ChangedError
+from .._storage.file import FileLocation
 from .cleanup import temp_prefix
 from .options import check_options, find_backup
 from .script import RESTRICTED, SafeScript, check_script, has_restrict, refused_by_psql
@@ -77,8 +79,8 @@ def _has_companion(manifest, name):
 class RestoreJob:
     """A planned restore: the ``plan`` returned to the user and what applying it needs."""
 
-    def __init__(self, manifest, plan, streamed, no_owner, verifying, restricted=True):
-        self.manifest, self.plan = manifest, plan
+    def __init__(self, manifest, plan, streamed, no_owner, verifying, restricted=True, pin=None):
+        self.manifest, self.plan, self.pin = manifest, plan, pin
         self.fmt, self.target, self.steps = plan["format"], plan["target_database"], plan["steps"]
         self.streamed = streamed        # fed to pg_restore / psql from the store, no local copy
         self.no_owner = no_owner
@@ -107,6 +109,7 @@ def _plan_restore(server, location, params, manifest, target, verifying):
     """The RestoreJob for these options, or the error that stops it; nothing is changed."""
     check_options("verified" if verifying else "restored", params)
     manifest = manifest or find_backup(location, params, server)
+    pin = pin_artifact(location, manifest)
     source = manifest.get("source") or {}
     fmt = source["format"]
     target = target or params.get("target_database") or source.get("database")
@@ -124,7 +127,7 @@ def _plan_restore(server, location, params, manifest, target, verifying):
         no_owner = verifying
     plan = {"backup_id": manifest["id"], "series": manifest["series"], "format": fmt,
             "target_database": target, "steps": steps, "globals": bool(params.get("restore_globals"))}
-    return RestoreJob(manifest, plan, streamed, no_owner, verifying, restricted)
+    return RestoreJob(manifest, plan, streamed, no_owner, verifying, restricted, pin)
 
 
 def _psql_restricts(server, fmt, params):
@@ -156,33 +159,78 @@ def _streamed(manifest, fmt, params, local, restricted=True):
 
 
 def _apply_restore(server, location, params, job):
-    """Check the stored bytes, then restore: globals, target prepared, the dump fed to the tool.
+    """Download and check the backup once, then restore: globals, target prepared, the dump fed
+    to the tool.
 
     A target database this restore created is dropped again when it fails (verify() drops its
     scratch database itself).
     """
     manifest = job.manifest
     with contextlib.ExitStack() as stack:
+        local = stack.enter_context(_downloaded(location, job, params))  # nothing touches the target before
         local_copy = None
-        if job.streamed:
-            verify_stored(location, manifest)  # nothing touches the target before this passed
-        else:
-            local_copy = stack.enter_context(_local_copy(location, manifest, job.fmt, params))
+        if not job.streamed:
+            local_copy = stack.enter_context(_local_copy(local, manifest, job.fmt, params))
             if job.fmt == "plain":
                 _check_file(local_copy, "backup %s" % manifest["id"])
-        if params.get("restore_globals"):
-            verify_stored(location, manifest, "globals")
+        globals_data = _read_globals(location, manifest) if params.get("restore_globals") else None
         created = False
         try:
-            if params.get("restore_globals"):
-                job.plan["roles_kept"] = _restore_globals(server, location, manifest, job.restricted)
+            if globals_data is not None:
+                job.plan["roles_kept"] = _restore_globals(server, globals_data, manifest, job.restricted)
             created = _prepare_target(server, job)
-            _run_restore(server, location, params, job, local_copy)
+            _run_restore(server, local, params, job, local_copy)
         except OpsError:
             if created and not job.verifying:
                 with contextlib.suppress(OpsError):
                     server.drop(job.target)  # it did not exist before: leave nothing half-restored
             raise
+
+
+def pin_artifact(location, manifest):
+    """The token of the main artifact as it is now, right after its manifest was read: the
+    restore downloads this version or fails, never a mix of two."""
+    key = "%s/%s" % (manifest["series"], manifest["artifact"])
+    try:
+        return location.pin(key)
+    except NotFoundError as exc:
+        raise NotFoundError("backup %s is incomplete: its artifact %s is missing" % (manifest["id"], key)) from exc
+
+
+@contextlib.contextmanager
+def _downloaded(location, job, params):
+    """The stored artifact, downloaded once (pinned, resumed on dropped connections) into a
+    private temporary directory and checked (sha256, size) there; yields a FileLocation on it
+    that the engine's readers decode from (decompression, decryption)."""
+    manifest = job.manifest
+    key = "%s/%s" % (manifest["series"], manifest["artifact"])
+    tmp = tempfile.mkdtemp(prefix=temp_prefix("opskit-pgrestore-"), dir=params.get("tmp_dir"))  # mode 0700
+    try:
+        local = FileLocation(tmp)
+        local.protection_options = getattr(location, "protection_options", None)
+        path = local.path(key)
+        os.mkdir(os.path.dirname(path), 0o700)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            location.download(key, fd, job.pin)
+        except ChangedError as exc:
+            raise IntegrityError("backup %s changed while it was being restored (%s): nothing was restored;"
+                                 " run again to restore what the store holds now" % (manifest["id"], exc.msg)) from exc
+        except OSError as exc:
+            raise ServiceError("downloading backup %s to %s failed: %s (set tmp_dir to a directory with room for %s"
+                               " bytes)" % (manifest["id"], path, exc.strerror or exc, manifest.get("size_bytes"))) from exc
+        finally:
+            os.close(fd)
+        verify_stored(local, manifest)
+        yield local
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _read_globals(location, manifest):
+    """The globals script, read once into memory and checked (sha256) at its end."""
+    with ArtifactReader(location, manifest, "globals") as reader:
+        return reader.read(-1)
 
 
 def _prepare_target(server, job):
@@ -196,13 +244,14 @@ def _prepare_target(server, job):
     return False
 
 
-def _run_restore(server, location, params, job, local_copy):
-    """pg_restore or psql into the target: fed from the store, or run on ``local_copy``."""
+def _run_restore(server, local, params, job, local_copy):
+    """pg_restore or psql into the target: fed from the checked download ``local``, or run on
+    ``local_copy`` (decoded)."""
     argv = restore_argv(server.tools, job.fmt, job.target, clean="clean" in job.steps, jobs=params.get("jobs", 1),
                         single_transaction=params.get("single_transaction"), no_owner=job.no_owner,
                         path=local_copy)
     if job.fmt == "plain":
-        opener = (lambda: ArtifactReader(location, job.manifest)) if job.streamed else (lambda: open(local_copy, "rb"))
+        opener = (lambda: ArtifactReader(local, job.manifest)) if job.streamed else (lambda: open(local_copy, "rb"))
         try:
             with opener() as reader:
                 server.tools.feed(argv, SafeScript(reader, job.restricted))
@@ -212,7 +261,7 @@ def _run_restore(server, location, params, job, local_copy):
             raise
         return
     if job.streamed:
-        with ArtifactReader(location, job.manifest) as reader:
+        with ArtifactReader(local, job.manifest) as reader:
             server.tools.feed(argv, reader)
         return
     rc, _out, err = server.tools.run(argv)
@@ -222,10 +271,10 @@ def _run_restore(server, location, params, job, local_copy):
 
 @contextlib.contextmanager
 def _local_copy(location, manifest, fmt, params):
-    """Download (and verify) the artifact into a private temporary file or directory.
+    """Decode the (downloaded) artifact into a private temporary file or directory.
 
     pg_restore --jobs cannot read a pipe, and the directory format is a directory. The sha256
-    is checked at the end of the download, before the path is handed out.
+    is checked at the end, before the path is handed out.
     """
     tmp = tempfile.mkdtemp(prefix=temp_prefix("opskit-pgrestore-"), dir=params.get("tmp_dir"))  # mode 0700
     try:
@@ -303,7 +352,7 @@ def _leading_ident(text):
     return text[:end]
 
 
-def _restore_globals(server, location, manifest, restricted=True):
+def _restore_globals(server, data, manifest, restricted=True):
     """Run the globals script: new roles and tablespaces are created, existing roles are kept.
 
     psql runs without ON_ERROR_STOP here, so its exit code says nothing about SQL errors:
@@ -311,8 +360,6 @@ def _restore_globals(server, location, manifest, restricted=True):
     meta-command refused by ``\\restrict`` too). The script (small, in memory) is checked first in
     any case: without ON_ERROR_STOP, the roles before a refused meta-command would stay.
     """
-    with ArtifactReader(location, manifest, "globals") as reader:
-        data = reader.read(-1)
     check_script(data, "the globals of backup %s" % manifest["id"], copy_allowed=False)
     script = data.decode("utf-8", "replace")
     existing = [row[0] for row in server.query("SELECT rolname FROM pg_roles")]

@@ -170,11 +170,13 @@ def stop(proc):
 
 
 def _wait(proc):
+    rc = None
     try:
-        return proc.wait()
-    except BaseException:  # a signal while waiting: the tool must not outlive the module
-        stop(proc)
-        raise
+        rc = proc.wait()
+    finally:
+        if rc is None:  # a signal while waiting: the tool must not outlive the module
+            stop(proc)
+    return rc
 
 
 class LocalTools:
@@ -199,14 +201,15 @@ class LocalTools:
 
     def run(self, argv, timeout=None):
         proc = self._popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        finished = False
         try:
             out, err = proc.communicate(timeout=timeout)
+            finished = True
         except subprocess.TimeoutExpired as exc:
-            stop(proc)
             raise ServiceError("%s timed out after %s s" % (os.path.basename(argv[0]), timeout)) from exc
-        except BaseException:
-            stop(proc)
-            raise
+        finally:
+            if not finished:
+                stop(proc)
         return proc.returncode, out, err
 
     @contextlib.contextmanager
@@ -217,12 +220,13 @@ class LocalTools:
             fcntl.fcntl(proc.stdout.fileno(), F_SETPIPE_SZ, CHUNK)  # fewer, larger reads
         drain = _StderrDrain(proc.stderr)
         drain.start()
+        read = False
         try:
             yield proc.stdout
-        except BaseException:
-            stop(proc)
-            raise
+            read = True
         finally:
+            if not read:
+                stop(proc)
             proc.stdout.close()
             rc = _wait(proc)
             drain.join()
@@ -235,13 +239,15 @@ class LocalTools:
         proc = self._popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         drain = _StderrDrain(proc.stderr)
         drain.start()
+        fed = False
         try:
             _pump(source, proc.stdin.write, BrokenPipeError)
             with contextlib.suppress(BrokenPipeError):
                 proc.stdin.close()
-        except BaseException:
-            stop(proc)
-            raise
+            fed = True
+        finally:
+            if not fed:
+                stop(proc)
         rc = _wait(proc)
         drain.join()
         if check and rc != 0:

@@ -14,6 +14,7 @@ import time
 
 from .._engine.artifacts import verify_stored
 from .._engine.catalog import summarize, update_verification
+from .._engine.lock import LockTimeout, SeriesLock, attach
 from .._errors import IntegrityError, NotFoundError, OpsError, ServiceError
 from .cleanup import Interrupted, scratch_name
 from .options import check_options, find_backup
@@ -76,6 +77,19 @@ def verify(server, location, params, check_mode=False):
         result["msg"] = "would verify backup %s in a scratch database" % manifest["id"]
         result["verification"] = {"result": "unverified", "queries": len(queries)}
         return result
+    lock = SeriesLock(location, manifest["series"], "pg_backup", params.get("lock_timeout"))
+    try:
+        with lock:  # rotation never deletes this backup under the verification, nor does a second one run
+            result = _verify_locked(server, location, params, manifest, scratch_db)
+    except LockTimeout:
+        raise  # it names the holder; nothing ran
+    except OpsError as exc:
+        attach(exc.result, lock)
+        raise
+    return attach(result, lock)
+
+
+def _verify_locked(server, location, params, manifest, scratch_db):
     started = time.monotonic()
     details = {"scratch_database": scratch_db, "queries": []}
     try:

@@ -10,6 +10,9 @@ the objects about to be deleted, deletions in batches, artifacts before manifest
 multipart uploads) are removed once every piece of their backup is older than the orphan grace
 (at least MIN_ORPHAN_GRACE) and no live in-flight marker covers it; a series whose only content
 is such leftovers is rotated too.
+
+Outside check mode each series is rotated holding its run lock (``_engine.lock``): a listing
+finds the series, their locks are taken (sorted), and the series are listed again under them.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from .._engine.catalog import (backup_time, inflight, inflight_key, is_verified, manifest_key, parse_key, read_manifest, scan,
                                validate_series)
+from .._engine.lock import check_timeout, series_locks
 from .._errors import ConfigError, NotFoundError, OpsError, StorageError
 from .._storage.base import TMP_MARK
 from .._timeutil import Duration, rfc3339, utcnow
@@ -217,11 +221,12 @@ def grace_start(orphan_grace, now):
     return start
 
 
-def _scan(location, series):
+def _scan(location, series, required=True):
     """The grouped listing (catalog.scan) and the leftovers of the series to rotate.
 
     ``series`` None is every series at the location (found from the listing and the leftovers);
-    an empty name is refused, never read as "every series"."""
+    an empty name is refused, never read as "every series". A named series that has nothing
+    is NotFoundError when ``required``."""
     if series is not None:
         if series == "":
             raise ConfigError("series: an empty name is not valid; leave series out (null) to"
@@ -232,7 +237,7 @@ def _scan(location, series):
     leftovers = list_leftovers(location, series)
     for name, _id, _record in leftovers:
         grouped.setdefault(name, {"manifests": {}, "artifacts": {}})
-    if series and series not in grouped:
+    if series and series not in grouped and required:
         raise NotFoundError("series %s not found at %s: it has no backups or artifacts"
                             % (series, location.url))
     return grouped, leftovers
@@ -384,20 +389,48 @@ def _alive(location, now):
 
 
 def rotate(location, policy, series=None, orphan_grace="24h", verified_lookback=-1,
-           check_mode=False, now=None):
+           check_mode=False, now=None, lock_timeout=None):
     """Plan and (unless check_mode) apply the policy at ``location``; return the result dict.
 
-    Requests: one paginated listing; manifest reads only while looking for the newest verified
-    backup (none when the policy deletes nothing); Object Lock lookups only for the keys about
-    to be deleted (see find_locked); for leftovers older than the grace, one in-flight marker
-    listing per series and one HEAD per backup id (see _alive); then ceil(keys / 1000)
-    DeleteObjects calls for artifacts and orphans, and a later ceil(manifests / 1000) for the
-    manifests.
+    Requests: one paginated listing (two outside check mode: the second under the run locks of
+    the series found, one lock object created and deleted per series); manifest reads only
+    while looking for the newest verified backup (none when the policy deletes nothing);
+    Object Lock lookups only for the keys about to be deleted (see find_locked); for leftovers
+    older than the grace, one in-flight marker listing per series and one HEAD per backup id
+    (see _alive); then ceil(keys / 1000) DeleteObjects calls for artifacts and orphans, and a
+    later ceil(manifests / 1000) for the manifests.
     """
     now = now or utcnow()
     stale_before = grace_start(orphan_grace, now)
     _check_lookback(verified_lookback)
-    grouped, leftovers = _scan(location, series)
+    check_timeout(lock_timeout)
+    found = _scan(location, series)
+    if check_mode:
+        return _rotate(location, policy, found, stale_before, verified_lookback, True, now)
+    with series_locks(location, found[0], "s3_rotate", lock_timeout) as locks:
+        grouped, leftovers = _scan(location, series, required=False)
+        grouped = {name: entry for name, entry in grouped.items() if name in locks}
+        try:
+            result = _rotate(location, policy, (grouped, leftovers), stale_before, verified_lookback, False, now)
+        except OpsError as exc:
+            error = exc
+            result = exc.result
+        else:
+            error = None
+    for name, lock in locks.items():
+        report = lock.report()
+        warnings = report.pop("warnings", [])
+        if name in result.get("series", {}):
+            result["series"][name]["lock"] = report
+        if warnings:
+            result.setdefault("warnings", []).extend(warnings)
+    if error is not None:
+        raise error
+    return result
+
+
+def _rotate(location, policy, found_listing, stale_before, verified_lookback, check_mode, now):
+    grouped, leftovers = found_listing
     found = orphans(grouped, sorted(grouped), leftovers, stale_before, _alive(location, now))
     results, plans = {}, {}
     for name in sorted(grouped):

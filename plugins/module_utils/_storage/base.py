@@ -33,6 +33,10 @@ class ChangedError(StorageError):
     """A conditional write found the object changed since it was read."""
 
 
+class ExistsError(StorageError):
+    """An exclusive create found the object there already."""
+
+
 def part_size_for(size_hint=None):
     """Multipart part size: 10,000 parts cover twice the hint (default: at least 1 TiB)."""
     covered = 2 * int(size_hint) if size_hint else DEFAULT_COVERED_SIZE
@@ -84,11 +88,13 @@ class Location:
 
     def write_bytes(self, key, data, content_type=None):
         writer = self.open_write(key, size_hint=len(data), content_type=content_type)
+        written = False
         try:
             writer.write(data)
-        except BaseException:
-            writer.abort()
-            raise
+            written = True
+        finally:
+            if not written:
+                writer.abort()
         writer.commit()
 
     def head(self, key):
@@ -103,6 +109,34 @@ class Location:
         """Overwrite ``key`` only if it is still the version ``token`` (from read_versioned).
 
         Raises NotFoundError when the object is gone and ChangedError when it was rewritten.
+        Returns the token of the new version.
+        """
+        raise NotImplementedError
+
+    def pin(self, key):
+        """The token of the current version of ``key`` (NotFoundError when it does not exist),
+        for ``download``: what is read later is this version or an error, never another one."""
+        raise NotImplementedError
+
+    def download(self, key, fd, token):
+        """Write the version ``token`` of ``key`` into the file descriptor ``fd``; return the byte
+        count. A dropped connection resumes where it stopped (the retries of ``_retry``), still
+        pinned. ChangedError when the object is no longer that version, NotFoundError when gone.
+        """
+        raise NotImplementedError
+
+    def create_exclusive(self, key, data, content_type=None):
+        """Create ``key`` only if it does not exist (atomic); return the token of the new object.
+
+        Raises ExistsError when the object exists already (also when an earlier attempt of this
+        very call was stored but its response was lost: the caller recognizes its own content).
+        """
+        raise NotImplementedError
+
+    def delete_if(self, key, token):
+        """Delete ``key`` only if it is still the version ``token``.
+
+        Returns False when the object is gone already, raises ChangedError when it was rewritten.
         """
         raise NotImplementedError
 

@@ -6,18 +6,26 @@
 A writer writes ``.<name>.partial-<hex>`` beside its target, fsyncs it, renames it into place
 and fsyncs the directory, so a reader never sees half an object. Partial files left by killed
 writers are listed by ``list_temporary`` (s3_rotate removes them after the orphan grace).
+
+Conditional operations (``replace_bytes``, ``delete_if``) compare and act while holding a POSIX
+record lock (``fcntl.lockf``, which NFS passes to its lock manager) on ``.opskit-cas/guard`` in
+the object's directory, so two of them never interleave; ``create_exclusive`` is ``O_CREAT|O_EXCL``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import errno
+import fcntl
 import os
 import secrets
 import stat
 
 from .._errors import ConfigError, NotFoundError, StorageError
-from .base import MiB, TMP_MARK, UTC, ChangedError, Location, ObjectInfo
+from .base import MiB, TMP_MARK, UTC, ChangedError, ExistsError, Location, ObjectInfo
+
+GUARD_DIR = ".opskit-cas"  # hidden: never listed, never part of a backup
 
 
 class FileLocation(Location):
@@ -144,18 +152,104 @@ class FileLocation(Location):
 
     def replace_bytes(self, key, data, token, content_type=None):
         """Compare and rename: the new content is written beside the object, then renamed over it
-        only if the object is still the file that was read (same inode, mtime and size)."""
+        only if the object is still the file that was read (same inode, mtime and size); the
+        comparison and the rename hold the directory's guard lock."""
         writer = _FileWriter(self, key)
         writer.write(data)
-        writer.commit(expect=lambda: self._expect(key, token))
+        with self._guard(key):
+            writer.commit(expect=lambda: self._expect(key, token))
+            return self._token(key)
 
     def _expect(self, key, token):
-        try:
-            current = self._version(os.stat(self.path(key)))
-        except FileNotFoundError as exc:
-            raise NotFoundError("writing %s: object not found" % self.url_for(key)) from exc
+        current = self._token(key)
+        if current is None:
+            raise NotFoundError("writing %s: object not found" % self.url_for(key))
         if current != token:
             raise ChangedError("writing %s: the object changed since it was read" % self.url_for(key))
+
+    def _token(self, key):
+        try:
+            return self._version(os.stat(self.path(key)))
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise self._os_error(exc, "reading %s" % self.url_for(key)) from exc
+
+    @contextlib.contextmanager
+    def _guard(self, key):
+        """An exclusive lockf on the directory's guard file; the kernel releases it if we die."""
+        path = os.path.join(os.path.dirname(self.path(key)), GUARD_DIR, "guard")
+        try:
+            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise self._os_error(exc, "locking %s" % self.url_for(key)) from exc
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
+
+    def pin(self, key):
+        token = self._token(key)
+        if token is None:
+            raise NotFoundError("reading %s: object not found" % self.url_for(key))
+        return token
+
+    def download(self, key, fd, token):
+        """Copy the file if it is still the version pinned (a writer renames a new file in, so
+        the open file stays the version read)."""
+        what = "reading %s" % self.url_for(key)
+        try:
+            with open(self.path(key), "rb") as src:
+                if self._version(os.fstat(src.fileno())) != token:
+                    raise ChangedError("%s: the object changed since it was pinned" % what)
+                total = 0
+                while True:
+                    chunk = src.read(MiB)
+                    if not chunk:
+                        return total
+                    _write_all(fd, chunk)
+                    total += len(chunk)
+        except OSError as exc:
+            raise self._os_error(exc, what) from exc
+
+    def create_exclusive(self, key, data, content_type=None):
+        """O_CREAT|O_EXCL, write, fsync the file and its directory; the token of the new file."""
+        path = self.path(key)
+        what = "writing %s" % self.url_for(key)
+        try:
+            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError as exc:
+            raise ExistsError("%s: the object exists already" % what) from exc
+        except OSError as exc:
+            raise self._os_error(exc, what) from exc
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+                token = self._version(os.fstat(fh.fileno()))
+            _fsync_dir(os.path.dirname(path))
+        except OSError as exc:
+            raise self._os_error(exc, what) from exc
+        return token
+
+    def delete_if(self, key, token):
+        with self._guard(key):
+            current = self._token(key)
+            if current is None:
+                return False
+            if current != token:
+                raise ChangedError("deleting %s: the object changed since it was read" % self.url_for(key))
+            try:
+                os.unlink(self.path(key))
+            except FileNotFoundError:
+                return False
+            except OSError as exc:
+                raise self._os_error(exc, "deleting %s" % self.url_for(key)) from exc
+        return True
 
     def delete(self, keys):
         failed = []
@@ -167,6 +261,20 @@ class FileLocation(Location):
             except OSError as exc:
                 failed.append((key, exc.strerror))
         return failed
+
+
+def _write_all(fd, data):
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _fsync_dir(directory):
+    dfd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
 
 
 class _FileWriter:
@@ -191,6 +299,7 @@ class _FileWriter:
 
     def commit(self, expect=None):
         """fsync, rename into place, fsync the directory; ``expect()`` may refuse just before the rename."""
+        committed = False
         try:
             self.fh.flush()
             os.fsync(self.fh.fileno())
@@ -198,17 +307,13 @@ class _FileWriter:
             if expect is not None:
                 expect()
             os.rename(self.tmp, self.final)
-            dfd = os.open(os.path.dirname(self.final), os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+            _fsync_dir(os.path.dirname(self.final))
+            committed = True
         except OSError as exc:
-            self.abort()
             raise self.location._os_error(exc, "writing %s" % self.final) from exc
-        except BaseException:
-            self.abort()
-            raise
+        finally:
+            if not committed:
+                self.abort()
 
     def abort(self):
         try:

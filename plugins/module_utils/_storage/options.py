@@ -5,6 +5,8 @@
 
 ``storage_argspec()`` is the shared argument spec (doc fragment ``opskit.runbook.storage``);
 ``open_location(url, **options)`` returns the backend for file:///dir or s3://bucket/prefix.
+``location_from_params`` also hands the protection options (age encryption, manifest
+signatures) to the engine as ``location.protection_options`` (see _engine/protection.py).
 """
 
 from __future__ import annotations
@@ -31,8 +33,20 @@ STORAGE_ARGSPEC = dict(
     validate_certs=dict(type="bool", default=True),
     ca_bundle=dict(type="path", fallback=fallback("AWS_CA_BUNDLE")),
     addressing_style=dict(type="str", choices=["path", "virtual", "auto"]),
+    lock_timeout=dict(type="int", default=600),  # seconds to wait for a series' run lock (_engine.lock)
 )
 STORAGE_OPTION_NAMES = tuple(STORAGE_ARGSPEC)
+PROTECTION_ARGSPEC = dict(
+    encrypt_recipients=dict(type="list", elements="str", no_log=False),
+    decrypt_identities=dict(type="list", elements="str", no_log=True),
+    decrypt_identity_files=dict(type="list", elements="path"),
+    signing_key=dict(type="str", no_log=True),
+    trusted_signing_keys=dict(type="list", elements="str", no_log=False),
+    object_lock=dict(type="dict", options=dict(
+        mode=dict(type="str", required=True, choices=["GOVERNANCE", "COMPLIANCE"]),
+        days=dict(type="int", required=True),
+    )),
+)
 LOCATION_ARGSPEC = dict(location=dict(type="str", required=True, aliases=["destination"]))
 WRITE_ARGSPEC = dict(
     compression=dict(type="str", default="zstd", choices=["zstd", "gzip", "none"]),
@@ -45,6 +59,7 @@ def storage_argspec(write=False, **extra):
     """The shared storage options (deep-copied), optionally with the compression options."""
     spec = copy.deepcopy(LOCATION_ARGSPEC)
     spec.update(copy.deepcopy(STORAGE_ARGSPEC))
+    spec.update(copy.deepcopy(PROTECTION_ARGSPEC))
     if write:
         spec.update(copy.deepcopy(WRITE_ARGSPEC))
     spec.update(extra)
@@ -72,5 +87,7 @@ def open_location(url, **options):
 
 
 def location_from_params(params):
-    """open_location() from a module's params."""
-    return open_location(params["location"], **{k: params.get(k) for k in STORAGE_OPTION_NAMES})
+    """open_location() from a module's params, with its protection options."""
+    location = open_location(params["location"], **{k: params.get(k) for k in STORAGE_OPTION_NAMES})
+    location.protection_options = {k: params.get(k) for k in PROTECTION_ARGSPEC}
+    return location

@@ -13,17 +13,22 @@ cause.
 from __future__ import annotations
 
 import collections
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from .._errors import ConfigError, NotFoundError, StorageError
 from .._imports import Library
-from .._retry import BOTOCORE, call_with_retry
-from .base import S3_MAX_PARTS, ChangedError, Location, MiB, ObjectInfo, Reader, grown_part_size, part_size_for
+from .._retry import BOTOCORE, call_with_retry, is_retryable
+from .base import (S3_MAX_PARTS, ChangedError, ExistsError, Location, MiB, ObjectInfo, Reader, grown_part_size,
+                   part_size_for)
 
 BOTO3 = Library("boto3", "boto3", "boto3.session", "botocore.config")
 
 ADDRESSING_STYLES = ("path", "virtual", "auto")
+CONDITION_FAILED = ("PreconditionFailed", "412", "ConditionalRequestConflict", "409")
+NOT_IMPLEMENTED = ("NotImplemented", "501")
+DOWNLOAD_CHUNK = 256 * 1024  # what a dropped connection loses at most before the resume
 DENIED_CODES = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403",
                 "ExpiredToken", "InvalidToken", "AllAccessDisabled")
 
@@ -105,6 +110,10 @@ def _checksum_options(config_class):
             if name in known}
 
 
+def _retry_unless_not_implemented(exc):
+    return error_code(exc) not in NOT_IMPLEMENTED and is_retryable(exc)
+
+
 class S3Location(Location):
     scheme = "s3"
 
@@ -129,6 +138,7 @@ class S3Location(Location):
             client = _client(endpoint_url, region, access_key, secret_key, session_token,
                              validate_certs, ca_bundle, addressing_style)
         self.client = client
+        self.conditional_writes = True  # False once the endpoint refused a conditional request (501)
 
     def full_key(self, key):
         return "%s/%s" % (self.prefix, key) if self.prefix else key
@@ -141,6 +151,10 @@ class S3Location(Location):
             return call_with_retry(getattr(self.client, method), **kwargs)
         except self.errors as exc:
             raise _s3_error(exc, what, self.bucket) from exc
+
+    def conditional(self, method, **kwargs):
+        """A conditional request, retried except on 501 (the endpoint lacks the condition)."""
+        return call_with_retry(getattr(self.client, method), retryable=_retry_unless_not_implemented, **kwargs)
 
     def check_readable(self):
         try:
@@ -254,20 +268,101 @@ class S3Location(Location):
     def replace_bytes(self, key, data, token, content_type=None):
         """PutObject with If-Match on the ETag read; an endpoint without conditional writes
         (HTTP 501) gets an existence check right before an unconditional PutObject."""
+        return self._put_if(key, data, content_type, {"IfMatch": token}, True,
+                            lambda what: ChangedError("%s: the object changed since it was read" % what))
+
+    def _put_if(self, key, data, content_type, condition, must_exist, refused):
+        """A conditional PutObject: ``refused(what)`` is raised when the condition fails. On an
+        endpoint without conditional writes (501), a HEAD checks that the object exists
+        (``must_exist``) or not, right before an unconditional PutObject (not atomic:
+        ``conditional_writes`` becomes False, for the caller to say so). Returns the new ETag."""
         what = "writing %s" % self.url_for(key)
         args = dict(Bucket=self.bucket, Key=self.full_key(key), Body=bytes(data), **self.put_args(content_type))
         try:
-            call_with_retry(self.client.put_object, IfMatch=token, **args)
-            return
+            return self.conditional("put_object", **condition, **args).get("ETag")
         except self.errors as exc:
             code = error_code(exc)
-            if code in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
-                raise ChangedError("%s: the object changed since it was read" % what) from exc
-            if code not in ("NotImplemented", "501"):
+            if code in CONDITION_FAILED:
+                raise refused(what) from exc
+            if code not in NOT_IMPLEMENTED:
                 raise _s3_error(exc, what, self.bucket) from exc
-        if self.head(key) is None:
+        self.conditional_writes = False
+        exists = self.head(key) is not None
+        if exists and not must_exist:
+            raise refused(what)
+        if must_exist and not exists:
             raise NotFoundError("%s: object not found" % what)
-        self.call(what, "put_object", **args)
+        return self.call(what, "put_object", **args).get("ETag")
+
+    def pin(self, key):
+        """The ETag of the object now (HeadObject)."""
+        what = "reading %s" % self.url_for(key)
+        try:
+            return call_with_retry(self.client.head_object, Bucket=self.bucket, Key=self.full_key(key))["ETag"]
+        except self.errors as exc:
+            raise _s3_error(exc, what, self.bucket) from exc
+
+    def download(self, key, fd, token):
+        """GetObject with If-Match on the pinned ETag; a retry resumes with a Range from the
+        bytes already written, still If-Match, so the copy is never a mix of two versions."""
+        what = "reading %s" % self.url_for(key)
+        done = [0]
+
+        def fetch():
+            args = dict(Bucket=self.bucket, Key=self.full_key(key), IfMatch=token)
+            if done[0]:
+                args["Range"] = "bytes=%d-" % done[0]
+            body = self.client.get_object(**args)["Body"]
+            try:
+                for chunk in iter(lambda: body.read(DOWNLOAD_CHUNK), b""):
+                    view = memoryview(chunk)
+                    while view:
+                        view = view[os.write(fd, view):]
+                    done[0] += len(chunk)
+            finally:
+                body.close()
+        try:
+            call_with_retry(fetch)
+        except self.errors as exc:
+            if error_code(exc) in CONDITION_FAILED:
+                raise ChangedError("%s: the object changed since it was pinned (overwritten meanwhile)" % what) from exc
+            if isinstance(exc, OSError) and not isinstance(exc, (ConnectionError, TimeoutError)):
+                raise StorageError("%s: writing the local copy failed: %s" % (what, exc.strerror or exc)) from exc
+            raise _s3_error(exc, what, self.bucket) from exc
+        return done[0]
+
+    def create_exclusive(self, key, data, content_type=None):
+        """PutObject with If-None-Match: * (AWS S3 since 2024, MinIO, moto); see _put_if for an
+        endpoint without conditional writes."""
+        return self._put_if(key, data, content_type, {"IfNoneMatch": "*"}, False,
+                            lambda what: ExistsError("%s: the object exists already" % what))
+
+    def delete_if(self, key, token):
+        """DeleteObject with If-Match on the ETag; without conditional deletes (HTTP 501), a
+        HEAD compares the ETag right before an unconditional DeleteObject."""
+        what = "deleting %s" % self.url_for(key)
+        try:
+            self.conditional("delete_object", Bucket=self.bucket, Key=self.full_key(key), IfMatch=token)
+            return True
+        except self.errors as exc:
+            code = error_code(exc)
+            if code in CONDITION_FAILED:
+                raise ChangedError("%s: the object changed since it was read" % what) from exc
+            if code in ("NoSuchKey", "404", "NotFound"):
+                return False
+            if code not in NOT_IMPLEMENTED:
+                raise _s3_error(exc, what, self.bucket) from exc
+        self.conditional_writes = False
+        try:
+            current = call_with_retry(self.client.head_object, Bucket=self.bucket, Key=self.full_key(key))
+        except self.errors as exc:
+            if isinstance(_s3_error(exc, what, self.bucket), NotFoundError):
+                return False
+            raise _s3_error(exc, what, self.bucket) from exc
+        if current.get("ETag") != token:
+            raise ChangedError("%s: the object changed since it was read" % what)
+        self.call(what, "delete_object", Bucket=self.bucket, Key=self.full_key(key))
+        return True
 
     def delete(self, keys):
         failed, keys = [], list(keys)
@@ -378,9 +473,9 @@ class _S3Writer:
                               Key=self.full, UploadId=self.upload_id, MultipartUpload={"Parts": parts})
                 self.pool.shutdown()
             self.done = True
-        except BaseException:
-            self.abort()
-            raise
+        finally:
+            if not self.done:
+                self.abort()
 
     def abort(self):
         if self.done:

@@ -17,6 +17,7 @@ import platform
 import socket
 
 from .._engine.catalog import resolve_backup, sanitize_series, summarize, validate_series
+from .._engine.lock import SeriesLock, attach
 from .._engine.session import BackupSession
 from .._docker import DEFAULT_DOCKER_HOST, DOCKER, docker_client, docker_error
 from .._errors import ConfigError, OpsError, ServiceError
@@ -70,6 +71,16 @@ def _tools(client):
     return tools
 
 
+COUNT_FIELDS = ("entries", "files", "directories", "symlinks", "hardlinks", "file_bytes")
+
+
+def recorded_counts(manifest):
+    """The counts the backup recorded in its manifest (``file_bytes`` since this collection
+    records it), for a drill to compare with what was restored."""
+    source = manifest.get("source") or {}
+    return {k: source[k] for k in COUNT_FIELDS if isinstance(source.get(k), int) and not isinstance(source.get(k), bool)}
+
+
 class VolumeBackup:
     """One run of the volume_backup module: plan, then (unless check mode) apply."""
 
@@ -77,6 +88,7 @@ class VolumeBackup:
         self.params, self.location, self.check_mode = params, location, check_mode
         self.client_factory = client_factory or (lambda: docker_client(params))
         self.client = None
+        self.lock = None
         self.warnings = []  # returned under "warnings" for module.warn()
         if _docker_wanted(params):
             try:
@@ -114,7 +126,14 @@ class VolumeBackup:
         return out
 
     def _quiesced(self, to_stop, work):
-        """Run ``work(quiescer)`` with ``to_stop`` stopped; containers restart in any case."""
+        """Run ``work(quiescer)`` holding the series' run lock, with ``to_stop`` stopped;
+        containers restart in any case. A series locked for longer than lock_timeout fails
+        (LockTimeout) before anything is stopped."""
+        self.lock = SeriesLock(self.location, self.series, "volume_backup", self.params.get("lock_timeout"))
+        with self.lock:
+            return self._quiesced_locked(to_stop, work)
+
+    def _quiesced_locked(self, to_stop, work):
         stop_timeout = self.params.get("stop_timeout", 30)
         guardian = Guardian(self.client_factory, stop_timeout + 15) if self.client is not None else None
         self.target.guardian = guardian
@@ -133,9 +152,10 @@ class VolumeBackup:
                 guardian.done()
         return value, error, quiescer
 
-    @staticmethod
-    def _finish(result, error, quiescer, what):
+    def _finish(self, result, error, quiescer, what):
         result.update(quiescer.report())
+        if self.lock is not None:
+            attach(result, self.lock)
         if quiescer.failures or quiescer.left_stopped:
             msg = quiescer.failure_message()
             if error is None:
@@ -226,6 +246,7 @@ class VolumeBackup:
             result["warnings"] = result.get("warnings", []) + stats.pop("warnings", [])
             result.update(stats)
             result["raw_bytes"] = manifest.get("raw_bytes")
+            result["recorded"] = recorded_counts(manifest)
             if self.target.kind == "volume":
                 result["access"] = self.target.used_access
         warning = self.target.access_warning()

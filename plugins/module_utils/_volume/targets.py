@@ -164,7 +164,7 @@ def _swap(root_fd, sfd, replace, token, mark):
     without ``replace``), whose old content the caller deletes."""
     aside = ".opskit-old-%s" % token if replace else None
     staging = ".opskit-restore-%s" % token
-    moved, placed, afd = [], [], None
+    moved, placed, afd, swapped = [], [], None, False
     try:
         if aside:
             os.mkdir(aside, 0o700, dir_fd=root_fd)
@@ -176,19 +176,24 @@ def _swap(root_fd, sfd, replace, token, mark):
         for name in os.listdir(sfd):
             os.rename(name, name, src_dir_fd=sfd, dst_dir_fd=root_fd)
             placed.append(name)
-    except BaseException:
-        for name in reversed(placed):
-            os.rename(name, name, src_dir_fd=root_fd, dst_dir_fd=sfd)
-        for name in reversed(moved):
-            os.rename(name, name, src_dir_fd=afd, dst_dir_fd=root_fd)
-        if aside:
-            os.rmdir(aside, dir_fd=root_fd)
-        mark(False)  # the old content is back, whole
-        raise
+        swapped = True
     finally:
+        if not swapped:
+            _swap_back(root_fd, sfd, afd, aside, moved, placed, mark)
         if afd is not None:
             os.close(afd)
     return aside
+
+
+def _swap_back(root_fd, sfd, afd, aside, moved, placed, mark):
+    """Undo a partial _swap: the staged entries go back, the old ones return."""
+    for name in reversed(placed):
+        os.rename(name, name, src_dir_fd=root_fd, dst_dir_fd=sfd)
+    for name in reversed(moved):
+        os.rename(name, name, src_dir_fd=afd, dst_dir_fd=root_fd)
+    if aside:
+        os.rmdir(aside, dir_fd=root_fd)
+    mark(False)  # the old content is back, whole
 
 
 SWAP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
@@ -211,7 +216,7 @@ def staged_restore(root_fd, location, manifest, replace, label, mark=lambda dirt
     """
     token = secrets.token_hex(6)
     staging = ".opskit-restore-%s" % token
-    sfd = None
+    sfd, done = None, False
     before = os.fstat(root_fd)
     try:
         if replace:
@@ -239,18 +244,49 @@ def staged_restore(root_fd, location, manifest, replace, label, mark=lambda dirt
         if extractor.root_attrs is not None:
             extractor.apply_attrs(root_fd, extractor.root_attrs)
             stats = extractor.summary()  # with an xattr of the root the filesystem refused
-    except BaseException as exc:
-        if sfd is not None:
-            os.close(sfd)
-        with contextlib.suppress(OSError):
-            _remove_at(root_fd, staging, before.st_dev)
-            os.utime(root_fd, ns=(before.st_atime_ns, before.st_mtime_ns))  # as it was
-        if isinstance(exc, OSError):
-            raise _os_error(label, exc) from exc
-        raise
+        _count_restored(root_fd, label, stats)
+        done = True
+    except OSError as exc:
+        raise _os_error(label, exc) from exc
+    finally:
+        if not done:
+            if sfd is not None:
+                os.close(sfd)
+            with contextlib.suppress(OSError):
+                _remove_at(root_fd, staging, before.st_dev)
+                os.utime(root_fd, ns=(before.st_atime_ns, before.st_mtime_ns))  # as it was
     if warnings:
         stats["warnings"] = stats.get("warnings", []) + warnings
     return stats
+
+
+def _count_restored(root_fd, label, stats):
+    """``stats["on_disk"]``: measure_tree of the restored target; the restore itself is
+    complete, so a failure to count is a warning, never a failed restore."""
+    try:
+        stats["on_disk"] = measure_tree(root_fd)
+    except OSError as exc:
+        stats.setdefault("warnings", []).append("counting the restored files of %s failed: %s"
+                                                % (label, exc.strerror or exc))
+
+
+def measure_tree(root_fd):
+    """What the directory open as ``root_fd`` holds, counted on disk after a restore, never
+    following a link: ``files`` (regular file names, hard links included) and ``file_bytes``
+    (the size of each file once, as a tar stores it). The hidden ``.opskit-old-*`` leftover of
+    a failed deletion is not counted."""
+    files, seen, total = 0, set(), 0
+    for _path, dirnames, filenames, dfd in os.fwalk(".", dir_fd=root_fd, follow_symlinks=False):
+        if _path == ".":
+            dirnames[:] = [d for d in dirnames if not d.startswith(".opskit-old-")]
+        for name in filenames:
+            st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+            if stat.S_ISREG(st.st_mode):
+                files += 1
+                if (st.st_dev, st.st_ino) not in seen:
+                    seen.add((st.st_dev, st.st_ino))
+                    total += st.st_size
+    return {"files": files, "file_bytes": total}
 
 
 def _drop_old(root_fd, aside, dev, label):

@@ -153,6 +153,7 @@ class TreeWriter:
         add_xattrs(info, fd)
         if info.isreg():
             self.tar.addfile(info, source)
+            self.counts["file_bytes"] += info.size
             if source.shrunk:
                 self.shrank.append(arcname)
         else:
@@ -233,12 +234,13 @@ class TreeWriter:
         self._add_open(root_fd, ".")
         stack, top = [], os.dup(root_fd)
         try:
+            listed = False
             try:
                 self._list(top, ".", stack)
-            except BaseException:
-                if not stack:
+                listed = True
+            finally:
+                if not listed and not stack:
                     os.close(top)
-                raise
             while stack:
                 dfd, arc, pending = stack[-1]
                 nxt = next(pending, None)
@@ -250,11 +252,13 @@ class TreeWriter:
                 if fd is None:
                     self.left_out.append("%s/%s" % (arc, nxt[0]))
                     continue
+                listed = False
                 try:
                     self._list(fd, "%s/%s" % (arc, nxt[0]), stack)
-                except BaseException:
-                    os.close(fd)
-                    raise
+                    listed = True
+                finally:
+                    if not listed:
+                        os.close(fd)
         finally:
             for dfd, _arc, _pending in stack:
                 os.close(dfd)

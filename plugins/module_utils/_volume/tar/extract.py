@@ -171,16 +171,17 @@ class TarExtractor(TarWalker):
     def _open_dir(self, rel, member):
         """A new fd of the existing directory ``rel``, walked from the root."""
         fd = os.dup(self.root_fd)
-        done = []
+        done, opened = [], False
         try:
             for part in rel.split("/") if rel else ():
                 nfd = self._step(fd, part, False, done, member)
                 os.close(fd)
                 fd = nfd
                 done.append(part)
-        except BaseException:
-            os.close(fd)
-            raise
+            opened = True
+        finally:
+            if not opened:
+                os.close(fd)
         return fd
 
     def _dir_fd(self, rel, member, create=True):

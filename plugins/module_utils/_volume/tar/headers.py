@@ -214,7 +214,7 @@ def _padding(size):
 def summary(counts, entries):
     return {"entries": entries, "files": counts.get("files", 0) + counts.get("hardlinks", 0),
             "directories": counts.get("directories", 0), "symlinks": counts.get("symlinks", 0),
-            "hardlinks": counts.get("hardlinks", 0)}
+            "hardlinks": counts.get("hardlinks", 0), "file_bytes": counts.get("file_bytes", 0)}
 
 
 class _HeaderParser:
@@ -246,6 +246,14 @@ class _HeaderParser:
 
     def summary(self):
         return summary(self.counts, self.entries)
+
+    def _count(self, typeflag, size):
+        """One more entry; a regular file's data bytes go to ``file_bytes``."""
+        kind = KIND_BY_TYPE.get(typeflag, "other")
+        self.entries += 1
+        self.counts[kind] += 1
+        if kind == "files":
+            self.counts["file_bytes"] += size
 
 
 class TarScanner(_HeaderParser):
@@ -314,8 +322,7 @@ class TarScanner(_HeaderParser):
         if typeflag == b"S" and block[482]:
             self.sparse_ext = True
         self.skip = _padded(size)
-        self.entries += 1
-        self.counts[KIND_BY_TYPE.get(typeflag, "other")] += 1
+        self._count(typeflag, size)
 
     def _incomplete(self):
         return self.skip or self.collect is not None or self.header
@@ -400,8 +407,7 @@ class TarWalker(_HeaderParser):
                 size = 0  # no data follows these, whatever the size field says
             self._member(rel, typeflag, size, block, linkname)
         self.skip, self.pad = size, _padding(size)
-        self.entries += 1
-        self.counts[KIND_BY_TYPE.get(typeflag, "other")] += 1
+        self._count(typeflag, size)
 
     def _decode(self, blocks):
         with tarfile.open(fileobj=_BlockStream(blocks), mode="r:", encoding=TAR_ENCODING,

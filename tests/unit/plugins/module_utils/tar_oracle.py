@@ -64,6 +64,8 @@ class SafeTarStream:
                 buf += out.tobuf(tarfile.PAX_FORMAT, TAR_ENCODING, TAR_ERRORS)
                 self.entries += 1
                 self.counts[kind_of(member)] += 1
+                if member.isreg():
+                    self.counts["file_bytes"] += member.size
                 if member.isreg() and member.size:
                     source = tar.extractfile(member)
                     left = member.size

@@ -288,7 +288,11 @@ def test_rotate_check_mode_then_apply_then_nothing(store):
     assert checked["series"]["db1"]["counts"]["deleted"] == 7
     assert checked["series"]["db2"]["counts"]["deleted"] == 0
     applied = apply.rotate(store, policy, now=now)
+    locks = {name: res.pop("lock") for name, res in applied["series"].items()}
     assert applied["series"] == checked["series"]
+    assert {name: (lock["key"], lock["attempts"], lock["taken_over"]) for name, lock in locks.items()} == {
+        "db1": ("db1/.opskit-lock", 1, None), "db2": ("db2/.opskit-lock", 1, None)}
+    assert not any(k.endswith(".opskit-lock") for k in keys_of(store))  # released
     # artifacts first (2 per backup), then the manifests in a separate later call
     assert len(store.deletes) == 2
     assert all(not k.endswith(".manifest.json") for k in store.deletes[0]) and len(store.deletes[0]) == 14
@@ -417,13 +421,16 @@ def test_a_live_in_flight_marker_protects_old_leftovers(tmp_path):
 
 
 class PublishesAfterListing(Recording):
-    """A backup that publishes (manifest written, marker removed) right after rotation listed."""
+    """A backup that publishes (manifest written, marker removed) right after rotation listed
+    under the run lock (the second listing: the first one finds the series to lock)."""
 
     publish = None
+    listings = 0
 
     def list_temporary(self):
         found = super().list_temporary()
-        if self.publish:
+        self.listings += 1
+        if self.publish and self.listings == 2:
             self.write_bytes(self.publish, b"{}")
         return found
 

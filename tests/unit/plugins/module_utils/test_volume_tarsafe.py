@@ -170,7 +170,7 @@ def test_scanner_counts_entries_whatever_the_chunking(fmt, chunk):
     data = _tar(TREE, fmt)
     scanner = _scan(data, chunk)
     assert scanner.finish() == {"entries": 10, "files": 6, "directories": 2, "symlinks": 1,
-                                "hardlinks": 1}
+                                "hardlinks": 1, "file_bytes": 1021}
 
 
 def test_scanner_uses_the_pax_size_record():
@@ -244,7 +244,8 @@ def test_safe_stream_renames_under_the_root_and_keeps_everything():
     assert by_name[".opskit-volume"][3:5] == (0o750, 999)
     assert by_name[".opskit-volume/hard"][1:3] == (tarfile.LNKTYPE, ".opskit-volume/sub/secret")
     assert by_name[".opskit-volume/sub/link"][1:3] == (tarfile.SYMTYPE, "secret")
-    assert stream.summary() == {"entries": 8, "files": 4, "directories": 3, "symlinks": 1, "hardlinks": 1}
+    assert stream.summary() == {"entries": 8, "files": 4, "directories": 3, "symlinks": 1, "hardlinks": 1,
+                                "file_bytes": 5007}
 
 
 def test_safe_stream_keeps_non_utf8_names_byte_for_byte():
