@@ -11,6 +11,7 @@ import os
 import pathlib
 import signal
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -126,6 +127,9 @@ def test_backup_daily_then_drill(run_playbook, pg, redis, shop, tmp_path):
     assert outcomes == {shop: ("postgres", "t-pg-%s" % shop, "written"), "etc-app": ("directory", "t-dir-etc-app", "written"),
                         "cache": ("redis", "t-redis-cache", "written")}
     assert all(a["backup_id"] and a["error"] is None for a in daily["assets"])
+    outcomes_ids = {a["name"]: a["backup_id"] for a in daily["assets"]}
+    redis_asset = [a for a in daily["assets"] if a["kind"] == "redis"][0]
+    assert redis_asset["keys"] >= 1 and len(redis_asset["digest"]) == 40  # recorded at backup time
     assert daily["stale"] == [] and daily["missing"] == []
     assert [p["name"] for p in daily["phases"]][:2] == ["health", "redis cache"]
     prom = (metrics / "opskit_backup.prom").read_text()
@@ -141,8 +145,9 @@ def test_backup_daily_then_drill(run_playbook, pg, redis, shop, tmp_path):
     assert doc["status"] == "passed" and doc["rto_met"] is True and doc["rpo_met"] is True
     assert isinstance(doc["rto_seconds"], float) and isinstance(doc["rpo_seconds"], float)
     assets = {a["name"]: a for a in doc["assets"]}
-    assert set(assets) == {shop, "etc-app"}
+    assert set(assets) == {shop, "etc-app", "cache"}  # every series, Redis included
     assert all(a["verification"] == "passed" and a["rto_seconds"] > 0 for a in assets.values())
+    assert assets["cache"]["kind"] == "redis" and assets["cache"]["backup_id"] == outcomes_ids["cache"]
     # the database restore test is recorded in the manifest
     location = open_location("file://%s/backups" % tmp_path)
     newest = list_backups(location, "t-pg-%s" % shop)["t-pg-%s" % shop][0]
@@ -507,25 +512,32 @@ def test_run_lock_of_a_killed_run_names_its_release(run_playbook, tmp_path):
 # ------------------------------------------------------------------ daily: independent phases, the stale-backup alarm
 
 
-def test_daily_health_down_and_redis_unreachable_still_back_up_the_rest(run_playbook, pg, shop, tmp_path):
+def test_daily_health_down_and_redis_unreachable_still_back_up_the_rest(run_playbook, pg, shop, docker_engine, tmp_path):
     conf = tmp_path / "etc-app"
     conf.mkdir()
     (conf / "app.conf").write_text("listen 8080\n")
+    volume = docker_engine.client.volumes.create("opskit-t-%s" % uuid.uuid4().hex[:8]).name
     down = free_port()  # nothing listens: the health endpoint and Redis are down
-    with Webhook() as hook:
-        extra = _base_vars(tmp_path, pg, shop, opskit_webhook_url=hook.url,
-                           opskit_directories=[{"name": "etc-app", "path": str(conf)}],
-                           opskit_redis=[{"name": "cache", "host": "127.0.0.1", "port": down, "path": str(tmp_path)}],
-                           opskit_health_checks=[{"name": "api health", "type": "http",
-                                                  "url": "http://127.0.0.1:%d/health" % down}])
-        run = run_playbook(playbook("daily"), extra)
+    try:
+        with Webhook() as hook:
+            extra = _base_vars(tmp_path, pg, shop, opskit_webhook_url=hook.url, opskit_docker={"docker_host": docker_engine.docker_host},
+                               opskit_volumes=[{"name": volume, "stop_containers": ["none"]}],
+                               opskit_directories=[{"name": "etc-app", "path": str(conf)}],
+                               opskit_redis=[{"name": "cache", "host": "127.0.0.1", "port": down, "path": str(tmp_path)}],
+                               opskit_health_checks=[{"name": "api health", "type": "http",
+                                                      "url": "http://127.0.0.1:%d/health" % down}])
+            run = run_playbook(playbook("daily"), extra)
+    finally:
+        docker_engine.client.volumes.get(volume).remove(force=True)
     assert run.rc != 0
-    assert sorted(os.listdir(tmp_path / "backups")) == ["t-dir-etc-app", "t-pg-%s" % shop]  # every other backup written
+    # every other backup written: the database, the Docker volume, the directory
+    assert sorted(os.listdir(tmp_path / "backups")) == ["t-dir-etc-app", "t-pg-%s" % shop, "t-vol-%s" % volume]
     doc = reports(tmp_path / "reports", "daily")[-1]
     outcomes = {a["name"]: a["outcome"] for a in doc["assets"]}
-    assert outcomes == {shop: "written", "etc-app": "written", "cache": "failed"}
+    assert outcomes == {shop: "written", volume: "written", "etc-app": "written", "cache": "failed"}
     msg = doc["failure"]["msg"]
-    assert "CRITICAL api health" in msg and "redis cache: Redis | start a background save" in msg, msg
+    assert "CRITICAL api health" in msg and "redis cache: Redis | LASTSAVE before the snapshot" in msg, msg
+    assert "Could not connect to Redis at 127.0.0.1:%d" % down in msg, msg
     assert "RPO check" in msg or "t-redis-cache has no backup" in msg, msg  # the Redis series has none at all
     assert [f["phase"] for f in doc["failure"]["failures"]] == ["health", "backup"]
     (post,) = hook.posts
@@ -558,3 +570,35 @@ def test_daily_alarms_on_a_series_backdated_two_days(run_playbook, pg, shop, tmp
     assert "t-dir-old-app is stale" in hook.posts[0]["json"]["text"]
     stale = {b["series"]: b["stale"] for b in doc["backups"]}
     assert stale == {"t-pg-%s" % shop: False, "t-dir-old-app": True}
+
+
+# ------------------------------------------------------------------ retention: the seeds' 30 days, group overrides merged
+
+
+def test_retention_keeps_30_days_and_a_group_override_keeps_the_other_keys(run_playbook, tmp_path):
+    conf = tmp_path / "etc-app"
+    conf.mkdir()
+    (conf / "app.conf").write_text("listen 8080\n")
+    play = [{"hosts": "localhost", "gather_facts": False, "tasks": [
+        {"name": "backup %s" % group, "ansible.builtin.include_role": {"name": "opskit.runbook.backup"},
+         "vars": dict({"opskit_location": "file://%s/backups" % tmp_path, "opskit_series_prefix": group + "-",
+                       "opskit_databases": [], "opskit_directories": [{"name": "etc-app", "path": str(conf)}]},
+                      **overrides)}
+        for group, overrides in (("production", {}), ("staging", {"opskit_retention": {"keep_daily": 7}}))]}]
+    run = run_playbook(play)
+    assert run.rc == 0, run.stdout[-3000:]
+    rotated = [r["results"][0] for r in run.results if r["_task"] == "Rotate | apply the retention policy to this host's series"]
+    policies = {r["item"]: {k: v for k, v in r["policy"].items() if k.startswith("keep_") and v} for r in rotated}
+    assert policies["production-dir-etc-app"] == {"keep_daily": 30, "keep_weekly": 12, "keep_monthly": 12}, policies
+    assert policies["staging-dir-etc-app"] == {"keep_daily": 7, "keep_weekly": 12, "keep_monthly": 12}, policies
+
+
+def test_example_inventory_has_the_seeds_objectives():
+    inventory = os.path.join(os.path.dirname(sys.executable), "ansible-inventory")
+    out = subprocess.run([inventory, "-i", os.path.join(ROOT, "inventories", "example"), "--list"],
+                         capture_output=True, text=True, check=True, timeout=120).stdout
+    hostvars = json.loads(out)["_meta"]["hostvars"]
+    for host in ("app1.prod.example.com", "app1.staging.example.com"):
+        assert (hostvars[host]["opskit_rto"], hostvars[host]["opskit_rpo"]) == ("4h", "24h"), host
+    assert "opskit_retention" not in hostvars["app1.prod.example.com"]  # the roles' 30 / 12 / 12
+    assert hostvars["app1.staging.example.com"]["opskit_retention"] == {"keep_daily": 7}  # merged into them
