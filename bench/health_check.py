@@ -4,13 +4,17 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """200 HTTP checks against a local server that answers after 100 ms, side by side:
 
-  health_check (playbook)   one opskit.runbook.health_check task with the N checks (concurrency 32);
+  health_check (playbook)   one opskit.runbook.health_check task with the N checks (default concurrency);
                             the task's wall time (a callback times task start -> result) and the
                             whole ansible-playbook run
   health_check (module)     the module alone: python -m ...health_check args.json (interpreter start,
                             imports, probes, JSON out), as Ansible runs it on the target minus transport
   uri loop                  ansible.builtin.uri with loop over the same N URLs (what runbooks do today)
   ping task                 ansible.builtin.ping: the fixed cost of any one task on this machine, for scale
+  new types (module)        the module alone with N/4 checks of each of: http with samples: 5, metrics
+                            (a histogram quantile from the same server's /metrics), tls (handshake
+                            and chain of a TLS listener with a generated certificate), and http
+                            over TLS (one SSL context for all of them)
 
 The server is a ThreadingHTTPServer on loopback in this process. The health_check variants run
 --repeat times (median reported); the uri loop runs once (it takes minutes).
@@ -63,6 +67,15 @@ class CallbackModule(CallbackBase):
 '''
 
 
+METRICS = b"""# TYPE api_request_duration_seconds histogram
+api_request_duration_seconds_bucket{le="0.1"} 900
+api_request_duration_seconds_bucket{le="0.5"} 990
+api_request_duration_seconds_bucket{le="+Inf"} 1000
+api_request_duration_seconds_sum 80
+api_request_duration_seconds_count 1000
+"""
+
+
 class SlowHandler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     delay = 0.1
@@ -72,9 +85,9 @@ class SlowHandler(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self):  # noqa: N802
         time.sleep(self.delay)
-        body = b'{"status": "UP"}'
+        body = METRICS if self.path == "/metrics" else b'{"status": "UP"}'
         self.send_response(200)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", "text/plain" if self.path == "/metrics" else "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -137,11 +150,56 @@ def uri_play(urls):
 """ % json.dumps(urls)
 
 
-def module_alone(workdir, urls):
+def tls_server(workdir):
+    """The slow handler behind TLS, with a self-signed certificate for 127.0.0.1: (port, CA file)."""
+    import datetime
+    import ipaddress
+    import ssl
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=30))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True).sign(key, hashes.SHA256()))
+    cert_path, key_path = os.path.join(workdir, "cert.pem"), os.path.join(workdir, "key.pem")
+    with open(cert_path, "wb") as fh:
+        fh.write(cert.public_bytes(serialization.Encoding.PEM))
+    with open(key_path, "wb") as fh:
+        fh.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    server = Server(("127.0.0.1", 0), SlowHandler)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert_path, key_path)
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, cert_path
+
+
+def new_type_checks(base, tls_port, ca, count):
+    """``count`` checks of each new type (and https), all against the local servers."""
+    checks = []
+    for i in range(count):
+        checks += [
+            {"name": "samples%03d" % i, "type": "http", "url": "%s/health/s%d" % (base, i), "samples": 5,
+             "thresholds": {"p95_ms": {"critical": 5000}, "error_pct": {"critical": 0}}},
+            {"name": "metrics%03d" % i, "type": "metrics", "url": base + "/metrics", "metric": "api_request_duration_seconds",
+             "quantile": 0.95, "critical": 1},
+            {"name": "tls%03d" % i, "type": "tls", "host": "127.0.0.1", "port": tls_port, "ca_path": ca, "critical": "7:"},
+            {"name": "https%03d" % i, "type": "http", "url": "https://127.0.0.1:%d/health/%d" % (tls_port, i), "ca_path": ca},
+        ]
+    return checks
+
+
+def module_alone(workdir, urls, checks=None):
     args = os.path.join(workdir, "args.json")
     with open(args, "w") as fh:
-        json.dump({"ANSIBLE_MODULE_ARGS": {"checks": [{"name": "c%03d" % i, "type": "http", "url": u}
-                                                      for i, u in enumerate(urls)]}}, fh)
+        json.dump({"ANSIBLE_MODULE_ARGS": {"checks": checks or [{"name": "c%03d" % i, "type": "http", "url": u}
+                                                                for i, u in enumerate(urls)]}}, fh)
     env = dict(os.environ, PYTHONPATH=COLLECTIONS)
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "ansible_collections.opskit.runbook.plugins.modules.health_check", args],
@@ -149,6 +207,7 @@ def module_alone(workdir, urls):
     wall = time.perf_counter() - start
     report = json.loads(proc.stdout)
     if report.get("status") != "OK":
+        print([c["message"] for c in report["checks"] if c["status"] != "OK"][:3])
         raise SystemExit("module run not OK: %s" % report.get("summary"))
     durations = [c["duration_ms"] for c in report["checks"]]
     return {"wall_s": round(wall, 3), "run_ms": report["duration_ms"], "check_median_ms": statistics.median(durations),
@@ -174,12 +233,15 @@ def main():
         fh.write(CALLBACK)
     load_before = os.getloadavg()
 
+    tls, ca = tls_server(workdir)
+    mixed = new_type_checks(base, tls.server_address[1], ca, max(1, opts.checks // 4))
     ping_play = "- hosts: localhost\n  gather_facts: false\n  tasks:\n    - name: probe\n      ansible.builtin.ping:\n"
-    playbook_runs, module_runs, ping_runs = [], [], []
+    playbook_runs, module_runs, ping_runs, new_runs = [], [], [], []
     for i in range(opts.repeat):
         ping_runs.append(run_playbook(workdir, ping_play, "probe"))
         playbook_runs.append(run_playbook(workdir, health_play(urls), "probe"))
         module_runs.append(module_alone(workdir, urls))
+        new_runs.append(module_alone(workdir, urls, mixed))
         print("ping task %.2f s;" % ping_runs[-1]["task_s"], end=" ")
         print("health_check run %d: task %.2f s, playbook %.2f s; module alone %.2f s (probes %.0f ms)" % (
             i + 1, playbook_runs[-1]["task_s"], playbook_runs[-1]["playbook_s"], module_runs[-1]["wall_s"],
@@ -190,6 +252,7 @@ def main():
         print("uri loop: task %.1f s, playbook %.1f s" % (uri["task_s"], uri["playbook_s"]), flush=True)
     load_after = os.getloadavg()
     server.shutdown()
+    tls.shutdown()
 
     def med(rows, key):
         return statistics.median(r[key] for r in rows)
@@ -212,11 +275,17 @@ def main():
             len(module_runs), mod_wall, mod_run, med(module_runs, "check_median_ms"), med(module_runs, "check_max_ms")),
         "| ansible.builtin.ping task (median of %d) | %.2f s | the fixed cost of one task here, for scale |" % (
             len(ping_runs), med(ping_runs, "task_s")),
+        "| new types, module alone (median of %d) | %.2f s | %d checks: http samples 5, metrics quantile, tls, https; probes %.0f ms;"
+        " per-check median %.0f ms, max %.0f ms |" % (
+            len(new_runs), med(new_runs, "wall_s"), len(mixed), med(new_runs, "run_ms"), med(new_runs, "check_median_ms"),
+            med(new_runs, "check_max_ms")),
     ]
+    floor = med(ping_runs, "task_s") + opts.delay_ms / 1000.0
+    lines += ["", "Task / (ping task + slowest probe): **%.2fx** (goal at most 1.2x)." % (hc_task / floor)]
     if uri:
         lines += ["| ansible.builtin.uri loop (1 run) | %.1f s | playbook total %.1f s |" % (uri["task_s"], uri["playbook_s"]),
                   "", "Speed-up of the task: **%.0fx** (uri loop task / health_check task)." % (uri["task_s"] / hc_task)]
-    runs = {"health_check_playbook": playbook_runs, "module_alone": module_runs, "ping": ping_runs, "uri": uri}
+    runs = {"health_check_playbook": playbook_runs, "module_alone": module_runs, "ping": ping_runs, "new_types": new_runs, "uri": uri}
     lines += ["", "Every run: %s" % json.dumps(runs)]
     text = "\n".join(lines) + "\n"
     print(text)

@@ -15,9 +15,15 @@ description:
   - "Probe types: V(http) (status, body, JSON conditions, per-phase timings, certificate expiry),
     V(tcp) (connect, optional send/expect), V(postgres) (connect, C(SELECT 1) latency, connection
     usage, long-running queries, replication lag), V(redis) (PING latency, memory, clients),
-    V(docker_container) (state, health, restarts, OOM kill), V(k8s_deployment) (replicas and the
+    V(docker_container) (state, health, restarts, OOM kill, memory % of the limit, CPU %; a
+    container or every container of a Compose service), V(logs) (lines of a container's logs
+    matching patterns, with a masked excerpt), V(pod) (the pods of a Deployment or a label
+    selector - readiness, restarts, CrashLoopBackOff, OOM kills, memory against the limit), V(k8s_deployment) (replicas and the
     C(kubectl rollout status) rules), V(disk) (free space and inodes), V(memory) (used %),
-    V(load) (load average per core)."
+    V(load) (load average per core), V(metrics) (a sample of a Prometheus text-exposition endpoint,
+    or a quantile estimated from a histogram's buckets), V(prometheus) (an instant PromQL query),
+    V(tls) (certificate expiry of the whole presented chain, verification, host name, protocol and
+    cipher of any TCP endpoint, direct TLS or STARTTLS)."
   - Each check ends V(OK), V(WARNING), V(CRITICAL) or V(UNKNOWN) (the Nagios plugin states;
     V(UNKNOWN) means the probe could not tell, for example an unparsable answer). The overall
     status is the worst check, in the order V(OK) < V(WARNING) < V(UNKNOWN) < V(CRITICAL).
@@ -31,6 +37,9 @@ description:
   - Never changes anything.
 author:
   - opskit.runbook developers (@opskit-runbook)
+requirements:
+  - prometheus-client (Python, for V(metrics) checks only; the parser of the text format)
+  - cryptography (Python, for V(tls) checks - host name matching and the subject and issuer of each certificate)
 extends_documentation_fragment:
   - opskit.runbook.postgres
   - opskit.runbook.docker
@@ -47,7 +56,7 @@ options:
     description:
       - The probes to run. Module-level PostgreSQL options (O(host), O(port), O(user),
         O(password), ...) fill in the unset connection options of V(postgres) checks; module-level
-        Docker options (O(docker_host), ...) those of V(docker_container) checks.
+        Docker options (O(docker_host), ...) those of V(docker_container) and V(logs) checks.
       - An option that does not apply to a check's type is an error naming the check.
     type: list
     elements: dict
@@ -61,20 +70,35 @@ options:
       type:
         description:
           - The probe, one of V(http), V(tcp), V(postgres), V(redis), V(docker_container),
-            V(k8s_deployment), V(disk), V(memory), V(load). Required.
+            V(k8s_deployment), V(disk), V(memory), V(load), V(metrics), V(prometheus),
+            V(tls), V(logs), V(pod). Required.
           - "Numeric measures per type (the first is the primary measure):
-            V(http): time_ms, dns_ms, connect_ms, tls_ms, first_byte_ms, status_code, body_bytes, cert_days.
+            V(http): time_ms, dns_ms, connect_ms, tls_ms, first_byte_ms, status_code, body_bytes, cert_days;
+            with O(checks[].samples) > 1 also p50_ms, p95_ms, p99_ms, max_ms, min_ms, mean_ms,
+            error_ratio, error_pct, errors, samples.
             V(tcp): time_ms, dns_ms, connect_ms.
             V(postgres): connections_pct, connect_ms, query_ms, connections, max_connections,
             long_queries, replication_lag_seconds (replicas only).
             V(redis): memory_pct (of maxmemory, or of system memory when maxmemory is 0), connect_ms,
             ping_ms, used_memory_bytes, maxmemory_bytes, connected_clients.
-            V(docker_container): restart_count, running, oom_killed, exit_code (when not running).
+            V(docker_container): restart_count, running, oom_killed, exit_code (when not running);
+            with O(checks[].resources) (or a threshold on one of them) memory_pct, memory_bytes,
+            memory_limit_bytes, cpu_pct; containers (a Compose service with several containers).
+            V(logs): matches, lines, containers.
+            V(pod): ready_pct, pods, ready_pods, restarts (all containers), max_restarts (one
+            container), crashloop (containers waiting in CrashLoopBackOff), oom_killed (containers
+            whose current or last termination was OOMKilled), memory_pct (the highest pod's usage
+            from metrics-server against its containers' memory limits, when it answers and every
+            container has a limit). No pod or no pod ready is V(CRITICAL), CrashLoopBackOff is
+            V(CRITICAL), a pod not ready or an OOM kill is V(WARNING).
             V(k8s_deployment): available_pct, desired_replicas, updated_replicas, ready_replicas,
             available_replicas, unavailable_replicas, generation, observed_generation.
             V(disk): free_pct, used_pct, free_bytes, total_bytes, inodes_free_pct, inodes_free.
             V(memory): used_pct, available_bytes, total_bytes, swap_used_pct.
-            V(load): load1_per_core, load5_per_core, load15_per_core, load1, load5, load15, cores."
+            V(load): load1_per_core, load5_per_core, load15_per_core, load1, load5, load15, cores.
+            V(metrics) and V(prometheus): value, series, min, max, sum, avg, time_ms, status_code.
+            V(tls): days_left (the smallest over the leaf and every certificate the server
+            presented), leaf_days, chain_certs, verified, hostname_ok, tls_ms, connect_ms, dns_ms, time_ms."
         type: str
       timeout:
         description:
@@ -117,6 +141,15 @@ options:
       url:
         description:
           - V(http) - the V(http://) or V(https://) URL. Required for V(http).
+          - V(metrics) - the URL of the text-exposition endpoint, for example C(http://app:9100/metrics).
+          - V(prometheus) - the URL of the Prometheus server (with its path prefix, if any);
+            C(/api/v1/query) is appended.
+          - A user name and password in the URL (C(https://user:pass@host/)) are sent as HTTP basic
+            authentication (unless O(checks[].headers) has C(Authorization)).
+          - Check names, messages and errors never show the URL's user information or its query
+            values (they read C(https://***@host/path?token=***)); the password and the values (6 characters or more) of
+            query keys naming a token, key, secret, password or signature are also masked
+            everywhere in the result, the returned C(invocation) included.
         type: str
       method:
         description:
@@ -124,7 +157,11 @@ options:
         type: str
       headers:
         description:
-          - V(http) - request headers. Set C(no_log) on the task when they carry credentials.
+          - V(http), V(metrics), V(prometheus) - request headers.
+          - Treated as secret (C(no_log)), since they carry tokens and cookies - their values are
+            never logged or returned, and every occurrence of a header value anywhere in the result
+            is masked. Keep values that are not secret out of headers when they are short common
+            strings (C(1), C(json)), as they would be masked everywhere too.
         type: dict
       body:
         description:
@@ -149,19 +186,41 @@ options:
             is compared makes the check V(UNKNOWN). Messages show the resolved values.
         type: list
         elements: str
+      samples:
+        description:
+          - V(http) - send this many requests one after the other (1 to 10000, default 1) and
+            report their latency percentiles and error ratio - C(p50_ms), C(p95_ms), C(p99_ms),
+            C(max_ms), C(min_ms), C(mean_ms) (nearest-rank, over the requests that got an answer),
+            C(errors), C(error_ratio) (0 to 1) and C(error_pct), C(samples) (requests sent).
+            C(time_ms) is then the median; the other measures come from the last request.
+          - A request is an error when it fails (refused, timeout, TLS) or its answer fails
+            O(checks[].status_codes), O(checks[].body_contains) or O(checks[].json_conditions).
+            Without a threshold on C(errors), C(error_ratio) or C(error_pct), one error makes the
+            check V(CRITICAL); with one, the threshold judges the errors.
+          - Each request gets O(checks[].timeout); the whole attempt stops at O(deadline).
+          - Thresholds on these measures need O(checks[].samples) > 1.
+        type: int
+      sample_interval:
+        description:
+          - V(http) - seconds between two of the O(checks[].samples) requests, from 0 (default) to 604800.
+          - Not O(checks[].interval), which is the pause between retries.
+        type: float
       validate_certs:
         description:
-          - V(http) - verify the server certificate and host name. Default V(true).
+          - V(http), V(metrics), V(prometheus), V(tls) - verify the server certificate and host name. Default V(true).
+          - V(tls) - a chain that does not verify, or a certificate not valid for the name, is
+            V(CRITICAL) with the reason, and its days are still measured (a second handshake
+            without verification reads the chain). With V(false) only the thresholds judge.
           - With V(false), C(cert_days) in RV(checks[].measures) of a self-signed or expired certificate is
             still reported.
         type: bool
       ca_path:
         description:
-          - V(http) - CA bundle to verify the server with; V(docker_container) - CA of the daemon.
+          - V(http), V(metrics), V(prometheus), V(tls) - CA bundle to verify the server with; V(docker_container) - CA of the daemon.
         type: path
       client_cert:
         description:
-          - V(http) - client certificate (PEM) for mutual TLS; V(docker_container) - for the daemon.
+          - V(http), V(metrics), V(prometheus), V(tls) - client certificate (PEM) for mutual TLS; V(docker_container) - for the daemon.
         type: path
       client_key:
         description:
@@ -169,14 +228,76 @@ options:
         type: path
       host:
         description:
-          - V(tcp), V(redis), V(postgres) - server host name or address. Required for V(tcp);
+          - V(tcp), V(redis), V(postgres), V(tls) - server host name or address. Required for V(tcp) and V(tls);
             default V(127.0.0.1) for V(redis); for V(postgres) see O(host).
         type: str
         aliases: [login_host]
       port:
         description:
-          - V(tcp), V(redis), V(postgres) - server port. Required for V(tcp); default V(6379) for V(redis).
+          - V(tcp), V(redis), V(postgres), V(tls) - server port. Required for V(tcp) and V(tls); default V(6379) for V(redis).
         type: int
+      metric:
+        description:
+          - V(metrics) - the sample name to select, for example C(gitlab_api_rate_limit_remaining) or
+            C(http_requests_total). With O(checks[].quantile), the name of a histogram or summary
+            (C(http_request_duration_seconds) or its C(_bucket) series). Required for V(metrics).
+        type: str
+      labels:
+        description:
+          - 'V(metrics) - labels the selected samples must have (exact values), for example C({code: "500"}).'
+        type: dict
+      quantile:
+        description:
+          - V(metrics) - 0 to 1. For a histogram, the quantile estimated from the buckets of the
+            selected series summed by C(le), as PromQL's C(histogram_quantile(q, sum by (le) (...)))
+            does (linear within a bucket; the highest finite bound when it falls in C(+Inf)); for
+            a summary, its sample with that C(quantile) label.
+        type: float
+      query:
+        description:
+          - V(prometheus) - an instant PromQL query, giving an instant vector or a scalar (a range
+            vector or a string is V(UNKNOWN)). Required for V(prometheus).
+          - 'For example C(histogram_quantile(0.95, sum by (le) (rate(http_request_duration_seconds_bucket[5m]))))
+            or C(sum(rate(http_requests_total{code=~"5.."}[5m])) / sum(rate(http_requests_total[5m]))).'
+          - An answer that is not a query result (not JSON, C(status) not C(success), for example
+            invalid PromQL) is V(UNKNOWN) with Prometheus' error; HTTP 401, 403 and 5xx are V(CRITICAL).
+        type: str
+      aggregate:
+        description:
+          - V(metrics), V(prometheus) - what to do with several series. V(none) (default) judges
+            every series on its own; the check has the worst state, C(value) is the worst series'
+            value and RV(checks[].details) lists the series (C(series), at most 20) with their
+            states. V(sum), V(min), V(max), V(avg), V(count) combine them into C(value).
+          - The measures C(min), C(max), C(sum), C(avg) and C(series) are always given. Series
+            whose value is NaN are left out.
+        type: str
+        choices: [none, sum, min, max, avg, count]
+      empty:
+        description:
+          - V(metrics), V(prometheus) - the state when no series matches (default V(unknown);
+            V(ok) for queries that list problems, such as C(up == 0)).
+        type: str
+        choices: [ok, warning, critical, unknown]
+      bearer_token:
+        description:
+          - 'V(metrics), V(prometheus) - sent as C(Authorization: Bearer ...). Never logged or returned.'
+        type: str
+      starttls:
+        description:
+          - V(tls) - V(none) (default) for direct TLS, or the protocol whose plain-text upgrade comes
+            first - V(smtp) (EHLO, STARTTLS), V(imap) (STARTTLS), V(postgres) (the SSLRequest of
+            the PostgreSQL protocol; a server with C(ssl=off) is V(CRITICAL)).
+        type: str
+        choices: [none, smtp, imap, postgres]
+      server_name:
+        description:
+          - V(tls) - the name sent in SNI and verified against the certificate. Default O(checks[].host).
+        type: str
+      protocols:
+        description:
+          - V(tls) - accepted protocol versions, for example C([TLSv1.2, TLSv1.3]); another one is V(CRITICAL).
+        type: list
+        elements: str
       send:
         description:
           - V(tcp) - text sent after connecting.
@@ -187,12 +308,14 @@ options:
         type: str
       user:
         description:
-          - V(postgres) - role to connect as; V(redis) - ACL user name (with O(checks[].password)).
+          - V(postgres) - role to connect as; V(redis) - ACL user name (with O(checks[].password));
+            V(metrics), V(prometheus) - user name of HTTP basic authentication.
         type: str
         aliases: [login_user]
       password:
         description:
-          - V(postgres) or V(redis) password. Never logged or returned.
+          - V(postgres), V(redis) password; V(metrics), V(prometheus) - password of HTTP basic
+            authentication. Never logged or returned.
         type: str
         aliases: [login_password]
       sslmode:
@@ -223,43 +346,111 @@ options:
         type: float
       container:
         description:
-          - V(docker_container) - container name or id. Required for V(docker_container).
+          - V(docker_container), V(logs) - container name or id. This or O(checks[].compose_service) is required.
         type: str
+      compose_service:
+        description:
+          - V(docker_container), V(logs) - every container of this Compose service (found by its
+            C(com.docker.compose.service) label), stopped ones included. Several containers are
+            judged together - every problem counts, each measure is the worst container's (the
+            lowest C(running), the highest of the others), and RV(checks[].details) lists them
+            in C(containers).
+        type: str
+      compose_project:
+        description:
+          - V(docker_container), V(logs) - the Compose project of O(checks[].compose_service)
+            (its C(com.docker.compose.project) label). Default any project.
+        type: str
+      resources:
+        description:
+          - V(docker_container) - also measure memory and CPU from the stats API, for a running
+            container (default V(false); on as soon as a threshold names C(memory_pct),
+            C(memory_bytes), C(memory_limit_bytes) or C(cpu_pct)).
+          - Memory is counted as C(docker stats) does (usage minus inactive file cache), as a
+            percentage of the container's memory limit, or of the host memory without one
+            (C(memory_limit) in RV(checks[].details) says which).
+        type: bool
+      cpu_window:
+        description:
+          - V(docker_container) - seconds between the two stats readings that C(cpu_pct) is
+            measured over (0 to 60, default 1; 0 - no CPU measure). The daemon samples once a
+            second, so the window is at least about one second. C(cpu_pct) is 100 for one busy
+            core, as in C(docker stats).
+        type: float
+      patterns:
+        description:
+          - V(logs) - regular expressions (Python syntax); a line counts once in C(matches) when
+            any of them matches. Default C(ERROR), C(FATAL), C(panic), C(Traceback). A bad
+            expression is an error naming the check.
+        type: list
+        elements: str
+      ignore_case:
+        description:
+          - V(logs) - match O(checks[].patterns) regardless of case. Default V(false).
+        type: bool
+      since:
+        description:
+          - V(logs) - only lines logged within this duration before now, for example C(15min),
+            C(1h), C(2d) (units y, m (months), w, d, h, min, s) or a number of seconds. Default all.
+        type: raw
+      tail:
+        description:
+          - V(logs) - only the last N lines of each container's log.
+        type: int
+      excerpt:
+        description:
+          - V(logs) - how many of the last matching lines to return in C(excerpt) in
+            RV(checks[].details) (0 to 50, default 5; the last one is also in the message),
+            each cut at 200 characters.
+          - Secrets are masked (C(***)) in the excerpt - values of password, secret, token, key and
+            credential fields, bearer and basic credentials, AWS access key ids, URL user
+            information and query values, and what O(checks[].mask) matches.
+        type: int
+      mask:
+        description:
+          - V(logs) - more regular expressions whose matches are replaced by C(***) in the excerpt.
+        type: list
+        elements: str
       docker_host:
         description:
-          - V(docker_container) - Docker API URL; default O(docker_host).
+          - V(docker_container), V(logs) - Docker API URL; default O(docker_host).
         type: str
       tls:
         description:
-          - V(docker_container) - use TLS to the daemon; default O(tls).
+          - V(docker_container), V(logs) - use TLS to the daemon; default O(tls).
         type: bool
       tls_verify:
         description:
-          - V(docker_container) - use TLS and verify the daemon; default O(tls_verify).
+          - V(docker_container), V(logs) - use TLS and verify the daemon; default O(tls_verify).
         type: bool
       docker_timeout:
         description:
-          - V(docker_container) - seconds for the Docker API; default the check's O(checks[].timeout).
+          - V(docker_container), V(logs) - seconds for the Docker API; default the check's O(checks[].timeout).
         type: int
       namespace:
         description:
-          - V(k8s_deployment) - namespace of the Deployment. Default V(default).
+          - V(k8s_deployment), V(pod) - namespace of the Deployment or the pods. Default V(default).
         type: str
       deployment:
         description:
           - V(k8s_deployment) - name of the Deployment. Required for V(k8s_deployment).
+          - V(pod) - the Deployment whose pods (by its C(matchLabels)) are judged; this or O(checks[].selector).
+        type: str
+      selector:
+        description:
+          - V(pod) - a label selector of the pods, for example C(app=web,tier=front).
         type: str
       kubeconfig:
         description:
-          - V(k8s_deployment) - kubeconfig file. Default E(KUBECONFIG), then C(~/.kube/config).
+          - V(k8s_deployment), V(pod) - kubeconfig file. Default E(KUBECONFIG), then C(~/.kube/config).
         type: path
       context:
         description:
-          - V(k8s_deployment) - kubeconfig context. Default the current context.
+          - V(k8s_deployment), V(pod) - kubeconfig context. Default the current context.
         type: str
       in_cluster:
         description:
-          - V(k8s_deployment) - use the service account of the pod the module runs in.
+          - V(k8s_deployment), V(pod) - use the service account of the pod the module runs in.
         type: bool
       path:
         description:
@@ -268,8 +459,11 @@ options:
   concurrency:
     description:
       - How many checks run at the same time (threads), 1 to 256.
+      - The default, 256, runs up to 256 checks at once - a thread waiting on the network costs
+        little, and every wave of checks that waits for an earlier one adds the slowest probe's
+        time to the task. Lower it to spare a server that many checks hit at the same moment.
     type: int
-    default: 32
+    default: 256
   deadline:
     description:
       - Seconds the whole run may take, retries included. A check still running at the deadline is
@@ -309,8 +503,11 @@ EXAMPLES = r"""
         json_conditions:
           - status == "UP"
           - checks.db.status == "ok"
+        samples: 20
+        sample_interval: 0.05
         thresholds:
-          time_ms: {warning: 200, critical: 1000}   # API p95 < 200 ms
+          p95_ms: {warning: 200, critical: 1000}    # API p95 < 200 ms over 20 requests
+          error_pct: {warning: 1, critical: 5}      # error rate under 5 %
           cert_days: {warning: "21:", critical: "7:"}
       - name: database
         type: postgres
@@ -323,6 +520,56 @@ EXAMPLES = r"""
       - {name: root fs, type: disk, path: /, warning: "20:", critical: "10:"}
       - {name: memory, type: memory, warning: 80, critical: 95}
       - {name: load, type: load, warning: 0.7, critical: 1.5}
+      - name: rate limit
+        type: metrics
+        url: http://gitlab-exporter.internal:9168/metrics
+        metric: gitlab_api_rate_limit_remaining
+        critical: "100:"                            # at least 100 requests left
+      - name: api p95 from the app's histogram
+        type: metrics
+        url: http://api.internal:8080/metrics
+        metric: http_request_duration_seconds
+        quantile: 0.95
+        warning: 0.2
+      - name: error rate
+        type: prometheus
+        url: https://prometheus.internal:9090
+        bearer_token: "{{ vault_prometheus_token }}"
+        query: sum(rate(http_requests_total{code=~"5.."}[5m])) / sum(rate(http_requests_total[5m]))
+        warning: 0.01
+        critical: 0.05
+      - name: targets down
+        type: prometheus
+        url: https://prometheus.internal:9090
+        user: monitor
+        password: "{{ vault_prometheus_password }}"
+        query: up == 0
+        empty: ok                                   # no series: every target is up
+        critical: "@0:"                             # any series: CRITICAL, one state per target
+      - name: mail certificate chain
+        type: tls
+        host: mail.example.com
+        port: 587
+        starttls: smtp
+        warning: "21:"                              # days left, leaf and intermediates
+        critical: "7:"
+      - {name: database certificate, type: tls, host: db1.internal, port: 5432, starttls: postgres, critical: "14:"}
+      - name: api container
+        type: docker_container
+        compose_service: api
+        compose_project: shop
+        thresholds:
+          memory_pct: {warning: 80, critical: 95}   # memory under 80 % of the limit
+          cpu_pct: {warning: 70}                    # CPU under 70 %
+          restart_count: {warning: 0, critical: 5}
+          oom_killed: {critical: 0}
+      - {name: web pods, type: pod, namespace: shop, deployment: web, thresholds: {memory_pct: {warning: 80}}}
+      - name: api errors in the last 15 minutes
+        type: logs
+        compose_service: api
+        since: 15min
+        warning: 0
+        critical: 20
   register: health
 
 - name: Wait until the new release answers, tolerating a flapping start
@@ -428,6 +675,36 @@ checks:
       type: dict
       returned: always
       sample: {server_version: "15.10", role: primary, probe_ms: 8.2}
+      contains:
+        excerpt:
+          description: V(logs) - the last matching lines (O(checks[].excerpt)), secrets masked.
+          type: list
+          elements: str
+          returned: for logs checks
+          sample: ["ERROR db failed password=*** token: ***"]
+        containers:
+          description:
+            - V(docker_container) of a Compose service - each container's details, with its C(name).
+            - V(logs) - the names of the containers whose logs were read.
+          type: list
+          returned: for docker_container checks of several containers, and logs checks
+        certificates:
+          description:
+            - V(tls) - the presented chain, leaf first, each with C(subject), C(issuer) (when the
+              cryptography library is there), C(not_after) and C(days). Beside it C(protocol),
+              C(cipher), C(names) (the leaf's DNS names and addresses) and C(verify_error).
+          type: list
+          elements: dict
+          returned: for tls checks that completed a handshake
+          sample: [{subject: CN=api.example.com, issuer: CN=R11, not_after: "2027-02-01T00:00:00Z", days: 62.4}]
+        series:
+          description:
+            - V(metrics), V(prometheus) with O(checks[].aggregate=none) - the series (at most 20),
+              worst first, each with C(labels), C(value) and C(status).
+          type: list
+          elements: dict
+          returned: for metrics and prometheus checks with at least one series and aggregate none
+          sample: [{labels: {api: github}, value: 50, status: CRITICAL}, {labels: {api: gitlab}, value: 150, status: OK}]
 """
 
 from ansible.module_utils.basic import AnsibleModule
@@ -436,20 +713,39 @@ from ansible_collections.opskit.runbook.plugins.module_utils._docker import DOCK
 from ansible_collections.opskit.runbook.plugins.module_utils._errors import OpsError
 from ansible_collections.opskit.runbook.plugins.module_utils._health.checks import CHECK_ARGSPEC, run_options, validate_checks
 from ansible_collections.opskit.runbook.plugins.module_utils._health.engine import run_checks
+from ansible_collections.opskit.runbook.plugins.module_utils._health.probe import url_secrets
 from ansible_collections.opskit.runbook.plugins.module_utils._health.ranges import failing
 from ansible_collections.opskit.runbook.plugins.module_utils._module import run_module
 from ansible_collections.opskit.runbook.plugins.module_utils._postgres.connection import PG_ARGSPEC, pg_argspec
 
 
+def _mask_url_secrets(module):
+    """Add the credentials inside check URLs to the module's no_log values (masked in the result)."""
+    for check in module.params.get("checks") or ():
+        if isinstance(check, dict):
+            module.no_log_values.update(url_secrets(check.get("url")))
+
+
+def _invocation(params):
+    """``invocation.module_args`` without the unset (null) options of each check: Ansible echoes
+    every suboption of every check, about a hundred per check, which makes the result of 200 checks
+    several times larger and slower to mask, return and parse. Secrets are masked in it as usual."""
+    args = {k: v for k, v in params.items() if v is not None and k != "checks"}
+    args["checks"] = [{k: v for k, v in check.items() if v is not None} if isinstance(check, dict) else check
+                      for check in params.get("checks") or ()]
+    return {"module_args": args}
+
+
 def main():
     argument_spec = pg_argspec(
         checks=dict(type="list", elements="dict", required=True, options=CHECK_ARGSPEC),
-        concurrency=dict(type="int", default=32),
+        concurrency=dict(type="int", default=256),
         deadline=dict(type="float", default=120.0),
         fail_on=dict(type="str", default="critical", choices=["critical", "warning", "never"]),
     )
     argument_spec.update(docker_argspec())
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    _mask_url_secrets(module)
 
     def action():
         params = module.params
@@ -458,6 +754,7 @@ def main():
         checks = validate_checks(params["checks"], defaults=defaults)
         report = run_checks(checks, concurrency=concurrency, deadline=deadline)
         report["changed"] = False
+        report["invocation"] = _invocation(params)
         if failing(report["status"], params["fail_on"]):
             raise OpsError(report["summary"], **report)
         return report

@@ -21,36 +21,15 @@ import uuid
 import docker.errors
 import pytest
 
-from health_fixtures import CERT_DAYS, deployment
+from health_fixtures import AUTH_PASSWORD, AUTH_USER, CERT_DAYS, PLAY_HEADER, SPIKE_MS, closed_port, deployment, expecter, wait_for
 from health_fixtures import health_targets, kube_stand_in, pg_replica, redis_auth  # noqa: F401  pylint: disable=unused-import
 
-HEADER = """
-- hosts: localhost
-  gather_facts: false
-  tasks:
-"""
-
-
-def _closed_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+HEADER = PLAY_HEADER
+_closed_port, _expecter, _wait = closed_port, expecter, wait_for
 
 
 def _by_name(result):
     return {check["name"]: check for check in result["checks"]}
-
-
-def _expecter(checks):
-    """``expect(name, status, *fragments)``: the check ``name`` has ``status`` and its message
-    contains every fragment; returns the check."""
-    def expect(name, status, *fragments):
-        check = checks[name]
-        assert check["status"] == status, (name, check)
-        for fragment in fragments:
-            assert fragment in check["message"], (name, fragment, check["message"])
-        return check
-    return expect
 
 
 def _assert_no_crash(run):
@@ -207,16 +186,77 @@ def test_http_tcp_and_host_checks(run_playbook, health_targets):  # noqa: F811
     assert passed["_status"] == "ok" and passed["status"] == "WARNING"
 
 
+# --------------------------------------------------------------------------- samples, secrets in URLs and headers
+
+def test_http_samples_and_secrets(run_playbook, health_targets):  # noqa: F811
+    t = health_targets
+    key = uuid.uuid4().hex[:8]
+    token, header_secret = "qt-%s" % uuid.uuid4().hex[:10], "hs-%s" % uuid.uuid4().hex[:10]
+    play = HEADER + """
+    - name: sampled
+      opskit.runbook.health_check:
+        fail_on: never
+        checks:
+          - {name: spiky, type: http, url: "{{ http }}/spiky/s{{ key }}/10", samples: 20,
+             thresholds: {p95_ms: {warning: 500}, p50_ms: {critical: 500}, max_ms: {critical: "~:100000"}}}
+          - {name: ratio_warn, type: http, url: "{{ http }}/ratio/a{{ key }}/5", samples: 20, sample_interval: 0.01,
+             thresholds: {error_pct: {warning: 10, critical: 25}}}
+          - {name: ratio_boundary, type: http, url: "{{ http }}/ratio/b{{ key }}/5", samples: 20,
+             thresholds: {error_pct: {critical: 20}, errors: {critical: "@5:"}}}
+          - {name: ratio_over, type: http, url: "{{ http }}/ratio/c{{ key }}/5", samples: 20,
+             thresholds: {error_ratio: {critical: 0.1999}}}
+          - {name: ratio_unjudged, type: http, url: "{{ http }}/ratio/d{{ key }}/5", samples: 20}
+          - {name: all_refused, type: http, url: "http://127.0.0.1:{{ closed }}/", samples: 3,
+             thresholds: {p95_ms: {critical: 100}}}
+          - {type: http, url: "{{ auth_url }}?token={{ token }}&page=2"}
+          - {type: http, url: "{{ bad_auth_url }}?token={{ token }}"}
+          - {name: "api {{ auth_url }}", type: http, url: "http://127.0.0.1:{{ closed }}/x?access_token={{ token }}"}
+          - {name: header, type: http, url: "{{ http }}/echo", method: POST, body: "x", headers: {X-Token: "{{ header_secret }}"},
+             json_conditions: ['token == "{{ header_secret }}"']}
+      register: report
+    - name: bad url
+      opskit.runbook.health_check:
+        checks: [{type: http, url: "ftp://{{ auth_user }}:{{ auth_password }}@x/?token={{ token }}"}]
+      ignore_errors: true
+"""
+    base = t.http_url.replace("http://", "http://%s:%s@" % (AUTH_USER, AUTH_PASSWORD))
+    run = run_playbook(play, extra_vars={
+        "http": t.http_url, "key": key, "closed": _closed_port(), "token": token, "header_secret": header_secret,
+        "auth_url": base + "/auth", "bad_auth_url": base.replace(AUTH_PASSWORD, "wrong-" + AUTH_PASSWORD) + "/auth",
+        "auth_user": AUTH_USER, "auth_password": AUTH_PASSWORD})
+    _assert_no_crash(run)
+    assert run.rc == 0, run.stdout[-3000:]
+    everything = run.stdout + run.stderr + json.dumps(run.results)
+    for secret in (AUTH_PASSWORD, token, header_secret):
+        assert secret not in everything, secret
+    report = run.task("sampled")
+    checks = _by_name(report)
+    expect = _expecter(checks)
+    spiky = expect("spiky", "WARNING", "20 samples: p50 ", "p95_ms (", "> 500 (warning)")
+    m = spiky["measures"]
+    assert m["samples"] == 20 and m["errors"] == 0 and m["error_ratio"] == 0
+    assert m["p95_ms"] >= SPIKE_MS and m["max_ms"] >= SPIKE_MS and m["p50_ms"] < SPIKE_MS <= m["p99_ms"]
+    assert m["min_ms"] <= m["p50_ms"] == m["time_ms"] <= m["mean_ms"] <= m["max_ms"]
+    assert "'p95_ms'=" in spiky["perfdata"] and ";500;;0" in spiky["perfdata"] and "'error_pct'=0%" in spiky["perfdata"]
+    ratio = expect("ratio_warn", "WARNING", "error_pct (20) > 10 (warning)", "4 of 20 failed (20%), first: status (503)")
+    assert ratio["measures"]["errors"] == 4 and ratio["measures"]["error_ratio"] == 0.2
+    expect("ratio_boundary", "OK", "4 of 20 failed")                      # 20 is inside 0:20; 4 is outside @5:
+    expect("ratio_over", "CRITICAL", "error_ratio (0.2) > 0.1999 (critical)")
+    expect("ratio_unjudged", "CRITICAL", "4 of 20 failed (20%)")
+    refused = expect("all_refused", "CRITICAL", "3 samples, none answered", "3 of 3 failed", "refused")
+    assert refused["measures"]["error_ratio"] == 1 and "p95_ms" not in refused["measures"]
+    port = t.http.server_address[1]
+    auth = expect("http http://***@127.0.0.1:%d/auth?token=***&page=***" % port, "OK", "HTTP 200")
+    assert auth["measures"]["status_code"] == 200
+    expect("http http://***@127.0.0.1:%d/auth?token=***" % port, "CRITICAL", "status (401)")
+    expect("api http://***@127.0.0.1:%d/auth" % port, "CRITICAL", "refused")
+    expect("header", "OK", "1 of 1 conditions passed")
+    assert AUTH_USER not in report["summary"]
+    bad = run.task("bad url")
+    assert bad["_status"] == "failed" and "url must be http:// or https:// with a host, got 'ftp://***@x/?token=***'" in bad["msg"]
+
+
 # --------------------------------------------------------------------------- services
-
-def _wait(predicate, what, timeout=30):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError("timed out waiting for %s" % what)
-
 
 @pytest.fixture
 def containers(docker_engine):
@@ -290,6 +330,7 @@ def test_service_checks(run_playbook, pg, pg_replica, redis, redis_auth, docker_
           - {name: pg, type: postgres, warning: 80, critical: 95}
           - {name: pg_long_queries, type: postgres, long_query_seconds: 0.5, thresholds: {long_queries: {critical: 0}}}
           - {name: pg_wrong_password, type: postgres, password: "{{ wrong_password }}"}
+          - {name: pg_aliases, type: postgres, login_host: 127.0.0.1, login_user: postgres, login_password: "{{ pg_password }}"}
           - {name: pg_no_server, type: postgres, port: "{{ closed }}"}
           - {name: pg_replica, type: postgres, port: "{{ replica_port }}", thresholds: {replication_lag_seconds: {critical: 60}}}
           - {name: redis, type: redis, host: 127.0.0.1, port: "{{ redis_port }}",
@@ -344,6 +385,7 @@ def test_service_checks(run_playbook, pg, pg_replica, redis, redis_auth, docker_
     assert "replication_lag_seconds" not in pgc["measures"] and ";80;95;0;100" in pgc["perfdata"]
     long_q = expect("pg_long_queries", "CRITICAL", "long_queries (1) > 0 (critical)")
     assert long_q["measures"]["long_queries"] == 1
+    expect("pg_aliases", "OK", "PostgreSQL 15")
     expect("pg_wrong_password", "CRITICAL", "cannot connect to PostgreSQL", "password authentication failed")
     expect("pg_no_server", "CRITICAL", "cannot connect to PostgreSQL")
     replica = expect("pg_replica", "OK", "replica", "replication lag")

@@ -3,12 +3,16 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The runner of the health engine (health_check, and the gate of rollout).
 
-    run_checks(checks, concurrency=32, deadline=None, clients=None) -> report dict
+    run_checks(checks, concurrency=256, deadline=None, clients=None) -> report dict
     build_report(results, duration_ms=None) -> report dict (status, counts, checks, summary)
 
-The checks are validated by checks.py, probed by net.py (http, tcp, redis) and services.py
+The checks are validated by checks.py and probed by sampling.py and net.py (http, with or
+without samples; tcp, redis), metrics.py (metrics, prometheus), tls.py (tls), containers.py
+(logs; resources and Compose services of docker_container), pods.py (pod) and services.py
 (postgres, docker_container, k8s_deployment, disk, memory, load), which hand back a
-probe.Observation or raise probe.ProbeFailed; the ``fail_on`` verdict is ranges.failing.
+probe.Observation or raise probe.ProbeFailed (outcome.py maps other errors to states); only the
+probe files of the types in a run are imported (``_probe``). The ``fail_on`` verdict is
+ranges.failing.
 
 States are those of Nagios plugins. The overall status is the worst check by the order
 OK < WARNING < UNKNOWN < CRITICAL (UNKNOWN: the probe could not tell whether the service works).
@@ -18,35 +22,61 @@ its check's state, and a bug still ends as an UNKNOWN check result (see ``_run_p
 
 from __future__ import annotations
 
-import http.client
 import queue
-import socket
-import ssl
 import threading
 import time
 
-from .._errors import ConfigError, MissingLibraryError, OpsError, ServiceError
+from .._errors import ConfigError
 from .checks import validate_checks
-from .net import probe_http, probe_redis, probe_tcp
-from .probe import Observation, ProbeFailed, one_line
+from .outcome import PROBE_ERRORS, exception_state, unexpected
+from .probe import Observation, redact
 from .ranges import CRITICAL, OK, SEVERITY, STATES, UNKNOWN, evaluate, format_number, perfdata_item, worst
-from .services import probe_disk, probe_docker, probe_k8s, probe_load, probe_memory, probe_postgres
 
-_PROBES = {
-    "http": probe_http, "tcp": probe_tcp, "postgres": probe_postgres, "redis": probe_redis,
-    "docker_container": probe_docker, "k8s_deployment": probe_k8s, "disk": probe_disk,
-    "memory": probe_memory, "load": probe_load,
-}
-# What a probe can raise besides ProbeFailed: socket, DNS, TLS and file errors (OSError: socket.timeout,
-# socket.gaierror, ssl.SSLError are OSErrors), an HTTP answer that is no HTTP, a value that does not
-# parse (ValueError, UnicodeError), and the OpsErrors of the shared clients (docker, kubernetes,
-# PostgreSQL connections; the probes translate the SDKs' own errors into these or into ProbeFailed).
-PROBE_ERRORS = (ProbeFailed, OpsError, OSError, http.client.HTTPException, ValueError)
+# kind -> probe, filled on first use by _probe(): a run imports only the probe files of its
+# types (under AnsiballZ every imported file is compiled again on each run).
+_PROBES = {}
+_PROBES_LOCK = threading.Lock()
 _GRACE = 2.0  # seconds a running probe gets past the deadline before it is reported as hung
 _PROBING = threading.local()  # .kind: the probe type a worker thread is inside, else None
 
 
 # --------------------------------------------------------------------------- running
+
+def _import_probes(kind):
+    """{kind: probe} of the file that holds ``kind``'s probe (explicit imports, so that the
+    architecture test and Ansible's module packer see them)."""
+    if kind == "http":
+        from .sampling import probe_http_sampled
+        return {"http": probe_http_sampled}
+    if kind in ("tcp", "redis"):
+        from .net import probe_redis, probe_tcp
+        return {"tcp": probe_tcp, "redis": probe_redis}
+    if kind in ("metrics", "prometheus"):
+        from .metrics import probe_metrics, probe_prometheus
+        return {"metrics": probe_metrics, "prometheus": probe_prometheus}
+    if kind == "tls":
+        from .tls import probe_tls
+        return {"tls": probe_tls}
+    if kind == "logs":
+        from .containers import probe_logs
+        return {"logs": probe_logs}
+    if kind == "pod":
+        from .pods import probe_pods
+        return {"pod": probe_pods}
+    from .services import probe_disk, probe_docker, probe_k8s, probe_load, probe_memory, probe_postgres
+    return {"postgres": probe_postgres, "docker_container": probe_docker, "k8s_deployment": probe_k8s,
+            "disk": probe_disk, "memory": probe_memory, "load": probe_load}
+
+
+def _probe(kind):
+    probe = _PROBES.get(kind)
+    if probe is None:
+        with _PROBES_LOCK:   # one import per file, also when many threads start at once
+            for name, func in _import_probes(kind).items():
+                _PROBES.setdefault(name, func)
+        probe = _PROBES[kind]
+    return probe
+
 
 class Context:
     """Per-run shared state: a deadline and a cache of clients (Docker, Kubernetes) per connection."""
@@ -70,35 +100,6 @@ class Context:
             if entry[1] is None:
                 entry[1] = (self.factories.get(kind) or factory)()
             return entry[1]
-
-
-def _exception_state(exc, timeout):
-    """(state, message) for an exception escaping a probe; never raises."""
-    if isinstance(exc, ProbeFailed):
-        return exc.state, exc.msg
-    if isinstance(exc, (socket.timeout, TimeoutError)):
-        return CRITICAL, "timed out after %ss" % format_number(round(timeout, 3))
-    if isinstance(exc, socket.gaierror):
-        return CRITICAL, "DNS lookup failed: %s" % (exc.strerror or exc)
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return CRITICAL, "TLS certificate verification failed: %s" % (exc.verify_message or exc.reason or exc)
-    if isinstance(exc, ssl.SSLError):
-        return CRITICAL, "TLS error: %s" % (exc.reason or exc)
-    if isinstance(exc, ConnectionRefusedError):
-        return CRITICAL, "connection refused"
-    if isinstance(exc, OSError):
-        return CRITICAL, "%s" % (exc.strerror or exc or type(exc).__name__)
-    if isinstance(exc, MissingLibraryError):
-        return UNKNOWN, exc.msg
-    if isinstance(exc, ServiceError):
-        return CRITICAL, exc.msg
-    if isinstance(exc, OpsError):
-        return UNKNOWN, exc.msg
-    return UNKNOWN, _unexpected("probe error", exc)
-
-
-def _unexpected(what, exc):
-    return "%s: %s: %s" % (what, type(exc).__name__, one_line(exc, 300))
 
 
 def _violation(measure, value, rng, level):
@@ -131,10 +132,10 @@ def _attempt(check, ctx):
     obs, started = Observation(), time.perf_counter()
     _PROBING.kind = check["type"]   # an unexpected error escaping the probe leaves it set (_run_pool)
     try:
-        _PROBES[check["type"]](check, obs, timeout, ctx)
+        _probe(check["type"])(check, obs, timeout, ctx)
         failure = None
     except PROBE_ERRORS as exc:
-        failure = _exception_state(exc, timeout)
+        failure = exception_state(exc, timeout)
     _PROBING.kind = None
     obs.details["probe_ms"] = round((time.perf_counter() - started) * 1000, 3)
     states, parts = [], list(obs.notes)
@@ -155,7 +156,7 @@ def _attempt(check, ctx):
         if state != OK:
             states.append(state)
             parts.append(_violation(measure, value, crit if state == CRITICAL else warn, state.lower()))
-    return worst(states), "; ".join(p for p in parts if p), obs.measures, obs.details
+    return worst(states), redact("; ".join(p for p in parts if p)), obs.measures, obs.details
 
 
 def _run_check(check, ctx):
@@ -206,7 +207,7 @@ def _not_finished(check, why):
             "history": [], "details": {}}
 
 
-def run_checks(checks, concurrency=32, deadline=None, clients=None):
+def run_checks(checks, concurrency=256, deadline=None, clients=None):
     """Run ``checks`` concurrently (at most ``concurrency`` at once) within ``deadline`` seconds.
 
     ``checks`` are raw or already validated check dicts. ``clients`` optionally maps a client kind
@@ -218,6 +219,8 @@ def run_checks(checks, concurrency=32, deadline=None, clients=None):
         raise ConfigError("concurrency must be an integer >= 1, got %r" % (concurrency,))
     if deadline is not None and (isinstance(deadline, bool) or not isinstance(deadline, (int, float)) or deadline <= 0):
         raise ConfigError("deadline must be a positive number of seconds, got %r" % (deadline,))
+    for kind in sorted({check["type"] for check in checks}):
+        _probe(kind)     # imported here, not in a check's thread where it would count in its latency
     started = time.perf_counter()
     ctx = Context(time.monotonic() + deadline if deadline else None, clients)
     wait = None if deadline is None else max(0.0, ctx.remaining()) + _GRACE
@@ -225,52 +228,69 @@ def run_checks(checks, concurrency=32, deadline=None, clients=None):
     return build_report(results, duration_ms=round((time.perf_counter() - started) * 1000, 3))
 
 
-def _run_pool(checks, ctx, workers, wait):
-    """Run the checks on ``workers`` daemon threads; return the results after at most ``wait`` s.
+class _Pool:
+    """The checks on ``workers`` daemon threads started as a tree: each worker starts two more.
 
-    Daemon threads (not concurrent.futures, whose workers are joined at interpreter exit) so that a
-    probe stuck past the deadline, e.g. in a DNS lookup, cannot hold the module process open.
+    Thread.start() waits until the new thread runs, so 200 starts in a row from one thread delay
+    the last checks (milliseconds each on a loaded machine); in a tree the starts overlap the
+    probes. Daemon threads (not concurrent.futures, whose workers are joined at interpreter exit)
+    so that a probe stuck past the deadline, e.g. in a DNS lookup, cannot hold the process open.
     """
-    todo = queue.SimpleQueue()
-    for index in range(len(checks)):
-        todo.put(index)
-    results, started = [None] * len(checks), [False] * len(checks)
-    lock, left, finished = threading.Lock(), [len(checks)], threading.Event()
 
-    def worker():
+    def __init__(self, checks, ctx, workers):
+        self.checks, self.ctx, self.workers = checks, ctx, workers
+        self.todo = queue.SimpleQueue()
+        for index in range(len(checks)):
+            self.todo.put(index)
+        self.results, self.started = [None] * len(checks), [False] * len(checks)
+        self.lock, self.left, self.finished = threading.Lock(), len(checks), threading.Event()
+
+    def spawn(self, number):
+        try:
+            threading.Thread(target=self.work, args=(number,), name="opskit-health-%d" % number, daemon=True).start()
+        except RuntimeError:  # no more threads: the running workers take the remaining checks
+            pass
+
+    def work(self, number):
+        for child in (2 * number + 1, 2 * number + 2):
+            if child < self.workers:
+                self.spawn(child)
         while True:
             try:
-                index = todo.get_nowait()
+                index = self.todo.get_nowait()
             except queue.Empty:
                 return
-            started[index] = True
+            self.started[index] = True
             _PROBING.kind = None
             try:
-                results[index] = _run_check(checks[index], ctx)
+                self.results[index] = _run_check(self.checks[index], self.ctx)
             except Exception as exc:  # pylint: disable=broad-except
                 # The one broad catch of the health engine, at its thread boundary: an exception
                 # nobody expected (a bug, in a probe or in the engine) ends as this check's UNKNOWN
                 # result instead of killing the worker and losing every other check of the run.
-                results[index] = _crashed(checks[index], exc)
-            with lock:
-                left[0] -= 1
-                if not left[0]:
-                    finished.set()
+                self.results[index] = _crashed(self.checks[index], exc)
+            with self.lock:
+                self.left -= 1
+                if not self.left:
+                    self.finished.set()
 
-    for number in range(workers):
-        threading.Thread(target=worker, name="opskit-health-%d" % number, daemon=True).start()
-    finished.wait(wait)
-    snapshot = list(results)
-    return [result if result is not None else _not_finished(checks[i], "hung" if started[i] else "not started")
+
+def _run_pool(checks, ctx, workers, wait):
+    """Run the checks on ``workers`` daemon threads; return the results after at most ``wait`` s."""
+    pool = _Pool(checks, ctx, workers)
+    pool.spawn(0)
+    pool.finished.wait(wait)
+    snapshot = list(pool.results)
+    return [result if result is not None else _not_finished(checks[i], "hung" if pool.started[i] else "not started")
             for i, result in enumerate(snapshot)]
 
 
 def _crashed(check, exc):
     """The result of a check whose run raised ``exc``, an error no probe is expected to raise."""
     if getattr(_PROBING, "kind", None):
-        message = _unexpected("probe error", exc)  # escaped the probe itself
+        message = unexpected("probe error", exc)  # escaped the probe itself
     else:
-        message = "internal error: %s: %s" % (type(exc).__name__, exc)
+        message = redact("internal error: %s: %s" % (type(exc).__name__, exc))
     return dict(_not_finished(check, "hung"), status=UNKNOWN, attempts=1, message=message)
 
 

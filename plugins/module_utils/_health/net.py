@@ -9,14 +9,17 @@ TLS handshake, first byte) and the peer certificate; redis is a minimal RESP cli
 
 from __future__ import annotations
 
+import base64
 import datetime
 import http.client
 import json
+import os
 import re
 import socket
 import ssl
+import threading
 import time
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from .._errors import ConfigError
 from .probe import ProbeFailed
@@ -206,9 +209,35 @@ def _timed(clock, phase, func, *args):
 
 # --------------------------------------------------------------------------- http
 
+_TLS_CONTEXTS, _TLS_LOCK = {}, threading.Lock()
+
+
+def _file_stamp(path):
+    try:
+        stat = os.stat(path)
+    except (OSError, TypeError, ValueError):
+        return None
+    return stat.st_mtime_ns, stat.st_size
+
+
 def _tls_context(check):
+    """The SSLContext of the check's TLS options, built once per process and options: loading the
+    system CA store costs tens of milliseconds of CPU, which 200 https checks would pay 200 times.
+    The files' mtime and size are part of the key, so a replaced CA or client certificate is read."""
+    options = (bool(check.get("validate_certs", True)), bool(check.get("_no_hostname")),
+               check.get("ca_path") or None, check.get("client_cert") or None, check.get("client_key") or None)
+    key = options + tuple(_file_stamp(path) for path in options[2:] if path)
+    with _TLS_LOCK:
+        ctx = _TLS_CONTEXTS.get(key)
+        if ctx is None:
+            ctx = _TLS_CONTEXTS[key] = _new_tls_context(check)
+    return ctx
+
+
+def _new_tls_context(check):
     if check.get("validate_certs", True):
         ctx = ssl.create_default_context(cafile=check.get("ca_path") or None)
+        ctx.check_hostname = not check.get("_no_hostname")   # the tls probe matches the names itself
     else:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.check_hostname = False
@@ -218,7 +247,48 @@ def _tls_context(check):
     return ctx
 
 
+def tls_handshake(sock, check, host, port, clock, obs, server_hostname=None):
+    """``sock`` wrapped in TLS with the check's options (tls_ms in ``obs``); failures are ProbeFailed."""
+    mark = clock.ms()
+    try:
+        tls_ctx = _tls_context(check)
+    except (OSError, ssl.SSLError) as exc:
+        raise ProbeFailed(UNKNOWN, "cannot load the TLS client certificate or CA: %s"
+                          % (getattr(exc, "strerror", None) or exc)) from exc
+    sock.settimeout(clock.left("in the TLS handshake"))
+    try:
+        sock = _timed(clock, "in the TLS handshake",
+                      lambda: tls_ctx.wrap_socket(sock, server_hostname=server_hostname or host))
+    except ssl.SSLCertVerificationError as exc:
+        raise ProbeFailed(CRITICAL, "TLS certificate verification failed for %s: %s"
+                          % (server_hostname or host, exc.verify_message or exc.reason)) from exc
+    except (ssl.SSLError, ConnectionError) as exc:
+        raise ProbeFailed(CRITICAL, "TLS handshake with %s:%s failed: %s"
+                          % (host, port, getattr(exc, "reason", None) or exc)) from exc
+    obs.measure("tls_ms", clock.ms() - mark)
+    return sock
+
+
+def _leaf_expiry(sock, obs):
+    der = sock.getpeercert(binary_form=True)
+    if der:
+        try:
+            obs.measure("cert_days", round(cert_days_left(der), 2), 2)
+            obs.details["cert_not_after"] = cert_not_after(der).strftime("%Y-%m-%dT%H:%M:%SZ")
+        except (ValueError, IndexError):
+            obs.details["cert_not_after"] = None
+
+
 def probe_http(check, obs, timeout, ctx=None):
+    response, data = fetch_http(check, obs, timeout)
+    _judge_http(check, obs, response, data)
+
+
+def fetch_http(check, obs, timeout):
+    """One request of ``check`` (url, method, headers, body, TLS options) -> (response, body bytes).
+
+    Timings (dns_ms, connect_ms, tls_ms, first_byte_ms, time_ms), status_code, body_bytes and the
+    certificate expiry go into ``obs``; every failure is a ProbeFailed naming host and port."""
     url = urlsplit(check["url"])
     https = url.scheme == "https"
     host, port = url.hostname, url.port or (443 if https else 80)
@@ -226,33 +296,11 @@ def probe_http(check, obs, timeout, ctx=None):
     sock = _connect(host, port, clock, obs)
     try:
         if https:
-            mark = clock.ms()
-            try:
-                tls_ctx = _tls_context(check)
-            except (OSError, ssl.SSLError) as exc:
-                raise ProbeFailed(UNKNOWN, "cannot load the TLS client certificate or CA: %s"
-                                  % (getattr(exc, "strerror", None) or exc)) from exc
-            sock.settimeout(clock.left("in the TLS handshake"))
-            try:
-                sock = _timed(clock, "in the TLS handshake", lambda: tls_ctx.wrap_socket(sock, server_hostname=host))
-            except ssl.SSLCertVerificationError as exc:
-                raise ProbeFailed(CRITICAL, "TLS certificate verification failed for %s: %s"
-                                  % (host, exc.verify_message or exc.reason)) from exc
-            except (ssl.SSLError, ConnectionError) as exc:
-                raise ProbeFailed(CRITICAL, "TLS handshake with %s:%s failed: %s"
-                                  % (host, port, getattr(exc, "reason", None) or exc)) from exc
-            obs.measure("tls_ms", clock.ms() - mark)
-            der = sock.getpeercert(binary_form=True)
-            if der:
-                try:
-                    days = cert_days_left(der)
-                    obs.measure("cert_days", round(days, 2), 2)
-                    obs.details["cert_not_after"] = cert_not_after(der).strftime("%Y-%m-%dT%H:%M:%SZ")
-                except (ValueError, IndexError):
-                    obs.details["cert_not_after"] = None
+            sock = tls_handshake(sock, check, host, port, clock, obs)
+            _leaf_expiry(sock, obs)
         conn = http.client.HTTPConnection(host, port, timeout=clock.left("sending the request"))
         conn.sock = sock
-        body, headers = _request_body(check)
+        body, headers = _request_body(check, url)
         hostport = ("[%s]" % host if ":" in host else host) + ("" if url.port is None else ":%d" % port)
         headers.setdefault("Host", hostport)
         headers.setdefault("User-Agent", USER_AGENT)
@@ -276,11 +324,18 @@ def probe_http(check, obs, timeout, ctx=None):
         sock.close()
     obs.measure("status_code", response.status)
     obs.measure("body_bytes", len(data))
-    _judge_http(check, obs, response, data)
+    return response, data
 
 
-def _request_body(check):
+def basic_auth(user, password):
+    """The value of an ``Authorization`` header for HTTP basic authentication."""
+    return "Basic " + base64.b64encode(("%s:%s" % (user, password)).encode("utf-8")).decode("ascii")
+
+
+def _request_body(check, url):
     headers = {str(k): str(v) for k, v in (check.get("headers") or {}).items()}
+    if url.username is not None and not any(k.lower() == "authorization" for k in headers):
+        headers["Authorization"] = basic_auth(unquote(url.username), unquote(url.password or ""))
     body = check.get("body")
     if body is None:
         return None, headers
@@ -443,5 +498,5 @@ def _int(value):
         return None
 
 
-__all__ = ["probe_http", "probe_tcp", "probe_redis", "parse_condition", "evaluate_condition",
+__all__ = ["probe_http", "fetch_http", "basic_auth", "probe_tcp", "probe_redis", "parse_condition", "evaluate_condition",
            "cert_not_after", "cert_days_left", "parse_info"]

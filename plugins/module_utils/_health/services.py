@@ -15,11 +15,12 @@ import math
 import os
 import time
 
-from .._docker import DOCKER_OPTION_NAMES, docker_client, docker_error, docker_errors
+from .._docker import docker_error, docker_errors
 from .._errors import ServiceError
 from .._kube import KUBERNETES, api_exception, kube_client, unreachable_errors
 from .._postgres.connection import PSYCOPG2, connect, pg_message
-from .probe import ProbeFailed, one_line
+from .containers import docker_for, measure_resources, merge_containers, target_containers
+from .probe import Observation, ProbeFailed, one_line
 from .ranges import CRITICAL, UNKNOWN, WARNING, format_number
 
 ROLLOUT_SUCCESS, ROLLOUT_WAITING, ROLLOUT_FAILED = "success", "waiting", "failed"
@@ -85,15 +86,21 @@ def probe_postgres(check, obs, timeout, ctx=None):
 # --------------------------------------------------------------------------- docker_container
 
 def probe_docker(check, obs, timeout, ctx):
-    params = {k: check.get(k) for k in DOCKER_OPTION_NAMES}
-    params["docker_timeout"] = params["docker_timeout"] or max(1, int(math.ceil(timeout)))
-    client = ctx.client("docker", tuple(sorted(params.items())), lambda: docker_client(params))
-    name = check["container"]
-    try:
-        info = client.inspect_container(name)
-    except docker_errors() as exc:  # NotFound, APIError, connection errors
-        raise ProbeFailed(CRITICAL, docker_error(exc, "container %s" % name).msg) from exc
-    judge_container(info, obs)
+    client = docker_for(check, timeout, ctx)
+    targets = target_containers(client, check)
+    parts = []
+    for cid, name in targets:
+        part = obs if len(targets) == 1 else Observation()
+        try:
+            info = client.inspect_container(cid)
+        except docker_errors() as exc:  # NotFound, APIError, connection errors
+            raise ProbeFailed(CRITICAL, docker_error(exc, "container %s" % name).msg) from exc
+        judge_container(info, part)
+        if check.get("_resources") and (info.get("State") or {}).get("Running"):
+            measure_resources(client, cid, info, check, part)
+        parts.append((name, part))
+    if len(targets) > 1:
+        merge_containers(obs, parts)
 
 
 def judge_container(info, obs):
