@@ -2,7 +2,7 @@
 PYTEST := .venv/bin/pytest -p no:cacheprovider -q
 ARGS ?=
 
-.PHONY: test bootstrap sanity unit integration docker-up docker-down clean demo molecule
+.PHONY: test bootstrap sanity unit integration docker-up docker-down clean demo molecule test-matrix
 
 test:                   ## everything: bootstrap, sanity, unit, integration; one summary line
 	@scripts/test.sh
@@ -33,3 +33,6 @@ demo:                   ## the one-command demo: sample PostgreSQL (+ Docker vol
 
 molecule: bootstrap     ## molecule scenarios of the roles against the harness's real services
 	@$(PYTEST) tests/integration/test_roles_molecule.py $(ARGS)
+
+test-matrix: bootstrap  ## the second version leg, not in `make test`: sanity, unit, ansible-lint on ansible-core 2.21 / Python 3.12
+	@scripts/matrix.sh $(ARGS)

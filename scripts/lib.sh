@@ -4,7 +4,7 @@
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BUILD="$ROOT/.build"
 # shellcheck disable=SC2034  # used by the scripts that source this file
-VENV="$ROOT/.venv"
+VENV=${OPSKIT_VENV:-"$ROOT/.venv"}   # scripts/matrix.sh points scripts/sanity.sh at its own
 mkdir -p "$BUILD"
 
 die() {

@@ -51,6 +51,16 @@ options:
       - Fail the task when a series is stale. The full report is returned all the same.
     type: bool
     default: false
+  summary:
+    description:
+      - Return only the per-series entries (counts, sizes, the newest and newest verified backup
+        and their ages, staleness), with an empty RV(backups) list.
+      - The result then grows with the number of series, not of backups. Use it on large
+        locations and under AWX or ansible-runner, which drop a task result larger than
+        E(MAX_EVENT_RES) (700000 characters by default) from the job event.
+    type: bool
+    default: false
+    version_added: 0.2.0
 notes:
   - Reads one manifest per backup; the listing itself paginates 1000 keys per request.
 """
@@ -68,6 +78,13 @@ EXAMPLES = r"""
     series: db1-app
     max_age: 26h
     fail_on_stale: true
+
+- name: Check the RPO of every series of a large bucket, without the list of backups
+  opskit.runbook.backup_info:
+    location: s3://acme-backups/prod
+    max_age: 26h
+    summary: true
+  register: rpo
 
 - name: Assert that a verified backup exists that is less than a week old
   ansible.builtin.assert:
@@ -158,7 +175,9 @@ anomalies:
       key: 20290311T120000Z-0a1b2c3d.bin.zst
       reason: "dated 2029-03-11T12:00:00Z, more than 5 minutes in the future (clock skew on the host that made it?)"
 backups:
-  description: Every published backup, newest first within each series.
+  description:
+    - Every published backup, newest first within each series.
+    - Empty with O(summary=true).
   returned: always
   type: list
   elements: dict
@@ -240,6 +259,7 @@ def main():
             series=dict(type="str"),
             max_age=dict(type="str"),
             fail_on_stale=dict(type="bool", default=False),
+            summary=dict(type="bool", default=False),
         ),
         supports_check_mode=True,
     )
@@ -248,6 +268,8 @@ def main():
         params = module.params
         result = backup_report(location_from_params(params), params["series"], params["max_age"])
         result["changed"] = False
+        if params["summary"]:
+            result["backups"] = []
         if params["fail_on_stale"] and result["stale_series"]:
             raise OpsError("RPO breach: newest backup older than %s in series %s"
                            % (params["max_age"], ", ".join(result["stale_series"])), **result)
