@@ -109,7 +109,7 @@ def import_image(rootfs, tag):
     """docker import of rootfs as tag (numeric owners, root-owned)."""
     archive = rootfs + ".tar"
     with tarfile.open(archive, "w") as tar:
-        tar.add(rootfs, arcname=".", filter=lambda info: _root_owned(info))
+        tar.add(rootfs, arcname=".", filter=_root_owned)
     proc = subprocess.run(["docker", "import", "--change", 'CMD ["bash"]', archive, tag], capture_output=True,
                           text=True, check=False)
     os.unlink(archive)

@@ -60,7 +60,7 @@ def test_encrypted_signed_round_trip_and_refusals(pg, s3, run_playbook, tmp_path
     pg.psql("CREATE TABLE items (id int PRIMARY KEY, label text);"
             " INSERT INTO items SELECT g, 'item ' || g FROM generate_series(1, 1000) g;", db=enc_db)
     identity_file, _secret, recipient = _keygen(tmp_path, "age.key")
-    _wrong_file, wrong_secret, _ = _keygen(tmp_path, "wrong.key")
+    wrong_secret = _keygen(tmp_path, "wrong.key")[1]
     private, public = _ed25519(tmp_path, "sign")
     _their_private, their_public = _ed25519(tmp_path, "theirs")
     bucket = s3.new_bucket()
@@ -70,6 +70,8 @@ def test_encrypted_signed_round_trip_and_refusals(pg, s3, run_playbook, tmp_path
     locking = s3_args(s3, lock_bucket)
     writer = dict(store, encrypt_recipients=[recipient], signing_key=private)
     reader = dict(store, decrypt_identity_files=[identity_file], trusted_signing_keys=[public])
+    other_reader = dict(reader)
+    other_reader["trusted_signing_keys"] = [their_public]
     src, dst = tmp_path / "conf", str(tmp_path / "conf-restored")
     (src / "sub").mkdir(parents=True)
     (src / "app.ini").write_text("[db]\nhost = db1\n")
@@ -91,7 +93,7 @@ def test_encrypted_signed_round_trip_and_refusals(pg, s3, run_playbook, tmp_path
         task("restore unsigned", state="restored", series="clear-plain", target_database=refused[2],
              create=True, **conn(pg), **reader),
         task("verify signed by another key", state="verified", series="enc-custom", **conn(pg),
-             **dict(reader, trusted_signing_keys=[their_public])),
+             **other_reader),
         task("restore", state="restored", series="enc-custom", target_database=restored_db, create=True,
              restore_globals=True, **conn(pg), **reader),
         task("verify", state="verified", series="enc-plain", **conn(pg), **reader),

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
-import time
 import uuid
 
 import docker.errors

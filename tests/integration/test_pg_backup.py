@@ -822,7 +822,8 @@ def test_restore_downloads_once_pinned_and_resumed(pg, s3, run_playbook):
             proxy.rules[paths[case]] = {"cut": [{"cut": 300000}],
                                         "overwritten before": [{"before": overwrite}],
                                         "overwritten after": [{}, {"before": overwrite}]}[case]
-        via_proxy = dict(store, endpoint_url=proxy.url)
+        via_proxy = dict(store)
+        via_proxy["endpoint_url"] = proxy.url
         res = run_playbook(play(*[task(case, state="restored", series=series, target_database=target, create=True,
                                        **conn(pg), **via_proxy) for case, (series, target) in targets.items()]))
     finally:

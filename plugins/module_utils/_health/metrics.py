@@ -59,7 +59,7 @@ def _aggregate(kind, values):
 
 def judge_series(check, obs, series, what):
     """Measures and problems from ``series`` (list of (labels, value)); ``what`` names the source."""
-    series = [(labels, value) for labels, value in series]
+    series = list(series)
     nan = [labels for labels, value in series if math.isnan(value)]
     series = [(labels, value) for labels, value in series if not math.isnan(value)]
     obs.measure("series", len(series))

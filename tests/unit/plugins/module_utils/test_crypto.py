@@ -75,7 +75,7 @@ def test_we_decrypt_what_the_age_cli_encrypts(keys, tmp_path, size):
 
 
 def test_wrong_identity_is_a_config_error(keys, tmp_path):
-    other_secret, _ = keygen(tmp_path / "other.txt")
+    other_secret = keygen(tmp_path / "other.txt")[0]
     blob = encrypt(b"secret data", [age.Recipient(keys["public"])])
     with pytest.raises(age.NoIdentityError) as exc:
         decrypt(blob, [age.Identity(other_secret)])
@@ -157,7 +157,7 @@ def test_sign_and_check(tmp_path, kind):
     signed = signing.sign(MANIFEST, key)
     signing.check(signed, trusted)
     if kind == "openssh":
-        fpr = subprocess.run(["ssh-keygen", "-lf", str(tmp_path / "k.pub")], capture_output=True, text=True).stdout
+        fpr = subprocess.run(["ssh-keygen", "-lf", str(tmp_path / "k.pub")], capture_output=True, text=True, check=True).stdout
         assert signed["signature"]["key_id"] == fpr.split()[1]
     # the verification record is rewritten by every restore test: outside the signature
     signing.check(dict(signed, verification={"result": "passed"}), trusted)

@@ -221,7 +221,7 @@ def test_file_create_exclusive_and_conditional_delete(loc):
 def _contender(root, series, rounds, inside, log):
     """A process that takes the lock ``rounds`` times and checks nobody else is inside."""
     location = FileLocation(root)
-    for _ in range(rounds):
+    for _round in range(rounds):
         with run_lock.SeriesLock(location, series, "proc", 120, sleep=lambda s: time.sleep(min(s, 0.01))):
             fd = os.open(inside, os.O_CREAT | os.O_EXCL | os.O_WRONLY)  # fails if another one is inside
             os.close(fd)
@@ -234,7 +234,7 @@ def _contender(root, series, rounds, inside, log):
 def _run_contenders(root, tmp_path, count=6, rounds=5):
     ctx = multiprocessing.get_context("fork")
     inside, log = str(tmp_path / "inside"), str(tmp_path / "log")
-    procs = [ctx.Process(target=_contender, args=(root, "db1", rounds, inside, log)) for _ in range(count)]
+    procs = [ctx.Process(target=_contender, args=(root, "db1", rounds, inside, log)) for _i in range(count)]
     for proc in procs:
         proc.start()
     for proc in procs:

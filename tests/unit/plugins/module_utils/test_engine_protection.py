@@ -59,7 +59,7 @@ def _read(location, manifest, name=None):
 @pytest.fixture
 def keys(tmp_path):
     secret, public = keygen(tmp_path / "id.txt")
-    other, _ = keygen(tmp_path / "other.txt")
+    other = keygen(tmp_path / "other.txt")[0]
     return {"file": str(tmp_path / "id.txt"), "secret": secret, "public": public, "other": other}
 
 
