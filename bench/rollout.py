@@ -32,8 +32,16 @@ Two measurements, each repeated ``--runs`` times, for both variants:
      rollout         (monitor 2 s; the window closes when the new container answers)
      recreate+wait   stop + remove old, create + start new
 
+3. (``--proxy``) Healthy upgrade of a Compose service behind nginx (seed 004: no published port,
+   nginx on loopback resolving the service name through a stand-in of Docker's DNS), GET through
+   nginx every 20 ms, v1 -> v2 -> v1 ... ``--runs`` times per order:
+     start-first     the new container next to the old one, gated, a proxy check that only the
+                     new version passes, then the old one stopped and removed
+     stop-first      the old container stopped, then the new one started (the default)
+
 Usage: .venv/bin/python bench/rollout.py [--runs 5] [--deadline 60] [--check-retries 7] [--check-interval 1]
        [--out bench/results/rollout.md]
+       .venv/bin/python bench/rollout.py --proxy [--runs 5] [--out bench/results/rollout_proxy.md]
 """
 
 from __future__ import annotations
@@ -45,6 +53,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 
@@ -59,6 +68,7 @@ import docker  # noqa: E402
 
 from harness import Poller, free_port, http_get  # noqa: E402
 from rollout_fixtures import BASE_IMAGE, build_images, run_web, wait_http  # noqa: E402
+from stack_fixtures import ComposeStack, ServiceDNS, nginx_proxy  # noqa: E402
 
 LINK = os.path.join(ROOT, ".build", "collections", "ansible_collections", "opskit", "runbook")
 if not os.path.exists(LINK):
@@ -163,6 +173,85 @@ def healthy_recreate(api, images, name, port):
     return {"gap": gap, "failed_requests": failed, "total": t_end - t0}
 
 
+def _proxied_run(api, proxy, project, order, image, tag):
+    checks = [{"name": "through nginx", "type": "http", "url": proxy + "/cgi-bin/health", "status_codes": [200],
+               "body_contains": "ok " + tag, "retries": 20, "interval": 0.25, "timeout": 2}]
+    with Poller(proxy + "/version", every=0.02, timeout=3) as poller:
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        res = _rollout.run(dict(target="compose_service", project=project, name="web", image=image, pull="never",
+                                order=order, proxy_checks=checks if order == "start-first" else None,
+                                compose_file="ignore", timeout=60.0, monitor=2.0, rollback_timeout=60.0,
+                                stop_timeout=10), False)
+        total = time.monotonic() - t0
+        time.sleep(1.0)
+    assert res["outcome"] == "deployed" and res["order"] == order, res
+    gap, _failed = poller.longest_gap()
+    bad = sum(1 for _t, status, _body in poller.samples if status != 200)
+    return {"requests": len(poller.samples), "failed_requests": bad, "gap": gap, "total": total}
+
+
+def proxied(api, images, runs):
+    """Start-first vs stop-first of a Compose service behind nginx; {order: [run, ...]}."""
+    rows = {"start-first": [], "stop-first": []}
+    for order in rows:
+        project = "rltproxy%s" % uuid.uuid4().hex[:6]
+        workdir = tempfile.mkdtemp(prefix="opskit-bench-")
+        stack = ComposeStack(api, project, workdir)
+        stack.write(images["v1"])
+        stack.up(images["v1"])
+        dns = ServiceDNS(api, stack.network)
+        try:
+            with nginx_proxy(dns.port, "web", os.path.join(workdir, "nginx")) as proxy:
+                wait_http(proxy + "/version", "v1")
+                for i in range(runs):
+                    tag = ("v2", "v1")[i % 2]
+                    rows[order].append(_proxied_run(api, proxy, project, order, images[tag], tag))
+                    print(order, i, rows[order][-1], flush=True)
+        finally:
+            dns.close()
+            for c in api.containers(all=True, filters={"label": "com.docker.compose.project=" + project}):
+                api.remove_container(c["Id"], force=True, v=True)
+            api.remove_network(project)
+    return rows
+
+
+def proxied_report(api, rows, runs):
+    load = os.getloadavg()
+    lines = [
+        "# rollout behind a proxy: start-first vs stop-first (issue 16, item 3)",
+        "",
+        "Command: `.venv/bin/python bench/rollout.py --proxy --runs %d`" % runs,
+        "",
+        "Machine: %s, %d cores, Python %s, Docker Engine %s, %s; load average at the end %.1f / %.1f / %.1f."
+        % (platform.machine(), os.cpu_count(), platform.python_version(), api.version()["Version"],
+           subprocess.run(["/usr/sbin/nginx", "-v"], capture_output=True, text=True).stderr.strip(), *load),
+        "A Compose service without a published port (busybox httpd, v1 <-> v2, a HEALTHCHECK) behind",
+        "nginx on loopback (`resolver valid=1s`, `proxy_next_upstream error timeout http_502`, connect",
+        "timeout 1 s), GET /version through nginx every 20 ms from 0.3 s before the upgrade until 1 s",
+        "after it. rollout driven through the module's `run()`, monitor 2 s. Median and max of %d runs." % runs,
+        "",
+        "| order | requests median | failed requests median | failed requests max | longest gap median (s) "
+        "| longest gap max (s) | task total median (s) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for order in ("start-first", "stop-first"):
+        r = rows[order]
+        q, f, g, t = (_stats([x[k] for x in r]) for k in ("requests", "failed_requests", "gap", "total"))
+        lines.append("| %s | %s | %s | %s | %s | %s | %s |" % (order, q[0], f[0], f[1], g[0], g[1], t[0]))
+    lines += [
+        "",
+        "failed: any answer but 200 (nginx's 502 while no container listens, or no answer within 3 s).",
+        "longest gap: the longest time from a 200 answer to the next one (20 ms when nothing failed;",
+        "more when nginx waited for a vanished address before it tried the other one).",
+        "start-first keeps the old container serving until the new one passed the gate and nginx",
+        "reached it (the proxy check asks for the new version's answer); stop-first has nothing to",
+        "serve from the stop of the old container until the new one listens.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
 BROKEN = ("broken/rollout", "broken late/rollout", "broken 503/rollout", "broken port/rollout")
 LABELS = {"broken/rollout": "rollout (exit)", "broken late/rollout": "rollout + check (late)",
           "broken 503/rollout": "rollout + check (503)", "broken port/rollout": "rollout + check (port)",
@@ -182,8 +271,10 @@ def main():
     parser.add_argument("--deadline", type=float, default=60.0)
     parser.add_argument("--check-retries", type=int, default=7)
     parser.add_argument("--check-interval", type=float, default=1.0)
-    parser.add_argument("--out", default=os.path.join(HERE, "results", "rollout.md"))
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--proxy", action="store_true", help="only the start-first vs stop-first comparison behind nginx")
     args = parser.parse_args()
+    args.out = args.out or os.path.join(HERE, "results", "rollout_proxy.md" if args.proxy else "rollout.md")
 
     api = docker.APIClient(version="auto")
     try:
@@ -191,6 +282,11 @@ def main():
     except docker.errors.ImageNotFound:
         subprocess.run([os.path.join(ROOT, "scripts", "docker-engine.sh"), "image"], check=True)
     images = build_images(api, tags=("v1", "v2", "plain", "exit", "late", "503", "port"))
+    if args.proxy:
+        text = proxied_report(api, proxied(api, images, args.runs), args.runs)
+        write_results(args.out, text)
+        print(text)
+        return
     prefix = "rltbench%s" % uuid.uuid4().hex[:6]
     rows = {k: [] for k in BROKEN + ("broken/recreate+wait", "healthy/rollout", "healthy/recreate+wait")}
 

@@ -90,9 +90,27 @@ options:
     description:
       - V(deployed) upgrades to O(image); V(rolled_back) restores the recorded last-known-good
         (fails when none is recorded); V(restarted) restarts without changing the image.
+      - V(stopped) stops the target (every container of a Compose service; a Deployment is scaled
+        to 0 and its replica count kept in the annotation C(opskit.runbook/replicas-before-stop)),
+        for example the writers of a database before a restore. It refuses before stopping
+        anything when a container cannot be started again (C(--rm)), and waits until nothing
+        runs, within O(timeout).
+      - V(started) starts a stopped target again (a Deployment back to its recorded replicas) and
+        runs the gate; a target that does not pass fails the task (nothing to roll back to).
+      - V(scaled) brings a Compose service or a Deployment to O(replicas). New Compose containers
+        are copies of the highest-numbered one (every setting, its image, the next container
+        numbers and Compose's names), started and gated one after the other; when one fails, the
+        copies of this run are removed and the task fails. Scaling down stops and removes the
+        highest-numbered containers. A container that holds a host port cannot run twice, so
+        scaling it up is refused before anything changes. A Deployment gets its C(spec.replicas)
+        patched and is gated, and is patched back when the gate fails.
     type: str
     default: deployed
-    choices: [deployed, rolled_back, restarted]
+    choices: [deployed, rolled_back, restarted, stopped, started, scaled]
+  replicas:
+    description:
+      - The number of containers or pods for O(state=scaled).
+    type: int
   health_checks:
     description:
       - Probes that must pass after the platform reports ready and keep passing through the
@@ -106,7 +124,7 @@ options:
         C(invocation).
     type: list
     elements: dict
-    suboptions:
+    suboptions: &health_check_suboptions
       name:
         description:
           - Name of the check in the report and in the rollout's reason.
@@ -114,7 +132,7 @@ options:
       type:
         description:
           - The probe, one of V(http), V(tcp), V(postgres), V(redis), V(docker_container), V(k8s_deployment),
-            V(disk), V(memory) or V(load). Required.
+            V(disk), V(memory), V(load), V(metrics), V(prometheus), V(tls), V(logs) or V(pod). Required.
         type: str
       timeout:
         description:
@@ -159,6 +177,8 @@ options:
       headers:
         description:
           - As O(opskit.runbook.health_check#module:checks[].headers) (type V(http)).
+          - Treated as secrets (an C(Authorization) header, a token) - never logged, masked in
+            C(invocation), and their values are masked wherever they would appear in the result.
         type: dict
       body:
         description:
@@ -297,6 +317,161 @@ options:
           - As O(opskit.runbook.health_check#module:checks[].docker_timeout) (type
             V(docker_container)).
         type: int
+      samples:
+        description:
+          - As O(opskit.runbook.health_check#module:checks[].samples) (type V(http)).
+        type: int
+      sample_interval:
+        description:
+          - As O(opskit.runbook.health_check#module:checks[].sample_interval) (type V(http)).
+        type: float
+      metric:
+        description:
+          - As O(opskit.runbook.health_check#module:checks[].metric) (type V(metrics)).
+        type: str
+      labels:
+        description:
+          - As O(opskit.runbook.health_check#module:checks[].labels) (type V(metrics)).
+        type: dict
+      quantile:
+        description:
+          - As O(opskit.runbook.health_check#module:checks[].quantile) (type V(metrics)).
+        type: float
+      query:
+        description:
+          - As O(opskit.runbook.health_check#module:checks[].query) (type V(prometheus)).
+        type: str
+      aggregate:
+        description:
+          - As O(opskit.runbook.health_check#module:checks[].aggregate) (type V(metrics), V(prometheus)).
+        type: str
+        choices: [none, sum, min, max, avg, count]
+      empty:
+        description:
+          - As O(opskit.runbook.health_check#module:checks[].empty) (type V(metrics), V(prometheus)).
+        type: str
+        choices: [ok, warning, critical, unknown]
+      bearer_token:
+        description:
+          - As O(opskit.runbook.health_check#module:checks[].bearer_token) (type V(metrics), V(prometheus)).
+        type: str
+      starttls:
+        description:
+          - As O(opskit.runbook.health_check#module:checks[].starttls) (type V(tls)).
+        type: str
+        choices: [none, smtp, imap, postgres]
+      server_name:
+        description:
+          - As O(opskit.runbook.health_check#module:checks[].server_name) (type V(tls)).
+        type: str
+      protocols:
+        description:
+          - As O(opskit.runbook.health_check#module:checks[].protocols) (type V(tls)).
+        type: list
+        elements: str
+      compose_service:
+        description:
+          - As O(opskit.runbook.health_check#module:checks[].compose_service) (type V(docker_container), V(logs)).
+        type: str
+      compose_project:
+        description:
+          - As O(opskit.runbook.health_check#module:checks[].compose_project) (type V(docker_container), V(logs)).
+        type: str
+      resources:
+        description:
+          - As O(opskit.runbook.health_check#module:checks[].resources) (type V(docker_container)).
+        type: bool
+      cpu_window:
+        description:
+          - As O(opskit.runbook.health_check#module:checks[].cpu_window) (type V(docker_container)).
+        type: float
+      patterns:
+        description:
+          - As O(opskit.runbook.health_check#module:checks[].patterns) (type V(logs)).
+        type: list
+        elements: str
+      ignore_case:
+        description:
+          - As O(opskit.runbook.health_check#module:checks[].ignore_case) (type V(logs)).
+        type: bool
+      since:
+        description:
+          - As O(opskit.runbook.health_check#module:checks[].since) (type V(logs)).
+        type: raw
+      tail:
+        description:
+          - As O(opskit.runbook.health_check#module:checks[].tail) (type V(logs)).
+        type: int
+      excerpt:
+        description:
+          - As O(opskit.runbook.health_check#module:checks[].excerpt) (type V(logs)).
+        type: int
+      selector:
+        description:
+          - As O(opskit.runbook.health_check#module:checks[].selector) (type V(pod)).
+        type: str
+      mask:
+        description:
+          - As O(opskit.runbook.health_check#module:checks[].mask) (type V(logs)).
+        type: list
+        elements: str
+  order:
+    description:
+      - Docker and Compose. V(stop-first) stops the old container, then starts the new one under
+        its name, so the service is down while the new version starts (bench/RESULTS.md).
+      - V(start-first) starts the new container next to the old one (as
+        C(<name>_opskit_next_<ms>), on the same networks with the same aliases, so that a proxy
+        that resolves the service name reaches both), gates it, runs O(proxy_checks), and only
+        then stops and removes the old one and gives the new one its name. A rollback is then
+        the removal of the new container, the old one never stopped. Both run at the same
+        time, on the same volumes; choose it only for services that allow that (stateless web
+        services behind a proxy), never for a database.
+      - Where start-first is impossible (the container holds a host port, uses network mode
+        C(host) or C(container:), or has a static address) the container is stopped first, and
+        RV(order) and RV(order_notes) (also a warning) say so.
+      - Kubernetes always rolls by the Deployment's own strategy (its surge); with
+        V(start-first), a strategy that may stop pods first (C(Recreate), C(maxUnavailable) not
+        0) is named in RV(order_notes). The Deployment is not changed.
+    type: str
+    default: stop-first
+    choices: [stop-first, start-first]
+  proxy_checks:
+    description:
+      - O(order=start-first) only. Checks through the reverse proxy in front of the service
+        (same schema as O(health_checks)), run once the new container passed the gate, while
+        the old one still runs; when they fail, the new container is removed (a rollback) and
+        the old one never stopped.
+      - Make it a check that only the new version passes (C(body_contains) its version, for
+        example); it then proves that the proxy's upstream reaches the new container (a proxy
+        that resolves the service name at most every few seconds, as nginx's C(resolver valid=),
+        may not know it yet), so that the proxy has somewhere to send requests when the old one
+        goes. Give it C(retries) to cover the proxy's resolver cache.
+    type: list
+    elements: dict
+    suboptions: *health_check_suboptions
+  compose_file:
+    description:
+      - O(target=compose_service) only. V(update) makes the Compose project say what runs, so
+        that the next C(docker compose up -d) keeps it. The project's files are found from the
+        containers' labels (C(com.docker.compose.project.config_files), C(.working_dir),
+        C(.environment_file)); the last file that sets the service's C(image:) wins.
+        A literal C(image) (C(repo:1.0)) is rewritten to the new image in that line; an image
+        taken from a variable (C(${VAR}) or C(${VAR:-default})) gets C(VAR=<new image>) in the
+        project's env file (C(.env) in the working directory by default). Only that line changes; the file is replaced through a
+        temporary file and a rename, with its mode kept.
+      - The edit is planned before anything changes, and the rollout is refused (nothing is
+        touched) when the file names a third image, neither the one that runs nor the new one;
+        the next C(docker compose up -d) would bring that one back otherwise. The file is written only
+        once every container passed the gate; a rolled-back run leaves it as it was.
+        O(state=rolled_back) writes the restored image back.
+      - When the files cannot be found on the host the module runs on (no such labels, a
+        remote O(docker_host), a service built from source without C(image:)), a warning says
+        that the file cannot follow, and the rollout goes on.
+      - V(ignore) leaves the project's files alone (the next C(docker compose up -d) brings back
+        what they say).
+    type: str
+    default: update
+    choices: [update, ignore]
   timeout:
     description:
       - Seconds the upgrade may take to become ready and pass O(health_checks) (the platform's
@@ -360,9 +535,10 @@ options:
     type: bool
     default: false
 notes:
-  - Docker containers keep their name and published host ports, so the old container is stopped
-    before the new one starts (Swarm's C(stop-first)); bench/RESULTS.md has the measured
-    unavailability window.
+  - Docker containers keep their name and published host ports, so by default the old container
+    is stopped before the new one starts (Swarm's C(stop-first)); O(order=start-first) serves
+    without a gap behind a proxy. bench/RESULTS.md has the measured unavailability window of both
+    (behind nginx with a request every 20 ms - stop-first failed 12-22 requests, start-first none).
   - The Kubernetes digest is read from the pods' C(imageID) after the rollout; it is null until a
     pod runs the image.
   - B(Interrupted runs.) SIGTERM (an Ansible or AWX timeout, a cancelled job) while a unit is
@@ -431,6 +607,29 @@ EXAMPLES = r"""
     msg: "{{ checkout.reason }} (last log lines: {{ checkout.logs[-3:] }})"
   when: checkout.outcome == 'rolled_back'
 
+- name: Upgrade the web service behind nginx without dropping a request, the compose file follows
+  opskit.runbook.rollout:
+    target: compose_service
+    project: shop
+    name: web
+    image: registry.example.com/shop/web:1.5
+    order: start-first
+    proxy_checks:
+      - name: nginx reaches the new version
+        type: http
+        url: http://127.0.0.1/health
+        body_contains: "1.5"
+        retries: 20
+        interval: 0.25
+    compose_file: update   # the default: the next docker compose up -d keeps 1.5
+
+- name: Stop the writers of the shop database before a restore (refused if one cannot be)
+  opskit.runbook.rollout:
+    target: compose_service
+    project: shop
+    name: worker
+    state: stopped
+
 - name: Roll back by hand to the recorded last-known-good
   opskit.runbook.rollout:
     target: docker_container
@@ -448,7 +647,8 @@ EXAMPLES = r"""
 RETURN = r"""
 outcome:
   description:
-    - V(deployed), V(rolled_back), V(rollback_failed), V(unchanged) or V(restarted).
+    - V(deployed), V(rolled_back), V(rollback_failed), V(unchanged), V(restarted), V(stopped),
+      V(started) or V(scaled).
     - For O(state=rolled_back) a successful restore is V(rolled_back); when the restored version
       fails the gate, what ran before is put back and the outcome is V(rollback_failed).
     - In check mode, the outcome the run would aim for.
@@ -517,11 +717,44 @@ repaired:
   sample: ["container api: an interrupted rollout had left the old container parked as
             api_opskit_prev_1764581234567; renamed it back and started it and removed the unverified
             container 3f2a1b4c5d6e (registry.example.com/api:2.4.1)"]
+order:
+  description:
+    - How the containers were replaced, V(stop-first) or V(start-first); for Kubernetes the
+      Deployment's strategy, for example C(rolling (maxSurge 1, maxUnavailable 0)).
+  returned: always
+  type: str
+  sample: start-first
+order_notes:
+  description: Why start-first was not possible for a container (it then stopped first), or what a Deployment's strategy allows.
+  returned: when there is something to say
+  type: list
+  elements: str
+  sample: ["start-first is impossible for container api: it publishes host port 8080 (8080/tcp); stopped it first"]
+proxy:
+  description: The report of O(proxy_checks) (start-first).
+  returned: when proxy_checks ran
+  type: dict
+compose_file:
+  description:
+    - The edit of the Compose project (O(compose_file=update)) - C(path) (the compose file or the
+      env file), C(from) (what it said), C(to) (the image it says now) and C(changed) - or absent
+      when it already said the right image.
+  returned: for target=compose_service when the project's file had to follow
+  type: dict
+  sample: {"path": "/srv/shop/.env", "from": "registry.example.com/web:1.4", "to": "registry.example.com/web:1.5",
+           "changed": true}
+replicas:
+  description: For O(state=scaled), the number of containers or replicas before (C(from)) and asked for (C(to)).
+  returned: when state=scaled
+  type: dict
+  sample: {"from": 1, "to": 3}
 healthy:
-  description: For O(state=restarted), whether the target came back and passed the gate.
-  returned: when state=restarted
+  description: For O(state=restarted) and O(state=started), whether the target came back and passed the gate.
+  returned: when state=restarted or state=started
   type: bool
 """
+
+import copy
 
 from ansible.module_utils.basic import AnsibleModule
 
@@ -529,6 +762,10 @@ from ansible_collections.opskit.runbook.plugins.module_utils._docker import dock
 from ansible_collections.opskit.runbook.plugins.module_utils._health.checks import CHECK_ARGSPEC
 from ansible_collections.opskit.runbook.plugins.module_utils._module import run_module
 from ansible_collections.opskit.runbook.plugins.module_utils._rollout.action import run
+
+# the checks' secrets: password (no_log in the PostgreSQL spec) and the HTTP headers (Authorization, tokens)
+HEALTH_CHECKS_SPEC = copy.deepcopy(CHECK_ARGSPEC)
+HEALTH_CHECKS_SPEC["headers"]["no_log"] = True
 
 
 def main():
@@ -538,8 +775,13 @@ def main():
             name=dict(type="str", required=True),
             project=dict(type="str"),
             image=dict(type="str"),
-            state=dict(type="str", default="deployed", choices=["deployed", "rolled_back", "restarted"]),
-            health_checks=dict(type="list", elements="dict", options=CHECK_ARGSPEC),
+            state=dict(type="str", default="deployed",
+                       choices=["deployed", "rolled_back", "restarted", "stopped", "started", "scaled"]),
+            replicas=dict(type="int"),
+            health_checks=dict(type="list", elements="dict", options=HEALTH_CHECKS_SPEC),
+            proxy_checks=dict(type="list", elements="dict", options=copy.deepcopy(HEALTH_CHECKS_SPEC)),
+            order=dict(type="str", default="stop-first", choices=["stop-first", "start-first"]),
+            compose_file=dict(type="str", default="update", choices=["update", "ignore"]),
             timeout=dict(type="float", default=300.0),
             monitor=dict(type="float", default=10.0),
             rollback_timeout=dict(type="float", default=120.0),

@@ -42,6 +42,7 @@ from .._health.checks import validate_checks
 from .._health.engine import run_checks
 from .._health.ranges import failing
 from .._kube import kube_client
+from . import compose, scale
 from .docker import DockerContainer, compose_units
 from .gate import checks_runner, gate
 from .k8s import K8sDeployment
@@ -52,9 +53,10 @@ class Settings:
     """Budgets and switches of one rollout (plain values, from the module's params)."""
 
     def __init__(self, timeout=300.0, monitor=10.0, rollback_timeout=120.0, log_lines=20,
-                 interval=0.25, checks=None):
+                 interval=0.25, checks=None, proxy=None):
         self.timeout, self.monitor, self.rollback_timeout = timeout, monitor, rollback_timeout
         self.log_lines, self.interval, self.checks = log_lines, interval, checks
+        self.proxy = proxy   # start-first: (deadline) -> (ok, reason, report), before the old unit goes
 
 
 # --------------------------------------------------------------------------- the actions
@@ -81,6 +83,11 @@ def _plan_restart(unit, plan, image, check_mode):
     plan["switch"] = True
 
 
+def _plan_start(unit, plan, image, check_mode):
+    plan["to"] = dict(plan["from"])
+    plan["switch"] = not unit.running()
+
+
 def _switch_deploy(unit, plan):
     # a target that is not healthy now is no "known good": keep the older record
     unit.replace(plan["to"], keep_record=unit.observe()[0] != READY)
@@ -92,6 +99,10 @@ def _switch_rollback(unit, plan):
 
 def _switch_restart(unit, plan):
     unit.restart()
+
+
+def _switch_start(unit, plan):
+    unit.start()
 
 
 class Action:
@@ -114,8 +125,11 @@ ACTIONS = {
                        reverted_note="; restored what ran before"),
     "restart": Action(_plan_restart, _switch_restart, "restarted", "restart", "%s restarted and passed the gate",
                       revertible=False),
+    "start": Action(_plan_start, _switch_start, "started", "start", "%s started and passed the gate",
+                    revertible=False),
 }
-STATES = {"deployed": "deploy", "rolled_back": "rollback", "restarted": "restart"}  # module state -> action
+# module state -> action (state=stopped is stop_units: no gate, nothing to revert)
+STATES = {"deployed": "deploy", "rolled_back": "rollback", "restarted": "restart", "started": "start"}
 
 
 # --------------------------------------------------------------------------- execute
@@ -208,8 +222,20 @@ def _switch_all(result, spec, switching, settings, clock, sleep):
         if not res.ok:
             failure = (unit, "%s: %s" % (unit.label(), res.reason))
             break
+        failure = _through_proxy(result, unit, settings)
+        if failure is not None:
+            break
     result["timings"]["upgrade"] = round(clock() - upgrade_start, 3)
     return done, failure
+
+
+def _through_proxy(result, unit, settings):
+    """start-first: the proxy's upstream answers while the old and the new unit both run."""
+    if settings.proxy is None or getattr(unit, "order", None) != "start-first":
+        return None
+    ok, reason, report = settings.proxy(settings.timeout)
+    result["proxy"] = report
+    return None if ok else (unit, "%s: through the proxy: %s" % (unit.label(), reason))
 
 
 def _commit(result, done, switching):
@@ -284,7 +310,7 @@ def _merge(total, part):
 
 def _finish(result, t0, clock):
     result["timings"]["total"] = round(clock() - t0, 3)
-    if result["outcome"] == "restarted":
+    if result["outcome"] in ("restarted", "started"):
         result.setdefault("healthy", True)
     return result
 
@@ -300,6 +326,110 @@ def missing_image_result(units, image, exc):
                           "rollback_monitor": None, "total": 0.0}}
     result["units"] = [{"target": u.describe(), "from": u.current(), "to": result["to"]} for u in units]
     return result
+
+
+def stop_units(units, check_mode=False, timeout=120.0, clock=time.monotonic, sleep=time.sleep):
+    """state=stopped: stop every unit (the writers of a restore). Refuses before stopping any when
+    one cannot be stopped (cannot_stop); a stop that fails names the units already stopped."""
+    t0 = clock()
+    refusals = [why for why in (u.cannot_stop() for u in units) if why]
+    if refusals:
+        raise ServiceError("refusing to stop anything: %s" % "; ".join(refusals))
+    result = {"changed": False, "outcome": "stopped", "logs": [],
+              "units": [{"target": u.describe(), "from": _ref(u.current()), "to": None} for u in units]}
+    result.update(result["units"][0] if units else {})
+    running = [u for u in units if u.running()]
+    result["changed"] = bool(running)
+    done = []
+    for unit in [] if check_mode else running:
+        try:
+            unit.stop()
+            _wait(unit.stopped, max(0.0, timeout - (clock() - t0)), clock, sleep)
+        except OpsError as exc:
+            raise ServiceError("%s%s" % (exc.msg, "; already stopped: %s" % ", ".join(u.label() for u in done)
+                                         if done else ""), **result) from exc
+        done.append(unit)
+    verb = "would stop" if check_mode else "stopped"
+    result["reason"] = ("%s %s" % (verb, ", ".join(u.label() for u in running)) if running
+                        else "%s already stopped" % ", ".join(u.label() for u in units))
+    result["timings"] = {"total": round(clock() - t0, 3)}
+    return result
+
+
+def _wait(done, seconds, clock, sleep):
+    deadline = clock() + seconds
+    while not done():
+        if clock() >= deadline:
+            raise ServiceError("still not stopped after %gs" % seconds)
+        sleep(0.25)
+
+
+def _scaled(params, settings, check_mode):
+    """state=scaled: a Compose service or a Deployment to ``replicas``, each new unit gated."""
+    if params.get("target") == "docker_container" or params.get("replicas") is None:
+        raise ConfigError("state=scaled needs target=compose_service or k8s_deployment, and replicas")
+    units = build_units(params, check_mode)
+
+    def gate_unit(unit):
+        return _gate(unit, settings, settings.timeout, time.monotonic, time.sleep)
+    if params["target"] == "k8s_deployment":
+        result = scale.scale_deployment(units[0], int(params["replicas"]), gate_unit, check_mode)
+    else:
+        result = scale.scale_compose(units[0].client, units, int(params["replicas"]), gate_unit, check_mode)
+    result["repaired"] = [text for unit in units for text in getattr(unit, "repaired", None) or []]
+    if result["outcome"] == "rolled_back":
+        raise OpsError("scale rolled back: %s" % result["reason"], **result)
+    return result
+
+
+# --------------------------------------------------------------------------- the compose file follows
+
+def _compose_plan(params, units, action):
+    """The edit of the compose project that records the image this run puts in place (None when
+    there is nothing to do); refuses (ConfigError) before anything changes when the project names
+    a third image. Only for target=compose_service with compose_file=update."""
+    if params.get("target") != "compose_service" or (params.get("compose_file") or "update") != "update" \
+            or action not in ("deploy", "rollback") or not units:
+        return None
+    unit = units[0]
+    running = unit.current()["image"]
+    if action == "deploy":
+        new = params["image"]
+    else:
+        record = unit.recorded()
+        new = record.get("image") if record else running
+    labels = (unit.inspect.get("Config") or {}).get("Labels") or {}
+    try:
+        edit = compose.plan_project(labels, params["name"], running, new)
+    except compose.NotHere as exc:
+        return {"warning": "%s: the compose file cannot follow (%s); the next docker compose up -d may bring back "
+                           "what the project says" % (unit.label(), exc.msg)}
+    return edit and dict(edit, image=new, running=running)
+
+
+def _compose_follow(result, edit, spec, check_mode):
+    """After the gate passed, write the edit; a rolled-back run leaves the file as it was."""
+    if edit is None:
+        return
+    if "warning" in edit:
+        result.setdefault("warnings", []).append(edit["warning"])
+        return
+    done = result.get("outcome") == spec.outcome and result.get("changed") and not check_mode
+    result["compose_file"] = {"path": edit["path"], "from": edit["was"], "to": edit["image"], "changed": False}
+    if done:
+        compose.apply_edit(edit)
+        result["compose_file"]["changed"] = True
+    elif check_mode and result.get("changed"):
+        result["compose_file"]["changed"] = True
+
+
+def _order_notes(result, units):
+    orders = [getattr(u, "order", None) for u in units]
+    result["order"] = orders[0] if orders and len(set(orders)) == 1 else (orders or [None])[0]
+    notes = [u.order_note for u in units if getattr(u, "order_note", None)]
+    if notes:
+        result["order_notes"] = notes
+        result.setdefault("warnings", []).extend(notes)
 
 
 # --------------------------------------------------------------------------- module entry point
@@ -342,12 +472,13 @@ def build_units(params, check_mode=False):
     if target in ("docker_container", "compose_service"):
         client = docker_client(params)
         opts = dict(pull=params.get("pull") or "missing", stop_timeout=params.get("stop_timeout") or 10,
-                    check_mode=check_mode)
+                    check_mode=check_mode, order=params.get("order") or "stop-first")
         if target == "docker_container":
             return [DockerContainer(client, params["name"], **opts)]
         return compose_units(client, params["project"], params["name"], **opts)
     api = kube_client(params.get("kubeconfig"), params.get("context"), bool(params.get("in_cluster")))
-    return [K8sDeployment(api, params.get("namespace") or "default", params["name"], params.get("container"))]
+    return [K8sDeployment(api, params.get("namespace") or "default", params["name"], params.get("container"),
+                          order=params.get("order") or "stop-first")]
 
 
 def _settings(params):
@@ -356,21 +487,28 @@ def _settings(params):
                         log_lines=max(0, int(params.get("log_lines") or 0)))
     if params.get("stop_timeout") is not None and params["stop_timeout"] < 0:
         raise ConfigError("stop_timeout must be >= 0, got %r" % params["stop_timeout"])
+    defaults = {k: params.get(k) for k in DOCKER_OPTION_NAMES}
     if params.get("health_checks"):
-        checks = validate_checks(params["health_checks"],
-                                 defaults={k: params.get(k) for k in DOCKER_OPTION_NAMES})
-        settings.checks = checks_runner(checks, run_checks, failing)
+        settings.checks = checks_runner(validate_checks(params["health_checks"], defaults=defaults), run_checks, failing)
+    if params.get("proxy_checks"):
+        settings.proxy = checks_runner(validate_checks(params["proxy_checks"], defaults=defaults), run_checks, failing)
     return settings
 
 
 def run(params, check_mode=False):
     """The module's action: validate, build the units, execute, decide whether the task fails."""
     settings = _settings(params)
+    if params.get("state") == "stopped":
+        units = build_units(params, check_mode)
+        return stop_units(units, check_mode, timeout=settings.timeout)
+    if params.get("state") == "scaled":
+        return _scaled(params, settings, check_mode)
     action = STATES[params.get("state") or "deployed"]
     spec = ACTIONS[action]
     if spec.takes_image and not params.get("image"):
         raise ConfigError("image is required for state=deployed")
     units = build_units(params, check_mode)
+    edit = _compose_plan(params, units, action)
     try:
         with reverting_on_sigterm():
             result = execute(units, action, params.get("image"), settings, check_mode)
@@ -378,11 +516,13 @@ def run(params, check_mode=False):
         if not spec.takes_image:
             raise
         result = missing_image_result(units, params.get("image"), exc)
+    _compose_follow(result, edit, spec, check_mode)
+    _order_notes(result, units)
     result["repaired"] = [text for unit in units for text in getattr(unit, "repaired", None) or []]
     result.setdefault("warnings", []).extend(result["repaired"])
     outcome = result["outcome"]
     if outcome == "rollback_failed" or (outcome == "rolled_back" and spec.takes_image and params.get("fail_on_rollback", True)):
         raise OpsError("rollout %s: %s" % (outcome.replace("_", " "), result["reason"]), **result)
-    if outcome == "restarted" and result.get("healthy") is False:
-        raise OpsError("restart did not pass the gate: %s" % result["reason"], **result)
+    if outcome in ("restarted", "started") and result.get("healthy") is False:
+        raise OpsError("%s did not pass the gate: %s" % (spec.verb, result["reason"]), **result)
     return result

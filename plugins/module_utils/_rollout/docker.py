@@ -34,7 +34,8 @@ COMPOSE_NUMBER = "com.docker.compose.container-number"
 _BUILTIN_NETWORKS = ("default", "bridge", "host", "none")
 # The run that created a container and is still gating it: "<host>/<pid>/<process start time>".
 RUN_LABEL = "opskit.runbook.rollout-run"
-_PARKED = re.compile(r"^/?(?P<base>.+)_opskit_(?P<kind>prev|failed|old)_(?P<ms>[0-9]+)$")
+_PARKED = re.compile(r"^/?(?P<base>.+)_opskit_(?P<kind>prev|failed|old|next)_(?P<ms>[0-9]+)$")
+ORDERS = ("stop-first", "start-first")
 # Config keys carried when they differ from the old image's (None: no image default).
 _IMAGE_DEFAULTED = ("User", "WorkingDir", "Entrypoint", "Cmd", "Healthcheck", "StopSignal", "Shell", "OnBuild")
 _ALWAYS = ("Domainname", "Tty", "OpenStdin", "StdinOnce", "AttachStdin", "AttachStdout", "AttachStderr",
@@ -165,6 +166,24 @@ def _binds_with_anonymous(host, mounts):
     return binds or None
 
 
+def start_first_blocker(inspect):
+    """Why the container cannot run next to its new copy (order start-first), or None: a host port
+    it holds, a network mode it shares, or a static address."""
+    host = inspect.get("HostConfig") or {}
+    for port, bindings in sorted((host.get("PortBindings") or {}).items()):
+        held = [b.get("HostPort") for b in bindings or [] if (b or {}).get("HostPort") not in (None, "", "0")]
+        if held:
+            return "it publishes host port %s (%s)" % (held[0], port)
+    mode = host.get("NetworkMode") or "default"
+    if mode == "host" or mode.startswith("container:"):
+        return "it uses network mode %s" % mode
+    for name, ep in sorted(((inspect.get("NetworkSettings") or {}).get("Networks") or {}).items()):
+        ipam = (ep or {}).get("IPAMConfig") or {}
+        if ipam.get("IPv4Address") or ipam.get("IPv6Address"):
+            return "it has a static address on network %s" % name
+    return None
+
+
 def image_digest(image_inspect, ref=None):
     """The resolved digest: the registry digest of ``ref``'s repository when known, else the image id."""
     digests = image_inspect.get("RepoDigests") or []
@@ -288,13 +307,18 @@ class DockerContainer:
     """
 
     def __init__(self, client, name, pull="missing", stop_timeout=10, kind="docker_container", repaired=None,
-                 check_mode=False):
+                 check_mode=False, order="stop-first"):
         self.client, self.pull, self.stop_timeout, self.kind = client, pull, stop_timeout, kind
         self.errors = DOCKER.load().errors   # NotFound < APIError < DockerException
         self.failures = _failures()
         self.repaired = repaired if repaired is not None else repair_leftovers(client, name, check_mode)
         self.inspect = self._call(client.inspect_container, "container %s" % name, name)
         self.name = (self.inspect.get("Name") or name).lstrip("/")
+        blocker = start_first_blocker(self.inspect) if order == "start-first" else None
+        self.order = "stop-first" if blocker else order
+        self.order_note = ("start-first is impossible for %s: %s; stopped it first" % (self.label(), blocker)
+                           if blocker else None)
+        self._beside = False                 # start-first: the new container runs beside the old one
         self.watch = self.inspect["Id"]      # the container the gate observes
         self.prev = None                     # the old container kept for revert
         self.new = None
@@ -407,6 +431,9 @@ class DockerContainer:
         body["Image"] = image
         body.setdefault("Labels", {})[RECORD_LABEL] = record_text(record)
         body["Labels"][RUN_LABEL] = run_token()
+        if self.order == "start-first":
+            self._switch_beside(spec, body, record)
+            return
         old_id = self.inspect["Id"]
         if (self.inspect.get("HostConfig") or {}).get("AutoRemove"):
             # docker run --rm: the daemon deletes the old container when it stops
@@ -423,6 +450,18 @@ class DockerContainer:
         self.baseline = 0
         self._call(self.client.start, "starting the new container", self.new)
 
+    def _switch_beside(self, spec, body, record):
+        """start-first: the new container starts next to the old one (same networks and aliases, so
+        a proxy that resolves the service name sees both); the old one is removed in commit()."""
+        self.prev, self._beside = self.inspect["Id"], True
+        created = self._call(self.client.create_container_from_config, "creating the new container", body,
+                             name="%s_opskit_next_%d" % (self.name, _ms()))
+        self.new = self.watch = created["Id"]
+        self._record = record
+        self._connect(self.new, spec.get("networks"))
+        self.baseline = 0
+        self._call(self.client.start, "starting the new container", self.new)
+
     def _connect(self, container, networks):
         for net in networks or []:
             self._call(self.client.connect_container_to_network, "connecting network %s" % net["name"],
@@ -432,6 +471,30 @@ class DockerContainer:
     def restart(self):
         self.baseline = int(self._call(self.client.inspect_container, self.label(), self.watch).get("RestartCount") or 0)
         self._call(self.client.restart, "restarting %s" % self.label(), self.watch, timeout=self.stop_timeout)
+
+    # -- stop and start (the writers of a restore, state=stopped / state=started)
+    def running(self):
+        return self._call(_running, self.label(), self.client, self.watch)
+
+    def cannot_stop(self):
+        """Why this container cannot be stopped and started again, or None."""
+        if (self.inspect.get("HostConfig") or {}).get("AutoRemove"):
+            return "%s runs with --rm (AutoRemove): stopping it would delete it" % self.label()
+        return None
+
+    def stop(self):
+        self._call(self.client.stop, "stopping %s" % self.label(), self.watch, timeout=self.stop_timeout)
+        _wait_stopped(self.client, self.watch, 15)
+        if self.running():
+            raise ServiceError("%s still runs after docker stop" % self.label())
+
+    def stopped(self):
+        return not self.running()
+
+    def start(self):
+        inspect = self._call(self.client.inspect_container, self.label(), self.watch)
+        self.baseline = int(inspect.get("RestartCount") or 0)
+        start_checked(self.client, self.watch, "starting %s" % self.label())
 
     def observe(self):
         try:
@@ -446,6 +509,12 @@ class DockerContainer:
         """Stop the new container at once, put the old one back under its name and start it;
         the failed container is removed only once the old one runs (off the critical path)."""
         if self.prev is None:
+            return
+        if self._beside:   # start-first: the old one never stopped
+            failed, self.new, self.watch, self._beside = self.new, None, self.prev, False
+            self.baseline, self.prev = int(self.inspect.get("RestartCount") or 0), None
+            if failed is not None:
+                self._remove(failed)
             return
         failed, self.new = self.new or self._orphan(), None
         if self._old_spec is not None and self._stop_sent:
@@ -527,6 +596,9 @@ class DockerContainer:
         prev, self.prev = self.prev, None
         if prev is None:
             return
+        if self._beside:
+            self._retire_beside(prev)
+            return
         try:
             self.client.remove_container(prev, v=False, force=True)
         except self.errors.NotFound:
@@ -537,6 +609,19 @@ class DockerContainer:
             except self.failures:
                 pass
             raise docker_error(exc, "removing the old container") from exc
+
+    def _retire_beside(self, prev):
+        """start-first, the new container passed: stop the old one (its own stop signal and timeout,
+        so it finishes what it serves), remove it, and give the new one the name."""
+        self._beside = False
+        self._call(self.client.stop, "stopping the old container", prev, timeout=self.stop_timeout)
+        try:
+            self.client.remove_container(prev, v=False, force=True)
+        except self.errors.NotFound:
+            pass
+        except self.failures as exc:
+            raise docker_error(exc, "removing the old container") from exc
+        self._call(self.client.rename, "renaming the new container to %s" % self.name, self.new, self.name)
 
     def logs(self, lines):
         target = self.new or self.watch
@@ -588,6 +673,7 @@ def repair_leftovers(client, name, check_mode=False):
     if not parked:
         return []
     prevs = [p for p in parked if p[1] == "prev"]
+    _refuse_live_beside(client, base, parked)
     token = (((current or {}).get("Config") or {}).get("Labels") or {}).get(RUN_LABEL)
     if prevs and run_alive(token):
         raise ServiceError("container %s: another rollout (process %s) is still switching it; run again when it "
@@ -610,6 +696,17 @@ def repair_leftovers(client, name, check_mode=False):
         done.append("container %s: removed %d leftover container(s) of an interrupted rollout (%s)"
                     % (base, len(rest), ", ".join(p[2] for p in rest)))
     return done
+
+
+def _refuse_live_beside(client, base, parked):
+    """A start-first copy (``_opskit_next_``) of a run that is still alive is left alone."""
+    for _ms_, kind, _pname, cid in parked:
+        if kind != "next":
+            continue
+        labels = (((_inspect_or_none(client, cid) or {}).get("Config") or {}).get("Labels") or {})
+        if run_alive(labels.get(RUN_LABEL)):
+            raise ServiceError("container %s: another rollout (process %s) is still gating its new copy; run again "
+                               "when it has finished" % (base, labels[RUN_LABEL].split("/")[1]))
 
 
 def _restore_parked(client, base, current, prev):

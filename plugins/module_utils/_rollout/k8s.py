@@ -22,6 +22,7 @@ from .._timeutil import rfc3339, utcnow
 from .record import FAILED, RECORD_KEY, WAITING, make_record, pod_failure, read_record, record_text, rollout_status
 
 RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
+STOPPED_KEY = "opskit.runbook/replicas-before-stop"   # state=stopped: the replicas to come back to
 SMP = "application/strategic-merge-patch+json"
 
 
@@ -53,10 +54,28 @@ def pod_matches_template(pod, template):
     return want == have
 
 
+def surge_order(dep, wanted, label):
+    """(order, note): a Deployment rolls by its own strategy; ``start-first`` is its surge with
+    maxUnavailable 0, and a strategy that takes pods down first is named in the note."""
+    strategy = (dep.get("spec") or {}).get("strategy") or {}
+    if strategy.get("type") == "Recreate":
+        order = "recreate"
+    else:
+        rolling = strategy.get("rollingUpdate") or {}
+        order = "rolling (maxSurge %s, maxUnavailable %s)" % (rolling.get("maxSurge", "25%"),
+                                                              rolling.get("maxUnavailable", "25%"))
+    unavailable = str(((strategy.get("rollingUpdate") or {}).get("maxUnavailable", "25%")))
+    note = None
+    if wanted == "start-first" and (order == "recreate" or unavailable not in ("0", "0%")):
+        note = ("%s: start-first is the Deployment's own surge; its strategy (%s) may stop pods before new ones "
+                "are ready: set strategy.rollingUpdate.maxUnavailable to 0" % (label, order))
+    return order, note
+
+
 class K8sDeployment:
     """One Deployment (one of its containers) replaced as a whole (see the unit interface in _rollout)."""
 
-    def __init__(self, api_client, namespace, name, container=None, request_timeout=30):
+    def __init__(self, api_client, namespace, name, container=None, request_timeout=30, order="stop-first"):
         kubernetes = KUBERNETES.load()
         self.api = api_client
         self.apps = kubernetes.client.AppsV1Api(api_client)
@@ -72,6 +91,7 @@ class K8sDeployment:
         elif container not in names:
             raise ConfigError("%s has no container %r (it has %s)" % (self.label(), container, ", ".join(names)))
         self.container = container
+        self.order, self.order_note = surge_order(self.dep, order, self.label())
         self.before = None
         self.restart_baseline = {}
         self.failing_pod = None
@@ -166,6 +186,33 @@ class K8sDeployment:
     def restart(self):
         self.before = None
         self._patch({"spec": {"template": {"metadata": {"annotations": {RESTARTED_AT: rfc3339(utcnow())}}}}})
+
+    # -- stop and start (state=stopped / state=started): replicas 0, then back to what they were
+    def running(self):
+        return int((self.dep.get("spec") or {}).get("replicas") or 0) > 0
+
+    def cannot_stop(self):
+        return None
+
+    def stop(self):
+        replicas = int((self.dep.get("spec") or {}).get("replicas") or 0)
+        self._patch({"metadata": {"annotations": {STOPPED_KEY: str(replicas)}}, "spec": {"replicas": 0}})
+
+    def set_replicas(self, replicas):
+        self._patch({"spec": {"replicas": int(replicas)}})
+
+    def stopped(self):
+        """True once no pod of the Deployment is left (status.replicas 0)."""
+        self.dep = self._get()
+        return int((self.dep.get("status") or {}).get("replicas") or 0) == 0
+
+    def start(self):
+        annotations = (self.dep.get("metadata") or {}).get("annotations") or {}
+        try:
+            replicas = max(1, int(annotations.get(STOPPED_KEY) or 1))
+        except ValueError:
+            replicas = 1
+        self._patch({"metadata": {"annotations": {STOPPED_KEY: None}}, "spec": {"replicas": replicas}})
 
     def observe(self):
         try:
