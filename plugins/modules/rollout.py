@@ -763,10 +763,6 @@ from ansible_collections.opskit.runbook.plugins.module_utils._health.checks impo
 from ansible_collections.opskit.runbook.plugins.module_utils._module import run_module
 from ansible_collections.opskit.runbook.plugins.module_utils._rollout.action import run
 
-# the checks' secrets: password (no_log in the PostgreSQL spec) and the HTTP headers (Authorization, tokens)
-HEALTH_CHECKS_SPEC = copy.deepcopy(CHECK_ARGSPEC)
-HEALTH_CHECKS_SPEC["headers"]["no_log"] = True
-
 
 def main():
     module = AnsibleModule(
@@ -778,8 +774,8 @@ def main():
             state=dict(type="str", default="deployed",
                        choices=["deployed", "rolled_back", "restarted", "stopped", "started", "scaled"]),
             replicas=dict(type="int"),
-            health_checks=dict(type="list", elements="dict", options=HEALTH_CHECKS_SPEC),
-            proxy_checks=dict(type="list", elements="dict", options=copy.deepcopy(HEALTH_CHECKS_SPEC)),
+            health_checks=dict(type="list", elements="dict", options=copy.deepcopy(CHECK_ARGSPEC)),  # password and headers are no_log there
+            proxy_checks=dict(type="list", elements="dict", options=copy.deepcopy(CHECK_ARGSPEC)),
             order=dict(type="str", default="stop-first", choices=["stop-first", "start-first"]),
             compose_file=dict(type="str", default="update", choices=["update", "ignore"]),
             timeout=dict(type="float", default=300.0),

@@ -84,7 +84,7 @@ def test_third_service_broken_the_stack_ends_on_its_old_images(api, images, pref
     pg.createdb(db)
     pg.psql("CREATE TABLE orders (id int PRIMARY KEY); INSERT INTO orders SELECT generate_series(1, 50);", db=db)
     names = ["%s-%s" % (prefix, n) for n in ("api", "web", "worker")]
-    ports = [free_port() for _ in names]
+    ports = [free_port() for _name in names]
     for name, port in zip(names, ports):
         run_web(api, name, images["v1"], port)
     for port in ports:

@@ -24,7 +24,8 @@ from .docker import COMPOSE_NUMBER, DockerContainer, _failures, start_first_bloc
 
 def _copy_spec(unit, number):
     """The create request of container ``number`` of the service, from the highest-numbered one."""
-    spec = unit._own_spec()     # pylint: disable=protected-access  (the driver's own re-creation spec)
+    # the driver's own re-creation spec
+    spec = unit._own_spec()     # pylint: disable=protected-access
     body = spec["body"]
     body.setdefault("Labels", {})[COMPOSE_NUMBER] = str(number)
     match = re.match(r"^(?P<base>.*?)(?P<num>[0-9]+)$", unit.name)
