@@ -28,7 +28,8 @@ HEADER = """
 SECRETS = ("hunter2", "abcdefgh12345", "eyJabc.def.ghi", "pw-in-url", "zz-query-token")   # masked by default
 LOGGER = ("echo 'INFO start'; echo 'ERROR db failed password=hunter2 token: abcdefgh12345'; "
           "echo 'FATAL Authorization: Bearer eyJabc.def.ghi'; echo 'WARN slow'; echo 'panic: runtime error'; "
-          "echo 'ERROR fetch http://user:pw-in-url@h/x?token=zz-query-token code=s3cr3t-extra' >&2; sleep 300")
+          # a second later on stderr: the engine orders the two streams by time stamp only
+          "sleep 1; echo 'ERROR fetch http://user:pw-in-url@h/x?token=zz-query-token code=s3cr3t-extra' >&2; sleep 300")
 HOG = "BEGIN{t=\"x\"; while(length(t)<1048576) t=t t; for(i=0;i<52;i++) a[i]=t i; system(\"sleep 300\")}"
 
 
@@ -54,9 +55,16 @@ def workload(docker_engine):
         for number in (1, 2):
             run("web%d" % number, ["sleep", "300"],
                 labels={"com.docker.compose.service": "web", "com.docker.compose.project": prefix})
-        wait_for(lambda: attrs(oom)["State"]["Status"] == "exited", "the OOM kill", timeout=60)
+        # Engine 20.10 on cgroup v1 sometimes records the exit (137) before the kernel's OOM event,
+        # and then never flags OOMKilled: run the allocation again until the engine says OOMKilled.
+        for _attempt in range(3):
+            wait_for(lambda: attrs(oom)["State"]["Status"] == "exited", "the OOM kill", timeout=60)
+            if attrs(oom)["State"]["OOMKilled"]:
+                break
+            oom.start()
+        assert attrs(oom)["State"]["OOMKilled"], "the engine never flagged the OOM kill of the oom container"
         wait_for(lambda: attrs(loop)["RestartCount"] >= 2, "two restarts", timeout=60)
-        wait_for(lambda: b"panic" in logger.logs(), "the logger's lines")
+        wait_for(lambda: b"s3cr3t-extra" in logger.logs(), "the logger's lines")
         wait_for(lambda: (hog.stats(stream=False)["memory_stats"].get("usage") or 0) > 52 * 1048576, "the hog's memory")
         yield prefix
     finally:
@@ -120,8 +128,9 @@ def test_container_resources_and_logs(run_playbook, docker_engine, workload):
     logs = expect("logs_default", "CRITICAL", "4 of 6 lines (all lines) match ERROR|FATAL|panic|Traceback", "matches (4) > 3")
     assert logs["measures"] == {"matches": 4, "lines": 6, "containers": 1}
     excerpt = logs["details"]["excerpt"]
-    assert len(excerpt) == 4 and excerpt[0] == "ERROR db failed password=*** token: ***"
-    shown = " | ".join(excerpt)      # stdout and stderr lines: their order in the log is the engine's
+    # stdout and stderr lines: their order in the log is the engine's, not the order they were written in
+    assert len(excerpt) == 4 and "ERROR db failed password=*** token: ***" in excerpt
+    shown = " | ".join(excerpt)
     assert "FATAL Authorization: Bearer ***" in shown and "http://***@h/x?token=***" in shown
     assert logs["details"]["matches_by_pattern"] == {"ERROR": 2, "FATAL": 1, "panic": 1, "Traceback": 0}
     tail = expect("logs_tail", "WARNING", "2 of 2 lines (last 2 lines)", "matches (2) > 1 (warning)")
