@@ -153,14 +153,17 @@ def _chain(sock):
 def _handshake(check, obs, clock, verify):
     host, port = check["host"], check["port"]
     sock = _connect(host, port, clock, obs)
+    handed_over = False
     try:
         if check.get("starttls", "none") != "none":
             starttls(sock, check["starttls"], clock)
         options = dict(check, validate_certs=verify)
-        return tls_handshake(sock, options, host, port, clock, obs, server_hostname=check.get("server_name") or host)
-    except BaseException:
-        sock.close()
-        raise
+        tls = tls_handshake(sock, options, host, port, clock, obs, server_hostname=check.get("server_name") or host)
+        handed_over = True
+        return tls
+    finally:
+        if not handed_over:     # any error, KeyboardInterrupt included: the plain socket is ours to close
+            sock.close()
 
 
 def _verify_first(check, obs, clock):
