@@ -30,6 +30,7 @@ LABEL_WIDTH = 190
 VALUE_WIDTH = 90
 CHART_WIDTH = 640
 PALETTE = {"ok": "#2e7d32", "bad": "#c62828", "neutral": "#1565c0"}
+OFF_SCALE = 4  # a target beyond 4 times the largest value is marked, not drawn to scale
 
 
 def duration_seconds(value):
@@ -107,14 +108,42 @@ def _fmt(value, unit):
         if value >= 120:
             return "%.1f min" % (value / 60)
         return "%.2f s" % value
+    if unit == "B":
+        for factor, name in ((1 << 40, "TiB"), (1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")):
+            if abs(value) >= factor:
+                return "%.1f %s" % (value / factor, name)
+        return "%d B" % value
     return "%g %s" % (round(value, 2), unit) if unit else "%g" % round(value, 2)
+
+
+def _scale(values, limit):
+    """(the value at the right end of the plot, whether the target lies beyond it). The scale
+    fits the values: a target more than OFF_SCALE times the largest value is not drawn to scale
+    (12 s on a 4 h axis would be an invisible bar), it is marked at the right edge instead."""
+    largest = max(values + [0.0])
+    if limit is None:
+        return max(largest, 1e-9), False
+    if largest > 0 and limit > OFF_SCALE * largest:
+        return largest * 1.25, True
+    return max(largest, limit, 1e-9), False
+
+
+def _target(limit, x, top, height, unit, off_scale):
+    """The labelled target line (dashed; solid with an arrow at the right edge when off scale)."""
+    label = "target %s%s" % (_fmt(limit, unit), " \u2192 off scale" if off_scale else "")
+    dash = "" if off_scale else ' stroke-dasharray="4 3"'
+    anchor = "end" if x > LABEL_WIDTH + (CHART_WIDTH - LABEL_WIDTH - VALUE_WIDTH) / 2 else "start"
+    return ('<line class="target" x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="#555"%s><title>%s</title></line>\n'
+            '<text class="target-label" x="%.1f" y="%d" text-anchor="%s" fill="#555">%s</text>'
+            % (x, top - 2, x, height - 2, dash, escape(label), x, top - 5, anchor, escape(label)))
 
 
 def svg_bars(items, label="name", value="seconds", unit="s", limit=None, title=""):
     """A horizontal bar chart as an inline <svg> element (no scripts, no external assets).
 
-    items: list of dicts; label/value: their keys. limit: a target drawn as a dashed line; bars
-    beyond it are red, the others green (without a limit every bar is blue).
+    items: list of dicts; label/value: their keys. limit: a target drawn as a labelled line; bars
+    beyond it are red, the others green (without a limit every bar is blue). The scale fits the
+    values (see _scale). unit: s (durations), B (bytes) or any suffix.
     """
     if not isinstance(items, (list, tuple)):
         raise AnsibleFilterError("svg_bars: expected a list of dicts, got %s" % type(items).__name__)
@@ -124,26 +153,25 @@ def svg_bars(items, label="name", value="seconds", unit="s", limit=None, title="
             raise AnsibleFilterError("svg_bars: item %d is not a dict" % index)
         rows.append((str(item.get(label, "")), _number(item, value, index)))
     limit = None if limit in (None, "") else duration_seconds(limit) if unit == "s" else float(limit)
-    scale_max = max([row[1] for row in rows] + ([limit] if limit else []) + [1e-9])
+    scale_max, off_scale = _scale([row[1] for row in rows], limit)
     plot = CHART_WIDTH - LABEL_WIDTH - VALUE_WIDTH
-    top = 22 if title else 4
+    top = (22 if title else 4) + (14 if limit is not None else 0)
     height = top + len(rows) * (BAR_HEIGHT + GAP) + 4
-    out = ['<svg xmlns="http://www.w3.org/2000/svg" role="img" width="%d" height="%d" viewBox="0 0 %d %d"'
-           ' font-family="sans-serif" font-size="12">' % (CHART_WIDTH, height, CHART_WIDTH, height)]
+    out = ['<svg xmlns="http://www.w3.org/2000/svg" role="img" aria-label="%s" width="%d" height="%d" viewBox="0 0 %d %d"'
+           ' font-family="sans-serif" font-size="12">' % (escape(str(title)), CHART_WIDTH, height, CHART_WIDTH, height)]
     if title:
         out.append('<text x="0" y="14" font-weight="bold">%s</text>' % escape(str(title)))
     for row, (name, number) in enumerate(rows):
         y = top + row * (BAR_HEIGHT + GAP)
-        width = max(1.0, plot * number / scale_max) if number > 0 else 0.0
+        width = min(plot, max(1.0, plot * number / scale_max)) if number > 0 else 0.0
         colour = PALETTE["neutral"] if limit is None else PALETTE["ok" if number <= limit else "bad"]
         out.append('<text x="0" y="%d">%s</text>' % (y + 13, escape(name[:32])))
         out.append('<rect x="%d" y="%d" width="%.1f" height="%d" fill="%s"><title>%s: %s</title></rect>'
                    % (LABEL_WIDTH, y, width, BAR_HEIGHT, colour, escape(name), escape(_fmt(number, unit))))
         out.append('<text x="%.1f" y="%d">%s</text>' % (LABEL_WIDTH + width + 4, y + 13, escape(_fmt(number, unit))))
-    if limit:
-        x = LABEL_WIDTH + plot * limit / scale_max
-        out.append('<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="#555" stroke-dasharray="4 3">'
-                   '<title>target %s</title></line>' % (x, top - 2, x, height - 2, escape(_fmt(limit, unit))))
+    if limit is not None:
+        x = LABEL_WIDTH + (plot if off_scale else plot * limit / scale_max)
+        out.append(_target(limit, x, top, height, unit, off_scale))
     out.append("</svg>")
     return "\n".join(out)
 

@@ -602,3 +602,42 @@ def test_example_inventory_has_the_seeds_objectives():
         assert (hostvars[host]["opskit_rto"], hostvars[host]["opskit_rpo"]) == ("4h", "24h"), host
     assert "opskit_retention" not in hostvars["app1.prod.example.com"]  # the roles' 30 / 12 / 12
     assert hostvars["app1.staging.example.com"]["opskit_retention"] == {"keep_daily": 7}  # merged into them
+
+
+def test_example_inventory_health_checks_parse_and_carry_the_seeds_targets(run_playbook):
+    """The example inventory's checks (group_vars all + production, then + staging) through the
+    real health_check module: its argument spec and check validation accept them (a deadline of
+    1 ms ends every probe at once: nothing is measured, every option is checked), the seeds'
+    targets are the thresholds; the same list with one misspelled option is refused in one line."""
+    group_vars = os.path.join(ROOT, "inventories", "example", "group_vars")
+
+    def run_checks(name, checks):
+        return {"name": name, "opskit.runbook.health_check": {"checks": checks, "deadline": 0.001, "fail_on": "never"},
+                "register": "__" + name.replace(" ", "_")}
+    tasks = []
+    for group in ("production", "staging"):
+        tasks += [{"name": "vars " + group, "ansible.builtin.include_vars": os.path.join(group_vars, f)}
+                  for f in ("all.yml", group + ".yml")]
+        tasks.append(run_checks("checks " + group, "{{ opskit_health_checks }}"))
+    tasks.append(dict(run_checks("misspelled", "{{ opskit_health_checks[:1] + [opskit_health_checks[1] | combine({'metirc': 'x'})] }}"),
+                      ignore_errors=True))
+    tasks.append(dict(run_checks("one sample", "{{ [opskit_health_checks[0] | combine({'samples': 1})] }}"), ignore_errors=True))
+    run = run_playbook([{"hosts": "localhost", "gather_facts": False, "tasks": tasks}])
+    assert run.rc == 0, run.stdout[-3000:]
+    for group in ("production", "staging"):
+        result = run.task("checks " + group)
+        assert not result.get("failed"), result.get("msg")
+        checks = {c["name"]: c for c in result["invocation"]["module_args"]["checks"]}
+        assert {c["type"] for c in checks.values()} >= {"http", "metrics", "docker_container", "logs", "tls"}, group
+        api, rate, app = checks["api"], checks["gitlab rate limit"], checks["app container"]
+        assert api["samples"] > 1 and api["url"] == "https://localhost/health"
+        assert (api["thresholds"]["p95_ms"]["warning"], api["thresholds"]["error_pct"]["warning"]) == (200, 5)
+        assert (rate["metric"], rate["thresholds"]["value"]["warning"]) == ("gitlab_api_rate_limit_remaining", "100:")
+        assert (app["thresholds"]["memory_pct"]["warning"], app["thresholds"]["cpu_pct"]["warning"]) == (80, 70)
+        assert checks["app errors"]["thresholds"]["matches"]["warning"] == 0
+        assert checks["tls"]["thresholds"]["days_left"]["warning"] == "30:"
+        assert [c["name"] for c in result["checks"]] == list(checks), group  # every check was run and reported
+    for task, words in (("misspelled", ["checks.metirc"]), ("one sample", ["api", "p95_ms", "samples"])):
+        bad = run.task(task)
+        assert bad["_status"] == "failed" and "\n" not in bad["msg"].strip(), bad.get("msg")
+        assert all(word in bad["msg"] for word in words), bad["msg"]
