@@ -713,7 +713,7 @@ from ansible_collections.opskit.runbook.plugins.module_utils._docker import DOCK
 from ansible_collections.opskit.runbook.plugins.module_utils._errors import OpsError
 from ansible_collections.opskit.runbook.plugins.module_utils._health.checks import CHECK_ARGSPEC, run_options, validate_checks
 from ansible_collections.opskit.runbook.plugins.module_utils._health.engine import run_checks
-from ansible_collections.opskit.runbook.plugins.module_utils._health.probe import url_secrets
+from ansible_collections.opskit.runbook.plugins.module_utils._health.probe import redact, url_secrets
 from ansible_collections.opskit.runbook.plugins.module_utils._health.ranges import failing
 from ansible_collections.opskit.runbook.plugins.module_utils._module import run_module
 from ansible_collections.opskit.runbook.plugins.module_utils._postgres.connection import PG_ARGSPEC, pg_argspec
@@ -731,8 +731,8 @@ def _invocation(params):
     every suboption of every check, about a hundred per check, which makes the result of 200 checks
     several times larger and slower to mask, return and parse. Secrets are masked in it as usual."""
     args = {k: v for k, v in params.items() if v is not None and k != "checks"}
-    args["checks"] = [{k: v for k, v in check.items() if v is not None} if isinstance(check, dict) else check
-                      for check in params.get("checks") or ()]
+    args["checks"] = [{k: redact(v) if k == "url" else v for k, v in check.items() if v is not None}  # userinfo, query
+                      if isinstance(check, dict) else check for check in params.get("checks") or ()]
     return {"module_args": args}
 
 

@@ -33,10 +33,12 @@ description:
     13.22+) they are fed behind it; with an older psql they are read first and refused, before
     anything is changed, when a backslash or a psql variable could reach psql outside of strings,
     comments and COPY data.
-  - SIGTERM or SIGHUP end a run cleanly. The tools are killed, temporary copies, the passfile and
-    the scratch database are removed, and nothing is recorded. After a SIGKILL, the next run
-    removes what the killed one left (temporary files of dead runs, scratch databases older than
-    15 minutes without sessions) and reports it in RV(leftovers) and a warning.
+  - SIGTERM or SIGHUP end a run cleanly. The tools are killed (in a O(docker_container) too, when
+    the Docker Engine runs on the managed host), temporary copies, the passfile, the in-flight
+    marker and the scratch database are removed, and nothing is recorded. After a SIGKILL, the
+    next run removes what the killed one left (temporary files of dead runs, tools it left running
+    in the container, the in-flight markers of the series, scratch databases older than 15 minutes
+    without sessions) and reports it in RV(leftovers) and a warning.
 author:
   - opskit.runbook developers (@opskit-runbook)
 extends_documentation_fragment:
@@ -152,10 +154,21 @@ options:
         already are kept as they are.
     type: bool
     default: false
+  verify:
+    description:
+      - With O(state=restored), check the restored database itself after the restore, as
+        O(state=verified) checks its scratch database - the number of tables against the number
+        dumped, then O(verify_queries) - and return RV(verification). Tables the dump does not
+        hold are kept by a restore into an existing database, so only fewer tables than dumped
+        fail. A failed check fails the task (the data is restored already); nothing is recorded
+        in the manifest.
+    type: bool
+    default: false
   verify_queries:
     description:
-      - Checks run in the scratch database with O(state=verified), after the restore. The number
-        of restored tables is always compared with the number dumped.
+      - Checks run in the scratch database with O(state=verified), after the restore, and in the
+        restored database with O(state=restored) and O(verify=true). The number of restored
+        tables is always compared with the number dumped.
     type: list
     elements: dict
     default: []
@@ -368,8 +381,10 @@ plan:
   sample: {"backup_id": "20261123T020000Z-5f2a9c1e", "target_database": "app_restored",
            "steps": ["create", "restore"], "format": "custom", "globals": false}
 verification:
-  description: The verification record written to the manifest (verified_at, method, result, details).
-  returned: state=verified
+  description:
+    - The verification record written to the manifest (verified_at, method, result, details).
+    - With O(state=restored) and O(verify=true), the checks of the restored database (result, details), not recorded.
+  returned: state=verified, or state=restored with verify=true (not in check mode)
   type: dict
   sample: {"result": "passed", "method": "restore", "verified_at": "2026-11-23T03:00:00Z",
            "details": {"tables": 12, "queries": [{"name": "orders present", "passed": true, "value": "1234"}]}}
@@ -380,6 +395,11 @@ leftovers:
     - C(temporary_files) are passfiles and temporary dump copies of runs that no longer live;
       C(scratch_databases) are verification databases older than 15 minutes without sessions
       (only looked for with O(state=verified)).
+    - C(processes) (with O(docker_container)) are tools (V(pg_dump), V(pg_restore), V(psql)) that a killed
+      run had left running in the container, killed now; this needs the Docker Engine on the managed host.
+    - C(inflight_markers) (O(state=dumped)) are the in-flight markers of backups of the series that
+      were killed (expired, or their process gone on this machine); their partial artifacts are
+      left to M(opskit.runbook.s3_rotate), which removes them after its O(opskit.runbook.s3_rotate#module:orphan_grace).
   returned: when something was found
   type: dict
   sample: {"temporary_files": ["/tmp/opskit-pgpass-4711-k2j3"], "scratch_databases": ["opskit_verify_1764558000_5f2a9c1e"]}
@@ -440,6 +460,7 @@ def main():
         no_owner=dict(type="bool"),
         restore_globals=dict(type="bool", default=False),
         verify_queries=dict(type="list", elements="dict", default=[], options=QUERY_SPEC),
+        verify=dict(type="bool", default=False),
         docker_container=dict(type="str"),
         docker_user=dict(type="str"),
         bin_dir=dict(type="path"),

@@ -760,8 +760,25 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.opskit.runbook.plugins.module_utils._docker import docker_argspec
 from ansible_collections.opskit.runbook.plugins.module_utils._health.checks import CHECK_ARGSPEC
+from ansible_collections.opskit.runbook.plugins.module_utils._errors import OpsError
+from ansible_collections.opskit.runbook.plugins.module_utils._health.probe import redact, url_secrets
 from ansible_collections.opskit.runbook.plugins.module_utils._module import run_module
 from ansible_collections.opskit.runbook.plugins.module_utils._rollout.action import run
+
+
+def _checks(params):
+    return [c for c in (params.get("health_checks") or []) + (params.get("proxy_checks") or []) if isinstance(c, dict)]
+
+
+def _invocation(params):
+    """``invocation.module_args`` with every check URL redacted (userinfo and query values), so a
+    token too short to be a no_log value (url_secrets) stays out of the result as well."""
+    args = dict(params)
+    for key in ("health_checks", "proxy_checks"):
+        if params.get(key):
+            args[key] = [dict(c, url=redact(c["url"])) if isinstance(c, dict) and c.get("url") else c
+                         for c in params[key]]
+    return {"module_args": args}
 
 
 def main():
@@ -794,7 +811,20 @@ def main():
         required_if=[("state", "deployed", ("image",)), ("target", "compose_service", ("project",))],
         supports_check_mode=True,
     )
-    run_module(module, lambda: run(module.params, module.check_mode))
+    for check in _checks(module.params):  # URL userinfo and token query values: masked in the result
+        module.no_log_values.update(url_secrets(check.get("url")))
+    invocation = _invocation(module.params)
+
+    def action():
+        try:
+            result = run(module.params, module.check_mode)
+        except OpsError as exc:
+            exc.result["invocation"] = invocation
+            raise
+        result["invocation"] = invocation
+        return result
+
+    run_module(module, action)
 
 
 if __name__ == "__main__":

@@ -238,7 +238,9 @@ series:
       description: >-
         Artifacts without a manifest and partial files with key, size_bytes, last_modified and
         action (V(deleted) or V(kept) while younger than O(orphan_grace), locked or in flight);
-        C(in_flight=true) when a live in-flight marker kept it.
+        C(in_flight=true) when a live in-flight marker kept it; also the in-flight marker of a
+        killed backup that has no piece left, with C(inflight_marker) (why it is stale: V(expired)
+        or V(holder gone)).
       type: list
       elements: dict
       returned: always

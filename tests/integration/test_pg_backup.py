@@ -721,6 +721,246 @@ def test_sigkill_during_verify_is_cleaned_up_by_the_next_run(pg, big_db, run_pla
     assert _leftovers(pg, tmp, spool) == {"databases": [], "files": []}
 
 
+# ------------------------------------------- SIGTERM / SIGKILL during state=dumped and =restored
+
+def _group(leader):
+    """The leader and its workers (pg_dump -j / pg_restore -j fork them)."""
+    return [pid for pid in _pids_with(b"pg_") if pid == leader or _ppid_or(pid) == leader]
+
+
+def _ppid_or(pid):
+    try:
+        return _ppid(pid)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _du(path):
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.exists() else 0
+
+
+def _hold_tool_and_signal(tool, needle, signum, seen, ready, module_of=None):
+    """Catch ``tool`` (its command line holding ``needle``) while ``ready()`` says it is well
+    under way, stop it and its workers (SIGSTOP) and send ``signum`` to the module: the process
+    above the tool's leader, or ``module_of(pid)``."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for pid in _pids_with(tool, needle):
+            try:
+                leader = pid
+                while tool in _cmdline(_ppid(leader)):
+                    leader = _ppid(leader)
+                module = module_of(leader) if module_of else _ppid(leader)
+                if not module or b"pg_backup" not in _cmdline(module) or not ready():
+                    continue
+                group = _group(leader)
+                for member in group:
+                    os.kill(member, signal.SIGSTOP)
+            except (OSError, ValueError, IndexError):
+                continue
+            seen.update(tool=leader, group=group, module=module)
+            os.kill(module, signum)
+            return
+        time.sleep(0.005)
+
+
+def _store_files(store):
+    return sorted(str(p.relative_to(store)) for p in store.rglob("*") if p.is_file())
+
+
+def _gone(pids, wait=10):
+    """Whether every pid has ended (reaped or a zombie) within ``wait`` seconds."""
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        alive = [p for p in pids if os.path.exists("/proc/%d" % p) and _state(p) != "Z"]
+        if not alive:
+            return True
+        time.sleep(0.05)
+    for pid in alive:  # never leave a stopped tool behind, whatever the verdict
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    return False
+
+
+def _state(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "Z"
+
+
+def _dump_under_a_signal(pg, big_db, run_playbook, tmp_path, signum):
+    """pg_dump -Fd -j 2 of big_db into tmp_dir, caught with 4 MB written."""
+    tmp, spool, store = tmp_path / "tmp", tmp_path / "spool", tmp_path / "store"
+    tmp.mkdir()
+    spool.mkdir()
+    seen = {}
+
+    def ready():
+        return _du(spool) > 4 * 1024 * 1024
+    thread = threading.Thread(target=_hold_tool_and_signal, args=(b"pg_dump", big_db.encode(), signum, seen, ready),
+                              daemon=True)
+    thread.start()
+    dump = task("dump", database=big_db, series="kill-" + big_db, format="directory", jobs=2, tmp_dir=str(spool),
+                **conn(pg), **file_args(store))
+    res = run_playbook(play(dump), env={"TMPDIR": str(tmp)})
+    thread.join()
+    assert seen.get("tool"), "pg_dump was never caught mid-dump"
+    return res, seen, (tmp, spool, store)
+
+
+def test_sigterm_during_dump_leaves_nothing_behind(pg, big_db, run_playbook, tmp_path):
+    res, seen, (tmp, spool, store) = _dump_under_a_signal(pg, big_db, run_playbook, tmp_path, signal.SIGTERM)
+    assert "interrupted by signal 15" in failed(res.task("dump"))
+    assert _gone(seen["group"], wait=0.5), "pg_dump outlived the SIGTERM of the module"
+    assert _leftovers(pg, tmp, spool)["files"] == []  # neither the passfile nor the dump copy
+    assert _store_files(store) == []  # no marker, no partial artifact, no manifest
+
+
+def test_sigkill_during_dump_is_cleaned_up_by_the_next_run(pg, big_db, small_db, run_playbook, tmp_path):
+    res, seen, (tmp, spool, store) = _dump_under_a_signal(pg, big_db, run_playbook, tmp_path, signal.SIGKILL)
+    assert failed(res.task("dump"))
+    assert _gone(seen["group"]), "pg_dump outlived the killed module"
+    left = _leftovers(pg, tmp, spool)["files"]
+    assert any("opskit-pgpass-" in f for f in left) and any("opskit-pgdump-" in f for f in left)
+    markers = [f for f in _store_files(store) if f.startswith("kill-%s/.inflight/" % big_db)]
+    assert len(markers) == 1
+    # the next backup of the series (a small database, the same series) removes and reports it
+    again = task("dump", database=small_db, series="kill-" + big_db, tmp_dir=str(spool), **conn(pg), **file_args(store))
+    res = run_playbook(play(again), env={"TMPDIR": str(tmp)})
+    done = ok(res.task("dump"))
+    assert sorted(done["leftovers"]["temporary_files"]) == left
+    assert done["leftovers"]["inflight_markers"] == markers
+    assert any("in-flight marker(s) left by interrupted backups (holder gone)" in w for w in done["warnings"])
+    assert _leftovers(pg, tmp, spool)["files"] == []
+    assert [f for f in _store_files(store) if "/.inflight/" in f] == []
+
+
+@pytest.fixture(scope="module")
+def big_dump(pg, big_db, tmp_path_factory):
+    """A custom-format dump of big_db in a file:// store, written without the module."""
+    store = tmp_path_factory.mktemp("bigdump")
+    data = subprocess.run([os.path.join(pg.bin_dir, "pg_dump"), "--format=custom", "--compress=0", "-h", pg.host, "-p",
+                           str(pg.port), "-U", pg.user, "-d", big_db], env=dict(os.environ, PGPASSWORD=pg.password),
+                          check=True, capture_output=True).stdout
+    plant_backup(str(store), "big-" + big_db, "custom", data)
+    return store, "big-" + big_db
+
+
+def _restore_under_a_signal(pg, big_dump, run_playbook, tmp_path, signum):
+    """pg_restore -j 2 of big_dump into a new database, caught once it runs."""
+    tmp, spool = tmp_path / "tmp", tmp_path / "spool"
+    tmp.mkdir()
+    spool.mkdir()
+    target = name("pgb_killed")
+    seen = {}
+    thread = threading.Thread(target=_hold_tool_and_signal, args=(b"pg_restore", target.encode(), signum, seen,
+                                                                  lambda: True), daemon=True)
+    thread.start()
+    restore = task("restore", state="restored", series=big_dump[1], target_database=target, create=True, jobs=2,
+                   tmp_dir=str(spool), **conn(pg), **file_args(big_dump[0]))
+    res = run_playbook(play(restore), env={"TMPDIR": str(tmp)})
+    thread.join()
+    assert seen.get("tool"), "pg_restore was never caught"
+    return res, seen, restore, (tmp, spool, target)
+
+
+def test_sigterm_during_restore_leaves_nothing_behind(pg, big_dump, run_playbook, tmp_path):
+    res, seen, _restore, (tmp, spool, target) = _restore_under_a_signal(pg, big_dump, run_playbook, tmp_path,
+                                                                        signal.SIGTERM)
+    assert "interrupted by signal 15" in failed(res.task("restore"))
+    assert _gone(seen["group"], wait=0.5), "pg_restore outlived the SIGTERM of the module"
+    assert _leftovers(pg, tmp, spool)["files"] == []  # neither the passfile nor the download nor the copy
+    assert databases(pg, target) == []  # the database this restore created is dropped again
+
+
+def test_sigkill_during_restore_is_cleaned_up_by_the_next_run(pg, big_dump, run_playbook, tmp_path):
+    res, seen, restore, (tmp, spool, target) = _restore_under_a_signal(pg, big_dump, run_playbook, tmp_path,
+                                                                       signal.SIGKILL)
+    assert failed(res.task("restore"))
+    assert _gone(seen["group"]), "pg_restore outlived the killed module"
+    left = _leftovers(pg, tmp, spool)["files"]
+    assert any("opskit-pgpass-" in f for f in left) and any("opskit-pgrestore-" in f for f in left)
+    res = run_playbook(play(dict(restore, **{PG_BACKUP: with_changes(restore[PG_BACKUP], clean=True)})),
+                       env={"TMPDIR": str(tmp)})
+    again = ok(res.task("restore"))
+    assert sorted(again["leftovers"]["temporary_files"]) == left
+    assert any("removed what an interrupted earlier run left" in w for w in again["warnings"])
+    assert _leftovers(pg, tmp, spool)["files"] == []
+    assert pg.psql("SELECT count(*) FROM blob", target) == "300000\n"
+    pg.psql('DROP DATABASE "%s"' % target)
+
+
+def _module_process(_leader):
+    """The module (python running AnsiballZ_pg_backup) of a tool run by ``docker exec``, whose
+    parent is the container's shim."""
+    for pid in _pids_with(b"AnsiballZ_pg_backup"):
+        if os.path.basename(_cmdline(pid).split(b"\0")[0]).startswith(b"python"):
+            return pid
+    return None
+
+
+def _container_dump_under_a_signal(pg_container, run_playbook, tmp_path, database, signum):
+    """pg_dump of a new 20 MB database in the container, caught with 4 MB written, the module
+    then sent ``signum``; returns (result, seen, the task's connection and store arguments)."""
+    code, out = pg_container.exec_run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", "CREATE DATABASE " + database])
+    assert code == 0, out
+    code, out = pg_container.exec_run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", database, "-c",
+                                       "CREATE TABLE blob AS SELECT g, md5(g::text) || md5((-g)::text) AS v"
+                                       " FROM generate_series(1, 300000) g"])
+    assert code == 0, out
+    seen = {}
+
+    def ready():
+        return any(_written_bytes(p) > 4 * 1024 * 1024 for p in _pids_with(b"pg_dump", database.encode()))
+
+    thread = threading.Thread(target=_hold_tool_and_signal, args=(b"pg_dump", database.encode(), signum, seen, ready,
+                                                                  _module_process), daemon=True)
+    thread.start()
+    ctr = dict(docker_container=pg_container.name, host="127.0.0.1", password=pg_container.password,
+               **file_args(tmp_path / "store"))
+    res = run_playbook(play(task("dump", database=database, compression="none", **ctr)))
+    thread.join()
+    assert seen.get("tool"), "pg_dump was never caught mid-dump in the container"
+    return res, seen, ctr
+
+
+def _drop_in(container, database, pids):
+    for pid in pids:  # whatever the verdict, no stopped tool stays behind
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    container.exec_run(["psql", "-X", "-q", "-c", "DROP DATABASE IF EXISTS %s WITH (FORCE)" % database])
+
+
+def test_sigterm_during_dump_in_a_container_stops_the_tool_there(pg_container, run_playbook, tmp_path):
+    """Closing the exec's stream does not end pg_dump in the container: the module kills it."""
+    seen = {}
+    try:
+        res, seen, _ctr = _container_dump_under_a_signal(pg_container, run_playbook, tmp_path, "bigc", signal.SIGTERM)
+        assert "interrupted by signal 15" in failed(res.task("dump"))
+        assert _gone(seen["group"]), "pg_dump still runs in the container after the SIGTERM of the module"
+        assert _store_files(tmp_path / "store") == []
+    finally:
+        _drop_in(pg_container, "bigc", seen.get("group", []))
+
+
+def test_sigkill_during_dump_in_a_container_the_next_run_stops_the_tool(pg_container, run_playbook, tmp_path):
+    """A docker exec outlives the SIGKILLed module: the next run finds it by its owner and kills it."""
+    seen = {}
+    try:
+        res, seen, ctr = _container_dump_under_a_signal(pg_container, run_playbook, tmp_path, "bigk", signal.SIGKILL)
+        assert failed(res.task("dump"))
+        assert os.path.exists("/proc/%d" % seen["tool"]), "the exec ended with its client: nothing to test"
+        res = run_playbook(play(task("again", database="shop", **ctr)))
+        again = ok(res.task("again"))
+        assert again["leftovers"]["processes"] == ["pg_dump (pid %d)" % seen["tool"]]
+        assert any("tool(s) still running pg_dump" in w for w in again["warnings"])
+        assert _gone(seen["group"]), "the next run did not stop the pg_dump the killed one left"
+    finally:
+        _drop_in(pg_container, "bigk", seen.get("group", []))
+
+
 def test_verified_checks_every_companion(pg, small_db, run_playbook, tmp_path):
     """A bit-flipped globals file fails the verification: a restore_globals would fail on it."""
     store = file_args(tmp_path / "store")

@@ -64,13 +64,23 @@ def test_docker_upgrade_keeps_settings_and_rolls_back_by_hand(api, images, prefi
     before = settings_view(api.inspect_container(name))
     assert before["networks"] == {prefix + "-net": ["webalias"]} and net
     base = {"target": "docker_container", "name": name, "monitor": 1, "timeout": 30, "rollback_timeout": 30}
-    up = dict(base, image=images["v2"], health_checks=_web_check(port, "ok v2"))
+    # issue 14 item 8: an unnamed check whose URL carries userinfo and a (short) token
+    secret_url = "http://opsuser:Pw-s3cret-9@127.0.0.1:%d/cgi-bin/health?token=abc" % port
+    secret_check = {"type": "http", "url": secret_url, "body_contains": "ok", "retries": 2, "interval": 0.2}
+    up = dict(base, image=images["v2"], health_checks=_web_check(port, "ok v2") + [secret_check])
     run = run_playbook(_play([
         {"name": "plan", "opskit.runbook.rollout": up, "check_mode": True},
         {"name": "upgrade", "opskit.runbook.rollout": up},
         {"name": "again", "opskit.runbook.rollout": up},
+        {"name": "probe", "opskit.runbook.health_check": {"checks": [secret_check]}},
     ]))
     assert run.rc == 0, run.stdout[-3000:]
+    shown = json.dumps(run.results) + run.stdout + run.stderr
+    for secret in ("opsuser", "Pw-s3cret-9", "token=abc"):
+        assert secret not in shown, secret
+    safe_name = "http http://***@127.0.0.1:%d/cgi-bin/health?token=***" % port
+    assert safe_name in json.dumps(run.task("upgrade")["health"]) and safe_name in json.dumps(run.task("probe"))
+    assert run.task("upgrade")["invocation"]["module_args"]["health_checks"][1]["url"] == safe_name[5:]
     plan, upgrade, again = run.task("plan"), run.task("upgrade"), run.task("again")
     assert plan["changed"] and plan["from"]["image"] == images["v1"] and plan["to"]["image"] == images["v2"]
     assert plan["reason"].startswith("check mode")

@@ -249,16 +249,20 @@ def created_at(manifest):
 
 # --------------------------------------------------------------------- listing
 
-def scan(location, series=None):
+def scan(location, series=None, markers=None):
     """One listing, grouped: {series: {"manifests": {id: info}, "artifacts": {id: [info]}}}.
 
-    Keys that do not follow the layout are left out (ignored, never deleted).
+    Keys that do not follow the layout are left out (ignored, never deleted). ``markers``, a
+    list, receives the ObjectInfo of the in-flight markers in the listing (S3 lists them, file://
+    hides them), for ``inflight(..., infos=markers)``.
     """
     prefix = (validate_series(series) + "/") if series else ""
     grouped = {}
     for info in location.list_objects(prefix):
         parsed = parse_key(info.key)
         if parsed is None:
+            if markers is not None and _marker_id(info.key):
+                markers.append(info)
             continue
         name, backup_id, suffix = parsed
         entry = grouped.setdefault(name, {"manifests": {}, "artifacts": {}})
@@ -351,14 +355,27 @@ def inflight_key(series, backup_id):
     return "%s/%s/%s.json" % (series, INFLIGHT_DIR, backup_id)
 
 
-def write_inflight(location, series, backup_id, started, timeout=DEFAULT_INFLIGHT_TIMEOUT):
+def write_inflight(location, series, backup_id, started, timeout=DEFAULT_INFLIGHT_TIMEOUT, holder=None):
+    """``holder`` (host, pid, boot id, PID namespace, process start; see lock.holder_is_dead)
+    lets a later run on the same machine tell a killed writer's marker before it expires."""
     marker = {"format": MANIFEST_FORMAT + "-inflight", "series": series, "id": backup_id,
               "started_at": rfc3339(started),
               "expires_at": rfc3339(started + datetime.timedelta(seconds=timeout))}
+    if holder:
+        marker["holder"] = holder
     location.write_bytes(inflight_key(series, backup_id), _manifest_bytes(marker), content_type="application/json")
 
 
-def inflight(location, series=None, now=None, expired=False):
+def _marker_id(key):
+    """The backup id of an in-flight marker's key ``<series>/.inflight/<id>.json``, or None."""
+    parts = key.split("/")
+    if len(parts) != 3 or parts[1] != INFLIGHT_DIR or not parts[2].endswith(".json"):
+        return None
+    backup_id = parts[2][:-len(".json")]
+    return backup_id if ID_RE.match(backup_id) else None
+
+
+def inflight(location, series=None, now=None, expired=False, dead=None, infos=None):
     """The live in-flight markers: backups being written now, which rotation must not touch.
 
     ``BackupSession`` writes ``<series>/.inflight/<id>.json`` before its first artifact and
@@ -373,31 +390,44 @@ def inflight(location, series=None, now=None, expired=False):
     start and expires_at None (treat it as live, fail closed).
 
     ``expired=True`` returns the expired markers instead (left by killed backups): their keys
-    may be deleted with ``location.delete``.
+    may be deleted with ``location.delete``. ``dead(holder)``, when given, also counts a marker
+    whose holder is known to be gone (lock.holder_is_dead) as expired; the marker's ``reason``
+    says which ("expired" or "holder gone"). ``infos`` is a listing that holds the markers
+    already (``scan(..., markers=)``); without it the markers are listed here.
     """
     now = now or utcnow()
     prefix = "%s/%s/" % (validate_series(series), INFLIGHT_DIR) if series else ""
     out = []
-    for info in location.list_objects(prefix, hidden=True):
-        parts = info.key.split("/")
-        if len(parts) != 3 or parts[1] != INFLIGHT_DIR or not parts[2].endswith(".json"):
+    for info in location.list_objects(prefix, hidden=True) if infos is None else infos:
+        backup_id = _marker_id(info.key)
+        if not backup_id or not info.key.startswith(prefix):
             continue
-        backup_id = parts[2][:-len(".json")]
-        if not ID_RE.match(backup_id):
-            continue
-        marker = {"series": parts[0], "id": backup_id, "key": info.key, "started_at": info.modified,
-                  "expires_at": None}
-        try:
-            data = json.loads(location.read_bytes(info.key).decode("utf-8"))
-            marker.update(started_at=parse_rfc3339(data["started_at"]), expires_at=parse_rfc3339(data["expires_at"]))
-        except NotFoundError:
+        marker = _read_marker(location, info, backup_id)
+        if marker is None:
             continue  # finished since the listing
-        except (StorageError, ValueError, KeyError, TypeError, AttributeError):
-            pass
         live = marker["expires_at"] is None or marker["expires_at"] > now
+        marker["reason"] = None if live else "expired"
+        if live and marker["expires_at"] is not None and dead is not None \
+                and isinstance(marker["holder"], dict) and dead(marker["holder"]):
+            live, marker["reason"] = False, "holder gone"
         if live != expired:
             out.append(marker)
     return out
+
+
+def _read_marker(location, info, backup_id):
+    """One marker as inflight() returns it, None when it is gone; unreadable: no expiry."""
+    marker = {"series": info.key.split("/")[0], "id": backup_id, "key": info.key, "started_at": info.modified,
+              "expires_at": None, "holder": None, "modified": info.modified, "size_bytes": info.size}
+    try:
+        data = json.loads(location.read_bytes(info.key).decode("utf-8"))
+        marker.update(started_at=parse_rfc3339(data["started_at"]), expires_at=parse_rfc3339(data["expires_at"]),
+                      holder=data.get("holder"))
+    except NotFoundError:
+        return None
+    except (StorageError, ValueError, KeyError, TypeError, AttributeError):
+        pass
+    return marker
 
 
 def summarize(manifest, location, now=None):

@@ -70,6 +70,13 @@ def process_identity(pid):
     return {"boot_id": _read("/proc/sys/kernel/random/boot_id"), "pid_ns": pid_ns, "proc_start": _start_time(pid)}
 
 
+def this_process():
+    """The holder fields of the running process, as holder_is_dead() reads them."""
+    out = {"host": socket.gethostname(), "pid": os.getpid()}
+    out.update(process_identity(os.getpid()))
+    return out
+
+
 def holder_is_dead(holder):
     """True only when the holder ran here (same host, boot and PID namespace, all known) and its
     process is gone; anything unknown counts as alive (its lock then waits for its expiry)."""

@@ -10,9 +10,10 @@ import time
 from .._errors import IntegrityError, OpsError, StorageError
 from .._timeutil import utcnow
 from .artifacts import ArtifactWriter
-from .catalog import (DEFAULT_INFLIGHT_TIMEOUT, inflight_key, manifest_key, missing_artifacts, new_backup_id,
+from .catalog import (DEFAULT_INFLIGHT_TIMEOUT, inflight, inflight_key, manifest_key, missing_artifacts, new_backup_id,
                       new_manifest, validate_series, write_inflight, write_manifest)
 from .compression import COMPRESSION_EXT, validate_compression
+from .lock import holder_is_dead, this_process
 from .protection import AGE_SUFFIX, protection_for
 from .streams import CHUNK
 
@@ -23,7 +24,9 @@ class BackupSession:
     Use as a context manager. Leaving the block with an exception aborts open writers and
     deletes artifacts already written, so a failed backup never looks like a backup.
     Before its first artifact the session writes an in-flight marker (``catalog.inflight``)
-    that rotation respects; publishing or aborting removes it. ``publish`` checks that every
+    that rotation respects; publishing or aborting removes it. Before writing its own, it removes
+    the markers of the series that a killed backup left (expired, or their holder process gone on
+    this machine): ``removed_markers`` lists them, ``warnings`` says so. ``publish`` checks that every
     artifact is still there with its size before it writes the manifest::
 
         with BackupSession(loc, "db1", "postgres") as session:
@@ -50,6 +53,7 @@ class BackupSession:
         self.published = None
         self.inflight_timeout = inflight_timeout
         self.marker = None
+        self.removed_markers = []
         self.manifest_tried = False
         self.locked = None  # the Object Lock retention of the artifacts (object_lock)
         self.warnings = []
@@ -66,7 +70,8 @@ class BackupSession:
         key = self.key(ext, name)
         if self.marker is None:
             self.protection.check_lock_target(self.location)  # before anything is written
-            write_inflight(self.location, self.series, self.id, utcnow(), self.inflight_timeout)
+            self._remove_stale_markers()
+            write_inflight(self.location, self.series, self.id, utcnow(), self.inflight_timeout, this_process())
             self.marker = inflight_key(self.series, self.id)
         raw = self.location.open_write(key, size_hint=self.size_hint if name is None else None,
                                        content_type=content_type)
@@ -134,6 +139,22 @@ class BackupSession:
             return not self.location.delete(keys)
         except StorageError:
             return False
+
+    def _remove_stale_markers(self):
+        """Markers of this series left by killed backups (never fails the backup)."""
+        try:
+            stale = inflight(self.location, self.series, expired=True, dead=holder_is_dead)
+        except StorageError as exc:
+            self.warnings.append("in-flight markers of series %s could not be listed: %s" % (self.series, exc.msg))
+            return
+        for marker in stale:
+            if self._delete([marker["key"]]):
+                self.removed_markers.append(marker["key"])
+        if self.removed_markers:
+            self.warnings.append("removed %d in-flight marker(s) left by interrupted backups (%s): %s; rotation"
+                                 " removes their partial artifacts after orphan_grace"
+                                 % (len(self.removed_markers), ", ".join(sorted({m["reason"] for m in stale})),
+                                    ", ".join(self.removed_markers)))
 
     def _remove_marker(self):
         if self.marker is not None and not self._delete([self.marker]):

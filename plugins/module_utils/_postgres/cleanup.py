@@ -116,6 +116,18 @@ def sweep_temporary(tmp_dir=None, remove=True):
     return paths
 
 
+def sweep_processes(tools, remove=True):
+    """Kill the tools a SIGKILLed run left running in its container (a ``docker exec`` outlives
+    the module that started it); returns ["pg_dump (pid N)"]. Local tools die with the module
+    (PR_SET_PDEATHSIG): nothing to do for them."""
+    if tools.local:
+        return []
+    found = tools.orphans()
+    for exec_id, _tool, _pid in found if remove else ():
+        tools.stop(exec_id)
+    return ["%s (pid %d)" % (tool, pid) for _id, tool, pid in found]
+
+
 def stale_scratch(rows, now, min_age=STALE_SCRATCH_SECONDS):
     """Names of the scratch databases among ``rows`` (name, sessions) a killed run left:
     older than ``min_age`` by their name and without any session."""

@@ -58,12 +58,18 @@ def dump(server, location, params, check_mode=False):
     tools = {"pg_dump": server.tool_version("pg_dump")}
     if params.get("globals"):
         tools["pg_dumpall"] = server.tool_version("pg_dumpall")
-    backups = [_dump_one(server, location, params, plan, info, tools) for plan in plans]
-    return {"changed": True, "backups": backups, "backup": backups[0], "plan": plans,
-            "location": location.url, "msg": "wrote %d backup(s) to %s" % (len(backups), location.url)}
+    markers, warnings = [], []
+    backups = [_dump_one(server, location, params, plan, info, tools, (markers, warnings)) for plan in plans]
+    result = {"changed": True, "backups": backups, "backup": backups[0], "plan": plans,
+              "location": location.url, "msg": "wrote %d backup(s) to %s" % (len(backups), location.url)}
+    if markers:
+        result["removed_markers"] = markers  # action.run() reports them in ``leftovers``
+    if warnings:
+        result["warnings"] = warnings
+    return result
 
 
-def _dump_one(server, location, params, plan, info, tools):
+def _dump_one(server, location, params, plan, info, tools, report):
     tools_runner = server.tools
     fmt, database = plan["format"], plan["database"]
     started = time.monotonic()
@@ -86,6 +92,8 @@ def _dump_one(server, location, params, plan, info, tools):
                 with tools_runner.reader(dump_argv(tools_runner, fmt, database)) as pipe:
                     out.copy_from(pipe)
         manifest = session.publish(source=source, tools=tools)
+    report[0].extend(session.removed_markers)
+    report[1].extend(session.warnings)
     record = summarize(manifest, location)
     record.update(duration_seconds=round(time.monotonic() - started, 3), database=database,
                   format=fmt, server_version=info["server_version"], pg_dump_version=tools["pg_dump"],

@@ -307,6 +307,72 @@ class _SocketStderr(threading.Thread):
                     self.stderr = (self.stderr + payload)[-STDERR_KEEP:]
 
 
+def _cmdline(pid):
+    """The argument list of process ``pid`` on this machine, or None."""
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as fh:
+            return [part.decode("utf-8", "surrogateescape") for part in fh.read().split(b"\0")[:-1]]
+    except (OSError, ValueError):
+        return None
+
+
+def _ns_pid(pid):
+    """The pid of process ``pid`` inside its own PID namespace (the container's)."""
+    try:
+        with open("/proc/%d/status" % pid) as fh:
+            for line in fh:
+                if line.startswith("NSpid:"):
+                    return int(line.split()[-1])
+    except (OSError, ValueError):
+        pass
+    return pid
+
+
+OWNER_ENV = "OPSKIT_PG_BACKUP_OWNER"  # in the environment of every exec: which module process ran it
+
+
+def _machine():
+    """Host name, boot id and PID namespace: where a pid means this process."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as fh:
+            boot = fh.read().strip()
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        boot = namespace = "?"
+    return "%s|%s|%s" % (socket.gethostname(), boot, namespace)
+
+
+def owner_tag(pid):
+    """``<machine>|<pid>|<start time>`` of a process of this machine ("?" when /proc does not say)."""
+    try:
+        with open("/proc/%d/stat" % pid) as fh:
+            start = fh.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        start = "?"
+    return "%s|%d|%s" % (_machine(), pid, start)
+
+
+def owner_gone(tag):
+    """Whether the module process named by an exec's owner ``tag`` ran on this machine and is gone
+    (a tag of another machine or namespace, or unreadable: never gone)."""
+    parts = (tag or "").split("|")
+    if len(parts) != 5 or not parts[3].isdigit() or "?" in parts[:3] or "|".join(parts[:3]) != _machine():
+        return False
+    return owner_tag(int(parts[3])) != tag
+
+
+def exec_owner(pid):
+    """The owner tag in the environment of process ``pid`` (an exec's), or None."""
+    try:
+        with open("/proc/%d/environ" % pid, "rb") as fh:
+            for item in fh.read().split(b"\0"):
+                if item.startswith(OWNER_ENV.encode() + b"="):
+                    return item.split(b"=", 1)[1].decode("ascii", "replace")
+    except OSError:
+        pass
+    return None
+
+
 def _raw_socket(sock):
     """The socket.socket behind what docker's exec_start(socket=True) returns."""
     return getattr(sock, "_sock", sock)
@@ -319,9 +385,10 @@ class DockerTools:
 
     def __init__(self, client, container, env, user=None, bin_dir=None, secret=None):
         self.client, self.container, self.user = client, container, user
-        self.env = ["%s=%s" % item for item in sorted(env.items())]
+        self.env = ["%s=%s" % item for item in sorted(env.items())] + ["%s=%s" % (OWNER_ENV, owner_tag(os.getpid()))]
         self.bin_dir, self.secret = bin_dir, secret
         self.where = "in container %s" % container
+        self.warnings = []
 
     def path(self, tool):
         return "%s/%s" % (self.bin_dir.rstrip("/"), tool) if self.bin_dir else tool
@@ -347,9 +414,58 @@ class DockerTools:
         if rc != 0:
             raise failure(os.path.basename(argv[0]), rc, stderr, self.secret, self.where)
 
+    def stop(self, exec_id):
+        """Kill the exec's process: closing its stream does not end it (a SIGTERM of the module,
+        a failed upload). Exec inspect gives its pid on the Engine's host; it is killed only when
+        that is this machine (the pid's command line is the exec's), else a warning says so."""
+        try:
+            info = self.client.exec_inspect(exec_id)
+        except docker_errors():
+            info = {}
+        pid, config = info.get("Pid"), info.get("ProcessConfig") or {}
+        if not info.get("Running") or not pid:
+            return
+        argv = [config.get("entrypoint") or ""] + list(config.get("arguments") or [])
+        if _cmdline(pid) != argv:
+            self.warnings.append("%s %s may still be running: the Docker Engine is not on this machine"
+                                 % (os.path.basename(argv[0]), self.where))
+            return
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        except PermissionError:  # a module without the right: the container's root kills it
+            with contextlib.suppress(*docker_errors()):
+                kill = self.client.exec_create(self.container, ["kill", "-9", str(_ns_pid(pid))], user="0")["Id"]
+                self.client.exec_start(kill)
+
+    def orphans(self):
+        """[(exec id, tool, pid)] of the execs in the container that a killed run of the module
+        left running (its owner tag names a process of this machine that is gone)."""
+        try:
+            exec_ids = self.client.inspect_container(self.container).get("ExecIDs") or []
+        except docker_errors():
+            return []
+        out = []
+        for exec_id in exec_ids:
+            try:
+                info = self.client.exec_inspect(exec_id)
+            except docker_errors():
+                continue
+            if info.get("Running") and owner_gone(exec_owner(info.get("Pid") or 0)):
+                tool = os.path.basename((info.get("ProcessConfig") or {}).get("entrypoint") or "?")
+                out.append((exec_id, tool, info["Pid"]))
+        return out
+
     def run(self, argv, timeout=None):
         exec_id = self._exec(argv)
-        out, err = self.client.exec_start(exec_id, demux=True)
+        done = False
+        try:
+            out, err = self.client.exec_start(exec_id, demux=True)
+            done = True
+        finally:
+            if not done:
+                self.stop(exec_id)
         return self._exit_code(exec_id), out or b"", err or b""
 
     @contextlib.contextmanager
@@ -357,11 +473,15 @@ class DockerTools:
         exec_id = self._exec(argv)
         frames = self.client.exec_start(exec_id, stream=True, demux=True)
         reader = _DemuxReader(iter(frames))
+        done = False
         try:
             yield reader
             while reader.read(CHUNK):  # drain to the end so the exit code is final
                 pass
+            done = True
         finally:
+            if not done:
+                self.stop(exec_id)
             with contextlib.suppress(*docker_errors()):
                 frames.close()
         self._check(argv, exec_id, reader.stderr)
@@ -372,12 +492,16 @@ class DockerTools:
         raw = _raw_socket(sock)
         drain = _SocketStderr(raw)
         drain.start()
+        done = False
         try:
             _pump(source, raw.sendall, OSError)
             with contextlib.suppress(OSError):
                 raw.shutdown(socket.SHUT_WR)
             drain.join()
+            done = True
         finally:
+            if not done:
+                self.stop(exec_id)
             with contextlib.suppress(OSError):
                 sock.close()
         if check:

@@ -118,20 +118,32 @@ def _restore_and_check(server, location, params, manifest, scratch_db, details):
         for companion in manifest.get("companions") or []:
             verify_stored(location, manifest, companion.get("name"))  # a restore may need each one
         restore(server, location, params, False, manifest, scratch_db, verifying=True)
-        expected_tables = (manifest.get("source") or {}).get("tables")
         details["tables"] = server.tables(scratch_db)
     except Interrupted:
         raise
     except OpsError as exc:
         outcome = outcome_of(exc)
         return outcome, ("restore failed: %s" if outcome == "failed" else "%s") % exc.msg
+    error = check_database(server, manifest, scratch_db, params, details)
+    return ("passed" if error is None else "failed"), error
+
+
+def check_database(server, manifest, database, params, details, in_place=False):
+    """The first failed check (None when all passed) of a restored ``database``: its table count
+    against the one dumped (``details["tables"]``, counted when absent), then the queries.
+    ``in_place``: a restore into a database that existed keeps the tables the dump does not
+    hold (a clean restore drops only the dump's objects), so only fewer tables fail."""
+    expected_tables = (manifest.get("source") or {}).get("tables")
+    if "tables" not in details:
+        details["tables"] = server.tables(database)
+    details.setdefault("queries", [])
     error = None
-    if expected_tables is not None and details["tables"] != expected_tables:
+    if expected_tables is not None and (details["tables"] < expected_tables if in_place else details["tables"] != expected_tables):
         error = "restored %d tables, the source had %d" % (details["tables"], expected_tables)
     for index, spec in enumerate(params.get("verify_queries") or []):
         name = spec.get("name") or "query %d" % (index + 1)
         try:
-            passed, value, message = evaluate_query(spec, server.query(spec["query"], scratch_db))
+            passed, value, message = evaluate_query(spec, server.query(spec["query"], database))
         except Interrupted:
             raise
         except ServiceError as exc:
@@ -139,4 +151,22 @@ def _restore_and_check(server, location, params, manifest, scratch_db, details):
         details["queries"].append({"name": name, "passed": passed, "value": value, "message": message})
         if not passed and error is None:
             error = "%s %s" % (name, message)
-    return ("passed" if error is None else "failed"), error
+    return error
+
+
+def restore_checked(server, location, params, check_mode=False):
+    """pg_backup state=restored with verify=true: the restore, then the checks of a verification
+    run in the restored database itself (nothing is recorded in the manifest)."""
+    if not params.get("verify"):
+        return restore(server, location, params, check_mode)
+    manifest = find_backup(location, params, server)
+    result = restore(server, location, params, check_mode, manifest)
+    if check_mode:
+        return result
+    details = {}
+    error = check_database(server, manifest, result["plan"]["target_database"], params, details, in_place=True)
+    result["verification"] = {"result": "failed" if error else "passed", "details": details}
+    if error:
+        result.pop("msg", None)
+        raise OpsError("backup %s was restored, its checks failed in the restored database: %s" % (manifest["id"], error), **result)
+    return result

@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from .._engine.catalog import (backup_time, inflight, inflight_key, is_verified, manifest_key, parse_key, read_manifest, scan,
                                validate_series)
-from .._engine.lock import check_timeout, series_locks
+from .._engine.lock import check_timeout, holder_is_dead, series_locks
 from .._errors import ConfigError, NotFoundError, OpsError, StorageError
 from .._storage.base import TMP_MARK
 from .._timeutil import Duration, rfc3339, utcnow
@@ -221,8 +221,9 @@ def grace_start(orphan_grace, now):
     return start
 
 
-def _scan(location, series, required=True):
-    """The grouped listing (catalog.scan) and the leftovers of the series to rotate.
+def _scan(location, series, now, required=True):
+    """The grouped listing (catalog.scan), the leftovers and the stale in-flight markers (left by
+    killed backups: expired, or their holder gone on this machine) of the series to rotate.
 
     ``series`` None is every series at the location (found from the listing and the leftovers);
     an empty name is refused, never read as "every series". A named series that has nothing
@@ -233,14 +234,16 @@ def _scan(location, series, required=True):
                               " rotate every series at the location")
         validate_series(series)
     location.check_readable()
-    grouped = scan(location, series)
+    infos = [] if location.scheme == "s3" else None   # S3 lists the markers with the rest: no second listing
+    grouped = scan(location, series, markers=infos)
     leftovers = list_leftovers(location, series)
-    for name, _id, _record in leftovers:
+    markers = inflight(location, series, now, expired=True, dead=holder_is_dead, infos=infos)
+    for name in [n for n, _id, _record in leftovers] + [m["series"] for m in markers]:
         grouped.setdefault(name, {"manifests": {}, "artifacts": {}})
     if series and series not in grouped and required:
         raise NotFoundError("series %s not found at %s: it has no backups or artifacts"
                             % (series, location.url))
-    return grouped, leftovers
+    return grouped, leftovers, markers
 
 
 def _plan_series(location, name, entry, policy, lookback, now):
@@ -379,7 +382,7 @@ def _alive(location, now):
     def alive(series, backup_id):
         try:
             if series not in live:
-                live[series] = {marker["id"] for marker in inflight(location, series, now)}
+                live[series] = {marker["id"] for marker in inflight(location, series, now, dead=holder_is_dead)}
             return (live[series] is None or backup_id in live[series]
                     or location.head(manifest_key(series, backup_id)) is not None)
         except OpsError:   # StorageError, or ConfigError for a series name the engine refuses
@@ -395,7 +398,9 @@ def rotate(location, policy, series=None, orphan_grace="24h", verified_lookback=
     Requests: one paginated listing (two outside check mode: the second under the run locks of
     the series found, one lock object created and deleted per series); manifest reads only
     while looking for the newest verified backup (none when the policy deletes nothing);
-    Object Lock lookups only for the keys about to be deleted (see find_locked); for leftovers
+    Object Lock lookups only for the keys about to be deleted (see find_locked); one GET per
+    in-flight marker, to find those of killed backups (lone_markers; on file:// the markers'
+    directories are listed too, on S3 they come with the listing); for leftovers
     older than the grace, one in-flight marker listing per series and one HEAD per backup id
     (see _alive); then ceil(keys / 1000) DeleteObjects calls for artifacts and orphans, and a
     later ceil(manifests / 1000) for the manifests.
@@ -404,14 +409,15 @@ def rotate(location, policy, series=None, orphan_grace="24h", verified_lookback=
     stale_before = grace_start(orphan_grace, now)
     _check_lookback(verified_lookback)
     check_timeout(lock_timeout)
-    found = _scan(location, series)
+    found = _scan(location, series, now)
     if check_mode:
         return _rotate(location, policy, found, stale_before, verified_lookback, True, now)
     with series_locks(location, found[0], "s3_rotate", lock_timeout) as locks:
-        grouped, leftovers = _scan(location, series, required=False)
+        grouped, leftovers, markers = _scan(location, series, now, required=False)
         grouped = {name: entry for name, entry in grouped.items() if name in locks}
         try:
-            result = _rotate(location, policy, (grouped, leftovers), stale_before, verified_lookback, False, now)
+            result = _rotate(location, policy, (grouped, leftovers, markers), stale_before, verified_lookback, False,
+                             now)
         except OpsError as exc:
             error = exc
             result = exc.result
@@ -430,8 +436,9 @@ def rotate(location, policy, series=None, orphan_grace="24h", verified_lookback=
 
 
 def _rotate(location, policy, found_listing, stale_before, verified_lookback, check_mode, now):
-    grouped, leftovers = found_listing
+    grouped, leftovers, markers = found_listing
     found = orphans(grouped, sorted(grouped), leftovers, stale_before, _alive(location, now))
+    warnings = lone_markers(found, markers, _orphan_groups(grouped, sorted(grouped), leftovers))
     results, plans = {}, {}
     for name in sorted(grouped):
         plans[name], results[name] = _plan_series(location, name, grouped[name], policy,
@@ -451,7 +458,26 @@ def _rotate(location, policy, found_listing, stale_before, verified_lookback, ch
                 "lock_checks": lock_requests,
                 "delete_calls": 0 if check_mode else
                 -(-len(artifact_keys) // 1000) + -(-len(manifest_keys) // 1000)}
-    return _outcome(location, policy, results, now, changed, requests, failed)
+    result = _outcome(location, policy, results, now, changed, requests, failed)
+    if warnings:
+        result.setdefault("warnings", []).extend(warnings)
+    return result
+
+
+def lone_markers(found, markers, groups):
+    """The stale in-flight markers that have no piece left (a backup killed before its first
+    artifact was stored, or whose pieces are gone): listed in the series' orphans, to delete.
+    A stale marker with pieces goes with them (see orphans). Returns the warnings."""
+    warnings = []
+    for marker in markers:
+        if marker["series"] not in found or (marker["series"], marker["id"]) in groups:
+            continue
+        found[marker["series"]]["files"].append({
+            "key": marker["key"], "size_bytes": marker["size_bytes"], "last_modified": rfc3339(marker["modified"]),
+            "delete": True, "inflight_marker": marker["reason"]})
+        warnings.append("series %s: in-flight marker of backup %s left by an interrupted backup (%s) removed"
+                        % (marker["series"], marker["id"], marker["reason"]))
+    return warnings
 
 
 def diff_lists(before_result):

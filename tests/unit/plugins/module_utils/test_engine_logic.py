@@ -9,6 +9,7 @@ import io
 import itertools
 import json
 import os
+import subprocess
 
 import pytest
 from botocore.awsrequest import AWSResponse
@@ -18,6 +19,8 @@ from ansible_collections.opskit.runbook.plugins.module_utils import _retry, _tim
 from ansible_collections.opskit.runbook.plugins.module_utils._engine import artifacts, catalog, report, streams
 from ansible_collections.opskit.runbook.plugins.module_utils._engine.compression import (
     make_compressor, make_decompressor, validate_compression)
+from ansible_collections.opskit.runbook.plugins.module_utils._engine import lock
+from ansible_collections.opskit.runbook.plugins.module_utils._engine.lock import this_process
 from ansible_collections.opskit.runbook.plugins.module_utils._engine.session import BackupSession
 from ansible_collections.opskit.runbook.plugins.module_utils._storage import s3 as s3_backend
 from ansible_collections.opskit.runbook.plugins.module_utils._storage.base import grown_part_size, part_size_for
@@ -361,7 +364,7 @@ def test_inflight_marker_lives_while_the_session_writes(tmp_path):
         assert catalog.inflight(location) == live
         assert live[0]["expires_at"] - live[0]["started_at"] == datetime.timedelta(hours=1)
         assert catalog.inflight(location, now=live[0]["expires_at"]) == []  # expired
-        assert catalog.inflight(location, now=live[0]["expires_at"], expired=True) == live
+        assert catalog.inflight(location, now=live[0]["expires_at"], expired=True) == [dict(live[0], reason="expired")]
         assert catalog.inflight(location, expired=True) == []
         assert "app" in catalog.scan(location) and not catalog.scan(location)["app"]["manifests"]
         session.publish()
@@ -373,6 +376,35 @@ def test_inflight_marker_lives_while_the_session_writes(tmp_path):
                 assert len(catalog.inflight(location, "app")) == 1
                 raise OSError("producer died")
     assert catalog.inflight(location) == [] and len(catalog.list_backups(location)["app"]) == 1
+
+
+def _dead_holder():
+    """The holder fields of a process of this machine that has exited."""
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return dict(this_process(), pid=child.pid, proc_start="1")
+
+
+def test_next_backup_removes_the_marker_a_killed_one_left(tmp_path):
+    """A backup SIGKILLed before its first artifact was stored leaves only its marker: the next
+    backup of the series removes it (its holder is gone), reports it, and keeps a live one."""
+    location = FileLocation(str(tmp_path / "b"))
+    now = datetime.datetime.now(datetime.timezone.utc)
+    catalog.write_inflight(location, "app", "20261101T000000Z-0000dead", now, holder=_dead_holder())
+    catalog.write_inflight(location, "app", "20261101T000000Z-000a11fe", now, holder=this_process())
+    catalog.write_inflight(location, "app", "20261101T000000Z-0000e4ed", now - datetime.timedelta(days=2))
+    catalog.write_inflight(location, "other", "20261101T000000Z-0000dead", now, holder=_dead_holder())
+    live = {m["id"]: m for m in catalog.inflight(location, dead=lock.holder_is_dead)}
+    assert sorted(live) == ["20261101T000000Z-000a11fe"]
+    with BackupSession(location, "app", "generic", compression="none") as session:
+        with session.artifact("bin") as out:
+            out.write(b"x")
+        session.publish()
+    assert sorted(session.removed_markers) == ["app/.inflight/20261101T000000Z-0000dead.json",
+                                               "app/.inflight/20261101T000000Z-0000e4ed.json"]
+    assert any("removed 2 in-flight marker(s)" in w and "holder gone" in w and "expired" in w for w in session.warnings)
+    assert sorted((m["series"], m["id"]) for m in catalog.inflight(location, expired=True, now=now + datetime.timedelta(days=9))) \
+        == [("app", "20261101T000000Z-000a11fe"), ("other", "20261101T000000Z-0000dead")]
 
 
 def test_listing_never_walks_into_a_linked_series(tmp_path):

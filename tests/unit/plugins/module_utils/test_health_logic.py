@@ -483,3 +483,16 @@ def test_a_hung_probe_does_not_keep_the_process_alive():
                           timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "CRITICAL did not finish before the overall deadline"
+
+
+@pytest.mark.parametrize("kind, extra", [("http", {}), ("metrics", {"metric": "up"})])
+def test_names_made_from_urls_never_carry_userinfo_or_query_values(kind, extra):
+    """Issue 14 item 8: the name of an unnamed check is shown in results, logs and reports."""
+    url = "https://user:pw@host/x?token=abc&sig=Zk9"
+    named = _checks.validate_checks([dict(type=kind, url=url, **extra), dict(type=kind, url=url, **extra)],
+                                    defaults=None)
+    names = [c["name"] for c in named]
+    assert names[0].startswith("%s https://***@host/x?token=***&sig=***" % kind) and names[1] == names[0] + " #2"
+    for name in names:
+        for secret in ("user", "pw", "abc", "Zk9"):
+            assert secret not in name

@@ -537,3 +537,19 @@ def test_report_names_what_was_removed():
 ])
 def test_outcome_of(exc, outcome):
     assert pv.outcome_of(exc) == outcome
+
+
+def test_an_exec_owner_is_gone_only_when_it_ran_here_and_ended():
+    """Issue 14 item 13: the tools a killed run left in a container are killed by the next run only
+    when their owner tag names a process of this very machine (host, boot, PID namespace) that ended."""
+    import subprocess
+    from ansible_collections.opskit.runbook.plugins.module_utils._postgres import tools as _tools
+    child = subprocess.Popen(["true"])
+    gone = _tools.owner_tag(child.pid)  # its tag while it lives
+    child.wait()
+    assert _tools.owner_gone(gone) is True
+    assert _tools.owner_gone(_tools.owner_tag(os.getpid())) is False  # alive
+    elsewhere = "otherhost" + gone[gone.index("|"):]
+    assert _tools.owner_gone(elsewhere) is False  # another machine's pid means nothing here
+    for bad in (None, "", "1:2", gone.replace("|", ":"), gone.rsplit("|", 1)[0] + "|?"):
+        assert _tools.owner_gone(bad) is False

@@ -11,7 +11,7 @@ import os
 import pytest
 import yaml
 
-from ansible_collections.opskit.runbook.plugins.module_utils._engine import catalog
+from ansible_collections.opskit.runbook.plugins.module_utils._engine import catalog, lock
 from ansible_collections.opskit.runbook.plugins.module_utils._engine.session import BackupSession
 from ansible_collections.opskit.runbook.plugins.module_utils._retention import apply
 from ansible_collections.opskit.runbook.plugins.module_utils._storage.file import FileLocation
@@ -418,6 +418,25 @@ def test_a_live_in_flight_marker_protects_old_leftovers(tmp_path):
     assert not os.path.exists(loc.path(partial))
     assert not os.path.exists(loc.path(catalog.inflight_key("db", backup_id)))
     assert apply.rotate(loc, parse_policy(keep_last=3), now=T("2026-11-12 02:01"))["changed"] is False
+
+
+def test_a_lone_stale_marker_is_removed_and_reported(tmp_path):
+    """A backup killed before its first artifact was stored leaves only its marker, in a series
+    that has nothing else: rotation over the whole location finds it and removes it once it
+    expired (or at once when its holder is gone from this machine), a live one stays."""
+    loc = Recording(str(tmp_path / "b"))
+    catalog.write_inflight(loc, "lone", "20261105T020000Z-0000dead", T("2026-11-05 02:00"), timeout=3600)
+    catalog.write_inflight(loc, "busy", "20261109T230000Z-000a11fe", T("2026-11-09 23:00"), timeout=7 * 86400,
+                           holder=lock.this_process())
+    res = apply.rotate(loc, parse_policy(keep_last=3), now=T("2026-11-10 00:00"))
+    key = catalog.inflight_key("lone", "20261105T020000Z-0000dead")
+    assert [(o["key"], o["action"], o["inflight_marker"]) for o in res["series"]["lone"]["orphans"]] \
+        == [(key, "deleted", "expired")]
+    assert res["changed"] is True and not os.path.exists(loc.path(key))
+    assert any("in-flight marker of backup 20261105T020000Z-0000dead" in w for w in res["warnings"])
+    assert "busy" not in res["series"]  # only a live marker: nothing to rotate there
+    assert os.path.exists(loc.path(catalog.inflight_key("busy", "20261109T230000Z-000a11fe")))
+    assert apply.rotate(loc, parse_policy(keep_last=3), now=T("2026-11-10 00:00"))["changed"] is False
 
 
 class PublishesAfterListing(Recording):
