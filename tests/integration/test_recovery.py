@@ -1,0 +1,213 @@
+# -*- coding: utf-8 -*-
+# Copyright: opskit.runbook contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Recovery that ends healthy (issue 16 item 1): dr_restore.yml with the writers of the
+database declared, against a real Docker Engine and PostgreSQL.
+
+The app is a busybox container on the host network that writes to PostgreSQL (an INSERT every
+100 ms) and answers ``/cgi-bin/orders`` with the number of orders it reads there (503 when it
+cannot). It runs the host's own psql through ``chroot /host`` (the host's root bind-mounted
+read-only), so no client has to be built into an image.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import stat
+import time
+import uuid
+
+import pytest
+
+from harness import BUSYBOX_IMAGE, free_port, http_get
+from roles_fixtures import conn, playbook, reports
+from test_stack import Events
+
+RUN = """#!/bin/sh
+. /app/env
+trap 'kill $HTTPD 2>/dev/null; exit 0' TERM INT
+httpd -f -p 127.0.0.1:$APP_PORT -h /app/www & HTTPD=$!
+while :; do
+  chroot /host "$PSQL" -qtAc "INSERT INTO events (at) VALUES (clock_timestamp())" >/dev/null 2>&1
+  sleep 0.1 & wait $!
+done
+"""
+
+ORDERS_CGI = """#!/bin/sh
+. /app/env
+n=$(chroot /host "$PSQL" -qtAc "SELECT count(*) FROM orders" 2>/dev/null)
+if [ -n "$n" ]; then echo "Content-Type: text/plain"; echo; echo "orders $n"
+else echo "Status: 503 Service Unavailable"; echo; echo down; fi
+"""
+
+
+@pytest.fixture
+def api(docker_engine):
+    return docker_engine.client.api
+
+
+@pytest.fixture
+def prefix(api):
+    name = "rcv%s" % uuid.uuid4().hex[:8]
+    yield name
+    for c in api.containers(all=True, filters={"name": name}):
+        api.remove_container(c["Id"], force=True, v=True)
+
+
+@pytest.fixture
+def shop(pg):
+    name = "shop_%s" % uuid.uuid4().hex[:8]
+    pg.createdb(name)
+    pg.psql("CREATE TABLE orders (id int PRIMARY KEY, total numeric); "
+            "INSERT INTO orders SELECT g, g * 1.5 FROM generate_series(1, 300) g; "
+            "CREATE TABLE events (id serial PRIMARY KEY, at timestamptz NOT NULL);", db=name)
+    return name
+
+
+def _app(api, pg, db, name, workdir):
+    """Start the app container; returns its base URL once it answers."""
+    port = free_port()
+    www = os.path.join(workdir, "www", "cgi-bin")
+    os.makedirs(www)
+    files = {os.path.join(workdir, "run.sh"): RUN, os.path.join(www, "orders"): ORDERS_CGI,
+             os.path.join(workdir, "env"): "export PGHOST=%s PGPORT=%d PGUSER=%s PGPASSWORD='%s' PGDATABASE=%s "
+                                           "PSQL=%s APP_PORT=%d\n" % (pg.host, pg.port, pg.user, pg.password, db,
+                                                                      os.path.join(pg.bin_dir, "psql"), port)}
+    for path, text in files.items():
+        with open(path, "w") as fh:
+            fh.write(text)
+        os.chmod(path, stat.S_IRWXU | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH)
+    os.chmod(workdir, 0o755)
+    host_config = api.create_host_config(network_mode="host", binds={"/": {"bind": "/host", "mode": "ro"},
+                                                                     workdir: {"bind": "/app", "mode": "ro"}})
+    created = api.create_container(BUSYBOX_IMAGE, name=name, command=["/bin/sh", "/app/run.sh"],
+                                   host_config=host_config, stop_signal="SIGTERM")
+    api.start(created["Id"])
+    url = "http://127.0.0.1:%d/cgi-bin/orders" % port
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        status, body = http_get(url)
+        if status == 200:
+            return url
+        time.sleep(0.1)
+    raise AssertionError("the app did not answer: %s %s; logs: %s" % (status, body, api.logs(name)[-500:]))
+
+
+def _backup(run_playbook, tmp_path, pg, db):
+    """One pg_backup state=dumped into the series dr_restore reads (<prefix>pg-<name>)."""
+    task = dict(conn(pg), state="dumped", database=[db], series="t-pg-" + db, location="file://%s/backups" % tmp_path)
+    run = run_playbook([{"hosts": "localhost", "gather_facts": False,
+                         "tasks": [{"name": "backup", "opskit.runbook.pg_backup": task}]}])
+    assert run.rc == 0, run.stdout[-3000:]
+
+
+def _count(pg, db, sql):
+    return int(pg.psql(sql, db=db).strip())
+
+
+def test_recovery_stops_the_writer_restores_starts_it_and_ends_healthy(api, pg, shop, prefix, tmp_path, run_playbook):
+    app = prefix + "-app"
+    url = _app(api, pg, shop, app, str(tmp_path / "app"))
+    deadline = time.monotonic() + 10
+    while _count(pg, shop, "SELECT count(*) FROM events") < 3 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _count(pg, shop, "SELECT count(*) FROM events") >= 3   # the app writes to the database
+    writer = {"name": app, "timeout": 30, "health_checks": [
+        {"name": "app", "type": "http", "url": url, "status_codes": [200], "body_contains": "orders 300",
+         "retries": 10, "interval": 0.2, "timeout": 2}]}
+    database = {"name": shop, "writers": [writer],
+                "verify_queries": [{"name": "orders", "query": "SELECT count(*) FROM orders", "expect": "300"}]}
+    extra = {"opskit_location": "file://%s/backups" % tmp_path, "opskit_report_dir": str(tmp_path / "reports"),
+             "opskit_series_prefix": "t-", "opskit_postgres": conn(pg), "opskit_lock_dir": str(tmp_path / "locks"),
+             "opskit_databases": [database], "opskit_dr_confirm": "overwrite-production",
+             "opskit_restore_health_checks": [{"name": "app serves the restored orders", "type": "http", "url": url,
+                                               "status_codes": [200], "body_contains": "orders 300"}]}
+    _backup(run_playbook, tmp_path, pg, shop)
+    pg.psql("DELETE FROM orders WHERE id > 100", db=shop)            # the incident
+    assert http_get(url)[1].strip() == "orders 100"
+
+    # 1. a writer that cannot be stopped: a container started with --rm, and a missing one
+    rm = prefix + "-rm"
+    api.start(api.create_container(BUSYBOX_IMAGE, name=rm, command=["sleep", "600"],
+                                   host_config=api.create_host_config(auto_remove=True))["Id"])
+    refused_db = dict(database, writers=[writer, {"name": rm}, {"name": prefix + "-missing"}])
+    with Events(api, [app, rm]) as watched:
+        refused = run_playbook(playbook("dr_restore"), dict(extra, opskit_databases=[refused_db]))
+    assert refused.rc != 0
+    assert "recovery refused before anything was stopped or restored" in refused.stdout
+    assert "writer %s:" % rm in refused.stdout and "writer %s-missing:" % prefix in refused.stdout
+    assert "writer %s:" % app not in refused.stdout                   # the stoppable one is not blamed
+    assert watched.seen == []                                         # nothing was stopped
+    assert _count(pg, shop, "SELECT count(*) FROM orders") == 100     # nothing was restored
+    doc = reports(tmp_path / "reports", "dr_restore")[-1]
+    assert doc["status"] == "failed" and doc["failed_step"] == "check writers"
+    assert [w["state"] for w in doc["writers"]] == ["running (untouched)"] * 3
+    assert api.inspect_container(app)["State"]["Running"] and api.inspect_container(rm)["State"]["Running"]
+
+    # 2. the recovery: stop, restore, verify, start behind the gate, health gate
+    with Events(api, [app]) as watched:
+        run = run_playbook(playbook("dr_restore"), extra)
+    assert run.rc == 0, run.stdout[-4000:]
+    actions = [(a, t) for t, _n, a in watched.seen]
+    assert [a for a, _t in actions] == ["die", "start"], watched.seen  # stopped once, started once
+    died, started = actions[0][1], actions[1][1]
+    assert _count(pg, shop, "SELECT count(*) FROM orders") == 300     # the backup's data
+    status, body = http_get(url)
+    assert status == 200 and body.strip() == "orders 300"            # the app serves it
+    # no write landed while the writer was stopped (the restored table would keep it)
+    window = [datetime.datetime.fromtimestamp(t / 1e9, datetime.timezone.utc).isoformat() for t in (died, started)]
+    assert _count(pg, shop, "SELECT count(*) FROM events WHERE at > '%s' AND at < '%s'" % tuple(window)) == 0
+    deadline = time.monotonic() + 10                                   # and the writer writes again
+    while _count(pg, shop, "SELECT count(*) FROM events WHERE at > '%s'" % window[1]) == 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _count(pg, shop, "SELECT count(*) FROM events WHERE at > '%s'" % window[1]) > 0
+    doc = reports(tmp_path / "reports", "dr_restore")[-1]
+    assert doc["status"] == "passed" and doc["failed_step"] is None, doc
+    assert doc["writers"] == [{"name": app, "target": "docker_container", "state": "running, passed its gate",
+                               "ready_at": doc["writers"][0]["ready_at"]}]
+    (asset,) = doc["assets"]
+    assert asset["verification"] == "passed" and asset["writers"] == [app]
+    # the RTO runs from the first stop to healthy: it covers the writer's downtime, the asset's
+    # restore + checks, and the asset's own RTO (until its writer passed its gate)
+    assert doc["stack_rto_seconds"] >= (started - died) / 1e9
+    assert doc["stack_rto_seconds"] >= asset["rto_seconds"] == doc["rto_seconds"] >= asset["restore_seconds"] > 0
+    assert asset["rto_seconds"] >= (started - died) / 1e9
+    assert [p["name"] for p in doc["phases"]] == ["stop writers", "postgres " + shop, "start writers and health gate"]
+
+
+def test_recovery_that_fails_says_where_and_in_which_state_the_writer_is(api, pg, shop, prefix, tmp_path, run_playbook):
+    """A restore whose checks fail leaves the writer stopped; a failed health gate after the
+    start leaves it running, and both runs say so."""
+    app = prefix + "-app"
+    url = _app(api, pg, shop, app, str(tmp_path / "app"))
+    database = {"name": shop, "writers": [{"name": app, "timeout": 30}],
+                "verify_queries": [{"name": "orders", "query": "SELECT count(*) FROM orders", "expect": "301"}]}
+    extra = {"opskit_location": "file://%s/backups" % tmp_path, "opskit_report_dir": str(tmp_path / "reports"),
+             "opskit_series_prefix": "t-", "opskit_postgres": conn(pg), "opskit_lock_dir": str(tmp_path / "locks"),
+             "opskit_databases": [database], "opskit_dr_confirm": "overwrite-production"}
+    _backup(run_playbook, tmp_path, pg, shop)
+    run = run_playbook(playbook("dr_restore"), extra)
+    assert run.rc != 0
+    assert "THE WRITERS ARE LEFT STOPPED: %s" % app in run.stdout
+    assert not api.inspect_container(app)["State"]["Running"]
+    assert http_get(url)[0] != 200
+    doc = reports(tmp_path / "reports", "dr_restore")[-1]
+    assert doc["status"] == "failed" and doc["failed_step"] == "verify", doc
+    assert doc["writers"][0]["state"] == "stopped (left stopped: the restore failed)"
+    assert "returned '300', expected '301'" in doc["assets"][0]["error"]
+    assert doc["stack_rto_seconds"] is None and doc["rto_seconds"] is None, doc   # not recovered: no RTO
+    assert doc["assets"][0]["restore_seconds"] > 0
+
+    # the same recovery with the right checks, whose health gate fails after the writer started
+    closed = free_port()
+    gate = [{"name": "stack", "type": "http", "url": "http://127.0.0.1:%d/" % closed, "timeout": 1}]
+    database["verify_queries"][0]["expect"] = "300"
+    run = run_playbook(playbook("dr_restore"), dict(extra, opskit_restore_health_checks=gate))
+    assert run.rc != 0
+    assert "the data is restored and the writers started, but the health gate failed" in run.stdout
+    assert api.inspect_container(app)["State"]["Running"] and http_get(url)[0] == 200
+    doc = reports(tmp_path / "reports", "dr_restore")[-1]
+    assert doc["status"] == "failed" and doc["failed_step"] == "health gate", doc
+    assert doc["writers"][0]["state"] == "running, passed its gate"
+    assert doc["assets"][0]["verification"] == "passed" and doc["stack_rto_seconds"] is None
