@@ -79,8 +79,19 @@ def _app(api, pg, db, name, workdir):
             fh.write(text)
         os.chmod(path, stat.S_IRWXU | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH)
     os.chmod(workdir, 0o755)
-    host_config = api.create_host_config(network_mode="host", binds={"/": {"bind": "/host", "mode": "ro"},
-                                                                     workdir: {"bind": "/app", "mode": "ro"}})
+    # The host's psql runs in a chroot of /usr and /etc only. Binding all of "/" would make the
+    # app a user of every path: the directory backups of tests running alongside would quiesce
+    # (stop and start) it, as volume_backup must for a container that mounts the backed-up path.
+    root = os.path.join(workdir, "root")
+    for mountpoint in ("usr", "etc"):
+        os.makedirs(os.path.join(root, mountpoint))
+    for link in ("bin", "lib", "lib64", "sbin"):
+        if os.path.islink("/" + link):
+            os.symlink(os.readlink("/" + link), os.path.join(root, link))
+    os.chmod(root, 0o755)
+    host_config = api.create_host_config(network_mode="host", binds={
+        root: {"bind": "/host", "mode": "ro"}, "/usr": {"bind": "/host/usr", "mode": "ro"},
+        "/etc": {"bind": "/host/etc", "mode": "ro"}, workdir: {"bind": "/app", "mode": "ro"}})
     created = api.create_container(BUSYBOX_IMAGE, name=name, command=["/bin/sh", "/app/run.sh"],
                                    host_config=host_config, stop_signal="SIGTERM")
     api.start(created["Id"])
