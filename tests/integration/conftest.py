@@ -12,6 +12,10 @@ temporary directory, and stops at the end of the session, also on failure or Ctr
   (boto3 S3 client), ``new_bucket()`` -> the name of a new, uniquely named bucket.
 - ``docker_engine``: the Docker Engine (reused, or started and later stopped) and the locally
   built image. Attributes: docker_host, client (docker.DockerClient), busybox_image.
+- ``api``: the engine's low-level client (``docker_engine.client.api``).
+- ``prefix``: a unique name for the containers and networks of one test (``<module tag><8 hex>``);
+  every container (with its anonymous volumes), network and volume whose name contains it is
+  removed afterwards.
 - ``redis``: a redis-server. Attributes: host, port.
 - ``real_kubeconfig``: the kubeconfig of a reachable real cluster (skips without one).
 - ``run_playbook(playbook, extra_vars=None, check=False, env=None, timeout=600, clock=None)``:
@@ -25,6 +29,7 @@ import os
 import signal
 import subprocess
 import sys
+import uuid
 
 import pytest
 
@@ -79,6 +84,24 @@ def docker_engine():
     yield engine
     engine.client.close()
     cleanup("docker")
+
+
+@pytest.fixture(scope="session")
+def api(docker_engine):
+    return docker_engine.client.api
+
+
+@pytest.fixture
+def prefix(api, request):
+    tag = request.module.__name__.rsplit(".", 1)[-1].replace("test_", "")[:3]
+    name = "%s%s" % (tag, uuid.uuid4().hex[:8])
+    yield name
+    for container in api.containers(all=True, filters={"name": name}):
+        api.remove_container(container["Id"], force=True, v=True)
+    for net in api.networks(filters={"name": name}):
+        api.remove_network(net["Id"])
+    for volume in (api.volumes(filters={"name": name}) or {}).get("Volumes") or []:
+        api.remove_volume(volume["Name"], force=True)
 
 
 def _cluster_error(path):

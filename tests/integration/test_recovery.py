@@ -43,19 +43,6 @@ else echo "Status: 503 Service Unavailable"; echo; echo down; fi
 
 
 @pytest.fixture
-def api(docker_engine):
-    return docker_engine.client.api
-
-
-@pytest.fixture
-def prefix(api):
-    name = "rcv%s" % uuid.uuid4().hex[:8]
-    yield name
-    for c in api.containers(all=True, filters={"name": name}):
-        api.remove_container(c["Id"], force=True, v=True)
-
-
-@pytest.fixture
 def shop(pg):
     name = "shop_%s" % uuid.uuid4().hex[:8]
     pg.createdb(name)

@@ -21,25 +21,8 @@ RECORD_LABEL = "opskit.runbook.last-known-good"
 
 
 @pytest.fixture(scope="module")
-def api(docker_engine):
-    return docker_engine.client.api
-
-
-@pytest.fixture(scope="module")
 def images(api):
     return build_images(api)
-
-
-@pytest.fixture
-def prefix(api):
-    name = "rlt%s" % uuid.uuid4().hex[:8]
-    yield name
-    for c in api.containers(all=True, filters={"name": name}):
-        api.remove_container(c["Id"], force=True, v=True)
-    for net in api.networks(names=[name + "-net"]):
-        api.remove_network(net["Id"])
-    for vol in (api.volumes(filters={"name": name}) or {}).get("Volumes") or []:
-        api.remove_volume(vol["Name"], force=True)
 
 
 def _failed(result):

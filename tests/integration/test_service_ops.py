@@ -18,21 +18,8 @@ from rollout_fixtures import build_images, run_web, wait_http
 
 
 @pytest.fixture(scope="module")
-def api(docker_engine):
-    return docker_engine.client.api
-
-
-@pytest.fixture(scope="module")
 def images(api):
     return build_images(api, tags=("v1", "exit"))
-
-
-@pytest.fixture
-def prefix(api):
-    name = "svc%s" % uuid.uuid4().hex[:8]
-    yield name
-    for c in api.containers(all=True, filters={"name": name}):
-        api.remove_container(c["Id"], force=True, v=True)
 
 
 def _connect(pg, db, **kw):

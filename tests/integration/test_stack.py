@@ -21,23 +21,8 @@ from stack_fixtures import ComposeStack, ServiceDNS, nginx_proxy
 
 
 @pytest.fixture(scope="module")
-def api(docker_engine):
-    return docker_engine.client.api
-
-
-@pytest.fixture(scope="module")
 def images(api):
     return build_images(api, tags=("v1", "v2", "exit", "503"))
-
-
-@pytest.fixture
-def prefix(api):
-    name = "stk%s" % uuid.uuid4().hex[:8]
-    yield name
-    for c in api.containers(all=True, filters={"name": name}):
-        api.remove_container(c["Id"], force=True, v=True)
-    for net in api.networks(names=[name, name + "b"]):
-        api.remove_network(net["Id"])
 
 
 def _check(port, want="ok"):
