@@ -2,7 +2,8 @@
 # Prepare a fresh build machine for the tests; idempotent, quiet on success, loud on failure.
 #   1. system packages the tests need (docker.io, redis-server, busybox-static, postgresql-15,
 #      git, shellcheck, faketime, and the real peers: prometheus/promtool, age, restic,
-#      pgbackrest, nginx, chromium + chromium-driver), installed only when missing
+#      pgbackrest, nginx, chromium + chromium-driver, radosgw + ceph-mon + ceph-osd), installed only
+#      when missing
 #   2. .venv with tests/requirements.txt (skipped while its sha256 matches the stamp)
 #   3. .build/collections/ansible_collections/opskit/runbook -> the checkout
 set -euo pipefail
@@ -28,6 +29,9 @@ command -v pgbackrest >/dev/null 2>&1 || missing+=(pgbackrest)   # the peer of p
 command -v nginx >/dev/null 2>&1 || missing+=(nginx-light)       # the reverse proxy of start-first rollouts
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)       # the reports, opened in a real browser
 command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+for ceph in radosgw ceph-mon ceph-osd; do                          # Ceph RGW: the second S3 implementation
+    command -v "$ceph" >/dev/null 2>&1 || missing+=("$ceph")        # (tests/integration/ceph_fixtures.py)
+done
 if [ ${#missing[@]} -gt 0 ]; then
     echo "bootstrap: installing ${missing[*]}"
     # Keep the packages' init scripts from starting daemons (redis on 6379, a "main" cluster,
