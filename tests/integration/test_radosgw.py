@@ -27,7 +27,7 @@ import ceph_fixtures
 from test_pg_backup import ok
 
 from ansible_collections.opskit.runbook.plugins.module_utils._engine.session import BackupSession
-from ansible_collections.opskit.runbook.plugins.module_utils._storage.base import ChangedError
+from ansible_collections.opskit.runbook.plugins.module_utils._storage.base import ChangedError, ExistsError
 from ansible_collections.opskit.runbook.plugins.module_utils._storage.options import open_location
 
 radosgw = ceph_fixtures.radosgw  # the session fixture
@@ -141,3 +141,24 @@ def test_conditional_writes_of_the_collection_on_radosgw(radosgw):
     assert location.read_versioned("s/rec") == (b"two", newer)
     assert location.conditional_writes is True
     assert location.object_lock_enabled() is False  # what refuses object_lock on this bucket
+
+
+def test_the_run_lock_holds_on_an_object_lock_bucket_of_radosgw(radosgw):
+    """RGW 16 ignores If-None-Match on a versioned bucket and If-Match on DeleteObject. The run
+    lock's two primitives still hold there: a second create of a held key is refused and the
+    holder's object stays; a release with a stale ETag deletes nothing; a released key can be
+    taken again."""
+    bucket = radosgw.new_bucket(object_lock=True)
+    location = open_location("s3://%s/lock" % bucket, endpoint_url=radosgw.endpoint_url,
+                             access_key=radosgw.access_key, secret_key=radosgw.secret_key)
+    held = location.create_exclusive("db/.opskit-lock", b"run A")
+    with pytest.raises(ExistsError):
+        location.create_exclusive("db/.opskit-lock", b"run B")
+    assert location.read_versioned("db/.opskit-lock") == (b"run A", held)
+    with pytest.raises(ChangedError):
+        location.delete_if("db/.opskit-lock", '"0123456789abcdef0123456789abcdef"')
+    assert location.read_versioned("db/.opskit-lock")[0] == b"run A"
+    assert location.delete_if("db/.opskit-lock", held) is True
+    again = location.create_exclusive("db/.opskit-lock", b"run B")
+    assert location.read_versioned("db/.opskit-lock") == (b"run B", again)
+

@@ -276,7 +276,7 @@ class S3Location(Location):
             return ChangedError("%s: the object changed since it was read" % what)
         for condition in ({"IfMatch": token}, {"IfMatch": token.strip('"')}):
             try:
-                return self._put_if(key, data, content_type, condition, True, refused)
+                return self._put_if(key, data, content_type, condition, True, refused).get("ETag")
             except ChangedError:
                 if not self._shows(key, token):
                     raise
@@ -295,11 +295,11 @@ class S3Location(Location):
         """A conditional PutObject: ``refused(what)`` is raised when the condition fails. On an
         endpoint without conditional writes (501), a HEAD checks that the object exists
         (``must_exist``) or not, right before an unconditional PutObject (not atomic:
-        ``conditional_writes`` becomes False, for the caller to say so). Returns the new ETag."""
+        ``conditional_writes`` becomes False, for the caller to say so). Returns PutObject's answer."""
         what = "writing %s" % self.url_for(key)
         args = dict(Bucket=self.bucket, Key=self.full_key(key), Body=bytes(data), **self.put_args(content_type))
         try:
-            return self.conditional("put_object", **condition, **args).get("ETag")
+            return self.conditional("put_object", **condition, **args)
         except self.errors as exc:
             code = error_code(exc)
             if code in CONDITION_FAILED:
@@ -312,7 +312,7 @@ class S3Location(Location):
             raise refused(what)
         if must_exist and not exists:
             raise NotFoundError("%s: object not found" % what)
-        return self.call(what, "put_object", **args).get("ETag")
+        return self.call(what, "put_object", **args)
 
     def pin(self, key):
         """The ETag of the object now (HeadObject)."""
@@ -353,14 +353,41 @@ class S3Location(Location):
 
     def create_exclusive(self, key, data, content_type=None):
         """PutObject with If-None-Match: * (AWS S3 since 2024, MinIO, moto); see _put_if for an
-        endpoint without conditional writes."""
-        return self._put_if(key, data, content_type, {"IfNoneMatch": "*"}, False,
-                            lambda what: ExistsError("%s: the object exists already" % what))
+        endpoint without conditional writes. Ceph RGW 16 ignores the condition on a versioned
+        bucket (Object Lock), so a write that made a version is checked against the key's
+        history: right below ours must be nothing or a delete marker. Otherwise the object
+        existed, ours is withdrawn (its version deleted) and ExistsError raised; of two
+        racing writers, the older version wins."""
+        def exists(what):
+            return ExistsError("%s: the object exists already" % what)
+        answer = self._put_if(key, data, content_type, {"IfNoneMatch": "*"}, False, exists)
+        if answer.get("VersionId") and self._overwrote(key, answer["VersionId"]):
+            what = "writing %s" % self.url_for(key)
+            self.call("withdrawing %s" % self.url_for(key), "delete_object", Bucket=self.bucket,
+                      Key=self.full_key(key), VersionId=answer["VersionId"])
+            raise exists(what)
+        return answer.get("ETag")
+
+    def _overwrote(self, key, version):
+        """True when the version right below ``version`` of ``key`` (the listing is newest first)
+        is a live object: no delete marker is as new as it."""
+        full = self.full_key(key)
+        listed = self.call("listing the versions of %s" % self.url_for(key), "list_object_versions",
+                           Bucket=self.bucket, Prefix=full)
+        versions = [v for v in listed.get("Versions", []) if v["Key"] == full]
+        ids = [v["VersionId"] for v in versions]
+        if version not in ids or ids.index(version) + 1 == len(ids):
+            return False
+        below = versions[ids.index(version) + 1]["LastModified"]
+        return not any(m["LastModified"] >= below for m in listed.get("DeleteMarkers", []) if m["Key"] == full)
 
     def delete_if(self, key, token):
-        """DeleteObject with If-Match on the ETag; without conditional deletes (HTTP 501), a
-        HEAD compares the ETag right before an unconditional DeleteObject."""
+        """DeleteObject with If-Match on the ETag, after a HEAD that compares it (an endpoint may
+        ignore the condition); without conditional deletes (HTTP 501), an unconditional
+        DeleteObject follows the HEAD."""
         what = "deleting %s" % self.url_for(key)
+        if not self._still_at(key, token, what):   # a HEAD first: Ceph RGW 16 ignores If-Match here
+            return False
         try:
             self.conditional("delete_object", Bucket=self.bucket, Key=self.full_key(key), IfMatch=token)
             return True
@@ -373,6 +400,13 @@ class S3Location(Location):
             if code not in NOT_IMPLEMENTED:
                 raise _s3_error(exc, what, self.bucket) from exc
         self.conditional_writes = False
+        if not self._still_at(key, token, what):
+            return False
+        self.call(what, "delete_object", Bucket=self.bucket, Key=self.full_key(key))
+        return True
+
+    def _still_at(self, key, token, what):
+        """False when the object is gone; ChangedError when its ETag is no longer ``token``."""
         try:
             current = call_with_retry(self.client.head_object, Bucket=self.bucket, Key=self.full_key(key))
         except self.errors as exc:
@@ -381,7 +415,6 @@ class S3Location(Location):
             raise _s3_error(exc, what, self.bucket) from exc
         if current.get("ETag") != token:
             raise ChangedError("%s: the object changed since it was read" % what)
-        self.call(what, "delete_object", Bucket=self.bucket, Key=self.full_key(key))
         return True
 
     def delete(self, keys):

@@ -283,6 +283,9 @@ class FakeS3:
     def head_object(self, **kwargs):
         return self._answer("head_object", kwargs)
 
+    def list_object_versions(self, **kwargs):
+        return self._answer("list_object_versions", kwargs)
+
 
 def _s3(*answers):
     fake = FakeS3(*answers)
@@ -308,10 +311,12 @@ def test_s3_without_conditional_writes_falls_back_and_says_so():
         loc.create_exclusive("s/k", b"x")
 
 
-def test_s3_delete_if_sends_if_match_and_maps_the_answers():
-    loc, fake = _s3({}, _err("PreconditionFailed", 412), _err("NoSuchKey", 404), _err("AccessDenied", 403))
+def test_s3_delete_if_compares_the_etag_then_sends_if_match_and_maps_the_answers():
+    A = {"ETag": '"a"'}
+    loc, fake = _s3(A, {}, A, _err("PreconditionFailed", 412), A, _err("NoSuchKey", 404), A, _err("AccessDenied", 403))
     assert loc.delete_if("s/k", '"a"') is True
-    assert fake.calls[0] == ("delete_object", {"Bucket": "bucket", "Key": "p/s/k", "IfMatch": '"a"'})
+    assert fake.calls[:2] == [("head_object", {"Bucket": "bucket", "Key": "p/s/k"}),
+                              ("delete_object", {"Bucket": "bucket", "Key": "p/s/k", "IfMatch": '"a"'})]
     with pytest.raises(ChangedError):
         loc.delete_if("s/k", '"a"')
     assert loc.delete_if("s/k", '"a"') is False
@@ -319,13 +324,54 @@ def test_s3_delete_if_sends_if_match_and_maps_the_answers():
         loc.delete_if("s/k", '"a"')
 
 
+def test_s3_delete_if_never_sends_a_delete_for_a_changed_or_missing_object():
+    """Ceph RGW 16 ignores If-Match on DeleteObject: a run whose lock was taken over must not
+    delete the new holder's lock, so the ETag is compared before any delete is sent."""
+    loc, fake = _s3({"ETag": '"theirs"'}, _err("404", 404))
+    with pytest.raises(ChangedError):
+        loc.delete_if("s/k", '"mine"')
+    assert loc.delete_if("s/k", '"mine"') is False
+    assert [c[0] for c in fake.calls] == ["head_object", "head_object"]
+
+
 def test_s3_delete_if_without_conditional_deletes_compares_the_etag_first():
-    loc, fake = _s3(_err("NotImplemented", 501), {"ETag": '"other"'})
+    loc, fake = _s3({"ETag": '"a"'}, _err("NotImplemented", 501), {"ETag": '"other"'})
     with pytest.raises(ChangedError):
         loc.delete_if("s/k", '"a"')
-    loc, fake = _s3(_err("NotImplemented", 501), {"ETag": '"a"'}, {})
+    loc, fake = _s3({"ETag": '"a"'}, _err("NotImplemented", 501), {"ETag": '"a"'}, {})
     assert loc.delete_if("s/k", '"a"') is True
-    assert [c[0] for c in fake.calls] == ["delete_object", "head_object", "delete_object"]
+    assert [c[0] for c in fake.calls] == ["head_object", "delete_object", "head_object", "delete_object"]
+
+
+def _versions(*entries):
+    """A ListObjectVersions answer for p/s/k, newest first: ("v", id, second) or ("m", id, second)."""
+    out = {"Versions": [], "DeleteMarkers": []}
+    for kind, vid, second in entries:
+        out["Versions" if kind == "v" else "DeleteMarkers"].append(
+            {"Key": "p/s/k", "VersionId": vid, "LastModified": T0 + datetime.timedelta(seconds=second)})
+    return out
+
+
+@pytest.mark.parametrize("history, won", [
+    ((("v", "ours", 9),), True),                                    # the first version of the key
+    ((("v", "ours", 9), ("m", "m1", 5), ("v", "old", 3)), True),    # the previous lock was released
+    ((("v", "ours", 9), ("v", "held", 5)), False),                  # someone holds it: ours overwrote
+    ((("v", "ours", 9), ("v", "held", 5), ("m", "m1", 4), ("v", "old", 2)), False),
+    ((("v", "other", 9), ("v", "ours", 8), ("m", "m1", 5)), True),  # a racer wrote above us: it withdraws
+])
+def test_s3_create_exclusive_on_a_versioned_bucket_that_ignores_if_none_match(history, won):
+    """Ceph RGW 16 accepts If-None-Match: * on a versioned (Object Lock) bucket and overwrites:
+    the version right below ours decides. Where it is a live object, ours is withdrawn by its
+    version id and the caller sees ExistsError; of two racers the older version wins."""
+    answers = [{"ETag": '"e"', "VersionId": "ours"}, _versions(*history)]
+    loc, fake = _s3(*answers + ([] if won else [{}]))
+    if won:
+        assert loc.create_exclusive("s/k", b"x") == '"e"'
+        assert [c[0] for c in fake.calls] == ["put_object", "list_object_versions"]
+    else:
+        with pytest.raises(ExistsError):
+            loc.create_exclusive("s/k", b"x")
+        assert fake.calls[-1] == ("delete_object", {"Bucket": "bucket", "Key": "p/s/k", "VersionId": "ours"})
 
 
 def test_file_download_is_pinned_to_the_version_read(loc, tmp_path):
