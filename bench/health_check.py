@@ -15,12 +15,21 @@
                             (a histogram quantile from the same server's /metrics), tls (handshake
                             and chain of a TLS listener with a generated certificate), and http
                             over TLS (one SSL context for all of them)
+  closed port (module)      the module alone with the N checks against a port nobody listens on: what
+                            the module costs without any server time
+  where the time goes       the AnsiballZ payloads of ping and of health_check (N checks), built as the
+                            controller builds them and run as the target runs them, wall and CPU
+  baseline (--baseline)     the task and module-alone rows of another version of the collection
+                            (e.g. `git archive HEAD` unpacked as ansible_collections/opskit/runbook),
+                            measured in the same loop, so that before and after share the load
+
+The server also times each request from accept() to its last byte (its own share of a probe).
 
 The server is a ThreadingHTTPServer on loopback in this process. The health_check variants run
 --repeat times (median reported); the uri loop runs once (it takes minutes).
 
-Usage: .venv/bin/python bench/health_check.py [--checks 200] [--delay-ms 100] [--repeat 3]
-                                              [--out bench/results/health_check.md]
+Usage: .venv/bin/python bench/health_check.py [--checks 200] [--delay-ms 100] [--repeat 3] [--skip-uri]
+                                              [--baseline DIR] [--out bench/results/health_check.md]
 """
 
 from __future__ import annotations
@@ -30,9 +39,12 @@ import http.server
 import json
 import os
 import platform
+import resource
+import socket
 import statistics
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import threading
 import time
@@ -43,6 +55,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 COLLECTIONS = os.path.join(ROOT, ".build", "collections")
 VENV_BIN = os.path.dirname(sys.executable)
+HC_PATH = os.path.join(COLLECTIONS, "ansible_collections", "opskit", "runbook", "plugins", "modules", "health_check.py")
+PING_PATH = os.path.join(sysconfig.get_paths()["purelib"], "ansible", "modules", "ping.py")
 
 CALLBACK = '''
 from __future__ import annotations
@@ -91,23 +105,42 @@ class SlowHandler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+        self.server.answered(self.client_address)
 
 
 class Server(http.server.ThreadingHTTPServer):
+    """Also times each request from its accept() to its last byte sent (the server's own share of a probe)."""
     daemon_threads = True
     request_queue_size = 1024
 
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.accepted, self.answer_ms, self.lock = {}, [], threading.Lock()
 
-def _env(workdir):
+    def process_request(self, request, client_address):
+        self.accepted[client_address] = time.perf_counter()
+        super().process_request(request, client_address)
+
+    def answered(self, client_address):
+        with self.lock:
+            self.answer_ms.append((time.perf_counter() - self.accepted.pop(client_address, time.perf_counter())) * 1000)
+
+    def take_answer_ms(self):
+        with self.lock:
+            times, self.answer_ms = sorted(self.answer_ms), []
+        return {"server_median_ms": round(statistics.median(times), 1), "server_max_ms": round(times[-1], 1)} if times else {}
+
+
+def _env(workdir, collections=COLLECTIONS):
     env = {k: v for k, v in os.environ.items() if k != "ANSIBLE_CONFIG"}
-    env.update(ANSIBLE_COLLECTIONS_PATH=COLLECTIONS, ANSIBLE_PYTHON_INTERPRETER=sys.executable,
+    env.update(ANSIBLE_COLLECTIONS_PATH=collections, ANSIBLE_PYTHON_INTERPRETER=sys.executable,
                ANSIBLE_CALLBACK_PLUGINS=workdir, ANSIBLE_CALLBACKS_ENABLED="bench_timer",
                BENCH_TIMER_FILE=os.path.join(workdir, "timer.jsonl"), ANSIBLE_NOCOLOR="1",
                ANSIBLE_DISPLAY_OK_HOSTS="false", ANSIBLE_DISPLAY_SKIPPED_HOSTS="false")
     return env
 
 
-def run_playbook(workdir, play, task_name):
+def run_playbook(workdir, play, task_name, collections=COLLECTIONS):
     path = os.path.join(workdir, "play.yml")
     with open(path, "w") as fh:
         fh.write(play)
@@ -116,7 +149,7 @@ def run_playbook(workdir, play, task_name):
         os.unlink(timer)
     start = time.perf_counter()
     proc = subprocess.run([os.path.join(VENV_BIN, "ansible-playbook"), "-i", "localhost,", "-c", "local", path],
-                          env=_env(workdir), capture_output=True, text=True, cwd=workdir, check=False)
+                          env=_env(workdir, collections), capture_output=True, text=True, cwd=workdir, check=False)
     wall = time.perf_counter() - start
     if proc.returncode:
         raise SystemExit("playbook failed:\n%s\n%s" % (proc.stdout[-3000:], proc.stderr[-3000:]))
@@ -180,6 +213,54 @@ def tls_server(workdir):
     return server, cert_path
 
 
+BUILDER = r'''
+import json, os, sys, tempfile, time
+from ansible.executor import module_common
+from ansible.parsing.dataloader import DataLoader
+from ansible.plugins.loader import init_plugin_loader
+from ansible.template import Templar
+import ansible.constants as C
+collections, name, path, args, out = sys.argv[1:6]
+init_plugin_loader([collections])
+C.DEFAULT_LOCAL_TMP = tempfile.mkdtemp()
+wall, cpu = time.perf_counter(), time.process_time()
+built = module_common.modify_module(module_name=name, module_path=path, module_args=json.loads(args),
+                                    templar=Templar(loader=DataLoader()), task_vars={"ansible_python_interpreter": sys.executable},
+                                    module_compression="ZIP_DEFLATED")
+wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+with open(out, "wb") as fh:
+    fh.write(built.b_module_data)
+print(json.dumps({"build_s": round(wall, 3), "build_cpu_s": round(cpu, 3), "payload_kb": round(len(built.b_module_data) / 1024)}))
+'''
+
+
+def ansiballz(workdir, name, path, args, collections=COLLECTIONS):
+    """What Ansible does with a module, without the playbook around it: build the AnsiballZ payload
+    (the controller's side: finding and parsing every module_util it imports, zipping them), then
+    run it (the target's side: unzip, import - compiling every shipped file it imports, as there is
+    no .pyc in the zip - and run). Wall and CPU seconds of both."""
+    out = os.path.join(workdir, "AnsiballZ_%s.py" % name.split(".")[-1])
+    env = dict(os.environ, PYTHONPATH=collections)
+    proc = subprocess.run([sys.executable, "-c", BUILDER, collections, name, path, json.dumps(args), out],
+                          env=env, capture_output=True, text=True, check=True)
+    row = json.loads(proc.stdout.splitlines()[-1])
+    before, wall = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
+    proc = subprocess.run([sys.executable, out], capture_output=True, text=True, check=False, cwd=workdir)
+    wall, after = time.perf_counter() - wall, resource.getrusage(resource.RUSAGE_CHILDREN)
+    result = json.loads(proc.stdout)
+    if result.get("failed") or result.get("status", "OK") != "OK":
+        raise SystemExit("AnsiballZ run of %s failed: %s" % (name, result.get("msg") or result.get("summary")))
+    row.update(run_s=round(wall, 3), run_cpu_s=round(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime, 3))
+    return row
+
+
+def closed_port():
+    """A loopback port nobody listens on (bound, then closed)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def new_type_checks(base, tls_port, ca, count):
     """``count`` checks of each new type (and https), all against the local servers."""
     checks = []
@@ -195,18 +276,18 @@ def new_type_checks(base, tls_port, ca, count):
     return checks
 
 
-def module_alone(workdir, urls, checks=None):
+def module_alone(workdir, urls, checks=None, collections=COLLECTIONS, expect="OK"):
     args = os.path.join(workdir, "args.json")
     with open(args, "w") as fh:
         json.dump({"ANSIBLE_MODULE_ARGS": {"checks": checks or [{"name": "c%03d" % i, "type": "http", "url": u}
                                                                 for i, u in enumerate(urls)]}}, fh)
-    env = dict(os.environ, PYTHONPATH=COLLECTIONS)
+    env = dict(os.environ, PYTHONPATH=collections)
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "ansible_collections.opskit.runbook.plugins.modules.health_check", args],
                           env=env, capture_output=True, text=True, cwd=workdir, check=False)
     wall = time.perf_counter() - start
     report = json.loads(proc.stdout)
-    if report.get("status") != "OK":
+    if report.get("status") != expect:
         print([c["message"] for c in report["checks"] if c["status"] != "OK"][:3])
         raise SystemExit("module run not OK: %s" % report.get("summary"))
     durations = [c["duration_ms"] for c in report["checks"]]
@@ -220,6 +301,8 @@ def main():
     parser.add_argument("--delay-ms", type=int, default=100)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--skip-uri", action="store_true", help="do not run the (slow) uri loop")
+    parser.add_argument("--baseline", help="a collections directory (holding ansible_collections/opskit/runbook) of another"
+                        " version, e.g. from `git archive`: its task and module-alone rows are measured in the same loop")
     parser.add_argument("--out", default=os.path.join(HERE, "results", "health_check.md"))
     opts = parser.parse_args()
 
@@ -236,12 +319,23 @@ def main():
     tls, ca = tls_server(workdir)
     mixed = new_type_checks(base, tls.server_address[1], ca, max(1, opts.checks // 4))
     ping_play = "- hosts: localhost\n  gather_facts: false\n  tasks:\n    - name: probe\n      ansible.builtin.ping:\n"
-    playbook_runs, module_runs, ping_runs, new_runs = [], [], [], []
+    playbook_runs, module_runs, ping_runs, new_runs, base_play, base_mod, refused_runs, zip_runs = [], [], [], [], [], [], [], []
+    refused = ["http://127.0.0.1:%d/health/%d" % (closed_port(), i) for i in range(opts.checks)]
     for i in range(opts.repeat):
+        if opts.baseline:
+            base_play.append(run_playbook(workdir, health_play(urls), "probe", collections=opts.baseline))
+            base_mod.append(module_alone(workdir, urls, collections=opts.baseline))
+            print("baseline task %.2f s, module alone %.2f s;" % (base_play[-1]["task_s"], base_mod[-1]["wall_s"]), end=" ")
         ping_runs.append(run_playbook(workdir, ping_play, "probe"))
         playbook_runs.append(run_playbook(workdir, health_play(urls), "probe"))
+        server.take_answer_ms()
         module_runs.append(module_alone(workdir, urls))
+        module_runs[-1].update(server.take_answer_ms())
         new_runs.append(module_alone(workdir, urls, mixed))
+        refused_runs.append(module_alone(workdir, refused, expect="CRITICAL"))
+        zip_runs.append({"ping": ansiballz(workdir, "ping", PING_PATH, {}),
+                         "health_check": ansiballz(workdir, "opskit.runbook.health_check", HC_PATH,
+                                                   {"checks": [{"name": "c%03d" % j, "type": "http", "url": u} for j, u in enumerate(urls)]})})
         print("ping task %.2f s;" % ping_runs[-1]["task_s"], end=" ")
         print("health_check run %d: task %.2f s, playbook %.2f s; module alone %.2f s (probes %.0f ms)" % (
             i + 1, playbook_runs[-1]["task_s"], playbook_runs[-1]["playbook_s"], module_runs[-1]["wall_s"],
@@ -271,8 +365,12 @@ def main():
         "|---|---|---|",
         "| health_check task (ansible-playbook, median of %d) | %.2f s | playbook total %.2f s |" % (
             len(playbook_runs), hc_task, hc_play),
-        "| health_check module alone (median of %d) | %.2f s | probes %.0f ms; per-check latency median %.0f ms, max %.0f ms |" % (
-            len(module_runs), mod_wall, mod_run, med(module_runs, "check_median_ms"), med(module_runs, "check_max_ms")),
+        "| health_check module alone (median of %d) | %.2f s | probes %.0f ms; per-check latency median %.0f ms, max %.0f ms;"
+        " the server's accept-to-answer median %.0f ms, max %.0f ms |" % (
+            len(module_runs), mod_wall, mod_run, med(module_runs, "check_median_ms"), med(module_runs, "check_max_ms"),
+            med(module_runs, "server_median_ms"), med(module_runs, "server_max_ms")),
+        "| module alone, the same checks to a closed port (median of %d) | %.2f s | no server time: interpreter, imports,"
+        " validation, threads, report; probes %.0f ms |" % (len(refused_runs), med(refused_runs, "wall_s"), med(refused_runs, "run_ms")),
         "| ansible.builtin.ping task (median of %d) | %.2f s | the fixed cost of one task here, for scale |" % (
             len(ping_runs), med(ping_runs, "task_s")),
         "| new types, module alone (median of %d) | %.2f s | %d checks: http samples 5, metrics quantile, tls, https; probes %.0f ms;"
@@ -280,12 +378,30 @@ def main():
             len(new_runs), med(new_runs, "wall_s"), len(mixed), med(new_runs, "run_ms"), med(new_runs, "check_median_ms"),
             med(new_runs, "check_max_ms")),
     ]
+    if opts.baseline:
+        lines += [
+            "| baseline (%s): health_check task (median of %d) | %.2f s | playbook total %.2f s |" % (
+                opts.baseline, len(base_play), med(base_play, "task_s"), med(base_play, "playbook_s")),
+            "| baseline: module alone (median of %d) | %.2f s | probes %.0f ms |" % (
+                len(base_mod), med(base_mod, "wall_s"), med(base_mod, "run_ms"))]
+    lines += ["", "Where the time goes - the AnsiballZ payload of each module, built and run as Ansible does (median of %d;"
+              " CPU seconds hold better than wall seconds on a loaded machine):" % len(zip_runs), "",
+              "| module | build (controller) wall / CPU | payload | run (target) wall / CPU |", "|---|---|---|---|"]
+    for key in ("ping", "health_check"):
+        rows = [r[key] for r in zip_runs]
+        lines.append("| %s | %.0f / %.0f ms | %d KB | %.0f / %.0f ms |" % (
+            key, med(rows, "build_s") * 1000, med(rows, "build_cpu_s") * 1000, med(rows, "payload_kb"),
+            med(rows, "run_s") * 1000, med(rows, "run_cpu_s") * 1000))
     floor = med(ping_runs, "task_s") + opts.delay_ms / 1000.0
     lines += ["", "Task / (ping task + slowest probe): **%.2fx** (goal at most 1.2x)." % (hc_task / floor)]
+    if opts.baseline:
+        lines += ["Baseline task / (ping task + slowest probe), same run: **%.2fx**." % (med(base_play, "task_s") / floor)]
     if uri:
         lines += ["| ansible.builtin.uri loop (1 run) | %.1f s | playbook total %.1f s |" % (uri["task_s"], uri["playbook_s"]),
                   "", "Speed-up of the task: **%.0fx** (uri loop task / health_check task)." % (uri["task_s"] / hc_task)]
-    runs = {"health_check_playbook": playbook_runs, "module_alone": module_runs, "ping": ping_runs, "new_types": new_runs, "uri": uri}
+    runs = {"health_check_playbook": playbook_runs, "module_alone": module_runs, "ping": ping_runs, "new_types": new_runs,
+            "uri": uri, "closed_port": refused_runs, "ansiballz": zip_runs,
+            "baseline_playbook": base_play, "baseline_module_alone": base_mod}
     lines += ["", "Every run: %s" % json.dumps(runs)]
     text = "\n".join(lines) + "\n"
     print(text)

@@ -16,8 +16,9 @@ description:
     V(tcp) (connect, optional send/expect), V(postgres) (connect, C(SELECT 1) latency, connection
     usage, long-running queries, replication lag), V(redis) (PING latency, memory, clients),
     V(docker_container) (state, health, restarts, OOM kill, memory % of the limit, CPU %; a
-    container or every container of a Compose service), V(logs) (lines of a container's logs
-    matching patterns, with a masked excerpt), V(pod) (the pods of a Deployment or a label
+    container or every container of a Compose service), V(logs) (lines of the logs of a container, of a
+    Compose service or of the pods of a Deployment or label selector matching patterns, with a
+    masked excerpt), V(pod) (the pods of a Deployment or a label
     selector - readiness, restarts, CrashLoopBackOff, OOM kills, memory against the limit), V(k8s_deployment) (replicas and the
     C(kubectl rollout status) rules), V(disk) (free space and inodes), V(memory) (used %),
     V(load) (load average per core), V(metrics) (a sample of a Prometheus text-exposition endpoint,
@@ -84,7 +85,7 @@ options:
             V(docker_container): restart_count, running, oom_killed, exit_code (when not running);
             with O(checks[].resources) (or a threshold on one of them) memory_pct, memory_bytes,
             memory_limit_bytes, cpu_pct; containers (a Compose service with several containers).
-            V(logs): matches, lines, containers.
+            V(logs): matches, lines, containers (containers read; of pods, one per pod and container).
             V(pod): ready_pct, pods, ready_pods, restarts (all containers), max_restarts (one
             container), crashloop (containers waiting in CrashLoopBackOff), oom_killed (containers
             whose current or last termination was OOMKilled), memory_pct (the highest pod's usage
@@ -347,6 +348,8 @@ options:
       container:
         description:
           - V(docker_container), V(logs) - container name or id. This or O(checks[].compose_service) is required.
+          - V(logs) of pods (O(checks[].deployment) or O(checks[].selector)) - the name of the container
+            in each pod whose logs are read (C(kubectl logs -c)); default every container of the pods.
         type: str
       compose_service:
         description:
@@ -395,7 +398,7 @@ options:
         type: raw
       tail:
         description:
-          - V(logs) - only the last N lines of each container's log.
+          - V(logs) - only the last N lines of each container's log (of each pod's container).
         type: int
       excerpt:
         description:
@@ -429,28 +432,32 @@ options:
         type: int
       namespace:
         description:
-          - V(k8s_deployment), V(pod) - namespace of the Deployment or the pods. Default V(default).
+          - V(k8s_deployment), V(pod), V(logs) - namespace of the Deployment or the pods. Default V(default).
         type: str
       deployment:
         description:
           - V(k8s_deployment) - name of the Deployment. Required for V(k8s_deployment).
           - V(pod) - the Deployment whose pods (by its C(matchLabels)) are judged; this or O(checks[].selector).
+          - V(logs) - the Deployment whose pods' logs are read, as C(kubectl logs deployment/NAME) reads
+            them but from every pod (this or O(checks[].selector), instead of a container or Compose
+            service); a container that has no log yet (waiting to start) is named in the message
+            and counts no line.
         type: str
       selector:
         description:
-          - V(pod) - a label selector of the pods, for example C(app=web,tier=front).
+          - V(pod), V(logs) - a label selector of the pods, for example C(app=web,tier=front).
         type: str
       kubeconfig:
         description:
-          - V(k8s_deployment), V(pod) - kubeconfig file. Default E(KUBECONFIG), then C(~/.kube/config).
+          - V(k8s_deployment), V(pod), V(logs) of pods - kubeconfig file. Default E(KUBECONFIG), then C(~/.kube/config).
         type: path
       context:
         description:
-          - V(k8s_deployment), V(pod) - kubeconfig context. Default the current context.
+          - V(k8s_deployment), V(pod), V(logs) of pods - kubeconfig context. Default the current context.
         type: str
       in_cluster:
         description:
-          - V(k8s_deployment), V(pod) - use the service account of the pod the module runs in.
+          - V(k8s_deployment), V(pod), V(logs) of pods - use the service account of the pod the module runs in.
         type: bool
       path:
         description:
@@ -480,6 +487,17 @@ options:
     type: str
     choices: [critical, warning, never]
     default: critical
+  summary:
+    description:
+      - Return only the verdict - RV(status), RV(counts), RV(summary), RV(duration_ms) - and, in
+        RV(checks), the checks that are not V(OK); the returned C(invocation) then leaves out
+        O(checks).
+      - The result then grows with the number of failing checks, not of checks. Use it for long
+        check lists under AWX or ansible-runner, which drop a task result larger than
+        E(MAX_EVENT_RES) (700000 characters by default) from the job event.
+    type: bool
+    default: false
+    version_added: 0.2.0
 notes:
   - Each check runs in its own thread and measures its own latency; C(time_ms) of V(http) is from
     the start of the DNS lookup to the last body byte, C(first_byte_ms) until the status line and
@@ -564,6 +582,7 @@ EXAMPLES = r"""
           restart_count: {warning: 0, critical: 5}
           oom_killed: {critical: 0}
       - {name: web pods, type: pod, namespace: shop, deployment: web, thresholds: {memory_pct: {warning: 80}}}
+      - {name: web pod errors, type: logs, namespace: shop, deployment: web, since: 15min, warning: 0, critical: 20}
       - name: api errors in the last 15 minutes
         type: logs
         compose_service: api
@@ -594,6 +613,15 @@ EXAMPLES = r"""
   register: health
 - ansible.builtin.debug:
     msg: "{{ health.checks | rejectattr('status', 'eq', 'OK') | map(attribute='message') | list }}"
+
+- name: A thousand checks under AWX - return the verdict and only the checks that are not OK
+  opskit.runbook.health_check:
+    checks: "{{ fleet_checks }}"
+    summary: true
+    fail_on: never
+  register: fleet
+- ansible.builtin.debug:
+    msg: "{{ fleet.counts }}: {{ fleet.checks | map(attribute='name') | list }}"
 """
 
 RETURN = r"""
@@ -618,7 +646,9 @@ duration_ms:
   type: float
   sample: 412.5
 checks:
-  description: One result per check, in the order of O(checks).
+  description:
+    - One result per check, in the order of O(checks).
+    - With O(summary=true), only the checks that are not V(OK) (RV(counts) still counts all of them).
   returned: always
   type: list
   elements: dict
@@ -685,7 +715,7 @@ checks:
         containers:
           description:
             - V(docker_container) of a Compose service - each container's details, with its C(name).
-            - V(logs) - the names of the containers whose logs were read.
+            - V(logs) - the names of the containers whose logs were read (C(pod/container) for pods).
           type: list
           returned: for docker_container checks of several containers, and logs checks
         certificates:
@@ -711,50 +741,63 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.opskit.runbook.plugins.module_utils._docker import DOCKER_ARGSPEC, docker_argspec
 from ansible_collections.opskit.runbook.plugins.module_utils._errors import OpsError
-from ansible_collections.opskit.runbook.plugins.module_utils._health.checks import CHECK_ARGSPEC, run_options, validate_checks
-from ansible_collections.opskit.runbook.plugins.module_utils._health.engine import run_checks
-from ansible_collections.opskit.runbook.plugins.module_utils._health.probe import redact, url_secrets
+from ansible_collections.opskit.runbook.plugins.module_utils._health.checks import run_options, validate_checks
+from ansible_collections.opskit.runbook.plugins.module_utils._health.engine import run_checks, summary_only
+from ansible_collections.opskit.runbook.plugins.module_utils._health.params import convert_checks, secret_values
+from ansible_collections.opskit.runbook.plugins.module_utils._health.probe import redact
 from ansible_collections.opskit.runbook.plugins.module_utils._health.ranges import failing
 from ansible_collections.opskit.runbook.plugins.module_utils._module import run_module
 from ansible_collections.opskit.runbook.plugins.module_utils._postgres.connection import PG_ARGSPEC, pg_argspec
 
 
-def _mask_url_secrets(module):
-    """Add the credentials inside check URLs to the module's no_log values (masked in the result)."""
-    for check in module.params.get("checks") or ():
-        if isinstance(check, dict):
-            module.no_log_values.update(url_secrets(check.get("url")))
+class _HealthModule(AnsibleModule):
+    """AnsibleModule whose log line masks the secrets of the checks.
+
+    ``checks`` has no ``options`` in the argument spec: params.convert_checks converts the
+    sub-options a check sets (Ansible's validation visits all ~100 sub-options of every check:
+    20 to 30 ms of CPU for 200 checks, 3 to 5 ms without), so Ansible does not know their no_log
+    values by itself."""
+
+    def _log_invocation(self):
+        self.no_log_values.update(secret_values(self.params.get("checks")))
+        super()._log_invocation()
 
 
-def _invocation(params):
-    """``invocation.module_args`` without the unset (null) options of each check: Ansible echoes
-    every suboption of every check, about a hundred per check, which makes the result of 200 checks
-    several times larger and slower to mask, return and parse. Secrets are masked in it as usual."""
+def _invocation(params, checks):
+    """``invocation.module_args`` with the ``checks`` as converted, without their unset (null)
+    options, and without ``checks`` at all in summary mode (a result that stays small). Secrets are
+    masked in it as usual (no_log values; URLs without userinfo and query values)."""
     args = {k: v for k, v in params.items() if v is not None and k != "checks"}
-    args["checks"] = [{k: redact(v) if k == "url" else v for k, v in check.items() if v is not None}  # userinfo, query
-                      if isinstance(check, dict) else check for check in params.get("checks") or ()]
+    if not params["summary"]:
+        args["checks"] = [{k: redact(v) if k == "url" else v for k, v in check.items() if v is not None}
+                          if isinstance(check, dict) else check for check in checks or ()]
     return {"module_args": args}
 
 
 def main():
     argument_spec = pg_argspec(
-        checks=dict(type="list", elements="dict", required=True, options=CHECK_ARGSPEC),
+        checks=dict(type="list", elements="dict", required=True),   # sub-options: CHECK_ARGSPEC, see _HealthModule
         concurrency=dict(type="int", default=256),
         deadline=dict(type="float", default=120.0),
         fail_on=dict(type="str", default="critical", choices=["critical", "warning", "never"]),
+        summary=dict(type="bool", default=False),
     )
     argument_spec.update(docker_argspec())
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
-    _mask_url_secrets(module)
+    module = _HealthModule(argument_spec=argument_spec, supports_check_mode=True)
+    module.no_log_values.update(secret_values(module.params["checks"]))   # also with a task's no_log
 
     def action():
         params = module.params
         defaults = {k: params[k] for k in list(PG_ARGSPEC) + list(DOCKER_ARGSPEC)}
         concurrency, deadline = run_options(params["concurrency"], params["deadline"])
-        checks = validate_checks(params["checks"], defaults=defaults)
+        converted = convert_checks(params["checks"])
+        module.no_log_values.update(secret_values(converted))
+        checks = validate_checks(converted, defaults=defaults)
         report = run_checks(checks, concurrency=concurrency, deadline=deadline)
+        if params["summary"]:
+            report = summary_only(report)
         report["changed"] = False
-        report["invocation"] = _invocation(params)
+        report["invocation"] = _invocation(params, converted)
         if failing(report["status"], params["fail_on"]):
             raise OpsError(report["summary"], **report)
         return report

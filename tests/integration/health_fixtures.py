@@ -18,6 +18,7 @@ import pwd
 import re
 import shutil
 import socket
+import socketserver
 import ssl
 import subprocess
 import tempfile
@@ -197,6 +198,15 @@ def pod(name, namespace, labels, ready=True, restarts=0, waiting=None, last_term
                        "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}}
 
 
+def send_text(handler, status, text):
+    body = text.encode()
+    handler.send_response(status)
+    handler.send_header("Content-Type", "text/plain" if status == 200 else "application/json")
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
 def _selected(items, path):
     """The items whose labels match the labelSelector (a=b,c=d) of the request ``path``."""
     query = parse_qs(urlsplit(path).query)
@@ -206,11 +216,12 @@ def _selected(items, path):
 
 class KubeStandIn:
     """GET /apis/apps/v1/namespaces/{ns}/deployments/{name} from ``self.deployments``, the pods of a
-    namespace (``self.pods``) by label selector, and their metrics-server usage (``self.usage``:
-    {(ns, pod): "32Mi"}; a namespace without any answers 404, as without metrics-server); a kubeconfig."""
+    namespace (``self.pods``) by label selector, their metrics-server usage (``self.usage``:
+    {(ns, pod): "32Mi"}; a namespace without any answers 404, as without metrics-server), their
+    containers' logs (``self.logs``, see ``log``); a kubeconfig."""
 
     def __init__(self, directory):
-        self.deployments, self.pods, self.usage = {}, {}, {}
+        self.deployments, self.pods, self.usage, self.logs = {}, {}, {}, {}
         self.requests = []
         stand_in = self
 
@@ -222,6 +233,9 @@ class KubeStandIn:
 
             def do_GET(self):  # noqa: N802
                 stand_in.requests.append(self.path)
+                log = stand_in.log(self.path)
+                if log is not None:
+                    return send_text(self, *log)
                 listing = stand_in.listing(self.path)
                 if listing is not None:
                     return send_json(self, *listing)
@@ -245,6 +259,26 @@ class KubeStandIn:
     def add(self, item):
         key = (item["metadata"]["namespace"], item["metadata"]["name"])
         (self.pods if item["kind"] == "Pod" else self.deployments)[key] = item
+
+    def log(self, path):
+        """(status, text) of GET /api/v1/namespaces/{ns}/pods/{pod}/log?container=&tailLines= from
+        ``self.logs`` ({(ns, pod, container): text}); 400 for a pod's container without logs (one
+        waiting to start), 404 for a pod that is not there; None for other paths."""
+        match = re.match(r"^/api/v1/namespaces/([^/]+)/pods/([^/]+)/log(\?|$)", path)
+        if not match:
+            return None
+        query = parse_qs(urlsplit(path).query)
+        ns, name, container = match.group(1), match.group(2), (query.get("container") or ["app"])[0]
+        if (ns, name) not in self.pods:
+            return 404, json.dumps(not_found_status("pods %r not found" % name))
+        text = self.logs.get((ns, name, container))
+        if text is None:
+            return 400, json.dumps({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "BadRequest", "code": 400,
+                                    "message": "container %r in pod %r is waiting to start: ContainerCreating" % (container, name)})
+        lines = text.splitlines(True)
+        if query.get("tailLines"):
+            lines = lines[-int(query["tailLines"][0]):]
+        return 200, "".join(lines)
 
     def listing(self, path):
         """(status, body) for the pod and pod-metrics lists, None for other paths."""
@@ -522,10 +556,55 @@ def _tls_server(chain, key, handler=None):
     return _serve(server)
 
 
+class _ImapHandler(socketserver.StreamRequestHandler):
+    """The IMAP4rev1 of RFC 3501 that a STARTTLS client meets: the greeting, CAPABILITY, STARTTLS
+    (then the TLS handshake with the server's context), NOOP and LOGOUT; anything else is BAD.
+    ``server.refuse_starttls``: STARTTLS answers NO, as a server without TLS configured does."""
+
+    def handle(self):
+        srv, conn = self.server, self.connection
+        caps = "IMAP4rev1 LOGINDISABLED" + ("" if srv.refuse_starttls else " STARTTLS")
+        conn.sendall(b"* OK [CAPABILITY %s] opskit test IMAP ready\r\n" % caps.encode())
+        reader = conn.makefile("rb")
+        while True:
+            line = reader.readline(8192)
+            if not line:
+                return
+            tag, _sep, command = line.decode("ascii", "replace").strip().partition(" ")
+            command = command.upper()
+            if command == "CAPABILITY":
+                conn.sendall(b"* CAPABILITY %s\r\n%s OK CAPABILITY completed\r\n" % (caps.encode(), tag.encode()))
+            elif command == "STARTTLS" and srv.refuse_starttls:
+                conn.sendall(b"%s NO STARTTLS is not available\r\n" % tag.encode())
+            elif command == "STARTTLS":
+                conn.sendall(b"%s OK Begin TLS negotiation now\r\n" % tag.encode())
+                srv.starttls_seen.append(tag)
+                try:
+                    conn = srv.tls_context.wrap_socket(conn, server_side=True)
+                except (ssl.SSLError, OSError):
+                    return
+                reader = conn.makefile("rb")
+            elif command == "LOGOUT":
+                conn.sendall(b"* BYE logging out\r\n%s OK LOGOUT completed\r\n" % tag.encode())
+                return
+            elif command == "NOOP":
+                conn.sendall(b"%s OK NOOP completed\r\n" % tag.encode())
+            else:
+                conn.sendall(b"%s BAD unknown command\r\n" % tag.encode())
+
+
+def _imap_server(tls_context, refuse_starttls=False):
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _ImapHandler)
+    server.daemon_threads = True
+    server.tls_context, server.refuse_starttls, server.starttls_seen = tls_context, refuse_starttls, []
+    return _serve(server)
+
+
 class TlsTargets:
     """good (intermediate expires in 40 days, leaf in 90), expired (intermediate expired 3 days
     ago), wrong_name (leaf for wrong.example only): TLS servers with their root CA files; smtp: an
-    aiosmtpd server with STARTTLS (good chain)."""
+    aiosmtpd server with STARTTLS (good chain); imap and imap_plain: IMAP servers (RFC 3501) with
+    STARTTLS (good chain) and with STARTTLS refused."""
 
     def __init__(self, directory):
         self.good_chain, self.good_key, self.good_ca = make_chain(directory, "good", 40)
@@ -541,6 +620,9 @@ class TlsTargets:
         self.smtp_port = _free_port()
         self.smtp = Controller(Sink(), hostname="127.0.0.1", port=self.smtp_port, tls_context=ctx, require_starttls=True)
         self.smtp.start()
+        self.imap, self.imap_plain = _imap_server(ctx), _imap_server(ctx, refuse_starttls=True)
+        self.servers += [self.imap, self.imap_plain]
+        self.imap_port, self.imap_plain_port = self.imap.server_address[1], self.imap_plain.server_address[1]
 
     def close(self):
         for server in self.servers:

@@ -98,6 +98,14 @@ def test_http_tcp_and_host_checks(run_playbook, health_targets):  # noqa: F811
           - {name: down, type: http, url: "{{ http }}/down"}
           - {name: up, type: http, url: "{{ http }}/health"}
       ignore_errors: true
+    - name: summary only
+      opskit.runbook.health_check:
+        summary: true
+        checks:
+          - {name: up, type: http, url: "{{ http }}/health"}
+          - {name: down, type: http, url: "{{ http }}/down"}
+          - {name: port, type: tcp, host: 127.0.0.1, port: "{{ http_port }}"}
+      ignore_errors: true
     - name: fail on warning
       opskit.runbook.health_check:
         fail_on: warning
@@ -178,6 +186,12 @@ def test_http_tcp_and_host_checks(run_playbook, health_targets):  # noqa: F811
     assert failed["_status"] == "failed" and failed["status"] == "CRITICAL"
     assert failed["msg"].startswith("CRITICAL: 2 checks, 1 OK, 1 CRITICAL; CRITICAL down: HTTP 503")
     assert [c["status"] for c in failed["checks"]] == ["CRITICAL", "OK"]      # the whole report comes back
+    short = run.task("summary only")     # the verdict and only the checks that are not OK, still a failed task
+    assert short["_status"] == "failed" and short["status"] == "CRITICAL"
+    assert short["counts"] == {"OK": 2, "WARNING": 0, "CRITICAL": 1, "UNKNOWN": 0}
+    assert [c["name"] for c in short["checks"]] == ["down"] and short["checks"][0]["measures"]["status_code"] == 503
+    assert short["msg"].startswith("CRITICAL: 3 checks, 2 OK, 1 CRITICAL; CRITICAL down: HTTP 503")
+    assert "checks" not in short.get("invocation", {}).get("module_args", {})
     warned = run.task("fail on warning")
     assert warned["_status"] == "failed" and warned["status"] == "WARNING"
     passed = run.task("warning passes by default")

@@ -3,7 +3,9 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """health_check's ``pod`` type through ansible-playbook, against the stand-in of the Kubernetes
 API (pods by label selector, a Deployment's selector, metrics-server's pod metrics): ready and
-not ready pods, CrashLoopBackOff, an OOM kill, memory against the limit, no metrics-server.
+not ready pods, CrashLoopBackOff, an OOM kill, memory against the limit, no metrics-server; and
+the ``logs`` type on the pods of a Deployment or selector (their containers' logs through the same
+stand-in: patterns, tail, since, masked excerpt, a container waiting to start, bad targets).
 """
 
 from __future__ import annotations
@@ -38,7 +40,30 @@ def test_pods(run_playbook, kube_stand_in):  # noqa: F811
           - {name: none, type: pod, kubeconfig: "{{ kc }}", namespace: shop, selector: app=nothing}
           - {name: no_deployment, type: pod, kubeconfig: "{{ kc }}", namespace: shop, deployment: nope}
       register: report
+    - name: pod logs
+      opskit.runbook.health_check:
+        fail_on: never
+        checks:
+          - {name: web, type: logs, kubeconfig: "{{ kc }}", namespace: shop, deployment: web, warning: 0, critical: 5}
+          - {name: api_tail, type: logs, kubeconfig: "{{ kc }}", namespace: shop, selector: app=api, container: app,
+             tail: 2, critical: 0}
+          - {name: api_since, type: logs, kubeconfig: "{{ kc }}", namespace: shop, selector: app=api, since: 15min,
+             critical: 0, patterns: [ERROR]}
+          - {name: waiting, type: logs, kubeconfig: "{{ kc }}", namespace: shop, selector: app=hog}
+          - {name: none, type: logs, kubeconfig: "{{ kc }}", namespace: shop, selector: app=nothing}
+          - {name: sidecar, type: logs, kubeconfig: "{{ kc }}", namespace: shop, selector: app=api, container: sidecar}
+          - {name: no_deployment, type: logs, kubeconfig: "{{ kc }}", namespace: shop, deployment: nope}
+    - name: pod logs and a compose service
+      opskit.runbook.health_check:
+        checks:
+          - {type: logs, deployment: web, compose_service: web}
+      ignore_errors: true
 """
+    k.logs.update({
+        ("shop", "web-1", "app"): "INFO start\nERROR db failed password=hunter2\nINFO ok\n",
+        ("shop", "web-2", "app"): "ERROR timeout token: abcdef123456\nFATAL crash\n",
+        ("shop", "api-1", "app"): "line 1\nline 2\nERROR old\nINFO a\nINFO b\n",
+        ("shop", "api-2", "app"): "INFO only\n"})
     run = run_playbook(play, extra_vars={"kc": k.kubeconfig})
     assert_no_crash(run)
     expect = expecter(run.task("pods")["checks"])
@@ -57,3 +82,23 @@ def test_pods(run_playbook, kube_stand_in):  # noqa: F811
     assert "memory_pct" not in quiet["measures"] and quiet["details"]["metrics"] == "metrics-server did not answer"
     expect("none", "CRITICAL", "no pod matches app=nothing")
     expect("no_deployment", "CRITICAL", "deployment shop/nope not found")
+
+    logs = expecter(run.task("pod logs")["checks"])
+    web = logs("web", "WARNING", "3 of 5 lines (all lines) match ERROR|FATAL|panic|Traceback", "matches (3) > 0 (warning)")
+    assert web["details"]["containers"] == ["web-1/app", "web-2/app"] and web["details"]["selector"] == "app=web"
+    assert web["details"]["excerpt"] == ["ERROR db failed password=***", "ERROR timeout token: ***", "FATAL crash"]
+    assert (web["measures"]["matches"], web["measures"]["lines"], web["measures"]["containers"]) == (3, 5, 2)
+    tail = logs("api_tail", "OK", "0 of 3 lines (last 2 lines)")                       # the API cut each log to 2 lines
+    assert any(p.startswith("/api/v1/namespaces/shop/pods/api-1/log?") and "tailLines=2" in p for p in k.requests)
+    logs("api_since", "CRITICAL", "1 of 6 lines (since 15min) match ERROR", "matches (1) > 0 (critical)")
+    assert any("/pods/api-2/log?" in p and "sinceSeconds=900" in p for p in k.requests)
+    assert tail["details"]["containers"] == ["api-1/app", "api-2/app"]
+    waiting = logs("waiting", "OK", "no logs yet (waiting to start): hog-1/app", "0 of 0 lines")
+    assert waiting["measures"]["lines"] == 0
+    logs("none", "CRITICAL", "no pod matches app=nothing in shop")
+    logs("sidecar", "CRITICAL", "pod api-1 has no container sidecar (it has app)")
+    logs("no_deployment", "CRITICAL", "deployment shop/nope not found")
+    both = run.task("pod logs and a compose service")
+    assert both["_status"] == "failed" and both["msg"] == (
+        "checks[0]: type logs reads a compose service or Kubernetes pods (deployment, selector), not both")
+    assert "hunter2" not in run.stdout and "abcdef123456" not in run.stdout

@@ -5,7 +5,8 @@
 
 Targets: TLS servers with chains generated here (root -> intermediate -> leaf): a good one whose
 intermediate expires before its leaf, one whose intermediate expired, one whose leaf names another
-host; an SMTP server with STARTTLS (aiosmtpd); the harness's PostgreSQL with ssl=on (STARTTLS
+host; an SMTP server with STARTTLS (aiosmtpd); IMAP servers (RFC 3501, written in the test)
+with STARTTLS and refusing it; the harness's PostgreSQL with ssl=on (STARTTLS
 through the SSLRequest of its protocol).
 """
 
@@ -35,6 +36,10 @@ def test_tls_chains_starttls_and_names(run_playbook, tls_targets, pg_ssl):  # no
           - {name: not_verified, type: tls, host: 127.0.0.1, port: "{{ expired }}", validate_certs: false, warning: "0:"}
           - {name: smtp, type: tls, host: 127.0.0.1, port: "{{ smtp }}", starttls: smtp, ca_path: "{{ good_ca }}",
              critical: "7:"}
+          - {name: imap, type: tls, host: localhost, port: "{{ imap }}", starttls: imap, ca_path: "{{ good_ca }}",
+             warning: "45:", critical: "7:"}
+          - {name: imap_refused, type: tls, host: 127.0.0.1, port: "{{ imap_plain }}", starttls: imap, ca_path: "{{ good_ca }}"}
+          - {name: imap_as_smtp, type: tls, host: 127.0.0.1, port: "{{ imap }}", starttls: smtp, ca_path: "{{ good_ca }}", timeout: 3}
           - {name: smtp_direct, type: tls, host: 127.0.0.1, port: "{{ smtp }}", ca_path: "{{ good_ca }}", timeout: 3}
           - {name: postgres, type: tls, host: 127.0.0.1, port: "{{ pg_port }}", starttls: postgres, ca_path: "{{ good_ca }}",
              critical: "7:"}
@@ -45,7 +50,8 @@ def test_tls_chains_starttls_and_names(run_playbook, tls_targets, pg_ssl):  # no
 """
     run = run_playbook(play, extra_vars={
         "good": t.good_port, "good_ca": t.good_ca, "expired": t.expired_port, "expired_ca": t.expired_ca,
-        "wrong": t.wrong_port, "wrong_ca": t.wrong_ca, "smtp": t.smtp_port, "pg_port": pg_ssl.port,
+        "wrong": t.wrong_port, "wrong_ca": t.wrong_ca, "smtp": t.smtp_port,
+        "imap": t.imap_port, "imap_plain": t.imap_plain_port, "pg_port": pg_ssl.port,
         "closed": closed_port()})
     assert_no_crash(run)
     expect = expecter(run.task("tls")["checks"])
@@ -71,6 +77,12 @@ def test_tls_chains_starttls_and_names(run_playbook, tls_targets, pg_ssl):  # no
     smtp = expect("smtp", "OK", "days left")
     assert smtp["measures"]["chain_certs"] == 2
     expect("smtp_direct", "CRITICAL")
+    imap = expect("imap", "WARNING", "days left (chain[1])", "< 45 (warning)")   # RFC 3501 STARTTLS, then the chain
+    assert imap["measures"]["chain_certs"] == 2 and imap["measures"]["verified"] == 1 and imap["measures"]["hostname_ok"] == 1
+    assert 39 < imap["measures"]["days_left"] <= 40 and t.imap.starttls_seen == ["a1"]
+    refused = expect("imap_refused", "CRITICAL", "STARTTLS refused by the IMAP server: 'a1 NO STARTTLS is not available'")
+    assert "days_left" not in refused["measures"]
+    expect("imap_as_smtp", "CRITICAL", "STARTTLS refused")
     pgc = expect("postgres", "OK", "days left")
     assert pgc["measures"]["verified"] == 1 and pgc["measures"]["hostname_ok"] == 1
     expect("not_postgres", "CRITICAL", "PostgreSQL refused SSL (answered b'2' to SSLRequest")

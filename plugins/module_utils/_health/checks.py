@@ -8,6 +8,7 @@
     MEASURES / PRIMARY_MEASURE        numeric measures per type, and the one O(warning)/O(critical) apply to
     APPLIES / REQUIRED / TYPE_DEFAULTS / INHERITED   which options a type takes, needs, defaults, inherits
     validate_checks(checks, defaults=None) -> list of normalised check dicts (ConfigError names the check)
+    label_of(index, check)            how errors name a check
     run_options(concurrency, deadline) -> the two module-level options, checked (finite, bounded)
     ALIASES                           alias -> option (login_password, ...), resolved in raw check dicts
 
@@ -145,6 +146,7 @@ _COMMON = ("name", "type", "timeout", "retries", "interval", "consecutive", "war
 _PG_OPTS = tuple(n for n in PG_ARGSPEC if n != "connect_timeout")
 _DOCKER_OPTS = tuple(DOCKER_ARGSPEC)
 _HTTP_CLIENT = ("url", "headers", "validate_certs", "ca_path", "client_cert", "client_key", "user", "password", "bearer_token")
+_KUBE_OPTS = ("namespace", "deployment", "selector", "kubeconfig", "context", "in_cluster")
 APPLIES = {
     "http": ("url", "method", "headers", "body", "status_codes", "body_contains", "json_conditions",
              "validate_certs", "ca_path", "client_cert", "client_key", "samples", "sample_interval"),
@@ -153,9 +155,9 @@ APPLIES = {
     "redis": ("host", "port", "user", "password"),
     "docker_container": ("container", "compose_service", "compose_project", "resources", "cpu_window") + _DOCKER_OPTS,
     "logs": ("container", "compose_service", "compose_project", "patterns", "mask", "ignore_case", "since", "tail",
-             "excerpt") + _DOCKER_OPTS,
+             "excerpt") + _DOCKER_OPTS + _KUBE_OPTS,
     "k8s_deployment": ("namespace", "deployment", "kubeconfig", "context", "in_cluster"),
-    "pod": ("namespace", "deployment", "selector", "kubeconfig", "context", "in_cluster"),
+    "pod": _KUBE_OPTS,
     "disk": ("path",),
     "memory": (),
     "load": (),
@@ -190,7 +192,8 @@ MAX_SAMPLES = 10000
 
 # --------------------------------------------------------------------------- validation
 
-def _label(index, check):
+def label_of(index, check):
+    """How errors name check ``index``: its name and index, or the index alone."""
     name = check.get("name") if isinstance(check, dict) else None
     return "check %r (checks[%d])" % (redact(name), index) if name else "checks[%d]" % index
 
@@ -205,6 +208,9 @@ def _auto_name(check):
         return "%s %s:%s" % (kind, check["host"], check["port"])
     if kind == "postgres":
         return "postgres %s:%s/%s" % (check.get("host") or "local", check.get("port") or 5432, check["database"])
+    if kind == "logs" and (check.get("deployment") or check.get("selector")):
+        return "logs pods %s/%s%s" % (check["namespace"] or "default", check["deployment"] or check["selector"],
+                                      " " + check["container"] if check.get("container") else "")
     if kind in ("docker_container", "logs"):
         return "%s %s" % (kind, check["container"] or "compose %s%s" % (
             check["compose_project"] + "/" if check.get("compose_project") else "", check["compose_service"]))
@@ -264,7 +270,7 @@ def _thresholds(label, check):
 def _validate_one(index, raw, defaults):
     if not isinstance(raw, dict):
         raise ConfigError("checks[%d]: each check must be a mapping, got %s" % (index, type(raw).__name__))
-    label = _label(index, raw)
+    label = label_of(index, raw)
     raw = _resolve_aliases(label, raw)
     unknown = sorted(set(raw) - set(CHECK_ARGSPEC))
     if unknown:
@@ -353,8 +359,18 @@ def _validate_url(label, check):
 
 
 def _validate_containers(label, check):
-    if bool(check.get("container")) == bool(check.get("compose_service")):
-        raise ConfigError("%s: type %s requires container or compose_service (one of them)" % (label, check["type"]))
+    pods = check["type"] == "logs" and (check.get("deployment") or check.get("selector"))
+    if pods:   # a Deployment's or a selector's pods; ``container`` then names a container in them
+        if check.get("deployment") and check.get("selector"):
+            raise ConfigError("%s: type logs takes deployment or selector, not both" % label)
+        if check.get("compose_service") or check.get("compose_project"):
+            raise ConfigError("%s: type logs reads a compose service or Kubernetes pods (deployment, selector), not both" % label)
+        check["namespace"] = check.get("namespace") or "default"
+    elif check["type"] == "logs" and any(check.get(k) not in (None, False) for k in ("namespace", "kubeconfig", "context", "in_cluster")):
+        raise ConfigError("%s: namespace, kubeconfig, context and in_cluster apply to the logs of pods (deployment or selector)" % label)
+    elif bool(check.get("container")) == bool(check.get("compose_service")):
+        raise ConfigError("%s: type %s requires container or compose_service (one of them)%s" % (
+            label, check["type"], ", or deployment or selector (pods)" if check["type"] == "logs" else ""))
     if check["type"] == "docker_container":
         check["cpu_window"] = _number(label, check, "cpu_window", 0, maximum=60)
         return

@@ -6,7 +6,8 @@
     target_containers(client, check)      the container, or every container of a Compose service
     measure_resources(client, cid, info, check, obs)   memory % of the limit, CPU % over a window
     merge_containers(obs, parts)          one Observation from several containers (worst values)
-    probe_logs(check, obs, timeout, ctx)  matching lines within ``since`` or the last ``tail`` lines
+    probe_logs(check, obs, timeout, ctx)  matching lines within ``since`` or the last ``tail`` lines (of
+                                          containers, or of a Deployment's pods through pods.pod_logs)
 
 Memory is counted as ``docker stats`` counts it: usage minus inactive file cache (cgroup v1
 ``total_inactive_file``, v2 ``inactive_file``), against the container's limit (the host memory
@@ -25,6 +26,7 @@ from .._docker import DOCKER_OPTION_NAMES, docker_client, docker_error, docker_e
 from .._timeutil import Duration, utcnow
 from .probe import ProbeFailed
 from .ranges import CRITICAL, format_number
+from .pods import pod_logs
 from .textmatch import count_matches
 
 
@@ -148,12 +150,13 @@ def _read_logs(client, cid, check):
 
 
 def probe_logs(check, obs, timeout, ctx):
-    client = docker_for(check, timeout, ctx)
+    """The lines of the check's container, Compose service or Kubernetes pods (pods.pod_logs)."""
     patterns, masks = check["_patterns"]
-    parts = []
-    for cid, name in target_containers(client, check):
-        lines = _read_logs(client, cid, check)
-        parts.append((name, lines))
+    if check.get("deployment") or check.get("selector"):
+        parts = pod_logs(check, obs, timeout, ctx)
+    else:
+        client = docker_for(check, timeout, ctx)
+        parts = [(name, _read_logs(client, cid, check)) for cid, name in target_containers(client, check)]
     total = sum(len(lines) for _name, lines in parts)
     matches, per, excerpt = count_matches([line for _name, lines in parts for line in lines], patterns, masks, check["excerpt"])
     obs.measure("matches", matches)

@@ -5,6 +5,7 @@
 
     run_checks(checks, concurrency=256, deadline=None, clients=None) -> report dict
     build_report(results, duration_ms=None) -> report dict (status, counts, checks, summary)
+    summary_only(report) -> the report with only the checks that are not OK
 
 The checks are validated by checks.py and probed by sampling.py and net.py (http, with or
 without samples; tcp, redis), metrics.py (metrics, prometheus), tls.py (tls), containers.py
@@ -309,3 +310,9 @@ def build_report(results, duration_ms=None):
         if len(bad) > 10:
             summary += "; and %d more" % (len(bad) - 10)
     return {"status": status, "counts": counts, "checks": results, "summary": summary, "duration_ms": duration_ms}
+
+
+def summary_only(report):
+    """``report`` with only the checks that are not OK in ``checks`` (status, counts and the summary
+    line still cover every check): a result that grows with the failures, not with the checks."""
+    return dict(report, checks=[result for result in report["checks"] if result["status"] != OK])

@@ -4,6 +4,7 @@
 """The ``pod`` probe: the pods of a Deployment or of a label selector (Kubernetes core/v1 API).
 
     probe_pods(check, obs, timeout, ctx)   list the pods (and their metrics-server usage), judge
+    pod_logs(check, obs, timeout, ctx)     [(pod/container, lines)] for the ``logs`` probe (containers.py)
     judge_pods(pods, usage, obs)           plain judgement of pod dicts in API form
     parse_quantity(text)                   a Kubernetes quantity ("128Mi", "1G", "250m") as a number
 
@@ -18,9 +19,11 @@ is WARNING; an OOM kill is WARNING (the restarts and thresholds tell more).
 from __future__ import annotations
 
 import json
+import math
 import re
 
 from .._kube import KUBERNETES, api_exception, kube_client, unreachable_errors
+from .._timeutil import Duration, utcnow
 from .probe import ProbeFailed, one_line
 from .ranges import CRITICAL, UNKNOWN, WARNING, format_number
 
@@ -44,20 +47,30 @@ def _api(check, ctx):
                                                       bool(check.get("in_cluster"))))
 
 
-def _call(what, func, *args, **kwargs):
-    """JSON of one API call; its errors as ProbeFailed naming ``what``."""
+def _request(what, func, *args, tolerate=(), **kwargs):
+    """The body (bytes) of one API call, None for an answer whose status is in ``tolerate``; its
+    errors as ProbeFailed naming ``what``."""
     try:
-        return json.loads(func(*args, _preload_content=False, **kwargs).data)
+        return func(*args, _preload_content=False, **kwargs).data
     except api_exception() as exc:
+        if exc.status in tolerate:
+            return None
         if exc.status == 404:
             raise ProbeFailed(CRITICAL, "%s not found" % what) from None
         state = UNKNOWN if exc.status in (401, 403) else CRITICAL
         raise ProbeFailed(state, "Kubernetes API answered %s %s for %s" % (exc.status, exc.reason or "", what)) from None
-    except ValueError:
-        raise ProbeFailed(UNKNOWN, "Kubernetes API answer for %s is not JSON" % what) from None
     except unreachable_errors() as exc:
         text = one_line(getattr(exc, "reason", None) or exc, 200)
         raise ProbeFailed(CRITICAL, "cannot reach the Kubernetes API for %s: %s" % (what, text)) from None
+
+
+def _call(what, func, *args, **kwargs):
+    """JSON of one API call; its errors as ProbeFailed naming ``what``."""
+    body = _request(what, func, *args, **kwargs)
+    try:
+        return json.loads(body)
+    except ValueError:
+        raise ProbeFailed(UNKNOWN, "Kubernetes API answer for %s is not JSON" % what) from None
 
 
 def _selector(check, api, kubernetes, timeout):
@@ -97,6 +110,49 @@ def probe_pods(check, obs, timeout, ctx):
     obs.details["selector"] = selector
     usage = _usage(api, kubernetes, ns, selector, timeout)
     judge_pods(pods.get("items") or [], usage, obs)
+
+
+def _log_options(check):
+    """``read_namespaced_pod_log`` arguments of the check's window: since_seconds, tail_lines."""
+    options = {}
+    if check.get("since") not in (None, ""):
+        options["since_seconds"] = max(1, int(math.ceil(Duration.parse(check["since"], "since").seconds(utcnow()))))
+    if check.get("tail"):
+        options["tail_lines"] = check["tail"]
+    return options
+
+
+def pod_logs(check, obs, timeout, ctx):
+    """[("pod/container", lines)]: the logs of every container (or of O(container)) of the pods of
+    the check's Deployment or selector, as ``kubectl logs`` reads them. A container without logs
+    yet (the API answers 400 while it waits to start) is named in a note and counts no line."""
+    kubernetes = KUBERNETES.load()
+    api = _api(check, ctx)
+    ns = check["namespace"]
+    selector = obs.details["selector"] = _selector(check, api, kubernetes, timeout)
+    core = kubernetes.client.CoreV1Api(api)
+    pods = _call("pods %s in %s" % (selector, ns), core.list_namespaced_pod, ns, label_selector=selector,
+                 _request_timeout=timeout).get("items") or []
+    if not pods:
+        raise ProbeFailed(CRITICAL, "no pod matches %s in %s" % (selector, ns))
+    options, parts, waiting = _log_options(check), [], []
+    for pod in sorted(pods, key=lambda p: p["metadata"]["name"]):
+        name = pod["metadata"]["name"]
+        names = [c.get("name") for c in (pod.get("spec") or {}).get("containers") or ()]
+        if check.get("container"):
+            if check["container"] not in names:
+                raise ProbeFailed(CRITICAL, "pod %s has no container %s (it has %s)" % (name, check["container"], ", ".join(names)))
+            names = [check["container"]]
+        for container in names:
+            shown = "%s/%s" % (name, container)
+            body = _request("logs of %s in %s" % (shown, ns), core.read_namespaced_pod_log, name, ns, container=container,
+                            tolerate=(400,), _request_timeout=timeout, **options)
+            if body is None:
+                waiting.append(shown)
+            parts.append((shown, (body or b"").decode("utf-8", "replace").splitlines()))
+    if waiting:
+        obs.note("no logs yet (waiting to start): %s" % ", ".join(waiting[:MAX_SHOWN]))
+    return parts
 
 
 def _limit(pod):

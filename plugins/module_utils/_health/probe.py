@@ -72,8 +72,8 @@ def url_secrets(url):
     """The credentials inside ``url``: its userinfo password (and user), the values of query keys
     that name a token, key, secret, password, signature... and are 6 characters or more (for the
     no_log values of a module: a short value would be masked everywhere in the result)."""
-    if not isinstance(url, str):
-        return set()
+    if not isinstance(url, str) or ("@" not in url and "?" not in url):
+        return set()   # no user information, no query: nothing to parse (200 checks are parsed 3 times)
     try:
         parts = urlsplit(url)
     except ValueError:
