@@ -2,7 +2,9 @@
 # Copyright: opskit.runbook contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Kubernetes API connection: the one client factory (health_check's k8s_deployment probe and
-rollout's Kubernetes driver both use it) and the errors an API call can raise.
+rollout's Kubernetes driver both use it), the errors an API call can raise, and the connection
+options (``KUBE_ARGSPEC``, doc fragment opskit.runbook.kubernetes) of the modules that only talk
+to Kubernetes (k8s_configmap, k8s_triage).
 
 ``kube_client(kubeconfig, context, in_cluster)`` supports what the two former factories did,
 together:
@@ -20,11 +22,27 @@ The kubernetes package takes seconds to import: it is imported on first use (``K
 
 from __future__ import annotations
 
+import copy
+
 from ._errors import ConfigError
 from ._imports import Library
 
 KUBERNETES = Library("kubernetes", "kubernetes", "kubernetes.client", "kubernetes.config")
 _URLLIB3 = Library("urllib3", "urllib3", "urllib3.exceptions")  # the HTTP client of kubernetes
+
+# The connection options of the modules that only talk to Kubernetes (doc fragment opskit.runbook.kubernetes).
+KUBE_ARGSPEC = dict(
+    kubeconfig=dict(type="path"),
+    context=dict(type="str"),
+    in_cluster=dict(type="bool", default=False),
+    request_timeout=dict(type="float", default=30),
+)
+
+
+def kube_argspec(**extra):
+    spec = copy.deepcopy(KUBE_ARGSPEC)
+    spec.update(extra)
+    return spec
 
 
 def kube_client(kubeconfig=None, context=None, in_cluster=False):

@@ -236,12 +236,21 @@ class K8sStandIn:
     ``:pullfail`` -> ErrImagePull then ImagePullBackOff, ``:oom`` -> OOMKilled,
     ``:stuck`` -> never ready (ProgressDeadlineExceeded after ``deadline`` s), ``:flaky`` ->
     ready, then restarts after 1 s; any other tag becomes available.
+
+    ConfigMaps (``add_configmap``; GET, PATCH and PUT of core/v1 configmaps): a pod reads the
+    ConfigMaps its template names (``envFrom[].configMapRef``, ``volumes[].configMap``) when it
+    is created, and records their resourceVersions in its annotation ``standin/configmaps``; a
+    value ``crash`` in one of them makes its app container crash as the ``:crash`` tag does.
+    Events (GET core/v1 events of a namespace): ``self.events`` plus a BackOff Warning for each
+    container in CrashLoopBackOff.
     """
 
     def __init__(self, step=0.15, deadline=3.0):
         self.step, self.deadline = step, deadline
         self.lock = threading.Lock()
         self.deployments = {}
+        self.configmaps = {}
+        self.events = []
         self.requests = []
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.port = self.server.server_address[1]
@@ -262,7 +271,8 @@ class K8sStandIn:
         return path
 
     # -- state
-    def add_deployment(self, namespace, name, image, replicas=2, annotations=None, container="app"):
+    def add_deployment(self, namespace, name, image, replicas=2, annotations=None, container="app", config_map=None):
+        """A Deployment and its pods; with ``config_map``, its app container reads that ConfigMap (envFrom)."""
         dep = {
             "apiVersion": "apps/v1", "kind": "Deployment",
             "metadata": {"name": name, "namespace": namespace, "generation": 1, "uid": str(uuid.uuid4()),
@@ -280,28 +290,51 @@ class K8sStandIn:
                        "readyReplicas": replicas, "availableReplicas": replicas,
                        "conditions": [{"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable"}]},
         }
+        if config_map:
+            dep["spec"]["template"]["spec"]["containers"][0]["envFrom"] = [{"configMapRef": {"name": config_map}}]
         with self.lock:
             self.deployments[(namespace, name)] = {"dep": dep, "changed_at": None, "rev": 1,
                                                    "pods": self._pods(dep, 1, "running", time.monotonic())}
         return dep
 
+    def add_configmap(self, namespace, name, data):
+        with self.lock:
+            self.configmaps[(namespace, name)] = {
+                "apiVersion": "v1", "kind": "ConfigMap", "data": dict(data),
+                "metadata": {"name": name, "namespace": namespace, "resourceVersion": "1", "uid": str(uuid.uuid4())}}
+
+    def _read_config(self, dep):
+        """({configmap: resourceVersion} read by a new pod of ``dep``, whether one holds ``crash``)."""
+        spec = dep["spec"]["template"]["spec"]
+        names = [(e.get("configMapRef") or {}).get("name") for c in spec["containers"] for e in c.get("envFrom") or []]
+        names += [(v.get("configMap") or {}).get("name") for v in spec.get("volumes") or []]
+        maps = [self.configmaps.get((dep["metadata"]["namespace"], n)) for n in names if n]
+        read = {m["metadata"]["name"]: m["metadata"]["resourceVersion"] for m in maps if m}
+        return read, any("crash" in (m.get("data") or {}).values() for m in maps if m)
+
     def _pods(self, dep, rev, mode, since):
         pods = []
         tmpl = dep["spec"]["template"]
+        config, crash = self._read_config(dep)
         for i in range(dep["spec"]["replicas"]):
             statuses = []
             for c in tmpl["spec"]["containers"]:
-                statuses.append(self._status(c, mode, since))
+                statuses.append(self._status(c, mode, since, crash))
+            annotations = dict(tmpl["metadata"].get("annotations") or {})
+            if config:
+                annotations["standin/configmaps"] = json.dumps(config, sort_keys=True)
+            if crash:
+                annotations["standin/config-crash"] = "true"
             pods.append({"metadata": {"name": "%s-r%d-%d" % (dep["metadata"]["name"], rev, i),
                                       "namespace": dep["metadata"]["namespace"],
                                       "labels": dict(tmpl["metadata"].get("labels") or {}, **{"pod-template-hash": "r%d" % rev}),
-                                      "annotations": dict(tmpl["metadata"].get("annotations") or {})},
+                                      "annotations": annotations},
                          "spec": copy.deepcopy(tmpl["spec"]),
                          "status": {"phase": "Running", "containerStatuses": statuses}})
         return pods
 
     @staticmethod
-    def _status(container, mode, since):
+    def _status(container, mode, since, crash=False):
         image = container["image"]
         tag = image.rsplit(":", 1)[-1]
         st = {"name": container["name"], "image": image, "restartCount": 0, "ready": True,
@@ -310,7 +343,7 @@ class K8sStandIn:
         age = time.monotonic() - since
         if mode != "running" or container["name"] == "sidecar":
             return st
-        if tag == "crash":
+        if tag == "crash" or crash:
             st.update(ready=False, restartCount=2, state={"waiting": {"reason": "CrashLoopBackOff",
                       "message": "back-off 10s restarting failed container"}},
                       lastState={"terminated": {"exitCode": 3, "reason": "Error"}})
@@ -339,9 +372,12 @@ class K8sStandIn:
         replicas = spec["replicas"]
         tags = [c["image"].rsplit(":", 1)[-1] for c in spec["template"]["spec"]["containers"]]
         bad = any(t in ("crash", "pullfail", "oom", "stuck") for t in tags)
+        crashes = {p["metadata"]["name"]: "standin/config-crash" in p["metadata"]["annotations"] for p in entry["new_pods"]}
+        bad = bad or any(crashes.values())
         status["observedGeneration"] = dep["metadata"]["generation"]
         for pod in entry["new_pods"]:
-            pod["status"]["containerStatuses"] = [self._status(c, "running", entry["changed_at"])
+            pod["status"]["containerStatuses"] = [self._status(c, "running", entry["changed_at"],
+                                                               crashes[pod["metadata"]["name"]])
                                                   for c in pod["spec"]["containers"]]
         if bad:
             old = entry["old_pods"]
@@ -372,6 +408,42 @@ class K8sStandIn:
             new_dep["status"]["conditions"] = [{"type": "Progressing", "status": "True", "reason": "ReplicaSetUpdated"}]
         entry["dep"] = new_dep
 
+    def _configmap(self, method, seg, body=None, ctype=None):
+        """(status, object) of a core/v1 configmap request, None for other paths (callers hold the lock)."""
+        if not (seg[:3] == ["api", "v1", "namespaces"] and len(seg) == 6 and seg[4] == "configmaps"):
+            return None
+        item = self.configmaps.get((seg[3], seg[5]))
+        if item is None:
+            return 404, not_found_status('configmaps "%s" not found' % seg[5])
+        if method == "GET":
+            return 200, item
+        if method == "PUT":
+            new = copy.deepcopy(body)
+        elif ctype in ("application/merge-patch+json", "application/strategic-merge-patch+json"):
+            new = merge_patch(item, body)
+        else:
+            return 415, {"kind": "Status", "status": "Failure", "code": 415, "message": "unsupported patch type %s" % ctype}
+        version = str(int(item["metadata"]["resourceVersion"]) + 1)
+        new.setdefault("metadata", {}).update(name=seg[5], namespace=seg[3], resourceVersion=version)
+        self.configmaps[(seg[3], seg[5])] = new
+        return 200, new
+
+    def _events(self, namespace):
+        """self.events of ``namespace`` and a BackOff Warning per container in CrashLoopBackOff."""
+        items = [e for e in self.events if (e.get("involvedObject") or {}).get("namespace", namespace) == namespace]
+        for (ns, _name), entry in self.deployments.items():
+            if ns != namespace:
+                continue
+            self._advance(entry)
+            for pod in entry["pods"]:
+                for cs in pod["status"]["containerStatuses"]:
+                    if (cs["state"].get("waiting") or {}).get("reason") == "CrashLoopBackOff":
+                        items.append({"type": "Warning", "reason": "BackOff", "count": cs["restartCount"],
+                                      "message": "Back-off restarting failed container %s in pod %s" % (cs["name"], pod["metadata"]["name"]),
+                                      "involvedObject": {"kind": "Pod", "name": pod["metadata"]["name"], "namespace": ns},
+                                      "lastTimestamp": "2026-01-01T00:10:00Z", "metadata": {"name": pod["metadata"]["name"] + ".backoff"}})
+        return 200, {"kind": "EventList", "apiVersion": "v1", "metadata": {}, "items": items}
+
     # -- HTTP
     def _handler(self):
         standin = self
@@ -395,6 +467,11 @@ class K8sStandIn:
             def do_GET(self):  # noqa: N802
                 seg, query = self._route()
                 with standin.lock:
+                    answer = standin._configmap("GET", seg)
+                    if answer is None and seg[:3] == ["api", "v1", "namespaces"] and seg[4:] == ["events"]:
+                        answer = standin._events(seg[3])
+                    if answer is not None:
+                        return self._send(*answer)
                     if seg[:3] == ["apis", "apps", "v1"] and len(seg) == 7 and seg[5] == "deployments":
                         entry = standin.deployments.get((seg[4], seg[6]))
                         if not entry:
@@ -430,6 +507,9 @@ class K8sStandIn:
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"null")
                 ctype = (self.headers.get("Content-Type") or "").split(";")[0]
                 with standin.lock:
+                    answer = standin._configmap("PATCH", seg, body, ctype)
+                    if answer is not None:
+                        return self._send(*answer)
                     if not (seg[:3] == ["apis", "apps", "v1"] and len(seg) == 7 and seg[5] == "deployments"):
                         return self._not_found(self.path)
                     entry = standin.deployments.get((seg[4], seg[6]))
@@ -448,6 +528,13 @@ class K8sStandIn:
                                                 "message": "unsupported patch type %s" % ctype})
                     standin._patched(entry, dep)
                     return self._send(200, entry["dep"])
+
+            def do_PUT(self):  # noqa: N802
+                seg, _query = self._route()
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"null")
+                with standin.lock:
+                    answer = standin._configmap("PUT", seg, body)
+                return self._send(*(answer or (404, not_found_status("%s not found" % self.path))))
 
         return Handler
 

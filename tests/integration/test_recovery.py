@@ -22,6 +22,8 @@ import pytest
 
 from harness import BUSYBOX_IMAGE, free_port, http_get
 from roles_fixtures import conn, playbook, reports
+from rollout_fixtures import K8sStandIn, build_images, wait_http
+from stack_fixtures import ComposeStack, ServiceDNS, nginx_proxy
 from test_stack import Events
 
 RUN = """#!/bin/sh
@@ -209,3 +211,68 @@ def test_recovery_that_fails_says_where_and_in_which_state_the_writer_is(api, pg
     assert doc["status"] == "failed" and doc["failed_step"] == "health gate", doc
     assert doc["writers"][0]["state"] == "running, passed its gate"
     assert doc["assets"][0]["verification"] == "passed" and doc["stack_rto_seconds"] is None
+
+
+def test_recovery_of_compose_and_deployment_writers_behind_nginx(api, pg, shop, prefix, tmp_path, run_playbook):
+    """Writers declared as a Compose service (behind nginx) and a Deployment (the Kubernetes
+    stand-in). A first recovery whose Compose writer fails its own gate at start fails loudly:
+    the failed step, each writer's state (the Deployment is left stopped, and said to be), no
+    RTO. The same recovery with the right gate brings both back, and the proxy check passes."""
+    images = build_images(api, tags=("v1",))
+    stack = ComposeStack(api, prefix, str(tmp_path / "web"))
+    stack.write(images["v1"])
+    web = stack.up(images["v1"])
+    standin = K8sStandIn()
+    standin.add_deployment("shop", "checkout", "registry.example.com/checkout:1", replicas=2)
+    dns = ServiceDNS(api, stack.network)
+    try:
+        with nginx_proxy(dns.port, "web", str(tmp_path / "nginx")) as proxy:
+            wait_http(proxy + "/version", "v1")
+
+            def through_proxy(want, retries):
+                return [{"name": "web through the proxy", "type": "http", "url": proxy + "/version", "status_codes": [200],
+                         "body_contains": want, "retries": retries, "interval": 0.25, "timeout": 2}]
+            compose = {"name": "web", "target": "compose_service", "project": prefix, "timeout": 20, "monitor": 0.3}
+            deployment = {"name": "checkout", "target": "k8s_deployment", "namespace": "shop", "container": "app",
+                          "kubeconfig": standin.kubeconfig(str(tmp_path / "kubeconfig")), "timeout": 20, "monitor": 0.3}
+            database = {"name": shop, "writers": [dict(compose, health_checks=through_proxy("v2", 2)), deployment],
+                        "verify_queries": [{"name": "orders", "query": "SELECT count(*) FROM orders", "expect": "300"}]}
+            extra = {"opskit_location": "file://%s/backups" % tmp_path, "opskit_report_dir": str(tmp_path / "reports"),
+                     "opskit_series_prefix": "t-", "opskit_postgres": conn(pg), "opskit_lock_dir": str(tmp_path / "locks"),
+                     "opskit_databases": [database], "opskit_dr_confirm": "overwrite-production",
+                     "opskit_restore_health_checks": through_proxy("v1", 10)}
+            _backup(run_playbook, tmp_path, pg, shop)
+            pg.psql("DELETE FROM orders WHERE id > 100", db=shop)
+
+            # 1. the Compose writer fails its own gate at start (it answers v1, its gate wants v2)
+            with Events(api, [web]) as watched:
+                failed = run_playbook(playbook("dr_restore"), extra)
+            assert failed.rc != 0
+            assert "the data is restored, but a writer failed its gate after the start" in failed.stdout
+            assert "writers: web started, failed its gate" in " ".join(failed.stdout.split())
+            assert [a for _t, _n, a in watched.seen] == ["die", "start"], watched.seen
+            assert _count(pg, shop, "SELECT count(*) FROM orders") == 300            # restored, verified
+            doc = reports(tmp_path / "reports", "dr_restore")[-1]
+            assert doc["status"] == "failed" and doc["failed_step"] == "start writers", doc
+            states = {w["name"]: (w["target"], w["state"]) for w in doc["writers"]}
+            assert states["web"][0] == "compose_service" and states["web"][1].startswith("started, failed its gate ("), states
+            assert states["checkout"] == ("k8s_deployment", "stopped (not started: an earlier writer failed its gate)")
+            assert standin.deployments[("shop", "checkout")]["dep"]["spec"]["replicas"] == 0   # as reported
+            assert doc["stack_rto_seconds"] is None and doc["rto_seconds"] is None
+
+            # 2. the right gate: both writers back behind their gates, then the proxy check
+            database["writers"][0] = dict(compose, health_checks=through_proxy("v1", 10))
+            run = run_playbook(playbook("dr_restore"), extra)
+            assert run.rc == 0, run.stdout[-4000:]
+            doc = reports(tmp_path / "reports", "dr_restore")[-1]
+            assert doc["status"] == "passed" and doc["failed_step"] is None, doc
+            assert [(w["name"], w["target"], w["state"]) for w in doc["writers"]] == [
+                ("web", "compose_service", "running, passed its gate"), ("checkout", "k8s_deployment", "running, passed its gate")]
+            assert standin.deployments[("shop", "checkout")]["dep"]["spec"]["replicas"] == 2
+            assert http_get(proxy + "/version") == (200, "v1") and api.inspect_container(web)["State"]["Running"]
+            assert doc["stack_rto_seconds"] >= doc["assets"][0]["restore_seconds"] > 0
+            stops = [(m, p) for m, p, _c in standin.requests if m == "PATCH" and p.endswith("/deployments/checkout")]
+            assert len(stops) == 2    # stopped (replicas 0) by the first run, left stopped, started by the second
+    finally:
+        standin.close()
+        dns.close()
