@@ -13,13 +13,20 @@ description:
   - With O(state=backed_up), streams the content of a Docker named volume (O(volume)) or of a
     directory of the managed host (O(path)) as a tar archive, compresses it (zstd,
     multithreaded) and writes it to a file:// or s3:// location, where a manifest publishes it.
-  - Volumes are read through the Docker Engine API only. A helper container is created (never
-    started) with the volume mounted read-only and its content is streamed out through the
-    archive API, so no tar binary is needed and nothing is pulled. Helper containers are
-    removed with their anonymous volumes (an image that declares a C(VOLUME) creates one
-    with each container).
-  - Ownership, permissions, symlinks, hard links, empty directories, modification times (to the
-    second) and non-UTF-8 file names are preserved. Sparse files are stored as plain data.
+  - A volume is read directly through its mountpoint when that is proven safe
+    (O(volume_access=auto), the same checks as for a restore), with the walk of directory
+    backups. Every entry is opened relative to its directory's descriptor with C(O_NOFOLLOW),
+    so a symlink swapped in while the volume is read is stored as a symlink, never followed.
+    Otherwise, and with O(volume_access=api), a helper container is created (never started)
+    with the volume mounted read-only and its content is streamed out through the Engine
+    API's archive endpoint, with a warning saying why when O(volume_access=auto). No tar
+    binary is needed and nothing is pulled. Helper containers are removed with their
+    anonymous volumes (an image that declares a C(VOLUME) creates one with each container).
+  - Ownership, permissions, symlinks, hard links, empty directories, modification times and
+    non-UTF-8 file names are preserved. Sparse files are stored as plain data. Read through
+    the mountpoint (and for a directory), mtimes are kept to the nanosecond and C(user.*)
+    extended attributes are stored; the Engine API's archive has whole seconds and no
+    extended attributes.
   - Device files are left out of volume and directory backups, because every restore refuses
     them. RV(skipped_files) counts them, and for a volume a warning names them.
   - Containers using the volume can be stopped for a consistent copy (O(stop_containers)).
@@ -59,6 +66,13 @@ description:
     so its containers are started again.
   - Volume and directory backups have the same archive layout and manifest; either restores
     into the other.
+  - With O(state=verified), restores a backup as O(state=restored) does into a scratch target
+    (O(volume) or O(path), empty or absent; O(force) is refused), compares the files and bytes
+    restored with those the backup recorded (and at least O(min_files) files), and records the
+    outcome in the backup's manifest, as M(opskit.runbook.pg_backup) O(opskit.runbook.pg_backup#module:state=verified)
+    does. The record is written conditionally under the run lock of the series, never into a
+    backup deleted meanwhile. M(opskit.runbook.s3_rotate) keeps the newest verified backup of
+    every series. The scratch target is left in place (the restore role's drill removes it).
 author:
   - opskit.runbook developers (@opskit-runbook)
 extends_documentation_fragment:
@@ -73,17 +87,19 @@ attributes:
       - Reports what would be stopped and written (RV(would_stop), RV(series)) after checking
         the source, the helper image and that the location is writable; stops nothing and
         writes nothing.
-      - For O(state=restored) it resolves the backup and checks that the target is empty,
-        which for a volume creates and removes a helper container that mounts it read-only.
+      - For O(state=restored) and O(state=verified) it resolves the backup and checks that the
+        target is empty, which for a volume creates and removes a helper container that mounts it
+        read-only; O(state=verified) records nothing (RV(verification) is V(unverified)).
   diff_mode:
     description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
 options:
   state:
     description:
-      - V(backed_up) writes a new backup; V(restored) restores one.
+      - V(backed_up) writes a new backup; V(restored) restores one; V(verified) restores one into
+        a scratch target, checks it and records the outcome in its manifest.
     type: str
-    choices: [backed_up, restored]
+    choices: [backed_up, restored, verified]
     default: backed_up
   volume:
     description:
@@ -116,6 +132,12 @@ options:
         (C(YYYYmmddTHHMMSSZ-xxxxxxxx)).
     type: str
     default: latest
+  min_files:
+    description:
+      - With O(state=verified), the restore passes only with at least this many regular files
+        (besides restoring the files and bytes that the backup recorded).
+    type: int
+    default: 1
   force:
     description:
       - With O(state=restored), delete the content of a non-empty target before restoring.
@@ -152,18 +174,20 @@ options:
     type: str
   volume_access:
     description:
-      - How a restore writes into a volume.
-      - V(api) always writes through the Docker Engine API (C(PUT /containers/{id}/archive) of
+      - How a backup reads and a restore writes a volume.
+      - V(api) always goes through the Docker Engine API (C(GET) and C(PUT /containers/{id}/archive) of
         the helper container), which works with any daemon and any volume driver.
-      - V(auto) writes the volume's mountpoint directly when that is possible and safe, which
-        is several times faster for volumes of many files; otherwise it uses the API. That is
+      - V(auto) reads and writes the volume's mountpoint directly when that is possible and safe, which
+        is faster, several times for restores of many files; otherwise it uses the API. That is
         when the volume uses the C(local) driver, the module runs as root on the Docker host,
         and a probe file created through the mountpoint is seen inside the helper container
         (which proves that the mountpoint is this volume's, also with several daemons or a
-        daemon in a VM). The same member checks apply, every path is walked without following
-        symlinks, and anything in the way that the archive did not create stops the restore.
-      - RV(access) tells which way was used, and a warning says why V(auto) could not write the
-        mountpoint. Backups always read through the API.
+        daemon in a VM). The probe file (C(.opskit-probe-*), created and removed at once, the
+        root's mtime put back) is never part of a backup. The same member checks apply, every
+        path is walked without following symlinks, and anything in the way that the archive did
+        not create stops the restore.
+      - RV(access) tells which way was used, and a warning says why V(auto) could not use the
+        mountpoint.
     type: str
     choices: [auto, api]
     default: auto
@@ -232,6 +256,13 @@ EXAMPLES = r"""
   opskit.runbook.volume_backup:
     state: restored
     volume: app_uploads_restored
+    series: web1-app_uploads
+    location: s3://acme-backups/web1
+
+- name: Verify the latest uploads backup in a scratch volume, record it in the manifest
+  opskit.runbook.volume_backup:
+    state: verified
+    volume: app_uploads_drill
     series: web1-app_uploads
     location: s3://acme-backups/web1
 
@@ -332,7 +363,7 @@ backup:
       type: str
       returned: always
     verification:
-      description: V(unverified), V(passed) or V(failed).
+      description: V(unverified), V(passed) or V(failed) (a restore test's verdict), or V(error) (one that could not run).
       type: str
       returned: always
     verified_at:
@@ -377,7 +408,7 @@ on_disk:
       (C(files), hard links included, and C(file_bytes)), when the restore wrote it directly (a
       directory, or a volume through its mountpoint). The restore role's drill compares it with
       RV(recorded).
-  returned: O(state=restored), success, not in check mode, unless the restore went through the Engine API
+  returned: O(state=restored) or O(state=verified), success, not in check mode, unless the restore went through the Engine API
   type: dict
   sample: {files: 1402, file_bytes: 1048576000}
 recorded:
@@ -385,7 +416,7 @@ recorded:
     - The counts the backup recorded at backup time (C(entries), C(files), C(directories),
       C(symlinks), C(hardlinks) and, for backups made since this collection records it,
       C(file_bytes)).
-  returned: O(state=restored), success, not in check mode
+  returned: O(state=restored) or O(state=verified), success, not in check mode
   type: dict
   sample: {entries: 1532, files: 1402, directories: 120, symlinks: 8, hardlinks: 2, file_bytes: 1048576000}
 skipped_files:
@@ -428,14 +459,14 @@ downtime_seconds:
   sample: 4.211
 created:
   description: Whether the restore target did not exist and is created.
-  returned: O(state=restored)
+  returned: O(state=restored) or O(state=verified)
   type: bool
   sample: false
 access:
   description:
-    - How the restore wrote the volume, V(mountpoint) (directly) or V(api) (see
-      O(volume_access)).
-  returned: O(state=restored) with O(volume), success, not in check mode
+    - How the backup read or the restore wrote the volume, V(mountpoint) (directly) or V(api)
+      (see O(volume_access)).
+  returned: with O(volume), success, not in check mode
   type: str
   sample: mountpoint
 left_stopped:
@@ -449,9 +480,21 @@ left_stopped:
   sample: [app-db-1]
 emptied:
   description: Whether the restore target's content is replaced (O(force=true)).
-  returned: O(state=restored)
+  returned: O(state=restored) or O(state=verified)
   type: bool
   sample: false
+verification:
+  description:
+    - The verification record written to the manifest (verified_at, method V(restore), result,
+      details - C(files) and C(file_bytes) restored, where they were C(counted), the counts
+      C(recorded), C(min_files), C(duration_seconds) and the C(error)). A result V(error) over an
+      earlier verdict keeps the verdict, with the new error as C(last_error).
+    - "In check mode only C(result: unverified)."
+  returned: O(state=verified), also on failure once the restore ran
+  type: dict
+  sample: {"result": "passed", "method": "restore", "verified_at": "2026-11-23T03:00:00Z",
+           "details": {"files": 1402, "file_bytes": 1048576000, "counted": "on disk", "min_files": 1,
+                       "recorded": {"files": 1402, "file_bytes": 1048576000}, "duration_seconds": 8.2}}
 lock:
   description:
     - The run lock of the series held during the backup or restore, containers stopped or not (see O(lock_timeout)) - its key,
@@ -475,12 +518,13 @@ from ansible_collections.opskit.runbook.plugins.module_utils._volume.action impo
 def main():
     spec = storage_argspec(
         write=True,
-        state=dict(type="str", default="backed_up", choices=["backed_up", "restored"]),
+        state=dict(type="str", default="backed_up", choices=["backed_up", "restored", "verified"]),
         volume=dict(type="str"),
         path=dict(type="path"),
         series=dict(type="str"),
         backup=dict(type="str", default="latest"),
         force=dict(type="bool", default=False),
+        min_files=dict(type="int", default=1),
         stop_containers=dict(type="list", elements="str", default=["auto"]),
         stop_timeout=dict(type="int", default=30),
         helper_image=dict(type="str"),

@@ -235,6 +235,14 @@ def test_redis_new_snapshot_during_aof_rewrite_drill_and_corrupted_rdb(run_playb
         assert asset["kind"] == "redis" and asset["verification"] == "passed" and asset["ok"] is True, asset
         assert asset["rto_seconds"] > 0 and asset["rpo_met"] is True and asset["target"] == "scratch redis-server"
     assert drilled["cache"]["backup_id"] == assets["cache"]["backup_id"]
+    # the drill recorded its verdict in the manifests of the backups it passed, and only in those
+    verdicts = {}
+    for manifest in (tmp_path / "backups").rglob("*.json"):
+        doc = json.loads(manifest.read_text())
+        if doc.get("format") == "opskit.runbook/backup" and "redis-" in doc.get("series", ""):
+            verdicts[doc["id"]] = doc.get("verification", {}).get("result")
+    passed_ids = {a["backup_id"] for a in drilled.values()}
+    assert {i for i, v in verdicts.items() if v == "passed"} == passed_ids, verdicts
 
     doc = drill_reports[1]
     assert doc["status"] == "failed"

@@ -22,6 +22,7 @@ from .._engine.session import BackupSession
 from .._docker import DEFAULT_DOCKER_HOST, DOCKER, docker_client, docker_error
 from .._errors import ConfigError, OpsError, ServiceError
 from .quiesce import Guardian, Quiescer, api_errors, container_view, normalize_selection, select_containers
+from .record import verify
 from .targets import DirectoryTarget, VolumeTarget
 
 RESTORABLE_KINDS = ("volume", "directory")
@@ -89,6 +90,7 @@ class VolumeBackup:
         self.client_factory = client_factory or (lambda: docker_client(params))
         self.client = None
         self.lock = None
+        self.verification = None  # state=verified: record.Verification
         self.warnings = []  # returned under "warnings" for module.warn()
         if _docker_wanted(params):
             try:
@@ -195,7 +197,9 @@ class VolumeBackup:
                 source.update(stats, size_estimate_bytes=size_hint,
                               stopped=[c["name"] for c in quiescer.stopped],
                               downtime_seconds=quiescer.downtime)
-                return session.publish(source=source, tools=_tools(self.client)), stats
+                published = session.publish(source=source, tools=_tools(self.client))
+                self.warnings.extend(session.warnings)  # stale markers removed, a copy_to that failed (warn)
+                return published, stats
 
         value, error, quiescer = self._quiesced(to_stop, work)
         if self.warnings:  # also those of reading the source
@@ -241,6 +245,8 @@ class VolumeBackup:
                     self._remove_created()
                 raise
 
+        if self.verification is not None:  # the outcome recorded under the run lock
+            work = self.verification.around(work, manifest, recorded_counts(manifest))
         stats, error, quiescer = self._quiesced(to_stop, work)
         if stats is not None:
             result["warnings"] = result.get("warnings", []) + stats.pop("warnings", [])
@@ -267,6 +273,8 @@ class VolumeBackup:
             self.target.dirty = False
 
     def run(self):
+        if self.params["state"] == "verified":
+            return verify(self)
         if self.params["state"] == "restored":
             return self.restore()
         return self.backup()

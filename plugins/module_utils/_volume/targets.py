@@ -10,10 +10,10 @@ one it has, and both produce the same archive layout (see ``tar/headers.py``).
 * ``VolumeTarget`` goes through the Docker Engine API: a helper container is created (never
   started) with the volume mounted, ``GET /containers/{id}/archive`` streams its content out
   and ``PUT /containers/{id}/archive`` streams it back (``tar/rewrite.py``); no tar binary and
-  no particular image are needed. With ``volume_access=auto`` a restore writes the volume's
-  mountpoint directly when that is proven safe (``_local_root``), and says so in a warning
-  when it could not.
-* ``DirectoryTarget`` reads host directories with Python's tarfile.
+  no particular image are needed. With ``volume_access=auto`` a backup reads (``write_tree``)
+  and a restore writes the volume's mountpoint directly when that is proven safe
+  (``_local_root``), and says so in a warning when it could not.
+* ``DirectoryTarget`` reads host directories with ``write_tree`` (``tree.TreeWriter``).
 * ``staged_restore`` is the restore of both into a directory descriptor: extracted
   (``tar/extract.py``) into a staging directory, then renamed into place.
 """
@@ -40,7 +40,7 @@ from .quiesce import HELPER_LABEL, api_errors, uses
 from .tar.extract import DIR_FLAGS, NEW_FILE_FLAGS, TarExtractor, extract_chunks
 from .tar.headers import CHUNK, TAR_ENCODING, TAR_ERRORS, DeviceFilter, MemberScan, TarScanner, summary
 from .tar.rewrite import rewrite_stream
-from .tree import TreeWriter
+from .tree import TarSink, TreeWriter
 
 MOUNT = "/.opskit-volume"          # where helper containers mount the volume
 NEVER_RUN = ["/.opskit-helper-never-started"]
@@ -329,6 +329,35 @@ def _tree_size(root):
     return total
 
 
+def write_tree(root_fd, out, label):
+    """Write the tree open as ``root_fd`` into ``out`` as tar (``tree.TreeWriter``: directory
+    fds, O_NOFOLLOW, no symlink ever followed below the root); return the entry counts with
+    ``skipped_files`` and ``warnings``, and the names of the device files left out."""
+    sink = TarSink(out)
+    tar = tarfile.open(fileobj=sink, mode="w", format=tarfile.PAX_FORMAT, encoding=TAR_ENCODING, errors=TAR_ERRORS)
+    tar.copybufsize = CHUNK  # file data in 1 MiB reads (tarfile's default is 16 KiB)
+    writer = TreeWriter(tar)
+    try:
+        writer.write(root_fd)
+        tar.close()
+        sink.flush()
+    except OSError as exc:
+        raise SourceError("reading %s failed: %s%s" % (
+            label, exc.strerror or exc, (" (%s)" % exc.filename) if getattr(exc, "filename", None) else "")) from exc
+    result = summary(writer.counts, writer.entries)
+    result["skipped_files"] = writer.skipped
+    if writer.warnings():
+        result["warnings"] = writer.warnings()
+    return result, writer.devices
+
+
+def _devices_warning(result, devices, name):
+    if devices:
+        result.setdefault("warnings", []).append(
+            "%d device file(s) of volume %s are left out of the backup (a restore refuses device"
+            " files): %s" % (len(devices), name, ", ".join(devices[:5])))
+
+
 # ------------------------------------------------------------------ Docker volumes
 
 class VolumeTarget:
@@ -469,27 +498,46 @@ class VolumeTarget:
             res.close()
 
     def backup_to(self, out):
-        """Stream the volume's tar into ``out``, device files left out (``DeviceFilter``: no
-        restore would accept them); return the entry counts, ``skipped_files`` and a warning
-        naming the devices left out."""
+        """Write the volume's tar into ``out``; return the entry counts, ``skipped_files`` and
+        ``warnings`` (device files are left out: no restore would accept them).
+
+        Read directly through the mountpoint when ``_local_root`` proves it is this volume's
+        (``write_tree``, the directory backup's walk), else through the Engine API
+        (``_backup_api``), with a warning saying why when ``volume_access`` is ``auto``."""
+        with self.helper(read_only=True) as cid:
+            root_fd = self._local_root(cid)
+            if root_fd is None:
+                self.used_access = "api"
+                result, devices = self._backup_api(cid, out)
+            else:
+                self.used_access = "mountpoint"
+                try:
+                    result, devices = write_tree(root_fd, out, self.label)
+                finally:
+                    os.close(root_fd)
+        _devices_warning(result, devices, self.name)
+        warning = self.access_warning("read")
+        if warning:
+            result.setdefault("warnings", []).append(warning)
+        result["access"] = self.used_access
+        return result
+
+    def _backup_api(self, cid, out):
+        """Stream ``GET /containers/{cid}/archive`` into ``out``, device files left out
+        (``DeviceFilter``); the counts and the names of the devices left out."""
         scanner = TarScanner("the archive of volume %s" % self.name)
         devices = DeviceFilter()
-        with self.helper(read_only=True) as cid:
-            try:
-                with self.archive(cid, CHUNK) as stream:
-                    for chunk in stream:
-                        chunk = devices.feed(chunk)
-                        scanner.feed(chunk)
-                        out.write(chunk)
-            except api_errors() as exc:  # the scanner's and the storage's OpsErrors pass as they are
-                raise docker_error(exc, "reading volume %s" % self.name) from exc
+        try:
+            with self.archive(cid, CHUNK) as stream:
+                for chunk in stream:
+                    chunk = devices.feed(chunk)
+                    scanner.feed(chunk)
+                    out.write(chunk)
+        except api_errors() as exc:  # the scanner's and the storage's OpsErrors pass as they are
+            raise docker_error(exc, "reading volume %s" % self.name) from exc
         result = scanner.finish()
         result["skipped_files"] = len(devices.dropped)
-        if devices.dropped:
-            result["warnings"] = ["%d device file(s) of volume %s are left out of the backup (a restore"
-                                  " refuses device files): %s" % (len(devices.dropped), self.name,
-                                                                  ", ".join(devices.dropped[:5]))]
-        return result
+        return result, devices.dropped
 
     def create(self):
         if self.info is None:
@@ -567,12 +615,13 @@ class VolumeTarget:
                     " container (a daemon on another host or in a VM?)" % mountpoint)
         return None
 
-    def access_warning(self):
-        """The warning for a restore that fell back from the mountpoint to the API, or None."""
+    def access_warning(self, done="restored"):
+        """The warning for a backup (``done="read"``) or restore that fell back from the
+        mountpoint to the API, or None."""
         if not self.fallback:
             return None
-        return ("volume %s was restored through the Docker Engine API, not directly through its"
-                " mountpoint (volume_access=auto): %s" % (self.name, self.fallback))
+        return ("volume %s was %s through the Docker Engine API, not directly through its"
+                " mountpoint (volume_access=auto): %s" % (self.name, done, self.fallback))
 
     def restore(self, location, manifest, replace):
         """Restore the backup into the volume (emptied first when ``replace``).
@@ -661,25 +710,16 @@ class DirectoryTarget:
             return next(it, None) is None
 
     def backup_to(self, out):
-        """Write the directory's tar into ``out`` (``tree.TreeWriter``: no symlink is ever
-        followed below the root); return the entry counts, with ``warnings``."""
-        tar = tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT, bufsize=CHUNK,
-                           encoding=TAR_ENCODING, errors=TAR_ERRORS)
-        writer = TreeWriter(tar)
+        """Write the directory's tar into ``out`` (``write_tree``); return the entry counts,
+        with ``warnings``."""
         try:
             root_fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)  # a root symlink is followed
-            try:
-                writer.write(root_fd)
-            finally:
-                os.close(root_fd)
-            tar.close()
         except OSError as exc:
-            raise SourceError("reading %s failed: %s%s" % (
-                self.path, exc.strerror or exc, (" (%s)" % exc.filename) if getattr(exc, "filename", None) else "")) from exc
-        result = summary(writer.counts, writer.entries)
-        result["skipped_files"] = writer.skipped
-        if writer.warnings():
-            result["warnings"] = writer.warnings()
+            raise SourceError("reading %s failed: %s" % (self.path, exc.strerror or exc)) from exc
+        try:
+            result, _devices = write_tree(root_fd, out, self.path)
+        finally:
+            os.close(root_fd)
         return result
 
     def create(self):
