@@ -5,7 +5,10 @@
 a weekly, a monthly and a daily document built from a fixed clock: every section the JSON
 carries is on the page, the charts have one mark per value, and the scales fit the values (a
 12 s restore against a 4 h target is a visible bar). Then the same pages in Debian's headless
-chromium (selenium + chromedriver): no console error, the same DOM counts, a screenshot kept."""
+chromium (selenium + chromedriver): no console error, the same DOM counts, a screenshot kept.
+The history page (index.html) of the same reports directory, from the JSON reports kept there
+(prepared ones of the last 130 days, the last 90 shown) and those of this run: one mark per
+value in each chart over time, scales that fit, labelled targets, links to every run's page."""
 
 from __future__ import annotations
 
@@ -110,13 +113,45 @@ def _finish(name, data):
          "vars": {"report_name": name, "report_data": data, "report_failure": {}}}]}
 
 
+DAILY_DAYS = (88, 60, 30, 10, 3, 100)     # kept daily reports; 100 days ago is outside the 90-day window
+DRILL_DAYS = (80, 45, 12, 130)            # kept DR drill reports
+
+
+def _kept(path, doc):
+    """A kept report as the report role writes it: its JSON and a page beside it."""
+    name = "%s-%s-%s" % (doc["report"], doc["host"], doc["generated_at"].replace("-", "").replace(":", ""))
+    with open(os.path.join(path, name + ".json"), "w") as fh:
+        json.dump(doc, fh)
+    with open(os.path.join(path, name + ".html"), "w") as fh:
+        fh.write("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>%s</title></head><body></body></html>" % name)
+
+
+def _keep_history(path):
+    targets = {"rto": "4h", "rto_seconds": 14400.0, "rpo": "24h", "rpo_seconds": 86400.0}
+    for d in DAILY_DAYS:
+        _kept(path, {"report": "daily", "host": "localhost", "generated_at": _at(d, 1), "status": "failed" if d == 30 else "passed",
+                     "check_mode": False, "health_status": "CRITICAL" if d == 30 else "OK", "targets": targets,
+                     "failure": {"task": "health", "msg": "api down"} if d == 30 else {},
+                     "checks": [{"name": "api", "type": "http", "status": "CRITICAL" if d == 30 else "OK"}],
+                     "backups": [{"series": "pg-app", "kind": "postgres", "size_bytes": (100 - d) << 20, "age_seconds": 3600 + d}],
+                     "assets": [{"name": "app", "kind": "postgres", "series": "pg-app", "outcome": "written",
+                                 "size_bytes": (100 - d) << 20, "duration_seconds": 2.0 + d / 10}]})
+    for d in DRILL_DAYS:
+        _kept(path, {"report": "dr_drill", "host": "localhost", "generated_at": _at(d, 1), "status": "passed", "check_mode": False,
+                     "targets": targets, "assets": [
+                         {"name": "app", "kind": "postgres", "series": "pg-app", "rto_seconds": 10.0 + d, "rpo_seconds": 4000.0 + d,
+                          "ok": True},
+                         {"name": "uploads", "kind": "volume", "series": "vol-uploads", "rto_seconds": 30.0,
+                          "rpo_seconds": {80: 30000.0, 45: 95000.0}.get(d, 60000.0), "ok": d != 45}]})
+
+
 class Page(HTMLParser):
     """Sections (by id), tables (by id: their data rows), charts (by aria-label: the rects and the
     target lines with their attributes) and the text of the page."""
 
     def __init__(self, text):
         super().__init__()
-        self.sections, self.tables, self.charts, self.text = [], {}, {}, []
+        self.sections, self.tables, self.charts, self.text, self.links = [], {}, {}, [], []
         self._table = self._chart = None
         self._label = False
         self.feed(text)
@@ -130,9 +165,12 @@ class Page(HTMLParser):
         elif tag == "tr" and self._table is not None:
             self._table.append([])
         elif tag == "svg":
-            self._chart = self.charts.setdefault(attrs.get("aria-label"), {"rect": [], "line": [], "labels": []})
-        elif tag in ("rect", "line") and self._chart is not None:
+            self._chart = self.charts.setdefault(attrs.get("aria-label"), {"rect": [], "line": [], "circle": [], "path": [],
+                                                                           "labels": []})
+        elif tag in ("rect", "line", "circle", "path") and self._chart is not None:
             self._chart[tag].append(attrs)
+        elif tag == "a" and attrs.get("href"):
+            self.links.append(attrs["href"])
         self._label = tag == "text" and attrs.get("class") == "target-label"
 
     def handle_endtag(self, tag):
@@ -159,16 +197,20 @@ class Page(HTMLParser):
 @pytest.fixture(scope="module")
 def pages(run_playbook, tmp_path_factory):
     reports = tmp_path_factory.mktemp("reports")
+    _keep_history(reports)
     plays = [_finish("weekly", _weekly_document()), _finish("monthly", _monthly_document()), _finish("daily", _daily_document())]
     run = run_playbook(plays, {"opskit_report_dir": str(reports)}, clock=NOW)
     assert run.rc == 0, run.stdout[-3000:] + run.stderr[-2000:]
     found = {}
     for name in ("weekly", "monthly", "daily"):
-        (path,) = glob.glob(str(reports / ("%s-localhost-*.html" % name)))
+        (path,) = glob.glob(str(reports / ("%s-localhost-20260301T*.html" % name)))  # not the kept ones
         with open(path) as fh:
             found[name] = (path, Page(fh.read()))
         with open(path[:-5] + ".json") as fh:
             assert json.load(fh)["generated_at"].startswith("2026-03-01T03:0"), path  # the fixed clock
+    path = str(reports / "index.html")
+    with open(path) as fh:
+        found["index"] = (path, Page(fh.read()))
     return found
 
 
@@ -233,6 +275,41 @@ def test_daily_page_shows_the_measures_and_scales_rto_to_the_values(pages):
     assert len(page.charts["seconds per phase"]["rect"]) == 3
 
 
+def test_history_page_draws_every_kept_run_of_the_window(pages):
+    path, page = pages["index"]
+    assert page.sections == ["runs", "series", "assets", "checks"]
+    text = page.flat()
+    assert ("The runs of the 90 days from 2025-12-01T03:0" in text and "at most the newest 500 (report_history_days,"
+            " report_history_runs): 11 runs on this page." in text), text[:600]
+    runs = page.tables["history-runs"][1:]
+    assert len(runs) == 11 and [r[1] for r in runs[-3:]] == ["daily", "dr_drill", "daily"]   # newest first: 12 and 10 days ago, 3 days
+    assert [r[3] for r in runs if r[1] == "daily" and r[0].startswith("2026-01-30")] == ["failed"]
+    assert len(page.links) == 11 and all(os.path.isfile(os.path.join(os.path.dirname(path), link)) for link in page.links)
+    for name, marks in (("daily", 6), ("dr_drill", 3), ("weekly", 1), ("monthly", 1)):
+        assert len(page.charts["outcome of %s runs" % name]["rect"]) == marks, name
+    failed = [r for r in page.charts["outcome of daily runs"]["rect"] if r["class"] == "state-failed"]
+    assert len(failed) == 1
+    assert [r[0] for r in page.tables["history-series"][1:]] == ["pg-app", "vol-uploads"]
+    for title, marks in (("backup size", 6), ("backup duration", 5), ("age of the newest backup", 6)):
+        assert len(page.charts["pg-app: " + title]["circle"]) == marks, title
+        assert "vol-uploads: " + title not in page.charts, title  # no value: no chart
+    assert page.charts["pg-app: age of the newest backup"]["labels"] == ["target 24.0 h \u2191 off scale"]
+    rto = page.charts["app: RTO (restore + verify)"]
+    assert len(rto["circle"]) == 4 and rto["labels"] == ["target 4.0 h \u2191 off scale"]
+    heights = sorted(112 - float(c["cy"]) for c in rto["circle"])   # above the time axis (y 112)
+    assert heights[-1] > 60 and heights[0] > 5, heights   # 12 s to 90 s fill the plot: on a 4 h scale all would be < 1 px
+    rpo = page.charts["uploads: RPO (age of the data restored)"]
+    assert len(rpo["circle"]) == 4 and rpo["labels"] == ["target 24.0 h"]   # 95000 s: the target is drawn to scale
+    assert [c["fill"] for c in rpo["circle"]].count("#c62828") == 1          # the one beyond it
+    target_y = float(rpo["path"][-1]["d"].split()[1])
+    over = [c for c in rpo["circle"] if c["fill"] == "#c62828"][0]
+    assert float(over["cy"]) < target_y < min(float(c["cy"]) for c in rpo["circle"] if c is not over)
+    states = page.charts["api (http): state per run"]["rect"]
+    assert [r["class"] for r in states] == ["state-OK", "state-OK", "state-CRITICAL", "state-OK", "state-OK"]
+    assert len(page.charts["app (logs): state per run"]["rect"]) == 1
+    assert os.path.getsize(path) < 200000
+
+
 @pytest.fixture(scope="module")
 def browser():
     from selenium import webdriver
@@ -256,6 +333,8 @@ CHART_COUNTS = {
     "monthly": {"size per database": 2, "disk used (%)": 1},
     "daily": {"restore + verify time (RTO) per asset": 2, "age of the newest verified backup (RPO) per asset": 2,
               "seconds per phase": 3},
+    "index": {"outcome of daily runs": 6, "outcome of dr_drill runs": 3, "pg-app: backup size": 6, "pg-app: backup duration": 5,
+              "app: RTO (restore + verify)": 4, "uploads: RPO (age of the data restored)": 4, "api (http): state per run": 5},
 }
 
 
@@ -269,7 +348,7 @@ def test_pages_in_headless_chromium(pages, browser, tmp_path):
         sections = [s.get_attribute("id") for s in browser.find_elements(By.CSS_SELECTOR, "section")]
         assert sections == page.sections, name
         for label, marks in CHART_COUNTS[name].items():
-            rects = browser.find_elements(By.CSS_SELECTOR, 'svg[aria-label="%s"] rect' % label)
+            rects = browser.find_elements(By.CSS_SELECTOR, 'svg[aria-label="%s"] rect, svg[aria-label="%s"] circle' % (label, label))
             assert len(rects) == marks, (name, label)
             assert all(r.size["width"] > 0 for r in rects), (name, label)  # drawn, visibly non-zero
         assert browser.find_elements(By.CSS_SELECTOR, "script") == []
