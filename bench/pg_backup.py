@@ -44,6 +44,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 COLLECTIONS = os.path.join(ROOT, ".build", "collections")
 sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
+sys.path.insert(0, COLLECTIONS)  # pg_fixtures imports the collection
 MiB = 1024 * 1024
 BIN = "/usr/lib/postgresql/15/bin"
 
@@ -177,6 +178,7 @@ def main():
                         help="only these databases (repeat)")
     parser.add_argument("--out", default=os.path.join(HERE, "results", "pg_backup.md"))
     args = parser.parse_args()
+    args.uptime_start = uptime()
     from pg_fixtures import free_port
     c = cluster(args)
     ensure_databases(c, args)
@@ -273,7 +275,9 @@ def restore_only(c, db, tmp, conn, storage, env, rounds=3, tmpfs=None):
     a pipe into a file (the form the module's temporary copy has: no data offsets in its TOC,
     one data chunk per row); a module dump on S3. Variants per round: pg_restore -j2 from each
     file, and the module restoring jobs=2 from S3 with its default tmp_dir and, when ``tmpfs``
-    is set, with tmp_dir on that tmpfs.
+    is set, with tmp_dir on that tmpfs. ``module`` is the staged restore (streamed into a staging
+    database, post-data by pg_restore -j2 from the kept TOC, renamed in at the end);
+    ``module_copy`` the restore with staged=false (a verified temporary copy, then pg_restore -j2).
     """
     fc_file = os.path.join(tmp, db + ".dump")
     pipe_file = os.path.join(tmp, db + ".pipe.dump")
@@ -295,15 +299,16 @@ def restore_only(c, db, tmp, conn, storage, env, rounds=3, tmpfs=None):
         subprocess.run(["sync"], check=True)
         return timed([os.path.join(BIN, "pg_restore"), "-j2", "-d", target, path], env)
 
-    def module(tmp_dir=None):
+    def module(tmp_dir=None, staged=True):
         nonlocal hwm
         subprocess.run(["sync"], check=True)
-        got = run_child({"action": "restore", "params": dict(rparams, tmp_dir=tmp_dir), "storage": storage})
+        got = run_child({"action": "restore", "params": dict(rparams, tmp_dir=tmp_dir, staged=staged),
+                         "storage": storage})
         hwm = max(hwm, got["hwm"])
         return got["seconds"]
 
     variants = [("pg_restore", lambda: pg_restore(fc_file)), ("pg_restore_pipe", lambda: pg_restore(pipe_file)),
-                ("module", module)]
+                ("module", module), ("module_copy", lambda: module(staged=False))]
     if tmpfs:
         variants.append(("module_tmpfs", lambda: module(tmpfs)))
     for _round in range(rounds):
@@ -320,6 +325,10 @@ def restore_only(c, db, tmp, conn, storage, env, rounds=3, tmpfs=None):
     return row
 
 
+def uptime():
+    return subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
+
+
 def write_report(args, dumps, restores):
     cmd = ".venv/bin/python bench/pg_backup.py --scale %d --small-scale %d --rows %d --rounds %d%s%s%s" % (
         args.scale, args.small_scale, args.rows, args.rounds, " --skip-restore" if args.skip_restore else "",
@@ -333,16 +342,19 @@ def write_report(args, dumps, restores):
                  " `pg_dump -Fc -Z0 | cat > file`, the form of the module's temporary copy." % args.restore_rounds,
                  "",
                  "| database | load | raw dump MiB | pg_restore -j2 from a local -Fc file s"
-                 " | pg_restore -j2 from a pipe-written -Z0 file s | module from s3://, default tmp_dir s | ratio"
-                 " | module from s3://, tmp_dir on tmpfs s | ratio | module peak RSS MiB |",
-                 "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+                 " | pg_restore -j2 from a pipe-written -Z0 file s | module staged from s3:// s | ratio"
+                 " | module staged=false (temporary copy) from s3:// s | ratio"
+                 " | module staged, tmp_dir on tmpfs s | ratio | module peak RSS MiB |",
+                 "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for r in restores:
             tmpfs = ("%.2f | %.2f" % (r["module_tmpfs"], r["module_tmpfs"] / r["pg_restore"])
                      if r.get("tmpfs") else "- | -")
-            lines.append("| %s | %.1f/%.1f | %.0f | %.2f | %.2f | %.2f | %.2f | %s | %.0f |" % (
+            lines.append("| %s | %.1f/%.1f | %.0f | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %s | %.0f |" % (
                 r["db"], r["load_before"], r["load_after"], r["raw_bytes"] / MiB, r["pg_restore"],
-                r["pg_restore_pipe"], r["module"], r["module"] / r["pg_restore"], tmpfs, r["hwm"] / MiB))
-        lines += ["", "Every figure: `%s`" % json.dumps(restores, sort_keys=True)]
+                r["pg_restore_pipe"], r["module"], r["module"] / r["pg_restore"], r["module_copy"],
+                r["module_copy"] / r["pg_restore"], tmpfs, r["hwm"] / MiB))
+        lines += ["", "`uptime` at the start: `%s`; at the end: `%s`" % (args.uptime_start, uptime()),
+                  "", "Every figure: `%s`" % json.dumps(restores, sort_keys=True)]
         with open(args.out, "a") as fh:
             fh.write("\n".join(lines) + "\n")
         print("\n".join(lines))

@@ -142,6 +142,15 @@ series:
       count: 7
       total_size_bytes: 96468992
       newest_age_seconds: 3605
+    wal:
+      description:
+        - For a series whose newest backup is a PostgreSQL base backup (M(opskit.runbook.pg_backup)
+          O(opskit.runbook.pg_backup#module:method=physical)), its WAL archive - C(timelines), C(segments), C(last_segment) and
+          C(last_archived_at), C(gaps) (per timeline C(after), C(before), C(first_missing), C(missing)),
+          C(rpo_seconds) (now minus the archive time of the newest segment), C(newest_base_backup_age_seconds)
+          and C(history_files).
+      type: dict
+      returned: for physical series
       newest_verified_age_seconds: 90005
       stale: false
 stale_series:
@@ -266,7 +275,8 @@ def main():
 
     def action():
         params = module.params
-        result = backup_report(location_from_params(params), params["series"], params["max_age"])
+        location = location_from_params(params)
+        result = add_wal_report(location, backup_report(location, params["series"], params["max_age"]))
         result["changed"] = False
         if params["summary"]:
             result["backups"] = []
@@ -280,3 +290,4 @@ def main():
 
 if __name__ == "__main__":
     main()
+from ansible_collections.opskit.runbook.plugins.module_utils._postgres.wal_report import add_wal_report

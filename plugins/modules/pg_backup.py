@@ -103,8 +103,10 @@ options:
   jobs:
     description:
       - Parallel jobs. Dumping, only with O(format=directory). Restoring a custom-format backup
-        with O(jobs) > 1 decompresses the downloaded copy into a 0600 temporary file first
-        (pg_restore cannot run in parallel from a pipe); with V(1) it is fed from the copy.
+        staged (O(staged), the default), the post-data section (indexes, constraints) is built by
+        O(jobs) workers from the kept TOC; with O(staged=false) and O(jobs) > 1 the downloaded copy
+        is decompressed into a 0600 temporary file first (pg_restore cannot run in parallel from a
+        pipe).
       - From 1 to 64 (each job is one PostgreSQL connection and one pg_dump/pg_restore worker).
     type: int
     default: 1
@@ -154,6 +156,39 @@ options:
         already are kept as they are.
     type: bool
     default: false
+  staged:
+    description:
+      - Restore a custom-format backup into a staging database next to O(target_database),
+        streamed from the location (no temporary copy), and swap it in under the target's name
+        only once the stream's sha256 and size matched the manifest and pg_restore succeeded. On
+        any failure the staging database is dropped and the target is as it was.
+      - With O(jobs) > 1, the pre-data and data sections are read from the stream and the
+        post-data section (indexes, constraints) is built by C(pg_restore --jobs) from a small
+        0600 file under O(tmp_dir) that holds the archive's header and TOC only.
+      - The swap terminates the target's sessions (one transaction renames the target away and
+        the staging database in; a client connecting meanwhile waits, then reconnects to the new
+        database). The connecting user needs CREATEDB, ownership of the target and the right to
+        terminate its sessions (superuser or C(pg_signal_backend)).
+      - The owner, the database-level settings (C(ALTER DATABASE/ROLE ... SET)), the privileges
+        on the database, its connection limit and comment, encoding, locale and tablespace are
+        carried over from the target; objects of the target that the backup does not hold are
+        not (with O(clean=true) the target is replaced as a whole).
+      - A non-empty target needs O(clean=true). V(false), or O(force=true), or the plain and
+        directory formats restore in place (download first, see O(clean)).
+      - O(state=verified) streams into its scratch database the same way.
+    type: bool
+    default: true
+  keep_previous:
+    description:
+      - With a staged restore, keep the database it replaced as C(opskit_previous_<time>_<hex>_<target>)
+        (C(plan.previous_database) in RV(plan)) instead of dropping it, for an instant undo; the one an earlier
+        O(keep_previous) kept for this target is dropped. Its comment records the target and its
+        original comment.
+      - To undo, connected to another database, in one transaction -
+        C(ALTER DATABASE target RENAME TO target_bad; ALTER DATABASE opskit_previous_... RENAME TO target)
+        (after ending the target's sessions), then restore its comment.
+    type: bool
+    default: false
   verify:
     description:
       - With O(state=restored), check the restored database itself after the restore, as
@@ -192,6 +227,69 @@ options:
       rows:
         description: Exact number of rows returned.
         type: int
+  method:
+    description:
+      - V(logical) is pg_dump / pg_restore of one database (O(format), O(globals), ...).
+      - V(physical) is the whole cluster. With O(state=dumped) a base backup by C(pg_basebackup)
+        over a replication connection (C(-D - -Ft -X none), one tar streamed to the engine, never
+        spooled), recording the start and stop LSN, the timeline and the C(backup_label) in the
+        manifest (kind V(postgres-physical)). The user needs the REPLICATION attribute. Only
+        clusters without additional tablespaces are supported (PostgreSQL 15 streams one tar to
+        stdout only then), others are refused before anything is written. The WAL comes from the
+        archive that C(opskit-wal) fills (see docs/operations.md, "Point-in-time recovery").
+      - With O(state=restored), the base backup that ended before the target is extracted into
+        O(data_directory) with C(restore_command) (O(wal_helper) C(fetch)) and the recovery target
+        set; the cluster recovers when it is started. With O(state=verified) (a drill) the same happens in a scratch
+        directory; the cluster is started on a scratch port (127.0.0.1, C(archive_mode=off)),
+        recovery is awaited, O(verify_queries) run (in the first O(database), default
+        V(postgres)), and it is stopped and removed, also on failure. Every WAL segment recovery
+        needs is checked (present, sha256) before anything is restored.
+      - O(series) defaults to V({host}-physical) with V(physical).
+    type: str
+    choices: [logical, physical]
+    default: logical
+  target:
+    description:
+      - With O(method=physical), recover to the end of the archived WAL (V(latest)) or only to
+        the end of the base backup (V(immediate)). Default V(latest) unless O(target_time) or
+        O(target_lsn) is given (they exclude each other).
+    type: str
+    choices: [latest, immediate]
+  target_time:
+    description:
+      - With O(method=physical), recover up to this time (RFC 3339 or C(2026-12-01 14:30:00.5+00),
+        a time zone is required); the newest base backup that ended before it is used. A time
+        before the end of the oldest base backup is refused.
+    type: str
+  target_lsn:
+    description:
+      - With O(method=physical), recover up to this LSN (such as V(0/3000060)).
+    type: str
+  data_directory:
+    description:
+      - With O(method=physical) and O(state=restored), the directory to restore into (required), absent or
+        empty, or with O(force) an existing data directory (with C(PG_VERSION)), whose content is
+        replaced. A directory whose cluster is running (a live C(postmaster.pid)) is always refused.
+      - With O(state=verified), the scratch directory of the drill (default a private one under
+        O(tmp_dir)); it is removed at the end.
+    type: path
+  data_owner:
+    description:
+      - The user the restored files belong to and the drill's cluster runs as. Default the owner
+        of O(data_directory) (or of its parent), V(postgres) when that is root.
+    type: str
+  wal_helper:
+    description:
+      - The C(opskit-wal) command that fetches WAL, as a list (the program and C(--config FILE)),
+        written into C(restore_command) with C(fetch %f %p) appended. Its config file holds the
+        location and credentials (mode 0600), so no secret reaches postgresql.conf.
+    type: list
+    elements: str
+  recovery_timeout:
+    description:
+      - Seconds a drill waits for recovery to reach its target.
+    type: int
+    default: 3600
   docker_container:
     description:
       - Run the tools inside this running container (name or id) through the Docker API (exec,
@@ -231,7 +329,12 @@ notes:
     differently with C(standard_conforming_strings) off (one that ends in a backslash, for
     example) and a psql variable (C(:NAME)) outside of quotes; use newer client tools
     (O(bin_dir)) for such a dump.
-  - Restores download the backup once, as stored (compressed, encrypted), into a private
+  - Staged restores (O(staged), custom format) read the backup once from the store, pinned and
+    resumed as below, and stream it into the staging database; the target is swapped only after
+    the sha256 matched at the end of the stream. After a SIGKILL, the next O(state=restored) or
+    O(state=verified) run drops the staging database (or the retired one, when the kill came
+    right after the swap) and reports it in RV(leftovers).
+  - Other restores download the backup once, as stored (compressed, encrypted), into a private
     temporary file under O(tmp_dir), and check its sha256 there before anything touches the
     target; the tools are fed from that copy. The download is pinned to the object's version
     (the S3 ETag, If-Match) read right after the manifest, so an object overwritten meanwhile
@@ -285,6 +388,30 @@ EXAMPLES = r"""
         min: 1000
       - query: SELECT value FROM meta WHERE key = 'schema_version'
         expect: "42"
+- name: Weekly base backup of the whole cluster (WAL archived by opskit-wal)
+  opskit.runbook.pg_backup:
+    method: physical
+    series: db1-physical
+    host: db1.internal
+    user: replicator
+    password: "{{ vault_pg_replication_password }}"
+    destination: s3://acme-backups/prod
+
+- name: Drill - recover to a second on a scratch port, check the marker, remove it
+  opskit.runbook.pg_backup:
+    state: verified
+    method: physical
+    series: db1-physical
+    target_time: "2026-12-01T14:30:00Z"
+    wal_helper: [/usr/local/lib/opskit/opskit-wal, --config, /etc/opskit/wal.json]
+    data_owner: postgres
+    user: postgres
+    password: "{{ vault_pg_password }}"
+    database: [app]
+    destination: s3://acme-backups/prod
+    verify_queries:
+      - query: SELECT count(*) FROM drill_marker WHERE at = '2026-12-01T14:29:58Z'
+        expect: "1"
 """
 
 RETURN = r"""
@@ -366,6 +493,37 @@ backup:
       description: Whether the globals were stored.
       type: bool
       returned: when dumping
+    start_lsn:
+      description: With O(method=physical), the base backup's start LSN (its checkpoint's redo point).
+      type: str
+      returned: when dumping with method=physical
+      sample: 0/2000028
+    stop_lsn:
+      description: With O(method=physical), the LSN the base backup is consistent from.
+      type: str
+      returned: when dumping with method=physical
+      sample: 0/2000100
+    timeline:
+      description: With O(method=physical), the timeline the base backup started on.
+      type: int
+      returned: when dumping with method=physical
+    start_wal:
+      description: With O(method=physical), the first WAL segment the base backup needs.
+      type: str
+      returned: when dumping with method=physical
+      sample: "000000010000000000000002"
+    stop_wal:
+      description: With O(method=physical), the last WAL segment the base backup needs.
+      type: str
+      returned: when dumping with method=physical
+    stop_time:
+      description: With O(method=physical), when the base backup ended (restores to earlier times cannot use it).
+      type: str
+      returned: when dumping with method=physical
+    pg_basebackup_version:
+      description: With O(method=physical), the version of the pg_basebackup that ran.
+      type: str
+      returned: when dumping with method=physical
 backups:
   description: Every backup written, in the order of O(database) (same fields as RV(backup)).
   returned: state=dumped
@@ -375,7 +533,9 @@ plan:
   description:
     - With O(state=dumped), one entry per database (database, series, format, size_bytes).
     - Otherwise what the restore does (backup_id, series, format, target_database, steps
-      among create, recreate, clean and restore, globals, duration_seconds).
+      among create, replace, recreate, clean and restore, globals, duration_seconds).
+    - A staged restore also returns C(staged), C(staging_database) and C(previous_database) (the
+      database kept by O(keep_previous), else null).
   returned: always
   type: raw
   sample: {"backup_id": "20261123T020000Z-5f2a9c1e", "target_database": "app_restored",
@@ -393,8 +553,9 @@ leftovers:
     - What interrupted earlier runs had left and this run removed (in check mode, found and kept),
       also said in a warning.
     - C(temporary_files) are passfiles and temporary dump copies of runs that no longer live;
-      C(scratch_databases) are verification databases older than 15 minutes without sessions
-      (only looked for with O(state=verified)).
+      C(scratch_databases) are verification databases older than 15 minutes without sessions,
+      and the staging and retired databases of killed staged restores (looked for with
+      O(state=verified) and O(state=restored)).
     - C(processes) (with O(docker_container)) are tools (V(pg_dump), V(pg_restore), V(psql)) that a killed
       run had left running in the container, killed now; this needs the Docker Engine on the managed host.
     - C(inflight_markers) (O(state=dumped)) are the in-flight markers of backups of the series that
@@ -417,6 +578,16 @@ lock:
   returned: O(state=verified), not in check mode
   type: dict
   sample: {key: db1.internal-app/.opskit-lock, waited_seconds: 0.0, attempts: 1, taken_over: null}
+recovery:
+  description:
+    - With O(method=physical) and O(state=restored) - the target, C(restore_seconds) and C(data_directory).
+    - With O(state=verified) (a drill) - C(target), C(recovered_lsn) and C(recovered_time) (the last
+      WAL record and the last transaction replayed), and C(rto_seconds) (from the start of the task
+      to the promoted cluster). Also recorded in the base backup's verification (method V(pitr-drill)).
+  returned: method=physical, state=restored or verified, not in check mode
+  type: dict
+  sample: {"target": "2026-12-01 14:30:00.000000+00", "recovered_lsn": "0/5000F30",
+           "recovered_time": "2026-12-01 14:29:59.81+00", "rto_seconds": 4.2}
 msg:
   description: What happened, in one line.
   returned: always
@@ -429,6 +600,7 @@ from ansible_collections.opskit.runbook.plugins.module_utils._docker import dock
 from ansible_collections.opskit.runbook.plugins.module_utils._module import run_module
 from ansible_collections.opskit.runbook.plugins.module_utils._postgres.action import ACTIONS, run
 from ansible_collections.opskit.runbook.plugins.module_utils._postgres.connection import pg_argspec
+from ansible_collections.opskit.runbook.plugins.module_utils._postgres.pitr_apply import run_physical
 from ansible_collections.opskit.runbook.plugins.module_utils._storage.options import (
     location_from_params, storage_argspec)
 
@@ -459,8 +631,18 @@ def main():
         single_transaction=dict(type="bool", default=False),
         no_owner=dict(type="bool"),
         restore_globals=dict(type="bool", default=False),
+        staged=dict(type="bool", default=True),
+        keep_previous=dict(type="bool", default=False),
         verify_queries=dict(type="list", elements="dict", default=[], options=QUERY_SPEC),
         verify=dict(type="bool", default=False),
+        method=dict(type="str", default="logical", choices=["logical", "physical"]),
+        target=dict(type="str", choices=["latest", "immediate"]),
+        target_time=dict(type="str"),
+        target_lsn=dict(type="str"),
+        data_directory=dict(type="path"),
+        data_owner=dict(type="str"),
+        wal_helper=dict(type="list", elements="str"),
+        recovery_timeout=dict(type="int", default=3600),
         docker_container=dict(type="str"),
         docker_user=dict(type="str"),
         bin_dir=dict(type="path"),
@@ -472,7 +654,8 @@ def main():
                            mutually_exclusive=[("clean", "force")])
 
     def action():
-        return run(module.params, location_from_params(module.params), module.check_mode)
+        runner = run_physical if module.params["method"] == "physical" else run
+        return runner(module.params, location_from_params(module.params), module.check_mode)
 
     run_module(module, action)
 

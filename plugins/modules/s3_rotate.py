@@ -284,6 +284,20 @@ series:
 """
 
 from ansible.module_utils.basic import AnsibleModule
+    wal:
+      description:
+        - For a series with a WAL archive (M(opskit.runbook.pg_backup) O(opskit.runbook.pg_backup#module:method=physical),
+          opskit-wal), C(deleted) and C(kept) WAL files, C(oldest_needed) (the position of the start segment of the oldest
+          kept base backup; WAL before it is deleted, C(.history) files never) and C(reason).
+      type: dict
+      returned: for series with archived WAL
+      sample: {deleted: 12, kept: 40, oldest_needed: "0000000200000041", reason: WAL before the start of the oldest kept base backup deleted}
+copy_to:
+  description:
+    - The rotation of the O(copy_to) location, with the same fields as this result (RV(location), RV(policy),
+      RV(series), ...).
+  returned: with O(copy_to)
+  type: dict
 
 from ansible_collections.opskit.runbook.plugins.module_utils._module import run_module
 from ansible_collections.opskit.runbook.plugins.module_utils._retention.apply import diff_lists, rotate

@@ -31,7 +31,7 @@ def run(params, location, check_mode=False):
                 processes = sweep_processes(server.tools, remove=not check_mode)
                 if processes:
                     found["processes"] = processes
-                if params["state"] == "verified":
+                if params["state"] in ("verified", "restored"):  # scratch, staging and retired databases
                     found["scratch_databases"], warnings = sweep_scratch(server, remove=not check_mode)
                 result = ACTIONS[params["state"]](server, location, params, check_mode)
         except OpsError as exc:

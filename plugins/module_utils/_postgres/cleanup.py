@@ -10,11 +10,18 @@
   their names (``temp_prefix``) and the scratch databases their creation time
   (``scratch_name``). ``sweep_temporary`` removes those of dead owners; ``sweep_scratch``
   drops scratch databases older than STALE_SCRATCH_SECONDS that nobody is connected to.
+- The databases of a staged restore (``staged_name``: ``opskit_stage_...`` being restored,
+  ``opskit_retired_...`` swapped out and about to be dropped) carry their owner's tag in their
+  comment (``staged_comment``). ``sweep_staged`` drops those whose owner is gone (WITH FORCE:
+  their sessions are the dead run's), and those of other machines older than
+  STALE_SCRATCH_SECONDS without sessions. ``opskit_previous_...`` (kept by keep_previous) is
+  never a leftover.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import secrets
@@ -24,7 +31,7 @@ import tempfile
 import time
 
 from .._errors import ServiceError
-from .tools import quote_ident, quote_literal
+from .tools import owner_gone, owner_tag, quote_ident, quote_literal
 
 SCRATCH_PREFIX = "opskit_verify_"
 SCRATCH_RE = re.compile(r"^opskit_verify_(\d{9,11})_[0-9a-f]{8}$")
@@ -33,6 +40,9 @@ TEMP_PREFIXES = ("opskit-pgpass-", "opskit-pgdump-", "opskit-pgrestore-")
 TEMP_RE = re.compile(r"^(?:%s)(\d+)-" % "|".join(re.escape(p) for p in TEMP_PREFIXES))
 OWNER_MARK = b"pg_backup"  # in the command line of a live owner (AnsiballZ_pg_backup.py)
 SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+STAGE, RETIRED, PREVIOUS = "stage", "retired", "previous"
+STAGED_RE = re.compile(r"^opskit_(stage|retired|previous)_(\d{9,11})_[0-9a-f]{8}_")
+NAMEDATALEN = 63
 
 
 class Interrupted(ServiceError):
@@ -144,12 +154,14 @@ SCRATCH_SQL = ("SELECT d.datname, (SELECT count(*) FROM pg_stat_activity a WHERE
 
 
 def sweep_scratch(server, now=None, remove=True):
-    """Drop stale scratch databases; returns (names dropped or found, warnings). Never raises
-    for a database it cannot drop (in use again, not its owner): that is a warning."""
-    names = stale_scratch(server.query(SCRATCH_SQL), time.time() if now is None else now)
-    warnings = []
+    """Drop stale scratch databases, and what killed staged restores left (``sweep_staged``);
+    returns (names dropped or found, warnings). Never raises for a database it cannot drop (in
+    use again, not its owner): that is a warning."""
+    now = time.time() if now is None else now
+    names = stale_scratch(server.query(SCRATCH_SQL), now)
+    staged, warnings = sweep_staged(server, now, remove)
     if not remove:
-        return names, warnings
+        return names + staged, warnings
     dropped = []
     for name in names:
         try:
@@ -157,5 +169,76 @@ def sweep_scratch(server, now=None, remove=True):
             dropped.append(name)
         except ServiceError as exc:
             warnings.append("scratch database %s left by an interrupted run could not be dropped: %s"
+                            % (name, exc.msg))
+    return dropped + staged, warnings
+
+
+def staged_name(kind, target, now=None):
+    """``opskit_<kind>_<unix time>_<8 hex>_<target>``, the target cut to fit PostgreSQL's 63 bytes."""
+    head = "opskit_%s_%d_%s_" % (kind, int(time.time() if now is None else now), secrets.token_hex(4))
+    tail = str(target).encode("utf-8")[:NAMEDATALEN - len(head)].decode("utf-8", "ignore")
+    return head + tail
+
+
+def staged_comment(kind, target, **extra):
+    """The comment of a staging / retired database: what it is, for which target, whose run."""
+    record = {"opskit.runbook": kind, "target": target, "owner": owner_tag(os.getpid())}
+    record.update(extra)
+    return json.dumps(record, sort_keys=True)
+
+
+def parse_staged_comment(text):
+    """The record of ``staged_comment`` ({} for any other comment)."""
+    try:
+        record = json.loads(text or "")
+    except ValueError:
+        return {}
+    return record if isinstance(record, dict) and "opskit.runbook" in record else {}
+
+
+def owner_state(tag):
+    """``gone``, ``alive`` (a process of this machine) or ``unknown`` (another machine)."""
+    parts = (tag or "").split("|")
+    if len(parts) != 5 or not parts[3].isdigit():
+        return "unknown"
+    if owner_gone(tag):
+        return "gone"
+    return "alive" if owner_tag(int(parts[3])) == tag else "unknown"
+
+
+def stale_staged(rows, now, state=owner_state, min_age=STALE_SCRATCH_SECONDS):
+    """[(name, force)] of the staging / retired databases among ``rows`` (name, comment,
+    sessions) that a killed run left: its owner gone (force: its sessions are the dead run's),
+    or an owner elsewhere and older than ``min_age`` without sessions."""
+    out = []
+    for name, comment, sessions in rows:
+        match = STAGED_RE.match(name)
+        if not match or match.group(1) == PREVIOUS:
+            continue
+        owner = state(parse_staged_comment(comment).get("owner"))
+        if owner == "gone":
+            out.append((name, True))
+        elif owner == "unknown" and int(sessions) == 0 and now - int(match.group(2)) >= min_age:
+            out.append((name, False))
+    return sorted(out)
+
+
+STAGED_SQL = ("SELECT d.datname, coalesce(shobj_description(d.oid, 'pg_database'), ''),"
+              " (SELECT count(*) FROM pg_stat_activity a WHERE a.datname = d.datname)"
+              " FROM pg_database d WHERE d.datname ~ '^opskit_(stage|retired)_'")
+
+
+def sweep_staged(server, now=None, remove=True):
+    """Drop what killed staged restores left; returns (names, warnings) as sweep_scratch."""
+    found = stale_staged(server.query(STAGED_SQL), time.time() if now is None else now)
+    warnings, dropped = [], []
+    if not remove:
+        return [name for name, _force in found], warnings
+    for name, force in found:
+        try:
+            server.query("DROP DATABASE IF EXISTS %s%s" % (quote_ident(name), " WITH (FORCE)" if force else ""))
+            dropped.append(name)
+        except ServiceError as exc:
+            warnings.append("database %s left by an interrupted staged restore could not be dropped: %s"
                             % (name, exc.msg))
     return dropped, warnings

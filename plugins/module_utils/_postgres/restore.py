@@ -3,9 +3,14 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """pg_backup state=restored: a backup restored into a database, planned first.
 
-``restore()`` is ``_plan_restore`` (checks, the target's state, the steps of ``restore_plan``:
-nothing is changed) and, unless in check mode, ``_apply_restore`` (the stored sha256 checked,
-the globals, the target prepared, pg_restore or psql fed). verify() restores through it too.
+``restore()`` is ``_plan_restore`` (checks, the target's state, the steps of ``restore_plan``
+or ``staged_plan``: nothing is changed) and, unless in check mode, ``_apply_restore``.
+
+A custom-format backup (unless ``staged=false`` or ``force``) is restored by ``staged``: streamed
+into a staging database, swapped in under the target's name once its sha256 is verified.
+Plain and directory formats (and ``staged=false``) are downloaded once and checked (sha256)
+before anything touches the target, then the target is prepared and pg_restore or psql fed.
+verify() restores through it too.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from .cleanup import temp_prefix
 from .options import check_options, find_backup
 from .script import RESTRICTED, SafeScript, check_script, has_restrict, refused_by_psql
 from .server import MAINTENANCE_DB
+from .staged import apply_staged
 from .tools import db_arg, failure, quote_ident, tool_message
 
 
@@ -72,6 +78,27 @@ def restore_plan(fmt, exists, empty, create, clean, force, target):
     return steps
 
 
+def staged_plan(exists, empty, create, clean, target):
+    """The steps of a staged restore: ``create`` (the staging database is renamed to the new
+    target) or ``replace`` (it is swapped in for the target), then ``restore``."""
+    if not exists:
+        if not create:
+            raise NotFoundError("target database %s does not exist: set create=true to create it" % target)
+        return ["create", "restore"]
+    if not empty and not clean:
+        raise ConfigError("target database %s is not empty: set clean=true to replace it by the backup (restored"
+                          " into a staging database, swapped in once verified), or force=true to restore over its"
+                          " objects" % target)
+    return ["replace", "restore"]
+
+
+def uses_staging(fmt, params, verifying):
+    """Whether a restore takes the staged path (custom format, neither staged=false nor force)."""
+    if fmt != "custom":
+        return False
+    return verifying or (params.get("staged") is not False and not params.get("force"))
+
+
 def _has_companion(manifest, name):
     return any(c.get("name") == name for c in manifest.get("companions") or [])
 
@@ -86,6 +113,7 @@ class RestoreJob:
         self.no_owner = no_owner
         self.verifying = verifying      # verify()'s restore into its scratch database
         self.restricted = restricted    # psql has \restrict: SQL scripts run behind it
+        self.staged = False             # streamed into a staging database, swapped in (staged.py)
 
 
 def restore(server, location, params, check_mode=False, manifest=None, target=None, verifying=False):
@@ -99,10 +127,15 @@ def restore(server, location, params, check_mode=False, manifest=None, target=No
         return {"changed": True, "plan": job.plan, "backup": summarize(job.manifest, location),
                 "msg": "would restore backup %s into database %s" % (job.manifest["id"], job.target)}
     started = time.monotonic()
-    _apply_restore(server, location, params, job)
+    warnings = _apply_restore(server, location, params, job)
     job.plan["duration_seconds"] = round(time.monotonic() - started, 3)
-    return {"changed": True, "plan": job.plan, "backup": summarize(job.manifest, location),
-            "msg": "restored backup %s into database %s" % (job.manifest["id"], job.target)}
+    result = {"changed": True, "plan": job.plan, "backup": summarize(job.manifest, location),
+              "msg": "restored backup %s into database %s" % (job.manifest["id"], job.target)}
+    if job.plan.get("previous_database"):
+        result["msg"] += " (the database it replaced is kept as %s)" % job.plan["previous_database"]
+    if warnings:
+        result["warnings"] = warnings
+    return result
 
 
 def _plan_restore(server, location, params, manifest, target, verifying):
@@ -120,14 +153,24 @@ def _plan_restore(server, location, params, manifest, target, verifying):
     streamed = _streamed(manifest, fmt, params, server.tools.local, restricted)
     exists = server.exists(target)
     empty = server.is_empty(target) if exists else True
-    steps = restore_plan(fmt, exists, empty, params.get("create") or verifying, params.get("clean"),
-                         params.get("force"), target)
+    staged = uses_staging(fmt, params, verifying)
+    if params.get("keep_previous") and not staged:
+        raise ConfigError("keep_previous needs a staged restore: a custom-format backup, staged=true and no force")
+    if staged:
+        steps = staged_plan(exists, empty, params.get("create") or verifying, params.get("clean"), target)
+    else:
+        steps = restore_plan(fmt, exists, empty, params.get("create") or verifying, params.get("clean"),
+                             params.get("force"), target)
     no_owner = params.get("no_owner")
     if no_owner is None:
         no_owner = verifying
     plan = {"backup_id": manifest["id"], "series": manifest["series"], "format": fmt,
             "target_database": target, "steps": steps, "globals": bool(params.get("restore_globals"))}
-    return RestoreJob(manifest, plan, streamed, no_owner, verifying, restricted, pin)
+    if staged and not verifying:
+        plan["staged"] = True
+    job = RestoreJob(manifest, plan, streamed, no_owner, verifying, restricted, pin)
+    job.staged = staged
+    return job
 
 
 def _psql_restricts(server, fmt, params):
@@ -159,13 +202,17 @@ def _streamed(manifest, fmt, params, local, restricted=True):
 
 
 def _apply_restore(server, location, params, job):
-    """Download and check the backup once, then restore: globals, target prepared, the dump fed
-    to the tool.
+    """The staged restore (``staged.apply_staged``), or: download and check the backup once, then
+    restore (globals, target prepared, the dump fed to the tool). Returns warnings.
 
     A target database this restore created is dropped again when it fails (verify() drops its
     scratch database itself).
     """
     manifest = job.manifest
+    if job.staged:
+        if params.get("restore_globals"):
+            job.plan["roles_kept"] = _restore_globals(server, _read_globals(location, manifest), manifest, job.restricted)
+        return apply_staged(server, location, params, job)
     with contextlib.ExitStack() as stack:
         local = stack.enter_context(_downloaded(location, job, params))  # nothing touches the target before
         local_copy = None
@@ -180,6 +227,7 @@ def _apply_restore(server, location, params, job):
                 job.plan["roles_kept"] = _restore_globals(server, globals_data, manifest, job.restricted)
             created = _prepare_target(server, job)
             _run_restore(server, local, params, job, local_copy)
+            return []
         except OpsError:
             if created and not job.verifying:
                 with contextlib.suppress(OpsError):

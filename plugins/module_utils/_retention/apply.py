@@ -27,6 +27,7 @@ from .._errors import ConfigError, NotFoundError, OpsError, StorageError
 from .._storage.base import TMP_MARK
 from .._timeutil import Duration, rfc3339, utcnow
 from .plan import Backup, order, plan_rotation
+from .wal import prune_wal
 
 READ_BATCH = 16
 MIN_ORPHAN_GRACE = datetime.timedelta(hours=1)
@@ -449,6 +450,7 @@ def _rotate(location, policy, found_listing, stale_before, verified_lookback, ch
         keys, manifests = _settle_series(grouped[name], plans[name], res, found[name], locked, policy, now)
         artifact_keys.extend(keys)
         manifest_keys.extend(manifests)
+        artifact_keys.extend(_wal(location, name, res))
     changed = bool(artifact_keys or manifest_keys
                    or any(u["action"] == "aborted" for r in results.values() for u in r["uploads"]))
     failed = []
@@ -462,6 +464,16 @@ def _rotate(location, policy, found_listing, stale_before, verified_lookback, ch
     if warnings:
         result.setdefault("warnings", []).extend(warnings)
     return result
+
+
+def _wal(location, name, res):
+    """The WAL keys of a physical series that no kept base backup needs (see wal.py); ``res["wal"]``."""
+    plan = prune_wal(location, name, [k["id"] for k in res["kept"]])
+    if plan is None:
+        return []
+    res["wal"] = {"deleted": len(plan["deleted"]), "kept": plan["kept"], "oldest_needed": plan["oldest_needed"],
+                  "reason": plan["reason"]}
+    return plan["deleted"]
 
 
 def lone_markers(found, markers, groups):
