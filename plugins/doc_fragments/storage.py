@@ -139,14 +139,15 @@ options:
     description:
       - S3 Object Lock retention for every object a new backup writes, manifest included. Each gets
         O(object_lock.mode) until O(object_lock.days) days after the backup started, set on the version just
-        written (C(PutObjectRetention)) and recorded in the manifest as C(object_lock).
-      - The bucket must have Object Lock enabled (checked before anything is written); with a
-        C(file://) location this is an error. Manifest versions that a later verification writes are not
-        locked; the version the backup wrote stays.
+        written (C(PutObjectRetention)) and recorded in the manifest as C(object_lock) (C(mode), C(retain_until),
+        C(days)).
+      - The bucket must have Object Lock enabled (checked before anything is written); otherwise, and with a
+        C(file://) location, the task fails with one line and nothing is written.
+      - Each manifest version that a later verification writes (the restore test's record) gets the retention
+        the manifest recorded, whatever the options of the host that verifies.
       - A locked version cannot be deleted or overwritten before its date (C(COMPLIANCE) by nobody,
         C(GOVERNANCE) only with C(s3:BypassGovernanceRetention)). A delete without a version id only adds a
         delete marker. M(opskit.runbook.s3_rotate) keeps objects whose retention has not expired.
-      - Choose O(object_lock.days) no longer than the retention policy keeps the backups.
     type: dict
     suboptions:
       mode:
@@ -155,9 +156,119 @@ options:
         required: true
         choices: [GOVERNANCE, COMPLIANCE]
       days:
-        description: Days from the start of the backup until its objects can be deleted.
-        type: int
+        description:
+          - Days from the start of the backup until its objects can be deleted, a whole number (at least 1),
+            or V(auto).
+          - V(auto) derives them from O(object_lock.retention), the policy rotation applies, so that a backup
+            unlocks when the policy may delete it. The rule is the span of the finest calendar rule set
+            (C(keep_hourly) N is N hours, C(keep_daily) N is N days, C(keep_weekly) N is 7 N days,
+            C(keep_monthly) N is 31 N days, C(keep_yearly) N is 366 N days), or C(keep_within) if longer,
+            rounded up to whole days. The default policy of the backup role (30 daily, 12 weekly, 12 monthly)
+            gives 30 days. The weekly and monthly keepers are kept longer by rotation, unlocked after that span;
+            a series backed up more often than its finest rule's period keeps its extra backups (locked) until
+            then. A policy with only C(keep_last), or with its finest rule V(-1), is refused.
+        type: raw
         required: true
+      retention:
+        description:
+          - The retention policy for O(object_lock.days=auto), the keep options of M(opskit.runbook.s3_rotate)
+            (C(keep_hourly), C(keep_daily), C(keep_weekly), C(keep_monthly), C(keep_yearly), C(keep_within));
+            other keys are ignored. The backup role passes its C(backup_retention).
+        type: dict
+  copy_to:
+    description:
+      - A second location (3-2-1) that each new backup is copied to once it is published, with its own
+        endpoint and credentials. M(opskit.runbook.pg_backup) and M(opskit.runbook.volume_backup) copy;
+        M(opskit.runbook.s3_rotate) also rotates it (RV(opskit.runbook.s3_rotate#module:copy_to)), with
+        O(copy_to.retention); M(opskit.runbook.backup_info) also lists it
+        (RV(opskit.runbook.backup_info#module:copy_to), freshness per location). Restores read O(location) only;
+        to restore from the copy, give its URL and credentials as the location.
+      - Checked before anything is written (reachable, not the location itself, Object Lock enabled if
+        O(copy_to.object_lock) is set).
+      - The copy writes an in-flight marker first, then streams each artifact from this location a chunk at a
+        time (never spooled whole); the bytes read must match the manifest's sha256 and size, and the copy is
+        read back from the second location and hashed again (checked on arrival). The manifest, byte for byte
+        as published (a signature stays valid), is written last, so the copy exists once its manifest exists.
+        An encrypted backup is copied as stored, so the copy needs no key.
+      - A failed copy never un-publishes the backup here. What it wrote is removed again and the outcome is
+        returned in the backup's C(copies) (C(location), C(result) V(copied) or V(failed), C(error), C(objects),
+        C(copied_bytes), C(duration_seconds), C(object_lock)). Then O(copy_to.on_failure=fail) fails the task
+        with one line naming the published backup and the reason (with several databases, those after it
+        are not dumped), O(copy_to.on_failure=warn) warns and succeeds.
+      - The connection options have the meaning of the options of the same name above, but never fall back to
+        the environment variables of this location (without O(copy_to.access_key), boto3's own credential
+        chain applies). O(copy_to.secret_key) and O(copy_to.session_token) are never logged.
+    type: dict
+    suboptions:
+      location:
+        description: URL of the second location, V(file:///dir) or V(s3://bucket/prefix).
+        type: str
+        required: true
+      endpoint_url:
+        description: S3 endpoint of the second location.
+        type: str
+      region:
+        description: Its S3 region.
+        type: str
+      access_key:
+        description: Its S3 access key id.
+        type: str
+      secret_key:
+        description: Its S3 secret access key. Never logged.
+        type: str
+      session_token:
+        description: Its S3 session token. Never logged.
+        type: str
+      storage_class:
+        description: Storage class of the copies, for example V(GLACIER_IR) or V(DEEP_ARCHIVE).
+        type: str
+      server_side_encryption:
+        description: S3 server-side encryption of the copies.
+        type: str
+        choices: [AES256, "aws:kms"]
+      sse_kms_key_id:
+        description: KMS key id with O(copy_to.server_side_encryption=aws:kms).
+        type: str
+      validate_certs:
+        description: Verify the TLS certificate of its endpoint.
+        type: bool
+        default: true
+      ca_bundle:
+        description: CA bundle file to verify its endpoint with.
+        type: path
+      addressing_style:
+        description: How its bucket is addressed (see O(addressing_style)).
+        type: str
+        choices: [path, virtual, auto]
+      object_lock:
+        description:
+          - Object Lock of the copies, as O(object_lock) (its own mode and days). With O(object_lock.days=auto)
+            and no O(copy_to.object_lock.retention), the days derive from O(copy_to.retention).
+        type: dict
+        suboptions:
+          mode:
+            choices: [GOVERNANCE, COMPLIANCE]
+            description: The retention mode of the copies.
+            required: true
+            type: str
+          days:
+            description: Days from the start of the backup, or V(auto) (see O(object_lock.days)).
+            required: true
+            type: raw
+          retention:
+            description: The policy for V(auto); default O(copy_to.retention).
+            type: dict
+      retention:
+        description:
+          - The retention policy of the second location (the keep options of M(opskit.runbook.s3_rotate),
+            C(keep_within), C(timezone), C(min_keep)), which M(opskit.runbook.s3_rotate) applies there.
+            Default the policy of this location.
+        type: dict
+      on_failure:
+        description: What a failed copy does to the task, V(fail) or V(warn) (the backup stays published).
+        type: str
+        choices: [fail, warn]
+        default: fail
 requirements:
   - boto3 (for s3:// locations)
 """

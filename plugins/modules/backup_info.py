@@ -22,6 +22,11 @@ description:
     directory was renamed) and a backup dated more than 5 minutes in the future (the clock of the
     host that made it was ahead). Neither counts as a series' newest backup, so a future-dated
     backup never hides an RPO breach.
+  - With O(copy_to), the second location is listed too and reported in RV(copy_to) (freshness per location);
+    every series of this location has an entry there (a series the copy lacks has no backups and, with
+    O(max_age), is stale). O(fail_on_stale=true) also fails on a series stale at the copy location. A copy
+    location that cannot be listed is reported in C(copy_to.error), every series stale there, and does not fail
+    the listing of this one.
   - Never changes anything.
 author:
   - opskit.runbook developers (@opskit-runbook)
@@ -137,11 +142,6 @@ series:
       description: True when O(max_age) is set and the newest backup is older.
       type: bool
       returned: always
-  sample:
-    db1-app:
-      count: 7
-      total_size_bytes: 96468992
-      newest_age_seconds: 3605
     wal:
       description:
         - For a series whose newest backup is a PostgreSQL base backup (M(opskit.runbook.pg_backup)
@@ -151,6 +151,11 @@ series:
           and C(history_files).
       type: dict
       returned: for physical series
+  sample:
+    db1-app:
+      count: 7
+      total_size_bytes: 96468992
+      newest_age_seconds: 3605
       newest_verified_age_seconds: 90005
       stale: false
 stale_series:
@@ -251,13 +256,55 @@ backups:
       description: When the last verification ran, or null.
       type: str
       returned: always
+    client_side_encryption:
+      description: V(age) when the backup is encrypted client-side (O(encrypt_recipients)), else V(none).
+      type: str
+      returned: always
+    recipients:
+      description: Fingerprints of the age recipients it is encrypted to (C(sha256:...)), never a key.
+      type: list
+      elements: str
+      returned: always
+    signed:
+      description: True when the manifest carries a signature (O(signing_key)).
+      type: bool
+      returned: always
+    signed_by:
+      description: The OpenSSH SHA256 fingerprint of the key that signed it, or null.
+      type: str
+      returned: always
+    signature_verified:
+      description:
+        - With O(trusted_signing_keys), true when the signature verifies with one of them and false otherwise
+          (unsigned, another key, altered); null without trusted keys (not checked).
+      type: bool
+      returned: always
+    signature_problem:
+      description: Why RV(backups[].signature_verified) is false (one line), else null.
+      type: str
+      returned: always
+    object_lock:
+      description: The Object Lock retention the backup recorded (C(mode), C(retain_until)), or null.
+      type: dict
+      returned: always
+      sample: {mode: GOVERNANCE, retain_until: "2026-12-31T02:00:00Z"}
+copy_to:
+  description:
+    - The report of the O(copy_to) location, with the fields of this result (RV(location), RV(checked_at),
+      RV(series), RV(stale_series), RV(anomalies), RV(backups)) and C(error), why it could not be listed (or null).
+    - RV(series) there has an entry for every series of this location, so the freshness of each series can be
+      read per location (C(series[name].newest_age_seconds), C(stale)).
+  returned: with O(copy_to)
+  type: dict
 """
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.opskit.runbook.plugins.module_utils._engine.copy import copy_report
 from ansible_collections.opskit.runbook.plugins.module_utils._engine.report import backup_report
 from ansible_collections.opskit.runbook.plugins.module_utils._errors import OpsError
 from ansible_collections.opskit.runbook.plugins.module_utils._module import run_module
+from ansible_collections.opskit.runbook.plugins.module_utils._postgres.wal_report import add_wal_report
 from ansible_collections.opskit.runbook.plugins.module_utils._storage.options import (
     location_from_params, storage_argspec)
 
@@ -280,9 +327,13 @@ def main():
         result["changed"] = False
         if params["summary"]:
             result["backups"] = []
-        if params["fail_on_stale"] and result["stale_series"]:
+        if params["copy_to"]:
+            result["copy_to"] = copy_report(location, result, params["series"], params["max_age"], params["summary"])
+        breaches = [", ".join(r["stale_series"]) + (" (at %s)" % r["location"] if params["copy_to"] else "")
+                    for r in (result, result.get("copy_to")) if r and r["stale_series"]]
+        if params["fail_on_stale"] and breaches:
             raise OpsError("RPO breach: newest backup older than %s in series %s"
-                           % (params["max_age"], ", ".join(result["stale_series"])), **result)
+                           % (params["max_age"], "; ".join(breaches)), **result)
         return result
 
     run_module(module, action)
@@ -290,4 +341,3 @@ def main():
 
 if __name__ == "__main__":
     main()
-from ansible_collections.opskit.runbook.plugins.module_utils._postgres.wal_report import add_wal_report

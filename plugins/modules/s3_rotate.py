@@ -142,6 +142,9 @@ notes:
     O(orphan_grace), one listing of its in-flight markers (and one read per live marker) and one
     HeadObject per backup id, to keep a backup that is running or was published meanwhile."
   - On a versioned bucket a deletion leaves noncurrent versions; expire them with a lifecycle rule.
+  - With O(copy_to), the second location is rotated after this one, on its own (its own listing, locks and
+    Object Lock checks), with the policy O(copy_to.retention) when given, else the same policy; its outcome is
+    RV(copy_to). Each location so keeps its own retention.
 seealso:
   - module: opskit.runbook.backup_info
 """
@@ -281,9 +284,6 @@ series:
       type: dict
       returned: success, not in check mode
       sample: {key: db1-app/.opskit-lock, waited_seconds: 0.0, attempts: 1, taken_over: null}
-"""
-
-from ansible.module_utils.basic import AnsibleModule
     wal:
       description:
         - For a series with a WAL archive (M(opskit.runbook.pg_backup) O(opskit.runbook.pg_backup#module:method=physical),
@@ -298,15 +298,38 @@ copy_to:
       RV(series), ...).
   returned: with O(copy_to)
   type: dict
+"""
 
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.opskit.runbook.plugins.module_utils._errors import NotFoundError, OpsError
 from ansible_collections.opskit.runbook.plugins.module_utils._module import run_module
 from ansible_collections.opskit.runbook.plugins.module_utils._retention.apply import diff_lists, rotate
 from ansible_collections.opskit.runbook.plugins.module_utils._retention.policy import RULES, parse_policy
 from ansible_collections.opskit.runbook.plugins.module_utils._storage.options import (
-    location_from_params, storage_argspec)
+    location_from_params, open_copy_location, storage_argspec)
 
 KEEP_OPTIONS = tuple("keep_%s" % rule for rule in RULES)
 POLICY_OPTIONS = KEEP_OPTIONS + ("keep_within", "timezone", "min_keep")
+
+
+def _rotate_copy(params, check_mode, result):
+    """Rotate the copy_to location with copy_to.retention (default: the same policy)."""
+    copy_to = params["copy_to"]
+    retention = copy_to.get("retention") or {name: params[name] for name in POLICY_OPTIONS}
+    policy = parse_policy(**dict({"timezone": "UTC", "min_keep": 1},
+                                 **{k: v for k, v in retention.items() if k in POLICY_OPTIONS}))
+    location = open_copy_location(copy_to)
+    try:
+        return rotate(location, policy, series=params["series"], orphan_grace=params["orphan_grace"],
+                      verified_lookback=params["verified_lookback"], check_mode=check_mode,
+                      lock_timeout=params["lock_timeout"])
+    except NotFoundError as exc:
+        if params["series"]:  # not copied yet (its copy failed and was reported): nothing to rotate there
+            return {"changed": False, "location": location.url, "series": {}, "skipped": exc.msg}
+        raise OpsError("%s rotated; its copy_to location: %s" % (result["location"], exc.msg), **result) from exc
+    except OpsError as exc:
+        raise OpsError("%s rotated; its copy_to location: %s" % (result["location"], exc.msg), **result) from exc
 
 
 def main():
@@ -332,6 +355,9 @@ def main():
                         check_mode=module.check_mode, lock_timeout=params["lock_timeout"])
         if module._diff:
             result["diff"] = diff_lists(result)
+        if params["copy_to"]:  # the second location, with its own policy
+            result["copy_to"] = _rotate_copy(params, module.check_mode, result)
+            result["changed"] = result["changed"] or result["copy_to"].get("changed", False)
         return result
 
     run_module(module, action)

@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from .._errors import ConfigError, IntegrityError, NotFoundError, StorageError
 from .._storage.base import ChangedError
 from .._timeutil import parse_rfc3339, parse_stamp, rfc3339, stamp, utcnow
-from .protection import protection_for
+from .protection import protection_for, protection_summary, relock
 
 MANIFEST_FORMAT = "opskit.runbook/backup"
 MANIFEST_VERSION = 1
@@ -203,7 +203,8 @@ def update_verification(location, manifest, method, result, details=None, now=No
     infrastructure problem (connection refused, CREATE DATABASE denied, a full disk) that says
     nothing about it: over an earlier verdict it is kept as ``last_error`` and the verdict stays.
     The manifest is read again first; if it or any artifact is gone (rotation deleted the backup
-    meanwhile), NotFoundError and nothing is written. The write is conditional (If-Match on the
+    meanwhile), NotFoundError and nothing is written. A backup that recorded an Object Lock
+    retention gets it on the manifest version written here too (protection.relock). The write is conditional (If-Match on the
     ETag on S3, compare-and-rename on file://), so a deleted backup is never brought back.
     """
     if result not in VERIFICATION_RESULTS:
@@ -223,6 +224,7 @@ def update_verification(location, manifest, method, result, details=None, now=No
         payload = _manifest_bytes(updated)
         try:
             location.replace_bytes(key, payload, token, content_type="application/json")
+            relock(location, key, current.get("object_lock"))  # the new version is retained as the first
             return updated
         except NotFoundError as exc:
             raise NotFoundError(gone) from exc
@@ -434,7 +436,7 @@ def summarize(manifest, location, now=None):
     """The record modules return for one backup."""
     now = now or utcnow()
     verification = manifest.get("verification") or {}
-    return {
+    record = {
         "id": manifest["id"],
         "series": manifest["series"],
         "kind": manifest.get("kind"),
@@ -450,3 +452,7 @@ def summarize(manifest, location, now=None):
         "verification": verification.get("result", "unverified"),
         "verified_at": verification.get("verified_at"),
     }
+    record.update(protection_summary(location, manifest))
+    if manifest.get("copies"):  # the outcome of copy_to, on a manifest just published (never stored)
+        record["copies"] = manifest["copies"]
+    return record

@@ -18,21 +18,32 @@ them once per location.
 - Rotation, backup_info and sha256 checks read manifests and stored bytes: they need no key.
 - Object Lock (``object_lock: {mode, days}``, S3 only): each artifact, and the manifest, gets
   a retention of ``days`` from the backup's start as soon as it is written (PutObjectRetention
-  on the version just written), and so does each manifest version a verification writes.
+  on the version just written). Each manifest version a verification writes gets the retention
+  the manifest records (``relock``), whatever the options of the host that verifies.
+- ``days: auto`` (``auto_lock_days``) derives the days from the retention policy (``retention``,
+  the keep_* rules s3_rotate applies): the span of its finest calendar rule (keep_hourly N: N
+  hours, keep_daily N: N days, keep_weekly N: 7 N days, keep_monthly N: 31 N days, keep_yearly N:
+  366 N days), or keep_within if that is longer, rounded up to whole days. A backup that is the
+  newest of its period stays at least that long, so it unlocks when rotation may delete it;
+  coarser rules (a weekly or monthly keeper) keep it longer, unlocked after that span.
 """
 
 from __future__ import annotations
 
 import datetime
+import math
 
 from .._crypto import age, signing
 from .._errors import ConfigError, IntegrityError
-from .._timeutil import rfc3339
+from .._timeutil import Duration, parse_rfc3339, rfc3339, utcnow
 from .streams import CHUNK
 
 PROTECTION_OPTIONS = ("encrypt_recipients", "decrypt_identities", "decrypt_identity_files", "signing_key",
                       "trusted_signing_keys", "object_lock")
 LOCK_MODES = ("GOVERNANCE", "COMPLIANCE")
+# the calendar rules of a retention policy, finest first, with the days one period lasts at most
+CALENDAR_RULES = (("keep_hourly", 1 / 24.0), ("keep_daily", 1), ("keep_weekly", 7), ("keep_monthly", 31),
+                  ("keep_yearly", 366))
 CLIENT_SIDE = ("none", "age")
 AGE_SUFFIX = ".age"
 
@@ -47,8 +58,14 @@ class Protection:
         key = options.get("signing_key")
         self.signing_key = signing.load_signing_key(key) if key else None
         self.trusted = [signing.load_public_key(text) for text in options.get("trusted_signing_keys") or []]
-        self.object_lock = _object_lock(options.get("object_lock"))
         self._identities = None
+        self._object_lock = False  # parsed on first use: a restore with days=auto and no retention needs none
+
+    @property
+    def object_lock(self):
+        if self._object_lock is False:
+            self._object_lock = object_lock_option(self.options.get("object_lock"))
+        return self._object_lock
 
     @property
     def encrypting(self):
@@ -86,7 +103,10 @@ class Protection:
         location.call("setting the Object Lock retention of %s" % location.url_for(key), "put_object_retention",
                       Bucket=location.bucket, Key=location.full_key(key),
                       Retention={"Mode": self.object_lock["mode"], "RetainUntilDate": until})
-        return {"mode": self.object_lock["mode"], "retain_until": rfc3339(until)}
+        record = {"mode": self.object_lock["mode"], "retain_until": rfc3339(until), "days": self.object_lock["days"]}
+        if self.object_lock.get("auto"):
+            record["days_from"] = "retention"
+        return record
 
     def sign(self, manifest):
         return signing.sign(manifest, self.signing_key) if self.signing_key else manifest
@@ -127,15 +147,65 @@ class Protection:
         return found
 
 
-def _object_lock(value):
+def object_lock_option(value, option="object_lock"):
+    """{"mode", "days"} from the option (``days`` a whole number, or ``auto`` with ``retention``)."""
     if not value:
         return None
     mode, days = value.get("mode"), value.get("days")
     if mode not in LOCK_MODES:
-        raise ConfigError("object_lock: mode %r is not one of %s" % (mode, ", ".join(LOCK_MODES)))
+        raise ConfigError("%s: mode %r is not one of %s" % (option, mode, ", ".join(LOCK_MODES)))
+    if days == "auto":
+        return {"mode": mode, "days": auto_lock_days(value.get("retention"), option), "auto": True}
+    if isinstance(days, str) and days.strip().isdigit():
+        days = int(days)
     if isinstance(days, bool) or not isinstance(days, int) or days < 1:
-        raise ConfigError("object_lock: days must be a whole number of days, at least 1 (got %r)" % (days,))
+        raise ConfigError("%s: days must be a whole number of days, at least 1, or auto (got %r)" % (option, days))
     return {"mode": mode, "days": days}
+
+
+def auto_lock_days(policy, option="object_lock"):
+    """The days of ``days: auto``: see the module docstring."""
+    if not isinstance(policy, dict) or not policy:
+        raise ConfigError("%s: days=auto needs the retention policy (retention: the keep_* rules s3_rotate"
+                          " applies to the location)" % option)
+    span = 0.0
+    for rule, period in CALENDAR_RULES:
+        count = policy.get(rule)
+        if count in (None, 0, "0"):
+            continue
+        if str(count).strip() == "-1":
+            raise ConfigError("%s: days=auto cannot follow %s=-1 (kept forever): give days" % (option, rule))
+        try:
+            span = int(count) * period
+        except (TypeError, ValueError) as exc:
+            raise ConfigError("%s: retention %s=%r is not a number" % (option, rule, count)) from exc
+        break
+    if policy.get("keep_within"):
+        now = utcnow()
+        within = Duration.parse(policy["keep_within"], "keep_within")
+        span = max(span, (now - within.before(now)).total_seconds() / 86400.0)
+    if span <= 0:
+        raise ConfigError("%s: days=auto derives from keep_within or a keep_hourly/daily/weekly/monthly/yearly"
+                          " rule, and the retention has none (keep_last alone says nothing about time): give days"
+                          % option)
+    return max(1, int(math.ceil(span - 1e-9)))
+
+
+def relock(location, key, recorded):
+    """Give the current version of ``key`` the retention a manifest records (``object_lock``:
+    {mode, retain_until}), when that date is still ahead; returns it or None."""
+    if location.scheme != "s3" or not isinstance(recorded, dict) or recorded.get("mode") not in LOCK_MODES:
+        return None
+    try:
+        until = parse_rfc3339(recorded["retain_until"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    if until <= utcnow():
+        return None
+    location.call("setting the Object Lock retention of %s" % location.url_for(key), "put_object_retention",
+                  Bucket=location.bucket, Key=location.full_key(key),
+                  Retention={"Mode": recorded["mode"], "RetainUntilDate": until})
+    return {"mode": recorded["mode"], "retain_until": rfc3339(until)}
 
 
 def _unique(recipients):
@@ -157,6 +227,31 @@ def protection_for(location):
         except AttributeError:  # pragma: no cover - a location with __slots__
             pass
     return found
+
+
+def protection_summary(location, manifest):
+    """What backup_info shows of a backup's protection: client-side encryption and its recipients'
+    fingerprints, the signature's key and, with trusted_signing_keys, whether it verifies, and the
+    Object Lock retention the backup recorded. Reads nothing but the manifest; never raises."""
+    encryption = manifest.get("encryption") or {}
+    sig = manifest.get("signature") if isinstance(manifest.get("signature"), dict) else None
+    out = {"client_side_encryption": encryption.get("client_side") or "none",
+           "recipients": list(recipients_of(manifest)),
+           "signed": bool(sig and sig.get("value")),
+           "signed_by": sig.get("key_id") if sig else None,
+           "signature_verified": None, "signature_problem": None,
+           "object_lock": None}
+    trusted = protection_for(location).trusted
+    if trusted:
+        try:
+            signing.check(manifest, trusted)
+            out["signature_verified"] = True
+        except IntegrityError as exc:
+            out.update(signature_verified=False, signature_problem=exc.msg)
+    lock = manifest.get("object_lock")
+    if isinstance(lock, dict):
+        out["object_lock"] = {"mode": lock.get("mode"), "retain_until": lock.get("retain_until")}
+    return out
 
 
 def client_side(manifest):

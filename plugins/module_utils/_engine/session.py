@@ -13,6 +13,7 @@ from .artifacts import ArtifactWriter
 from .catalog import (DEFAULT_INFLIGHT_TIMEOUT, inflight, inflight_key, manifest_key, missing_artifacts, new_backup_id,
                       new_manifest, validate_series, write_inflight, write_manifest)
 from .compression import COMPRESSION_EXT, validate_compression
+from .copy import check_copy_target, copy_published
 from .lock import holder_is_dead, this_process
 from .protection import AGE_SUFFIX, protection_for
 from .streams import CHUNK
@@ -56,6 +57,7 @@ class BackupSession:
         self.removed_markers = []
         self.manifest_tried = False
         self.locked = None  # the Object Lock retention of the artifacts (object_lock)
+        self.copies = []  # the outcome of copy_to (copy.copy_published)
         self.warnings = []
 
     def key(self, ext, name=None):
@@ -70,6 +72,7 @@ class BackupSession:
         key = self.key(ext, name)
         if self.marker is None:
             self.protection.check_lock_target(self.location)  # before anything is written
+            check_copy_target(self.location)  # copy_to: writable (and lockable) before anything is written
             self._remove_stale_markers()
             write_inflight(self.location, self.series, self.id, utcnow(), self.inflight_timeout, this_process())
             self.marker = inflight_key(self.series, self.id)
@@ -91,6 +94,8 @@ class BackupSession:
             self.companions.append(record)
 
     def publish(self, source=None, tools=None, extra=None):
+        """Write the manifest; then copy the backup to copy_to, if set. Returns the manifest, with
+        ``copies`` (not stored: the outcome of each copy) when there is a copy_to."""
         if self.main is None:
             raise OpsError("no artifact was written")
         records = [self.main] + self.companions
@@ -113,7 +118,8 @@ class BackupSession:
         self.protection.lock(self.location, manifest_key(self.series, self.id), self.created)
         self.published = manifest
         self._remove_marker()
-        return manifest
+        self.copies = copy_published(self.location, manifest, self.warnings)  # fail: raises, still published
+        return dict(manifest, copies=self.copies) if self.copies else manifest
 
     def abort(self):
         """Abort open writers; remove the manifest if its write was tried (an ambiguous write may

@@ -6,7 +6,9 @@
 ``storage_argspec()`` is the shared argument spec (doc fragment ``opskit.runbook.storage``);
 ``open_location(url, **options)`` returns the backend for file:///dir or s3://bucket/prefix.
 ``location_from_params`` also hands the protection options (age encryption, manifest
-signatures) to the engine as ``location.protection_options`` (see _engine/protection.py).
+signatures) to the engine as ``location.protection_options`` (see _engine/protection.py), and
+``copy_to`` (a second location, see _engine/copy.py) as ``location.copy_to_options``;
+``open_copy_location`` opens that second location with its own credentials.
 """
 
 from __future__ import annotations
@@ -44,9 +46,23 @@ PROTECTION_ARGSPEC = dict(
     trusted_signing_keys=dict(type="list", elements="str", no_log=False),
     object_lock=dict(type="dict", options=dict(
         mode=dict(type="str", required=True, choices=["GOVERNANCE", "COMPLIANCE"]),
-        days=dict(type="int", required=True),
+        days=dict(type="raw", required=True),  # a number of days, or "auto" (from retention)
+        retention=dict(type="dict"),  # the keep_* rules of s3_rotate, for days=auto
     )),
 )
+# copy_to: the second location, with its own endpoint and credentials (never the primary's, never
+# the AWS_* environment variables of the primary: boto3's own chain applies when none are given).
+COPY_CONNECTION_OPTIONS = ("endpoint_url", "region", "access_key", "secret_key", "session_token", "storage_class",
+                           "server_side_encryption", "sse_kms_key_id", "validate_certs", "ca_bundle",
+                           "addressing_style")
+COPY_TO_ARGSPEC = dict(copy_to=dict(type="dict", options=dict(
+    {name: {k: v for k, v in STORAGE_ARGSPEC[name].items() if k not in ("fallback", "aliases")}
+     for name in COPY_CONNECTION_OPTIONS},
+    location=dict(type="str", required=True),
+    object_lock=copy.deepcopy(PROTECTION_ARGSPEC["object_lock"]),
+    retention=dict(type="dict"),
+    on_failure=dict(type="str", default="fail", choices=["fail", "warn"]),
+)))
 LOCATION_ARGSPEC = dict(location=dict(type="str", required=True, aliases=["destination"]))
 WRITE_ARGSPEC = dict(
     compression=dict(type="str", default="zstd", choices=["zstd", "gzip", "none"]),
@@ -60,6 +76,7 @@ def storage_argspec(write=False, **extra):
     spec = copy.deepcopy(LOCATION_ARGSPEC)
     spec.update(copy.deepcopy(STORAGE_ARGSPEC))
     spec.update(copy.deepcopy(PROTECTION_ARGSPEC))
+    spec.update(copy.deepcopy(COPY_TO_ARGSPEC))
     if write:
         spec.update(copy.deepcopy(WRITE_ARGSPEC))
     spec.update(extra)
@@ -90,4 +107,17 @@ def location_from_params(params):
     """open_location() from a module's params, with its protection options."""
     location = open_location(params["location"], **{k: params.get(k) for k in STORAGE_OPTION_NAMES})
     location.protection_options = {k: params.get(k) for k in PROTECTION_ARGSPEC}
+    location.copy_to_options = params.get("copy_to") or None
+    return location
+
+
+def open_copy_location(options):
+    """The copy_to location of ``options`` (the copy_to dict), with its own connection options and
+    its own Object Lock (``protection_options``: only ``object_lock``; a copy is byte for byte, so
+    it needs no key)."""
+    location = open_location(options.get("location"), **{k: options.get(k) for k in COPY_CONNECTION_OPTIONS})
+    lock = options.get("object_lock")
+    if lock and lock.get("days") == "auto" and not lock.get("retention"):
+        lock = dict(lock, retention=options.get("retention"))
+    location.protection_options = {"object_lock": lock}
     return location

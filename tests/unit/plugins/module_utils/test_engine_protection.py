@@ -219,7 +219,7 @@ def test_object_lock_retains_every_object_of_the_backup(tmp_path):
     start = datetime.datetime(2026, 12, 1, 2, 0, 0, 500000, tzinfo=datetime.timezone.utc)
     manifest = _backup(store, now=start)
     until = datetime.datetime(2026, 12, 31, 2, 0, 0, tzinfo=datetime.timezone.utc)
-    assert manifest["object_lock"] == {"mode": "COMPLIANCE", "retain_until": "2026-12-31T02:00:00Z"}
+    assert manifest["object_lock"] == {"mode": "COMPLIANCE", "retain_until": "2026-12-31T02:00:00Z", "days": 30}
     assert sorted(key for _m, key, _r in store.calls) == sorted(
         ["db/" + manifest["artifact"], "db/" + manifest["companions"][0]["key"], "db/%s.manifest.json" % manifest["id"]])
     assert {(m, r["Mode"], r["RetainUntilDate"]) for m, _k, r in store.calls} == {("put_object_retention", "COMPLIANCE", until)}
