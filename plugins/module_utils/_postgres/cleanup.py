@@ -38,7 +38,6 @@ SCRATCH_RE = re.compile(r"^opskit_verify_(\d{9,11})_[0-9a-f]{8}$")
 STALE_SCRATCH_SECONDS = 15 * 60
 TEMP_PREFIXES = ("opskit-pgpass-", "opskit-pgdump-", "opskit-pgrestore-")
 TEMP_RE = re.compile(r"^(?:%s)(\d+)-" % "|".join(re.escape(p) for p in TEMP_PREFIXES))
-OWNER_MARK = b"pg_backup"  # in the command line of a live owner (AnsiballZ_pg_backup.py)
 SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 STAGE, RETIRED, PREVIOUS = "stage", "retired", "previous"
 STAGED_RE = re.compile(r"^opskit_(stage|retired|previous)_(\d{9,11})_[0-9a-f]{8}_")
@@ -80,15 +79,28 @@ def scratch_name(now=None):
     return "%s%d_%s" % (SCRATCH_PREFIX, int(time.time() if now is None else now), secrets.token_hex(4))
 
 
-def _owner_alive(pid):
-    """Whether ``pid`` is a running pg_backup (a reused pid of another program is not)."""
+def _started_at(pid):
+    """The wall-clock time process ``pid`` started (from /proc), or None when it is not running."""
     try:
-        with open("/proc/%d/cmdline" % pid, "rb") as fh:
-            return OWNER_MARK in fh.read()
+        with open("/proc/%d/stat" % pid) as fh:
+            ticks = int(fh.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/stat") as fh:
+            boot = int(next(line.split()[1] for line in fh if line.startswith("btime ")))
     except FileNotFoundError:
-        return False
-    except OSError:  # not ours to read: someone else's process, not a leftover of ours
-        return True
+        return None
+    except (OSError, ValueError, IndexError, StopIteration):
+        return 0.0  # not ours to read, or an odd /proc: count it as the owner, remove nothing
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _owner_alive(pid, created):
+    """Whether ``pid``, named in a temporary created at ``created``, is still its owner: a
+    process with that pid runs and started before the file was made (a pid is never reused
+    while its process lives; a reused one started later). The command line says nothing: with
+    pipelining a module runs as a bare ``python3``. /proc's boot time has whole seconds, so two
+    seconds of slack, which can only keep a leftover for the next run."""
+    started = _started_at(pid)
+    return started is not None and started <= created + 2
 
 
 def leftover_temporaries(dirs, alive=_owner_alive, uid=None):
@@ -106,7 +118,8 @@ def leftover_temporaries(dirs, alive=_owner_alive, uid=None):
             if not match or int(match.group(1)) == os.getpid():
                 continue
             try:
-                if os.lstat(path).st_uid != uid or alive(int(match.group(1))):
+                info = os.lstat(path)
+                if info.st_uid != uid or alive(int(match.group(1)), info.st_ctime):
                     continue
             except OSError:
                 continue

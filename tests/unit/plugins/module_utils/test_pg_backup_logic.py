@@ -499,8 +499,27 @@ def test_leftover_temporaries_are_those_of_dead_owners(tmp_path):
     (tmp_path / ("opskit-pgdump-%d-mine" % os.getpid())).mkdir()   # this run's own
     (tmp_path / "opskit-pgpass-legacy").write_text("x")             # no pid: left alone
     (tmp_path / "other-111-x").write_text("x")
-    found = pcl.leftover_temporaries([str(tmp_path), None], alive=lambda pid: pid == 222)
+    found = pcl.leftover_temporaries([str(tmp_path), None], alive=lambda pid, created: pid == 222)
     assert found == [str(tmp_path / "opskit-pgpass-111-abc")]
+
+
+def test_the_owner_of_a_temporary_is_the_process_that_started_before_it(tmp_path):
+    """A live owner whose command line does not name pg_backup (a pipelined module is a bare
+    python3) keeps its files; a pid that started after the file was made is a reused one."""
+    import subprocess
+    import time
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        time.sleep(0.05)
+        assert pcl._owner_alive(child.pid, time.time()) is True         # made by it, after it started
+        assert pcl._owner_alive(child.pid, time.time() - 3600) is False  # older than the process: a reused pid
+        (tmp_path / ("opskit-pgpass-%d-abc" % child.pid)).write_text("x")
+        assert pcl.leftover_temporaries([str(tmp_path)]) == []
+    finally:
+        child.kill()
+        child.wait()
+    assert pcl._owner_alive(child.pid, time.time()) is False
+    assert pcl.leftover_temporaries([str(tmp_path)]) == [str(tmp_path / ("opskit-pgpass-%d-abc" % child.pid))]
 
 
 def test_terminable_turns_sigterm_into_interrupted_and_restores_the_handler():
