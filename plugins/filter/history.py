@@ -27,7 +27,9 @@ from ansible_collections.opskit.runbook.plugins.module_utils._timeutil import rf
 
 DEFAULT_DAYS = 90
 DEFAULT_RUNS = 500
-WIDTH, LEFT, RIGHT = 640, 74, 12
+WIDTH = 640
+LEFT = 74
+RIGHT = 12
 STATE_COLOURS = {"OK": PALETTE["ok"], "passed": PALETTE["ok"], "WARNING": "#ef6c00", "CRITICAL": PALETTE["bad"],
                  "failed": PALETTE["bad"], "UNKNOWN": "#757575"}
 

@@ -280,7 +280,7 @@ options:
     type: str
   wal_helper:
     description:
-      - The C(opskit-wal) command that fetches WAL, as a list (the program and C(--config FILE)),
+      - The C(opskit-wal) command that fetches WAL, as a list (the Python interpreter, the script and C(--config FILE)),
         written into C(restore_command) with C(fetch %f %p) appended. Its config file holds the
         location and credentials (mode 0600), so no secret reaches postgresql.conf.
     type: list
@@ -403,7 +403,7 @@ EXAMPLES = r"""
     method: physical
     series: db1-physical
     target_time: "2026-12-01T14:30:00Z"
-    wal_helper: [/usr/local/lib/opskit/opskit-wal, --config, /etc/opskit/wal.json]
+    wal_helper: [/usr/bin/python3, /usr/local/lib/opskit/opskit-wal, --config, /etc/opskit/wal.json]
     data_owner: postgres
     user: postgres
     password: "{{ vault_pg_password }}"

@@ -105,7 +105,7 @@ def test_copy_to_second_location_rotate_report_and_restore_after_losing_the_firs
     created = datetime.datetime.strptime(again["created_at"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.timezone.utc)
     assert lock["days"] == 7 and lock["days_from"] == "retention"
     assert _until(s3, primary, manifest_key) == ("GOVERNANCE", created + datetime.timedelta(days=7))
-    versions = [v for v in s3.client.list_object_versions(Bucket=primary, Prefix=manifest_key)["Versions"]]
+    versions = list(s3.client.list_object_versions(Bucket=primary, Prefix=manifest_key)["Versions"])
     verified = [v for v in versions if b'"passed"' in s3.client.get_object(
         Bucket=primary, Key=manifest_key, VersionId=v["VersionId"])["Body"].read()]
     assert len(versions) == 2 and len(verified) == 1  # the record is a new version, locked as the first
@@ -152,7 +152,8 @@ def test_copy_to_second_location_rotate_report_and_restore_after_losing_the_firs
 
     # the disaster: the first bucket is gone; restore from the second location
     _drop_bucket(s3, primary)
-    offsite = dict(s3_args(s3, second, prefix="offsite"), access_key=copy_to["access_key"], secret_key=copy_secret)
+    offsite = s3_args(s3, second, prefix="offsite")
+    offsite.update(access_key=copy_to["access_key"], secret_key=copy_secret)
     res = run_playbook(play(task("restore from the copy", state="restored", series="cp-db", target_database=restored_db,
                                  create=True, **conn(pg), **offsite)))
     assert ok(res.task("restore from the copy"))["backup"]["id"] == again["id"]

@@ -161,4 +161,3 @@ def test_the_run_lock_holds_on_an_object_lock_bucket_of_radosgw(radosgw):
     assert location.delete_if("db/.opskit-lock", held) is True
     again = location.create_exclusive("db/.opskit-lock", b"run B")
     assert location.read_versioned("db/.opskit-lock") == (b"run B", again)
-

@@ -637,7 +637,7 @@ def test_example_inventory_health_checks_parse_and_carry_the_seeds_targets(run_p
         assert checks["app errors"]["thresholds"]["matches"]["warning"] == 0
         assert checks["tls"]["thresholds"]["days_left"]["warning"] == "30:"
         assert [c["name"] for c in result["checks"]] == list(checks), group  # every check was run and reported
-    for task, words in (("misspelled", ["checks.metirc"]), ("one sample", ["api", "p95_ms", "samples"])):
+    for task, words in (("misspelled", ["checks[1]", "gitlab rate limit", "metirc"]), ("one sample", ["api", "p95_ms", "samples"])):
         bad = run.task(task)
         assert bad["_status"] == "failed" and "\n" not in bad["msg"].strip(), bad.get("msg")
         assert all(word in bad["msg"] for word in words), bad["msg"]

@@ -49,7 +49,8 @@ def copy_target(location):
     found = getattr(location, "_copy_target", None)
     if found is None:
         found = open_copy_location(options)
-        protection_for(found).object_lock  # pylint: disable=expression-not-assigned  (a bad one fails here)
+        # a bad object_lock fails here
+        protection_for(found).object_lock  # pylint: disable=expression-not-assigned
         location._copy_target = found  # pylint: disable=protected-access
     return found
 

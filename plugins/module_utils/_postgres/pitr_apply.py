@@ -61,7 +61,7 @@ def restore_command(helper):
     """``<helper argv> fetch %f %p``, each word shell-quoted and every % of it doubled."""
     if not helper:
         raise ConfigError("wal_helper is required to restore a physical backup: the opskit-wal command that"
-                          " fetches WAL (for example [/usr/local/lib/opskit/opskit-wal, --config, /etc/opskit/wal.json])")
+                          " fetches WAL (for example [/usr/bin/python3, /usr/local/lib/opskit/opskit-wal, --config, /etc/opskit/wal.json])")
     return " ".join(shlex.quote(str(word)).replace("%", "%%") for word in helper) + " fetch %f %p"
 
 
@@ -239,14 +239,13 @@ def _drill(location, params, base, target, context):
     details = dict(recovery, target=target["text"], queries=checks)
     verification = _record(location, base, "passed" if passed else "failed", details)
     result = {"changed": True, "plan": plan, "backup": summarize(base, location), "recovery": recovery,
-              "verification": verification,
-              "msg": "drill of base backup %s to %s %s: recovered to %s (%s) in %.1f s" % (
-                  base["id"], target["text"], "passed" if passed else "FAILED", recovery["recovered_lsn"],
-                  recovery["recovered_time"], recovery["rto_seconds"])}
+              "verification": verification}
+    message = "drill of base backup %s to %s %s: recovered to %s (%s) in %.1f s" % (
+        base["id"], target["text"], "passed" if passed else "FAILED", recovery["recovered_lsn"],
+        recovery["recovered_time"], recovery["rto_seconds"])
     if not passed:
-        message = result.pop("msg") + ": " + "; ".join(c["message"] for c in checks if not c["passed"])
-        raise ServiceError(message, **result)
-    return result
+        raise ServiceError(message + ": " + "; ".join(c["message"] for c in checks if not c["passed"]), **result)
+    return dict(result, msg=message)
 
 
 def _record(location, base, result, details):

@@ -3,8 +3,8 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """opskit-wal: the archive_command and restore_command of a physical series.
 
-    opskit-wal --config /etc/opskit/wal.json push %p %f      (archive_command)
-    opskit-wal --config /etc/opskit/wal.json fetch %f %p     (restore_command)
+    python3 opskit-wal --config /etc/opskit/wal.json push %p %f      (archive_command)
+    python3 opskit-wal --config /etc/opskit/wal.json fetch %f %p     (restore_command)
 
 The config file (JSON, mode 0600, owned by the server's user) holds the location, the series
 and the storage options with their credentials, so that no secret is ever on a command line or
