@@ -129,7 +129,8 @@ def test_severities_heartbeat_and_metrics_then_a_failing_daily(run_playbook, tmp
         daily = dict(extra, opskit_location="file://%s/backups" % tmp_path, opskit_series_prefix="t-",
                      opskit_lock_dir=str(tmp_path / "locks"), opskit_disk_paths=[str(tmp_path)],
                      opskit_directories=[{"name": "etc-app", "path": str(conf)},
-                                         {"name": "gone-app", "path": str(tmp_path / "gone-app")}])
+                                         {"name": "gone-app", "path": str(tmp_path / "gone-app")}],
+                     opskit_copy_to={"location": "file://%s/copy" % tmp_path})  # the rules read its location="copy" series too
         run = run_playbook(playbook("daily"), daily, env=VERBOSE)
     assert run.rc != 0
     assert "daily run failed on localhost: backups of localhost failed: directory gone-app: " in run.stdout, run.stdout[-3000:]

@@ -11,13 +11,17 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import re
 import secrets
 import subprocess
+
+import yaml
 
 from ansible_collections.opskit.runbook.plugins.module_utils._engine.catalog import list_backups
 from ansible_collections.opskit.runbook.plugins.module_utils._engine.session import BackupSession
 from ansible_collections.opskit.runbook.plugins.module_utils._storage.file import FileLocation
 
+from alert_fixtures import RULES, annotations, promtool, samples
 from roles_fixtures import conn as role_conn, playbook, reports
 from test_pg_backup import conn, failed, name, ok, play, s3_args, task
 
@@ -165,30 +169,43 @@ def test_daily_copies_signed_backups_and_the_drill_restores_from_the_copy_refusi
         run_playbook, pg, tmp_path):
     """The backup role with copy_to and signing keys, then the drill from the second location
     with trusted_signing_keys: one database restores and verifies from the copy, the other's
-    planted (unsigned, valid sha256) newer backup is refused with one line naming it."""
-    shops = [name("cp_shop"), name("cp_other")]
+    planted (unsigned, valid sha256) newer backup is refused with one line naming it. A third
+    database whose copies fail (on_failure: warn) is fresh at the primary but stale at the copy:
+    the daily run fails on the RPO at the copy, the HTML report shows the copy location's
+    freshness per series, and the metrics carry location="copy" series that OpskitBackupStale
+    fires on (promtool on the exported files)."""
+    shops = [name("cp_shop"), name("cp_other"), name("cp_nocopy")]
     for db in shops:
         pg.createdb(db)
         pg.psql("CREATE TABLE orders (id int PRIMARY KEY, total numeric);"
                 " INSERT INTO orders SELECT g, g * 1.5 FROM generate_series(1, 300) g;", db=db)
     private, public = _ed25519(tmp_path)
-    offsite = tmp_path / "offsite"
+    offsite, metrics = tmp_path / "offsite", tmp_path / "metrics"
+    offsite.mkdir()
+    metrics.mkdir()
+    nocopy = "t-pg-%s" % shops[2]
+    (offsite / nocopy).write_text("not a directory\n")  # the copies of this series fail
     extra = {
         "opskit_location": "file://%s/backups" % tmp_path, "opskit_report_dir": str(tmp_path / "reports"),
         "opskit_series_prefix": "t-", "opskit_postgres": role_conn(pg), "opskit_disk_paths": [str(tmp_path)],
-        "opskit_lock_dir": str(tmp_path / "locks"),
+        "opskit_lock_dir": str(tmp_path / "locks"), "opskit_metrics_dir": str(metrics),
         "opskit_databases": [{"name": shops[0], "verify_queries": [
-            {"name": "orders", "query": "SELECT count(*) FROM orders", "expect": "300"}]}, {"name": shops[1]}],
+            {"name": "orders", "query": "SELECT count(*) FROM orders", "expect": "300"}]}, {"name": shops[1]},
+            {"name": shops[2]}],
         "opskit_storage_options": {"signing_key": private, "trusted_signing_keys": [public]},
-        "opskit_copy_to": {"location": "file://%s" % offsite},
+        "opskit_copy_to": {"location": "file://%s" % offsite, "on_failure": "warn"},
         "opskit_copy_retention": {"keep_last": 3},
     }
     run = run_playbook(playbook("daily"), extra)
-    assert run.rc == 0, run.stdout[-3000:]
+    assert run.rc != 0
+    assert "RPO breach (24h): %s is stale at file://%s" % (nocopy, offsite) in run.stdout, run.stdout[-3000:]
     daily = reports(tmp_path / "reports", "daily")[-1]
-    assert daily["copy_location"] == "file://%s" % offsite and daily["copy_stale"] == []
-    assert {r["series"]: r["id"] for r in daily["copy_backups"]} == {r["series"]: r["id"] for r in daily["backups"]}
-    assert len(daily["copy_backups"]) == 2
+    assert daily["copy_location"] == "file://%s" % offsite and daily["copy_stale"] == [nocopy]
+    copies = {r["series"]: r["id"] for r in daily["copy_backups"]}
+    assert copies == dict({r["series"]: r["id"] for r in daily["backups"]}, **{nocopy: None})
+    assert len(copies) == 3 and not daily["stale"]  # fresh at the primary
+    _check_copy_html(tmp_path / "reports", offsite, copies, nocopy)
+    _check_copy_metrics(metrics, tmp_path, daily, nocopy)
     series = "t-pg-%s" % shops[1]
     copied = FileLocation(str(offsite))
     signed = list_backups(copied, series)[series][0]
@@ -210,3 +227,47 @@ def test_daily_copies_signed_backups_and_the_drill_restores_from_the_copy_refusi
         in error and "\n" not in error
     verified = list_backups(copied, "t-pg-%s" % shops[0])["t-pg-%s" % shops[0]][0]
     assert verified["verification"]["result"] == "passed"  # recorded at the copy it was restored from
+    assert assets[shops[2]]["error"] == "series %s has no backups at file://%s" % (nocopy, offsite)
+
+
+def _check_copy_html(report_dir, offsite, copies, nocopy):
+    """The daily HTML page: the copy location's URL and one row per series (newest at the copy,
+    age, stale/ok)."""
+    (html,) = [p for p in sorted(report_dir.glob("daily-*.html"))][-1:]
+    page = html.read_text()
+    assert '<code id="copy-url">file://%s</code>' % offsite in page
+    table = page.split('<table id="copy-table">', 1)[1].split("</table>", 1)[0]
+    rows = {re.search(r"<td>([^<]+)</td>", r).group(1): r for r in table.split("<tr>")[2:]}
+    assert sorted(rows) == sorted(copies)
+    for series, backup_id in copies.items():
+        row = rows[series]
+        assert "<td>postgres</td><td>%s</td>" % (backup_id or "none") in row, row
+        assert ('class="bad">stale</td>' if series == nocopy else 'class="ok">ok</td>') in row, row
+        assert (re.search(r"</td><td>[0-9.]+ (s|min|h)</td>", row) is None) == (series == nocopy), row  # the age
+    assert "Stale or missing at the copy location file://%s: %s" % (offsite, nocopy) in page
+
+
+def _check_copy_metrics(metrics, workdir, daily, nocopy):
+    """opskit_backup.prom: the primary's series unchanged, location="copy" series beside them;
+    OpskitBackupStale fires on the exported series for the one stale only at the copy."""
+    prom = (metrics / "opskit_backup.prom").read_text()
+    for row in daily["backups"]:
+        labels = 'host="localhost",series="%s",kind="postgres"' % row["series"]
+        assert 'opskit_backup_stale{%s,rpo="24h"} 0\n' % labels in prom
+        copy_stale = 'opskit_backup_stale{%s,rpo="24h",location="copy"} ' % labels
+        assert copy_stale + ("1\n" if row["series"] == nocopy else "0\n") in prom
+        copied_at = 'opskit_backup_last_success_timestamp_seconds{%s,location="copy"} ' % labels
+        assert (copied_at in prom) == (row["series"] != nocopy)
+    exported = [s for s in samples(metrics) if s[0].startswith("opskit_backup_")]
+    test = {"rule_files": [RULES], "evaluation_interval": "1m", "tests": [{
+        "interval": "1m",
+        "input_series": [{"series": "%s{%s}" % (n, ",".join('%s="%s"' % kv for kv in sorted(lab.items()))),
+                          "values": "%sx20" % v} for n, lab, v in exported],
+        "alert_rule_test": [{"eval_time": "10m", "alertname": "OpskitBackupStale", "exp_alerts": [
+            {"exp_labels": {"severity": "critical", "host": "localhost", "series": nocopy, "kind": "postgres",
+                            "rpo": "24h", "location": "copy"},
+             "exp_annotations": annotations("OpskitBackupStale", series=nocopy, host="localhost", rpo="24h")}]}]}]}
+    path = workdir / "copy.test.yml"
+    path.write_text(yaml.safe_dump(test))
+    tested = promtool("test", "rules", str(path), cwd=str(workdir))
+    assert tested.returncode == 0, tested.stdout + tested.stderr
