@@ -5,6 +5,7 @@
 
     python3 opskit-wal --config /etc/opskit/wal.json push %p %f      (archive_command)
     python3 opskit-wal --config /etc/opskit/wal.json fetch %f %p     (restore_command)
+    python3 opskit-wal --config /etc/opskit/wal.json receive         (pg_receivewal, see receivewal.py)
 
 The config file (JSON, mode 0600, owned by the server's user) holds the location, the series
 and the storage options with their credentials, so that no secret is ever on a command line or
@@ -22,9 +23,10 @@ import sys
 
 from .._errors import IntegrityError, NotFoundError, OpsError
 from .._storage.options import PROTECTION_ARGSPEC, STORAGE_OPTION_NAMES, open_location
+from .receivewal import receive
 from .wal import fetch, push
 
-USAGE = "usage: opskit-wal --config FILE push PATH NAME | fetch NAME PATH"
+USAGE = "usage: opskit-wal --config FILE push PATH NAME | fetch NAME PATH | receive"
 EXIT_RETRY, EXIT_ABORT = 1, 126
 
 
@@ -53,13 +55,17 @@ def location_of(config):
 
 def run(argv, err=sys.stderr):
     """Run one command; return the exit code, with one line on ``err`` when it is not 0."""
-    if len(argv) != 5 or argv[0] != "--config" or argv[2] not in ("push", "fetch"):
+    if len(argv) == 3 and argv[0] == "--config" and argv[2] == "receive":
+        argv = argv + ["-", "-"]
+    if len(argv) != 5 or argv[0] != "--config" or argv[2] not in ("push", "fetch", "receive"):
         err.write(USAGE + "\n")
         return EXIT_RETRY
     command, first, second = argv[2], argv[3], argv[4]
     try:
         config = load_config(argv[1])
         location = location_of(config)
+        if command == "receive":
+            return receive(config, location, err)
         if command == "push":
             push(location, config["series"], first, second, config.get("compression") or "zstd",
                  config.get("compression_level"))

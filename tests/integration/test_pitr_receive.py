@@ -1,0 +1,181 @@
+# -*- coding: utf-8 -*-
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""WAL archiving with ``opskit-wal receive`` (pg_receivewal from a replication slot) against a real
+PostgreSQL 15 cluster: segments at the location with their sha256, a SIGKILL of the receiver loses
+nothing acknowledged (a drill to latest through pg_backup holds every row), and in synchronous mode
+a commit does not return while the receiver is stopped."""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+
+from harness import PG_BIN, _tail
+from pitr_fixtures import SYSTEM_PYTHON, ArchivingCluster, install_helper
+from test_pg_backup import ok, play
+
+SERIES = "pitr-recv"
+APP = "opskit_wal_receive"
+
+
+class Receiver:
+    """``opskit-wal receive`` as a process of the server's user (the role runs it under systemd)."""
+
+    def __init__(self, cluster, synchronous):
+        self.cluster = cluster
+        self.directory = os.path.join(cluster.root, "receive")
+        self.log = os.path.join(cluster.root, "receive.log")
+        receive = dict(directory=self.directory, slot="opskit_test", synchronous=synchronous, bin_dir=PG_BIN,
+                       pg=dict(host=cluster.host, port=cluster.port, user=cluster.user, password=cluster.password))
+        self.argv = install_helper(os.path.join(cluster.root, "rhelper"), "file://" + cluster.store, SERIES,
+                                   cluster.account, receive=receive) + ["receive"]
+        self.proc = None
+
+    def start(self):
+        account = self.cluster.account
+        ids = dict(user=account.pw_uid, group=account.pw_gid, extra_groups=[]) if account else {}
+        self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=open(self.log, "a"),
+                                     stderr=subprocess.STDOUT, cwd="/", **ids)
+        self.wait_streaming()
+
+    def wait_streaming(self, timeout=30):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.cluster.psql("SELECT count(*) FROM pg_stat_replication WHERE application_name = '%s'"
+                                 " AND state = 'streaming'" % APP) == "1":
+                return
+            assert self.proc.poll() is None, _tail(self.log)
+            time.sleep(0.05)
+        raise AssertionError("the receiver is not streaming\n" + _tail(self.log))
+
+    def signal(self, signum):
+        self.proc.send_signal(signum)
+        assert self.proc.wait(timeout=30) == (0 if signum == signal.SIGTERM else -signum), _tail(self.log)
+        deadline = time.monotonic() + 30  # its pg_receivewal child goes with it (PR_SET_PDEATHSIG)
+        while self.cluster.psql("SELECT count(*) FROM pg_stat_replication WHERE application_name = '%s'" % APP) != "0":
+            assert time.monotonic() < deadline, "pg_receivewal outlived the receiver"
+            time.sleep(0.05)
+
+
+def archived(cluster, name, timeout=30):
+    """The stored object of ``name``, waited for; its key's sha256 is the sha256 of its bytes."""
+    pattern = os.path.join(cluster.store, SERIES, "wal", name[:8], name + "-*")
+    deadline = time.monotonic() + timeout
+    while not glob.glob(pattern):
+        assert time.monotonic() < deadline, "%s was not archived" % name
+        time.sleep(0.05)
+    (path,) = glob.glob(pattern)
+    with open(path, "rb") as fh:
+        assert hashlib.sha256(fh.read()).hexdigest() == os.path.basename(path)[len(name) + 1:].split(".")[0]
+    return path
+
+
+def switch(cluster):
+    return cluster.psql("SELECT pg_walfile_name(pg_switch_wal())")
+
+
+def role_task(cluster, receiver):
+    """The backup role's pitr_receive (the unit written and verified, not started: no systemd here)."""
+    home = os.path.join(cluster.root, "role")
+    os.makedirs(home, mode=0o755)
+    rvars = {"backup_pitr_dir": home + "/lib", "backup_pitr_config": home + "/etc/wal.json",
+             "backup_pitr_location": "file://" + cluster.store, "backup_pitr_series": SERIES,
+             "backup_pitr_storage_options": {"compression_level": 1}, "backup_pitr_bin_dir": PG_BIN,
+             "backup_pitr_os_user": cluster.account.pw_name if cluster.account else os.getlogin(),
+             "backup_pitr_pg": cluster.conn(), "backup_pitr_receive_directory": receiver.directory,
+             "backup_pitr_receive_slot": "opskit_test", "backup_pitr_receive_synchronous": True,
+             "backup_pitr_receive_set_standby_names": True, "backup_pitr_receive_config": home + "/etc/wal-receive.json",
+             "backup_pitr_receive_unit_dir": home}
+    include = {"name": "opskit.runbook.backup", "tasks_from": "pitr_receive"}
+    return home, {"name": "receive role", "ansible.builtin.include_role": include, "vars": rvars}
+
+
+def check_role(run, cluster, receiver, home):
+    assert run.task("PITR receive | ALTER SYSTEM SET synchronous_standby_names").get("changed")
+    assert cluster.psql("SHOW synchronous_standby_names") == '"%s"' % APP
+    with open(os.path.join(cluster.data, "postgresql.auto.conf")) as fh:
+        assert "opskit-wal" not in fh.read()  # pitr_archive's helper only, not its archive_command
+    with open(home + "/opskit-wal-receive.service") as fh:
+        unit = fh.read()
+    assert "Restart=always" in unit and '"%s/etc/wal-receive.json" receive\n' % home in unit
+    assert oct(os.stat(home + "/etc/wal-receive.json").st_mode & 0o777) == "0o600"
+    with open(home + "/etc/wal-receive.json") as fh:
+        receive = json.load(fh)["receive"]
+    assert (receive["directory"], receive["slot"], receive["synchronous"]) == (receiver.directory, "opskit_test", True)
+    assert cluster.password not in run.stdout + unit
+
+
+def test_receive_kill_resume_and_synchronous_commit(run_playbook):
+    store = tempfile.mkdtemp(prefix="opskit-pitr-recv-")
+    cluster = ArchivingCluster(store, SERIES, archive=False).start()
+    receiver = Receiver(cluster, synchronous=True)
+    try:
+        cluster.psql("ALTER SYSTEM SET archive_mode = off")  # WAL comes through the slot only
+        cluster.pg_ctl("stop")
+        cluster.pg_ctl("start")
+        cluster.psql("CREATE TABLE events (id serial PRIMARY KEY, tag text NOT NULL)")
+        receiver.start()
+        assert cluster.psql("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'opskit_test'") == "1"
+        cluster.base_backup()
+        cluster.psql("INSERT INTO events (tag) SELECT 'before' FROM generate_series(1, 100)")
+        archived(cluster, switch(cluster))
+        assert not [n for n in os.listdir(receiver.directory) if len(n) == 24]  # pushed, then removed locally
+
+        receiver.signal(signal.SIGKILL)
+        cluster.psql("INSERT INTO events (tag) VALUES ('while-killed')")  # acknowledged: the slot keeps its WAL
+        receiver.start()
+        cluster.psql("INSERT INTO events (tag) VALUES ('after-restart')")
+        archived(cluster, switch(cluster))
+
+        cluster.psql("ALTER SYSTEM SET synchronous_standby_names = '%s'" % APP)
+        cluster.psql("SELECT pg_reload_conf()")
+        cluster.psql("INSERT INTO events (tag) VALUES ('sync-up')")  # the receiver is up: it returns
+        receiver.signal(signal.SIGTERM)
+        partial = [n for n in os.listdir(receiver.directory) if n.endswith(".partial")]
+        assert partial and glob.glob(os.path.join(store, SERIES, "wal", "00000001", partial[0] + "-*")), partial
+
+        done = {}
+        writer = threading.Thread(target=lambda: done.setdefault("out", cluster.psql(
+            "SET statement_timeout = '60s'; INSERT INTO events (tag) VALUES ('sync-down') RETURNING 'committed'")))
+        writer.start()
+        deadline = time.monotonic() + 30
+        while cluster.psql("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'") != "1":
+            assert time.monotonic() < deadline and writer.is_alive(), "the commit did not wait for the receiver"
+            time.sleep(0.05)
+        assert writer.is_alive() and "out" not in done  # blocked: not acknowledged while nothing received it
+        receiver.start()
+        writer.join(timeout=60)
+        assert done.get("out") == "committed"
+        last = switch(cluster)
+        archived(cluster, last)
+        cluster.psql("ALTER SYSTEM RESET synchronous_standby_names")  # the role sets it again
+        cluster.psql("SELECT pg_reload_conf()")
+        home, include = role_task(cluster, receiver)
+
+        run = run_playbook(play(include, {"name": "drill", "ignore_errors": True, "opskit.runbook.pg_backup": dict(
+            cluster.conn(), destination="file://" + store, series=SERIES, method="physical", state="verified",
+            wal_helper=[SYSTEM_PYTHON, home + "/lib/opskit-wal", "--config", home + "/etc/wal.json"],
+            data_owner=cluster.account.pw_name if cluster.account else None,
+            recovery_timeout=60, verify_queries=[
+                {"name": tag, "query": "SELECT count(*) FROM events WHERE tag = '%s'" % tag, "expect": expect}
+                for tag, expect in (("before", "100"), ("while-killed", "1"), ("after-restart", "1"),
+                                    ("sync-up", "1"), ("sync-down", "1"))])}))
+        check_role(run, cluster, receiver, home)
+        result = ok(run.task("drill"))  # restore_command is the role's helper (lib.zip, wal.json)
+        assert result["verification"]["result"] == "passed", result["msg"]
+        assert result["plan"]["last_wal"] >= last, result["plan"]
+        assert "pitr-test-pw" not in json.dumps(result)
+    finally:
+        if receiver.proc is not None and receiver.proc.poll() is None:
+            receiver.proc.kill()
+            receiver.proc.wait()
+        cluster.stop()
+        shutil.rmtree(store, ignore_errors=True)
