@@ -171,8 +171,10 @@ class ComposeStack:
             with open(self.env, "w") as fh:
                 fh.write(env)
 
-    def up(self, image, number=1):
-        """One container of the service, as Compose names and labels it (no published port)."""
+    def up(self, image, number=1, binds=None, command=None):
+        """One container of the service, as Compose names and labels it (no published port);
+        ``binds`` (docker-py's form: a named volume or host path -> bind) and ``command`` as the
+        service's ``volumes:`` and ``command:`` would give it."""
         name = "%s-%s-%d" % (self.project, self.service, number)
         labels = {"com.docker.compose.project": self.project, "com.docker.compose.service": self.service,
                   "com.docker.compose.container-number": str(number), "com.docker.compose.oneoff": "False",
@@ -181,7 +183,7 @@ class ComposeStack:
         networking = self.api.create_networking_config(
             {self.network: self.api.create_endpoint_config(aliases=[self.service, name])})
         created = self.api.create_container(
-            image, name=name, labels=labels, environment={"APP_MODE": "prod"}, networking_config=networking,
-            host_config=self.api.create_host_config(restart_policy={"Name": "unless-stopped"}))
+            image, name=name, labels=labels, environment={"APP_MODE": "prod"}, networking_config=networking, command=command,
+            host_config=self.api.create_host_config(restart_policy={"Name": "unless-stopped"}, binds=binds))
         self.api.start(created["Id"])
         return name

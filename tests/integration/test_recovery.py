@@ -13,8 +13,10 @@ read-only), so no client has to be built into an image.
 from __future__ import annotations
 
 import datetime
+import io
 import os
 import stat
+import tarfile
 import time
 import uuid
 
@@ -94,12 +96,46 @@ def _app(api, pg, db, name, workdir):
     raise AssertionError("the app did not answer: %s %s; logs: %s" % (status, body, api.logs(name)[-500:]))
 
 
-def _backup(run_playbook, tmp_path, pg, db):
-    """One pg_backup state=dumped into the series dr_restore reads (<prefix>pg-<name>)."""
-    task = dict(conn(pg), state="dumped", database=[db], series="t-pg-" + db, location="file://%s/backups" % tmp_path)
-    run = run_playbook([{"hosts": "localhost", "gather_facts": False,
-                         "tasks": [{"name": "backup", "opskit.runbook.pg_backup": task}]}])
+def _backup(run_playbook, tmp_path, pg, db, volume=None):
+    """One pg_backup state=dumped into the series dr_restore reads (<prefix>pg-<name>), and of
+    ``volume`` one volume_backup into <prefix>vol-<name>, in the same run."""
+    location = "file://%s/backups" % tmp_path
+    task = dict(conn(pg), state="dumped", database=[db], series="t-pg-" + db, location=location)
+    tasks = [{"name": "backup", "opskit.runbook.pg_backup": task}]
+    if volume:
+        tasks.append({"name": "backup the volume", "opskit.runbook.volume_backup": {
+            "state": "backed_up", "volume": volume, "series": "t-vol-" + volume, "location": location}})
+    run = run_playbook([{"hosts": "localhost", "gather_facts": False, "tasks": tasks}])
     assert run.rc == 0, run.stdout[-3000:]
+
+
+# The web writer of the volume: httpd serves /www (the volume at /www/data), and a line with the
+# next number is appended to /www/data/writes every 100 ms, counting on from the file's last line
+# at start, from memory after. A writer still running during the restore, or started before it,
+# would leave a gap in the numbers (or the restore would wipe what it wrote).
+VOLUME_WRITER = ('trap "exit 0" TERM INT; httpd -f -p 8080 -h /www & n=$(tail -n 1 /www/data/writes 2>/dev/null); '
+                 'n=${n:-0}; while :; do n=$((n + 1)); echo $n >> /www/data/writes; sleep 0.1 & wait $!; done')
+
+
+def _volume_files(api, container):
+    """{relative path: bytes} of the regular files under /www/data (the container may be stopped)."""
+    stream, _stat = api.get_archive(container, "/www/data")
+    with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+        return {m.name.split("/", 1)[1]: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
+
+
+def _put_files(api, container, files):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o644
+            tar.addfile(info, io.BytesIO(data))
+    assert api.put_archive(container, "/www/data", buf.getvalue())
+
+
+def _numbers(data):
+    return [int(line) for line in data.decode().split()]
 
 
 def _count(pg, db, sql):
@@ -217,11 +253,18 @@ def test_recovery_of_compose_and_deployment_writers_behind_nginx(api, pg, shop, 
     """Writers declared as a Compose service (behind nginx) and a Deployment (the Kubernetes
     stand-in). A first recovery whose Compose writer fails its own gate at start fails loudly:
     the failed step, each writer's state (the Deployment is left stopped, and said to be), no
-    RTO. The same recovery with the right gate brings both back, and the proxy check passes."""
+    RTO. The same recovery with the right gate brings both back, and the proxy check passes.
+    The Compose service also writes to a named volume (an opskit_volumes asset with that writer):
+    it is restored between the stop and the start, to exactly the backed-up content, and the
+    proxy serves the restored page from it."""
     images = build_images(api, tags=("v1",))
     stack = ComposeStack(api, prefix, str(tmp_path / "web"))
     stack.write(images["v1"])
-    web = stack.up(images["v1"])
+    uploads = prefix + "-uploads"
+    web = stack.up(images["v1"], binds={uploads: {"bind": "/www/data", "mode": "rw"}},
+                   command=["/bin/sh", "-c", VOLUME_WRITER])
+    page = ("catalogue %s\n" % uuid.uuid4().hex).encode()
+    _put_files(api, web, {"page.html": page, "img/logo.txt": b"logo\n"})
     standin = K8sStandIn()
     standin.add_deployment("shop", "checkout", "registry.example.com/checkout:1", replicas=2)
     dns = ServiceDNS(api, stack.network)
@@ -237,12 +280,24 @@ def test_recovery_of_compose_and_deployment_writers_behind_nginx(api, pg, shop, 
                           "kubeconfig": standin.kubeconfig(str(tmp_path / "kubeconfig")), "timeout": 20, "monitor": 0.3}
             database = {"name": shop, "writers": [dict(compose, health_checks=through_proxy("v2", 2)), deployment],
                         "verify_queries": [{"name": "orders", "query": "SELECT count(*) FROM orders", "expect": "300"}]}
+            volume = {"name": uploads, "writers": database["writers"][:1], "min_files": 3}  # the same writer: one stop, one start
+            page_check = {"name": "the restored page through the proxy", "type": "http", "url": proxy + "/data/page.html",
+                          "status_codes": [200], "body_contains": page.decode().strip()}
             extra = {"opskit_location": "file://%s/backups" % tmp_path, "opskit_report_dir": str(tmp_path / "reports"),
                      "opskit_series_prefix": "t-", "opskit_postgres": conn(pg), "opskit_lock_dir": str(tmp_path / "locks"),
                      "opskit_databases": [database], "opskit_dr_confirm": "overwrite-production",
                      "opskit_restore_health_checks": through_proxy("v1", 10)}
-            _backup(run_playbook, tmp_path, pg, shop)
+            deadline = time.monotonic() + 10
+            while len(_numbers(_volume_files(api, web).get("writes", b""))) < 3 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            api.stop(web, timeout=10)           # a known content to back up (and to compare with)
+            backed_up = _volume_files(api, web)
+            assert _numbers(backed_up["writes"]) == list(range(1, len(_numbers(backed_up["writes"])) + 1)) != [], backed_up
+            _backup(run_playbook, tmp_path, pg, shop, volume=uploads)
+            api.start(web)
             pg.psql("DELETE FROM orders WHERE id > 100", db=shop)
+            _put_files(api, web, {"page.html": b"defaced\n", "junk.bin": b"x" * 100})   # the incident
+            wait_http(proxy + "/data/page.html", "defaced")
 
             # 1. the Compose writer fails its own gate at start (it answers v1, its gate wants v2)
             with Events(api, [web]) as watched:
@@ -260,10 +315,23 @@ def test_recovery_of_compose_and_deployment_writers_behind_nginx(api, pg, shop, 
             assert standin.deployments[("shop", "checkout")]["dep"]["spec"]["replicas"] == 0   # as reported
             assert doc["stack_rto_seconds"] is None and doc["rto_seconds"] is None
 
-            # 2. the right gate: both writers back behind their gates, then the proxy check
-            database["writers"][0] = dict(compose, health_checks=through_proxy("v1", 10))
-            run = run_playbook(playbook("dr_restore"), extra)
+            # 2. the right gate, and the volume too: both writers back behind their gates, then the
+            # proxy checks (the app, and the restored page)
+            database["writers"][0] = volume["writers"][0] = dict(compose, health_checks=through_proxy("v1", 10))
+            with Events(api, [web]) as watched:
+                run = run_playbook(playbook("dr_restore"), dict(extra, opskit_volumes=[volume], opskit_restore_health_checks=(
+                    through_proxy("v1", 10) + [page_check])))
+                after = _volume_files(api, web)
             assert run.rc == 0, run.stdout[-4000:]
+            assert [a for _t, _n, a in watched.seen] == ["die", "start"], watched.seen   # stopped once, started once
+            # exactly the backed-up files; the writes log is the backed-up one, then counted on
+            # from its last line without a gap: nothing was written between the stop and the
+            # restore, nor wiped by a restore after the start
+            assert {k: v for k, v in after.items() if k != "writes"} == {k: v for k, v in backed_up.items() if k != "writes"}
+            written = _numbers(after["writes"])
+            assert written[:len(_numbers(backed_up["writes"]))] == _numbers(backed_up["writes"])
+            assert written == list(range(1, len(written) + 1)), written
+            assert http_get(proxy + "/data/page.html") == (200, page.decode().strip())
             doc = reports(tmp_path / "reports", "dr_restore")[-1]
             assert doc["status"] == "passed" and doc["failed_step"] is None, doc
             assert [(w["name"], w["target"], w["state"]) for w in doc["writers"]] == [
@@ -271,6 +339,9 @@ def test_recovery_of_compose_and_deployment_writers_behind_nginx(api, pg, shop, 
             assert standin.deployments[("shop", "checkout")]["dep"]["spec"]["replicas"] == 2
             assert http_get(proxy + "/version") == (200, "v1") and api.inspect_container(web)["State"]["Running"]
             assert doc["stack_rto_seconds"] >= doc["assets"][0]["restore_seconds"] > 0
+            assert [(a["name"], a["ok"], a["writers"]) for a in doc["assets"]] == [(shop, True, ["web", "checkout"]), (uploads, True, ["web"])]
+            assert [p["name"] for p in doc["phases"]] == ["stop writers", "postgres " + shop, "volume " + uploads,
+                                                          "start writers and health gate"]
             stops = [(m, p) for m, p, _c in standin.requests if m == "PATCH" and p.endswith("/deployments/checkout")]
             assert len(stops) == 2    # stopped (replicas 0) by the first run, left stopped, started by the second
     finally:

@@ -308,7 +308,10 @@ def _redis(redis, *commands):
 def test_rotate_secret_of_a_redis_acl_user(api, prefix, redis, tmp_path, run_playbook):
     """The app's Redis ACL user gets the new password next to the old one, the app restarts on it
     behind its gate and keeps working, then the old one is removed: it no longer authenticates,
-    the new one does, neither shows in the output, and the user is left with one password."""
+    the new one does, neither shows in the output, and the user is left with one password.
+    First, a new password the app mangles (a ``$`` that its shell-sourced config expands) fails
+    the gate: the old env file is put back, the app restarted on it, the new password removed
+    from the user, the old one still authenticates, and the run fails."""
     user = "app_%s" % uuid.uuid4().hex[:6]
     old, new = "old-Rd-%s" % uuid.uuid4().hex, "new-Rd-%s" % uuid.uuid4().hex
     assert _redis(redis, "ACL SETUSER %s on >%s ~* &* +@all" % (user, old)).startswith("+OK")
@@ -338,6 +341,29 @@ def test_rotate_secret_of_a_redis_acl_user(api, prefix, redis, tmp_path, run_pla
              "opskit_services": [{"name": name, "health_checks": check, "monitor": 0.5}],
              "service_rotate_kind": "redis_acl", "service_redis": {"host": redis.host, "port": redis.port},
              "service_rotate_redis_user": user, "service_rotate_env_file": str(env_file), "service_rotate_password": new}
+    env_before = env_file.read_text()
+
+    # 1. the gate fails on the new password: everything goes back to the old one
+    mangled = "bad-Rd-$PATH-%s" % uuid.uuid4().hex
+    quick = [dict(check[0], retries=3)]                # fewer retries on the gate that is to fail
+    failed = run_playbook(playbook("rotate_secret"), dict(extra, service_rotate_password=mangled,
+                                                          opskit_services=[dict(extra["opskit_services"][0], health_checks=quick)]))
+    assert failed.rc != 0
+    assert "did not pass their gate on the new password of Redis user %s" % user in " ".join(failed.stdout.split())
+    assert env_file.read_text() == env_before                                  # the old env file is back
+    state = api.inspect_container(name)["State"]
+    assert state["Running"] and state["StartedAt"] != started                 # restarted on it
+    assert http_get(url) == (200, "redis ok")
+    assert _redis(redis, "AUTH %s %s" % (user, mangled)).startswith("-WRONGPASS")   # the new password was removed
+    assert _redis(redis, "AUTH %s %s" % (user, old)).startswith("+OK")             # the old one still works
+    acl = _redis(redis, "ACL GETUSER %s" % user)
+    assert hashlib.sha256(mangled.encode()).hexdigest() not in acl and acl.count(hashlib.sha256(old.encode()).hexdigest()) == 1
+    assert mangled not in failed.stdout + failed.stderr + json.dumps(failed.results)
+    doc = reports(tmp_path / "reports", "rotate_secret")[-1]
+    assert doc["status"] == "failed", doc
+    started = state["StartedAt"]
+
+    # 2. the rotation that passes
     with CmdlineWatcher([old, new]) as watcher:       # -vvv, through su: the remote command lines are shown
         run = run_playbook(playbook("rotate_secret"), extra, env=VERBOSE_BECOME)
     assert run.rc == 0, [(r.get("_task"), r.get("msg")) for r in run.results if r.get("failed") or r.get("_status") == "failed"][:3]
