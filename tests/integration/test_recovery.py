@@ -163,6 +163,13 @@ def test_recovery_stops_the_writer_restores_starts_it_and_ends_healthy(api, pg, 
     pg.psql("DELETE FROM orders WHERE id > 100", db=shop)            # the incident
     assert http_get(url)[1].strip() == "orders 100"
 
+    # 0. one writer declared differently under two assets: refused before anything is touched
+    twice = dict(database, name=shop + "_copy", writers=[dict(writer, timeout=5)])
+    with Events(api, [app]) as watched:
+        conflicting = run_playbook(playbook("dr_restore"), dict(extra, opskit_databases=[database, twice]))
+    assert conflicting.rc != 0 and watched.seen == []
+    assert "writers declared differently under several assets: docker_container///%s;" % app in conflicting.stdout
+
     # 1. a writer that cannot be stopped: a container started with --rm, and a missing one
     rm = prefix + "-rm"
     api.start(api.create_container(BUSYBOX_IMAGE, name=rm, command=["sleep", "600"],
