@@ -156,7 +156,7 @@ class Bench:
     def base_backups(self):
         seconds, result = self.playbook("base", self.module_args())
         backup = result["backup"]
-        objects = [p for p in glob.glob(os.path.join(self.store, SERIES, backup["id"] + "*"))]
+        objects = glob.glob(os.path.join(self.store, SERIES, backup["id"] + "*"))
         module = dict(seconds=seconds, stored=sum(os.path.getsize(p) for p in objects),
                       objects=[os.path.basename(p) for p in objects], in_module=backup.get("duration_seconds"),
                       noop=self.playbook("noop", {"msg": "x"}, module="ansible.builtin.debug")[0])
@@ -321,7 +321,7 @@ def main():
     args.command = ".venv/bin/python bench/pitr.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     up_start = uptime()
     bench = Bench(args)
-    bench.pgbr_version = subprocess.run(["pgbackrest", "version"], capture_output=True, text=True).stdout.split()[-1]
+    bench.pgbr_version = subprocess.run(["pgbackrest", "version"], capture_output=True, text=True, check=True).stdout.split()[-1]
     rounds, rpos = [], []
     try:
         bench.setup()

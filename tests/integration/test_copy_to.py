@@ -233,7 +233,7 @@ def test_daily_copies_signed_backups_and_the_drill_restores_from_the_copy_refusi
 def _check_copy_html(report_dir, offsite, copies, nocopy):
     """The daily HTML page: the copy location's URL and one row per series (newest at the copy,
     age, stale/ok)."""
-    (html,) = [p for p in sorted(report_dir.glob("daily-*.html"))][-1:]
+    (html,) = sorted(report_dir.glob("daily-*.html"))[-1:]
     page = html.read_text()
     assert '<code id="copy-url">file://%s</code>' % offsite in page
     table = page.split('<table id="copy-table">', 1)[1].split("</table>", 1)[0]
