@@ -56,8 +56,12 @@ if [ "$(cat "$MVENV/.pins.sha256" 2>/dev/null || true)" != "$want" ]; then
         "$ANSIBLE_CORE" "$ANSIBLE_LINT" $UNIT_PINS
     echo "$want" >"$MVENV/.pins.sha256"
 fi
-"$MVENV/bin/ansible" --version | head -n 1 | grep -q "core ${ANSIBLE_CORE#ansible-core==}" ||
-    die "$MVENV does not run $ANSIBLE_CORE"
+# read the whole output first: a pipe closed early (head, grep -q) makes ansible fail with EPIPE
+version=$("$MVENV/bin/ansible" --version 2>&1 | sed -n 1p)
+case "$version" in
+    *"core ${ANSIBLE_CORE#ansible-core==}"*) ;;
+    *) die "$MVENV does not run $ANSIBLE_CORE ($version)" ;;
+esac
 [ -f "$BUILD/collections/ansible_collections/opskit/runbook/galaxy.yml" ] || die "run scripts/bootstrap.sh first"
 
 # ------------------------------------------------------------------ stages

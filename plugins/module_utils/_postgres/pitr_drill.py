@@ -84,8 +84,10 @@ def scratch_cluster(params, path, owner, scratch):
     log = os.path.join(scratch, "drill.log")
     with open(log, "ab") as out:
         try:
-            proc = subprocess.Popen([postgres, "-D", path], stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                    close_fds=True, cwd=scratch, preexec_fn=_demote(owner))  # noqa: PLW1509
+            # a server that runs while the drill queries it: run_command cannot start one in the background
+            proc = subprocess.Popen([postgres, "-D", path], stdin=subprocess.DEVNULL,  # pylint: disable=ansible-bad-function
+                                    stdout=out, stderr=out, close_fds=True, cwd=scratch,
+                                    preexec_fn=_demote(owner))  # noqa: PLW1509
         except OSError as exc:
             raise ServiceError("cannot start %s for the drill: %s" % (postgres, exc.strerror)) from exc
     try:

@@ -176,7 +176,9 @@ class Receiver:
     # -------------------------------------------------------------- the child
 
     def _spawn(self, argv, env):
-        return subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+        # a long-running child supervised here: run_command cannot do that (and this is no module)
+        return subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,  # pylint: disable=ansible-bad-function
+                                preexec_fn=_die_with_parent)  # noqa: PLW1509
 
     def create_slot(self, env):
         proc = self._spawn(receivewal_argv(self.conf, create_slot=True), env)

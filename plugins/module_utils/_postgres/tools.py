@@ -194,8 +194,9 @@ class LocalTools:
 
     def _popen(self, argv, **kwargs):
         try:
-            return subprocess.Popen(argv, env=self.env, close_fds=True, preexec_fn=_child_setup,  # noqa: PLW1509
-                                    **kwargs)
+            # streamed pipes between tools, which AnsibleModule.run_command cannot do (and module_utils never sees the module)
+            return subprocess.Popen(argv, env=self.env, close_fds=True,  # pylint: disable=ansible-bad-function
+                                    preexec_fn=_child_setup, **kwargs)  # noqa: PLW1509
         except OSError as exc:
             raise ServiceError("cannot run %s on the managed host: %s" % (argv[0], exc.strerror)) from exc
 
