@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from volume_fixtures import dockerthings, listing, make_tricky_tree, short  # noqa: F401  pylint: disable=unused-import
+from volume_fixtures import dockerthings, listing, make_tricky_tree, short, write_harmless_tree  # noqa: F401  pylint: disable=unused-import
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # A container that stops at once on SIGTERM (busybox sleep as PID 1 would ignore it).
@@ -772,19 +772,11 @@ while not os.path.exists(j("stop")):
 def test_a_symlink_swap_loop_during_a_directory_backup_leaks_nothing(run_playbook, tmp_path):
     base = str(tmp_path)
     secret = b"TOPSECRET root-only"
-    for d in ["secret", "prep"] + ["tree/d%02d" % i for i in range(20)]:
-        os.makedirs(os.path.join(base, d))
+    os.makedirs(os.path.join(base, "secret"))
     with open(os.path.join(base, "secret", "key"), "wb") as fh:
         fh.write(secret)
     os.chmod(os.path.join(base, "secret"), 0o700)
-    for i in range(20):
-        with open(os.path.join(base, "tree", "f%02d" % i), "w") as fh:
-            fh.write("harmless")
-        with open(os.path.join(base, "tree", "d%02d" % i, "inner"), "w") as fh:
-            fh.write("harmless")
-        for k in range(50):  # time between listing a directory and entering its subdirectories
-            with open(os.path.join(base, "tree", "pad-%02d-%02d" % (i, k)), "wb") as fh:
-                fh.write(os.urandom(4000))
+    write_harmless_tree(base)
     swapper = subprocess.Popen([sys.executable, "-c", SWAP_LOOP, base])
     try:
         deadline = time.monotonic() + 30

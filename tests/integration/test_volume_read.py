@@ -17,7 +17,7 @@ import time
 import zstandard
 
 from test_volume_backup import SWAP_LOOP
-from volume_fixtures import dockerthings, listing, make_tricky_tree  # noqa: F401  pylint: disable=unused-import
+from volume_fixtures import dockerthings, listing, make_tricky_tree, write_harmless_tree  # noqa: F401  pylint: disable=unused-import
 
 PLAY_HEAD = """
 - hosts: localhost
@@ -115,16 +115,7 @@ def _swap_tree(vol_root, secret_dir, secret):
         fh.write(secret)
     os.chmod(secret_dir, 0o700)
     os.symlink(secret_dir, os.path.join(vol_root, "secret"))
-    for d in ["prep"] + ["tree/d%02d" % i for i in range(20)]:
-        os.makedirs(os.path.join(vol_root, d))
-    for i in range(20):
-        with open(os.path.join(vol_root, "tree", "f%02d" % i), "w") as fh:
-            fh.write("harmless")
-        with open(os.path.join(vol_root, "tree", "d%02d" % i, "inner"), "w") as fh:
-            fh.write("harmless")
-        for k in range(50):  # time between listing a directory and entering its subdirectories
-            with open(os.path.join(vol_root, "tree", "pad-%02d-%02d" % (i, k)), "wb") as fh:
-                fh.write(os.urandom(4000))
+    write_harmless_tree(vol_root)
 
 
 def test_a_symlink_swapped_in_during_a_mountpoint_backup_leaks_nothing(run_playbook, tmp_path, docker_engine,

@@ -151,3 +151,19 @@ def dockerthings(docker_engine):
     things = DockerThings(docker_engine.client)
     yield things
     things.cleanup()
+
+
+def write_harmless_tree(root):
+    """``prep/`` and ``tree/`` under ``root``, the stage of the symlink swap loops: 20 files and 20
+    directories with one file each, and 1000 padding files that leave time between listing a
+    directory and entering its subdirectories."""
+    for d in ["prep"] + ["tree/d%02d" % i for i in range(20)]:
+        os.makedirs(os.path.join(root, d))
+    for i in range(20):
+        with open(os.path.join(root, "tree", "f%02d" % i), "w") as fh:
+            fh.write("harmless")
+        with open(os.path.join(root, "tree", "d%02d" % i, "inner"), "w") as fh:
+            fh.write("harmless")
+        for k in range(50):
+            with open(os.path.join(root, "tree", "pad-%02d-%02d" % (i, k)), "wb") as fh:
+                fh.write(os.urandom(4000))

@@ -204,11 +204,13 @@ def _prepare(location, base, path, step, owner):
                 os.unlink(full)
     os.makedirs(path, mode=0o700, exist_ok=True)
     os.chmod(path, 0o700)
+    extracted = False
     try:
         extract_base(location, base, path)
-    except BaseException:
-        shutil.rmtree(path, ignore_errors=True)
-        raise
+        extracted = True
+    finally:
+        if not extracted:  # an error or a signal: no half-extracted data directory stays
+            shutil.rmtree(path, ignore_errors=True)
 
 
 @contextlib.contextmanager

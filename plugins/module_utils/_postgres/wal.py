@@ -217,9 +217,10 @@ def fetch(location, series, name, dest):
             for data in read_chunks(reader, CHUNK):
                 out.write(data)
         os.replace(tmp, dest)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+        tmp = None
+    finally:
+        if tmp is not None:  # an error or a signal: the partial copy goes
+            os.unlink(tmp)
     return entry
 
 
