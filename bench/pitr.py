@@ -4,13 +4,15 @@
 """Point-in-time recovery side by side with pgBackRest, on one throwaway PostgreSQL 15 cluster.
 
 The cluster (pgbench -i -s SCALE) archives every WAL file twice, from one archive_command: a small
-sh wrapper runs `opskit-wal push` (the collection's helper, the system python, gzip level 1: that
-python has no zstandard) and `pgbackrest archive-push` (posix repository, compress-type=zst) at
-the same time and fails when either fails. archive_timeout is 1 s.
+sh wrapper runs `opskit-wal push` (the collection's helper, the system python: it has no
+zstandard, so zstd level 3 through the zstd command) and `pgbackrest archive-push` (posix
+repository, compress-type=zst) at the same time and fails when either fails. archive_timeout is 1 s.
 
 Each round, alternately:
   base backup  pg_backup method=physical (one ansible-playbook run, its wall time) vs
-               `pgbackrest backup --type=full` (start-fast, process-max=2)
+               `pgbackrest backup --type=full` (start-fast, process-max=2); also the CPU seconds of
+               each: its processes (waited for) plus the server's exited backends and walsenders
+               (the postmaster's cutime + cstime)
   marker       a row at time T, a later row, the segment switched and archived by both
   restore      pg_backup state=restored target_time=T (ansible-playbook) + pg_ctl start + wait
                until the cluster promoted, vs `pgbackrest restore --type=time --target=T
@@ -33,6 +35,7 @@ import glob
 import json
 import os
 import platform
+import resource
 import shlex
 import shutil
 import statistics
@@ -54,6 +57,18 @@ STANZA = "bench"
 
 def uptime():
     return subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
+
+
+def cpu_of(pid):
+    """utime + stime + cutime + cstime of a process, in seconds."""
+    with open("/proc/%d/stat" % pid) as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu():
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def du(paths):
@@ -153,26 +168,46 @@ class Bench:
 
     # ------------------------------------------------------------ steps
 
-    def base_backups(self):
-        seconds, result = self.playbook("base", self.module_args())
-        backup = result["backup"]
-        objects = glob.glob(os.path.join(self.store, SERIES, backup["id"] + "*"))
-        module = dict(seconds=seconds, stored=sum(os.path.getsize(p) for p in objects),
-                      objects=[os.path.basename(p) for p in objects], in_module=backup.get("duration_seconds"),
-                      noop=self.playbook("noop", {"msg": "x"}, module="ansible.builtin.debug")[0])
+    def cpu(self):
+        with open(os.path.join(self.cluster.data, "postmaster.pid")) as fh:
+            return children_cpu() + cpu_of(int(fh.readline()))
+
+    def floor(self, *extra):
         start = time.monotonic()
         with open(os.devnull, "wb") as null:
             subprocess.run([os.path.join(BIN, "pg_basebackup"), "--no-password", "--pgdata=-", "--format=tar",
-                            "--wal-method=none", "--checkpoint=fast"], env=self.cluster.env, stdout=null, check=True)
-        module["floor"] = time.monotonic() - start
+                            "--checkpoint=fast"] + list(extra), env=self.cluster.env, stdout=null, stderr=null, check=True)
+        return time.monotonic() - start
+
+    def base_backups(self):
+        cpu = self.cpu()  # first the client-side way (the module's before server compression), then the default
+        seconds, result = self.playbook("base", self.module_args(server_compression=False))
+        client = dict(seconds=seconds, cpu=self.cpu() - cpu, in_module=result["backup"].get("duration_seconds"),
+                      stored=sum(os.path.getsize(p) for p in glob.glob(os.path.join(
+                          self.store, SERIES, result["backup"]["id"] + "*"))))
+        cpu = self.cpu()
+        seconds, result = self.playbook("base", self.module_args())
+        cpu = self.cpu() - cpu
+        backup = result["backup"]
+        objects = glob.glob(os.path.join(self.store, SERIES, backup["id"] + "*"))
+        module = dict(seconds=seconds, stored=sum(os.path.getsize(p) for p in objects), cpu=cpu,
+                      objects=[os.path.basename(p) for p in objects], in_module=backup.get("duration_seconds"),
+                      compress=backup.get("server_compression"),
+                      noop=self.playbook("noop", {"msg": "x"}, module="ansible.builtin.debug")[0])
+        module["floor"] = self.floor("--wal-method=none")
+        if module["compress"]:
+            module["floor_server"] = self.floor("--compress=" + module["compress"], "--wal-method=fetch", "--no-manifest")
         before = set(os.listdir(os.path.join(self.pgbr, "repo", "backup", STANZA)))
+        cpu = self.cpu()
         start = time.monotonic()
         self.pgbackrest("--type=full", "backup")
         pgbr_seconds = time.monotonic() - start
+        cpu = self.cpu() - cpu
         label = sorted(set(os.listdir(os.path.join(self.pgbr, "repo", "backup", STANZA))) - before
                        - {"backup.info", "backup.info.copy", "backup.history", "latest"})[-1]
         pgbr = dict(seconds=pgbr_seconds, stored=du([os.path.join(self.pgbr, "repo", "backup", STANZA, label)]),
-                    label=label)
+                    label=label, cpu=cpu)
+        module["client"] = client
         return module, pgbr
 
     def marker(self, round_no):
@@ -274,7 +309,7 @@ def report(args, bench, rounds, rpos, up_start, up_end):
              % (platform.machine(), os.cpu_count(), platform.python_version(), bench.pgbr_version, up_start, up_end),
              "",
              "Database: `pgbench -i -s %d` (%.0f MiB, built in %.0f s). One archive_command runs `opskit-wal push` "
-             "(system python, gzip level 1: it has no zstandard) and `pgbackrest archive-push` (zst) at once; "
+             "(system python: no zstandard, so zstd level 3 through the zstd command) and `pgbackrest archive-push` (zst) at once; "
              "archive_timeout 1 s. Module runs: one ansible-playbook process each, its wall time. pgBackRest: "
              "posix repository, compress-type=zst (level 3), start-fast=y, process-max=2. Restores include "
              "`pg_ctl start` and the wait until the cluster promoted at the target (both checked: the marker "
@@ -282,7 +317,9 @@ def report(args, bench, rounds, rpos, up_start, up_end):
              % (args.scale, bench.db_size / MiB, bench.init_seconds, len(rounds)), "",
              "| measure | pg_backup / opskit-wal | pgBackRest | ratio (module / pgBackRest) | all runs (module; pgBackRest) |",
              "| --- | ---: | ---: | ---: | --- |"]
-    for title, key, field in (("base backup s", "base", "seconds"), ("base backup stored MiB", "base", "stored"),
+    for title, key, field in (("base backup s", "base", "seconds"),
+                              ("base backup CPU s (its processes + the server's)", "base", "cpu"),
+                              ("base backup stored MiB", "base", "stored"),
                               ("restore to time + recovery s (RTO)", "restore", "seconds")):
         m, p = med(key, "module", field), med(key, "pgbackrest", field)
         div = MiB if field == "stored" else 1
@@ -291,12 +328,22 @@ def report(args, bench, rounds, rpos, up_start, up_end):
             ", ".join("%.1f" % (r[key]["module"][field] / MiB) for r in rounds),
             all_of(key, "pgbackrest", field) if div == 1 else
             ", ".join("%.1f" % (r[key]["pgbackrest"][field] / MiB) for r in rounds)))
+    for title, field, div in (("base backup s", "seconds", 1), ("base backup CPU s", "cpu", 1),
+                              ("base backup stored MiB", "stored", MiB)):
+        runs = [r["base"]["module"]["client"][field] / div for r in rounds]
+        p = med("base", "pgbackrest", field) / div
+        lines.append("| %s, client-side (`server_compression: false`, the way before) | %.2f | %.2f | %.2f | %s |" % (
+            title, statistics.median(runs), p, statistics.median(runs) / p, ", ".join("%.2f" % v for v in runs)))
     m = statistics.median(r["module"] for r in rpos)
     p = statistics.median(r["pgbackrest"] for r in rpos)
     lines.append("| RPO, archive_command, commit to segment archived s | %.2f | %.2f | %.2f | %s; %s |" % (
         m, p, m / p, ", ".join("%.2f" % r["module"] for r in rpos), ", ".join("%.2f" % r["pgbackrest"] for r in rpos)))
-    lines += ["", "Floor of the base backup: `pg_basebackup -D - -Ft -X none --checkpoint=fast > /dev/null` (what the "
-              "module runs, without compression, sha256 or storage) %s s." % all_of("base", "module", "floor"),
+    server = [r["base"]["module"] for r in rounds if r["base"]["module"].get("floor_server")]
+    lines += ["", "Floors of the base backup: `pg_basebackup -D - -Ft -X none --checkpoint=fast > /dev/null` (the "
+              "client-side way, without compression, sha256 or storage) %s s" % all_of("base", "module", "floor")
+              + ("; `pg_basebackup -D - -Ft --checkpoint=fast --compress=%s -X fetch --no-manifest > /dev/null` "
+                 "(what the module runs, without sha256 or storage) %s s." % (
+                     server[0]["compress"], ", ".join("%.2f" % m["floor_server"] for m in server)) if server else "."),
               "", "Split: an ansible-playbook run of one `ansible.builtin.debug` task takes %s s here (the playbook "
               "overhead inside the module figures). Base backup inside the module (`duration_seconds`): %s s. "
               "Restore: the module's ansible-playbook run (fetch + extract + settings) %s s, of which %s s inside "
@@ -304,7 +351,7 @@ def report(args, bench, rounds, rpos, up_start, up_end):
               % (all_of("base", "module", "noop"), all_of("base", "module", "in_module"),
                  all_of("restore", "module", "playbook"), all_of("restore", "module", "in_module"),
                  all_of("restore", "pgbackrest", "restore")),
-              "", "WAL archived during the run: opskit-wal %.1f MiB (gzip 1), pgBackRest %.1f MiB (zst)."
+              "", "WAL archived during the run: opskit-wal %.1f MiB (zstd 3), pgBackRest %.1f MiB (zst)."
               % (bench.wal_sizes[0] / MiB, bench.wal_sizes[1] / MiB),
               "", "Goal (issue 19): faster than pgBackRest on base backup and restore, at no larger size.", "",
               "Every figure: `%s`" % json.dumps(dict(rounds=rounds, rpo=rpos))]

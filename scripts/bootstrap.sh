@@ -26,6 +26,7 @@ command -v promtool >/dev/null 2>&1 || missing+=(prometheus)     # alert rules t
 command -v age >/dev/null 2>&1 || missing+=(age)                 # interoperability of client-side encryption
 command -v restic >/dev/null 2>&1 || missing+=(restic)           # the peer of volume backups (bench/peers.py)
 command -v pgbackrest >/dev/null 2>&1 || missing+=(pgbackrest)   # the peer of physical backups
+command -v zstd >/dev/null 2>&1 || missing+=(zstd)               # opskit-wal's zstd where python has no zstandard
 command -v nginx >/dev/null 2>&1 || missing+=(nginx-light)       # the reverse proxy of start-first rollouts
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)       # the reports, opened in a real browser
 command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)

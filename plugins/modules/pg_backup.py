@@ -231,9 +231,9 @@ options:
     description:
       - V(logical) is pg_dump / pg_restore of one database (O(format), O(globals), ...).
       - V(physical) is the whole cluster. With O(state=dumped) a base backup by C(pg_basebackup)
-        over a replication connection (C(-D - -Ft -X none), one tar streamed to the engine, never
+        over a replication connection (C(-D - -Ft), one tar streamed to the engine, never
         spooled), recording the start and stop LSN, the timeline and the C(backup_label) in the
-        manifest (kind V(postgres-physical)). The user needs the REPLICATION attribute. Only
+        manifest (kind V(postgres-physical)); see O(server_compression) for how it is compressed. The user needs the REPLICATION attribute. Only
         clusters without additional tablespaces are supported (PostgreSQL 15 streams one tar to
         stdout only then), others are refused before anything is written. The WAL comes from the
         archive that C(opskit-wal) fills (see docs/operations.md, "Point-in-time recovery").
@@ -248,6 +248,22 @@ options:
     type: str
     choices: [logical, physical]
     default: logical
+  server_compression:
+    description:
+      - With O(method=physical), O(state=dumped) and O(compression=zstd) or V(gzip) (PostgreSQL 15
+        server and C(pg_basebackup)), the server compresses the tar while it reads the files
+        (C(--compress=server-zstd:level=L,workers=N), N from O(compression_threads), V(-1) the
+        cores of the managed host) and the engine stores it as it comes, with its sha256, for about
+        half the CPU of compressing in the module. The WAL from the backup's start to its stop is
+        then included in the tar (C(-X fetch)), so on a busy server C(wal_keep_size) must keep it until
+        the end of the backup, or C(pg_basebackup) fails and nothing is stored. The module waits
+        until the stop segment is archived (C(pg_stat_archiver)) before it publishes the backup.
+        C(pg_basebackup)'s own C(backup_manifest) cannot be kept then (PostgreSQL 15 cannot add it to
+        a server-compressed tar on stdout), so the stop LSN comes from its C(--verbose) output.
+      - V(false), O(compression=none) or an older server - C(-X none), the module compresses, the
+        stop LSN comes from C(backup_manifest), and the server waits for the archiver (in steps of 1 s).
+    type: bool
+    default: true
   target:
     description:
       - With O(method=physical), recover to the end of the archived WAL (V(latest)) or only to
@@ -449,7 +465,7 @@ backup:
       returned: always
       sample: 28311552
     raw_bytes:
-      description: Size of the pg_dump output.
+      description: Size of the pg_dump output (null for a base backup the server compressed).
       type: int
       returned: always
     sha256:
@@ -524,6 +540,11 @@ backup:
       description: With O(method=physical), the version of the pg_basebackup that ran.
       type: str
       returned: when dumping with method=physical
+    server_compression:
+      description: With O(method=physical), the C(--compress) given to pg_basebackup, null when the module compressed.
+      type: str
+      returned: when dumping with method=physical
+      sample: server-zstd:level=3,workers=2
 backups:
   description: Every backup written, in the order of O(database) (same fields as RV(backup)).
   returned: state=dumped
@@ -636,6 +657,7 @@ def main():
         verify_queries=dict(type="list", elements="dict", default=[], options=QUERY_SPEC),
         verify=dict(type="bool", default=False),
         method=dict(type="str", default="logical", choices=["logical", "physical"]),
+        server_compression=dict(type="bool", default=True),
         target=dict(type="str", choices=["latest", "immediate"]),
         target_time=dict(type="str"),
         target_lsn=dict(type="str"),

@@ -26,7 +26,7 @@ HELPER = os.path.join(ROOT, "roles", "backup", "files", "opskit-wal")
 def install_helper(directory, location, series, owner=None, **options):
     """opskit-wal in ``directory`` with its lib (the built collection) and a 0600 config; returns
     the argv prefix. The system python runs it (the server's user cannot reach the test venv under
-    /root); it has no zstandard, so the segments are stored with gzip (level 1)."""
+    /root); it has no zstandard, so zstd (level 3) goes through Debian's zstd command."""
     os.makedirs(directory, exist_ok=True)
     script = os.path.join(directory, "opskit-wal")
     shutil.copy(HELPER, script)
@@ -35,8 +35,7 @@ def install_helper(directory, location, series, owner=None, **options):
         os.symlink(COLLECTIONS, lib)
     config = os.path.join(directory, "wal.json")
     with open(os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as fh:
-        json.dump(dict(dict(compression="gzip", compression_level=1), location=location, series=series,
-                       **options), fh)
+        json.dump(dict(dict(compression="zstd"), location=location, series=series, **options), fh)
     if owner is not None:
         for path in (directory, config):
             os.chown(path, owner.pw_uid, owner.pw_gid)

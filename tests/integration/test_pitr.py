@@ -14,7 +14,7 @@ import tempfile
 
 import pytest
 
-from harness import free_port
+from harness import PG_BIN, free_port
 from pitr_fixtures import ArchivingCluster
 from test_pg_backup import failed, ok, play  # the result helpers of the pg_backup tests
 
@@ -63,6 +63,7 @@ def drill(name, cluster, marker, later, **target):
 def test_base_backup_and_restore_to_time_lsn_latest(archiving, run_playbook, tmp_path):
     cluster = archiving
     run = run_playbook(play(
+        task("client-side", **common(cluster, server_compression=False)),
         task("base", **common(cluster)),
         task("base check", check_mode=True, **common(cluster)),
         task("no replication", **common(cluster, user="norepl", password="norepl-pw")),
@@ -73,9 +74,18 @@ def test_base_backup_and_restore_to_time_lsn_latest(archiving, run_playbook, tmp
     manifest = json.load(open(os.path.join(cluster.store, SERIES, base["id"] + ".manifest.json")))
     assert "START WAL LOCATION: %s" % base["start_lsn"] in manifest["source"]["backup_label"]
     assert manifest["source"]["stop_lsn"] == base["stop_lsn"] and manifest["sha256"] == base["sha256"]
+    # the server compressed (no second compression in the module), the tar holds the WAL start..stop,
+    # and the module returned only once the stop segment was archived (pg_basebackup -X fetch does not wait)
+    assert base["server_compression"].startswith("server-zstd:level=3") and manifest["source"]["wal_included"]
+    assert base["raw_bytes"] is None and manifest["compression"] == "zstd"
+    # opskit-wal runs under the system python, without zstandard: zstd through Debian's zstd command
+    assert _archived(cluster, base["stop_wal"]).endswith(".zst")
+    client = ok(run.task("client-side"))["backup"]  # -X none, compressed in the module, stop LSN from backup_manifest
+    assert client["server_compression"] is None and client["raw_bytes"] > client["size_bytes"] > 0
+    assert client["stop_wal"] < base["start_wal"] and client["start_lsn"] != client["stop_lsn"]
     checked = ok(run.task("base check"))
     assert checked["changed"] and not checked["backups"]
-    assert len(glob.glob(os.path.join(cluster.store, SERIES, "*.manifest.json"))) == 2  # fixture's + base: check mode wrote nothing
+    assert len(glob.glob(os.path.join(cluster.store, SERIES, "*.manifest.json"))) == 3  # fixture's, client-side, base: check mode wrote nothing
     assert "has no REPLICATION permission" in failed(run.task("no replication"))
 
     cluster.psql("INSERT INTO events (tag) VALUES ('after-base')")
@@ -158,11 +168,22 @@ def test_wal_gap_and_corrupt_segment_refused(archiving, run_playbook, tmp_path):
                              check=False)
     assert fetched.returncode == 126 and "corrupt" in fetched.stderr and not out.exists()
     target = "/tmp/opskit-pitr-gap-%d" % os.getpid()
+    space = os.path.join(cluster.root, "space")
+    os.mkdir(space, 0o700)
+    if cluster.account:
+        os.chown(space, cluster.account.pw_uid, cluster.account.pw_gid)
+    manifests = glob.glob(os.path.join(cluster.store, SERIES, "*.manifest.json"))
     run = run_playbook(play(
         task("past the gap", **common(cluster, state="restored", data_directory=target)),
         task("corrupt", **common(cluster, state="restored", data_directory=target, target_lsn=lsn)),
         task("info", module=BACKUP_INFO, destination="file://" + cluster.store, series=SERIES),
+        _sql(cluster, "CREATE TABLESPACE space LOCATION '%s'" % space),
+        task("tablespace", **common(cluster)),  # refused: pg_basebackup streams one tar to stdout only without
+        _sql(cluster, "DROP TABLESPACE space"),
     ))
+    msg = failed(run.task("tablespace"))
+    assert "has additional tablespaces (space)" in msg and "\n" not in msg
+    assert glob.glob(os.path.join(cluster.store, SERIES, "*.manifest.json")) == manifests  # nothing written
     report = ok(run.task("info"))["series"][SERIES]["wal"]
     assert [(g["timeline"], g["first_missing"], g["missing"]) for g in report["gaps"]] == [("00000001", segments[2], 1)]
     assert report["last_segment"] == segments[4] and report["rpo_seconds"] >= 0
@@ -172,6 +193,11 @@ def test_wal_gap_and_corrupt_segment_refused(archiving, run_playbook, tmp_path):
     msg = failed(run.task("corrupt"))
     assert segments[0] in msg and "corrupt" in msg and "refused before replay" in msg
     assert not os.path.exists(target)
+
+
+def _sql(cluster, sql):
+    return {"name": sql.split()[0], "ansible.builtin.command": {"argv": [os.path.join(PG_BIN, "psql"), "-XAtqc", sql]},
+            "environment": {k: v for k, v in cluster.env.items() if k.startswith("PG")}}
 
 
 def _psql(env, sql):

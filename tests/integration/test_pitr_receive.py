@@ -3,7 +3,9 @@
 """WAL archiving with ``opskit-wal receive`` (pg_receivewal from a replication slot) against a real
 PostgreSQL 15 cluster: segments at the location with their sha256, a SIGKILL of the receiver loses
 nothing acknowledged (a drill to latest through pg_backup holds every row), and in synchronous mode
-a commit does not return while the receiver is stopped."""
+a commit does not return while the receiver is stopped. PostgreSQL in a Docker container: a base
+backup over a replication connection to its published port, WAL received from it, and a drill to
+a time on the host."""
 
 from __future__ import annotations
 
@@ -17,8 +19,10 @@ import subprocess
 import tempfile
 import threading
 import time
+import uuid
 
-from harness import PG_BIN, _tail
+from harness import PG_BIN, _pg_system_user, _tail, free_port
+from pg_fixtures import build_postgres_image
 from pitr_fixtures import SYSTEM_PYTHON, ArchivingCluster, install_helper
 from test_pg_backup import ok, play
 
@@ -179,3 +183,87 @@ def test_receive_kill_resume_and_synchronous_commit(run_playbook):
             receiver.proc.wait()
         cluster.stop()
         shutil.rmtree(store, ignore_errors=True)
+
+
+CONTAINER_START = """set -e
+echo "$POSTGRES_PASSWORD" | initdb -D /var/lib/postgresql/data -U postgres -E UTF8 --locale=C \\
+  --auth-local=trust --auth-host=scram-sha-256 --pwfile=/dev/stdin >/dev/null
+printf 'host all all 0.0.0.0/0 scram-sha-256\\nhost replication all 0.0.0.0/0 scram-sha-256\\n' \\
+  >> /var/lib/postgresql/data/pg_hba.conf
+exec postgres -D /var/lib/postgresql/data -c listen_addresses='*' -c unix_socket_directories=/var/run/postgresql \\
+  -c fsync=off -c wal_level=replica
+"""
+
+
+class ContainerCluster:
+    """PostgreSQL 15 in a container of the harness's image, its 5432 published on 127.0.0.1 (what
+    the Receiver needs of a cluster: connection, psql, a root and a store on the host)."""
+
+    user, host, password = "postgres", "127.0.0.1", "ctr-pitr-pw"
+
+    def __init__(self, client, image):
+        self.account = _pg_system_user()
+        self.root = tempfile.mkdtemp(prefix="opskit-pitr-ctr-")
+        self.store = os.path.join(self.root, "store")
+        os.makedirs(os.path.join(self.store, SERIES, "wal"))
+        if self.account is not None:
+            for base, dirs, _files in os.walk(self.root):
+                for path in [base] + [os.path.join(base, d) for d in dirs]:
+                    os.chown(path, self.account.pw_uid, self.account.pw_gid)
+        self.port = free_port()
+        self.env = dict(os.environ, PGHOST=self.host, PGPORT=str(self.port), PGUSER=self.user, PGPASSWORD=self.password)
+        self.container = client.containers.run(
+            image, detach=True, name="pitr-ctr-" + uuid.uuid4().hex[:8], entrypoint=["/bin/sh", "-c", CONTAINER_START],
+            environment={"POSTGRES_PASSWORD": self.password}, ports={"5432/tcp": ("127.0.0.1", self.port)})
+        deadline = time.monotonic() + 60
+        while subprocess.run([os.path.join(PG_BIN, "psql"), "-XAtqc", "SELECT 1"], env=self.env, capture_output=True,
+                             check=False).returncode:
+            assert time.monotonic() < deadline, "the container did not start: %s" % self.container.logs()[-2000:]
+            time.sleep(0.2)
+
+    def psql(self, sql):
+        proc = subprocess.run([os.path.join(PG_BIN, "psql"), "-XAtq", "-v", "ON_ERROR_STOP=1", "-c", sql], env=self.env,
+                              capture_output=True, text=True, check=False)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout.strip()
+
+    def conn(self):
+        return dict(host=self.host, port=self.port, user=self.user, password=self.password)
+
+    def stop(self):
+        self.container.remove(force=True)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def test_container_base_backup_over_published_port_and_drill_on_host(docker_engine, run_playbook):
+    """pg_backup on the host takes the base backup of PostgreSQL in a container through its published
+    port (pg_basebackup's replication connection, server-side zstd), opskit-wal receive streams its WAL
+    the same way, and a drill restores on the host to a time between a marker and a later row."""
+    ctr = ContainerCluster(docker_engine.client, build_postgres_image(docker_engine.client, docker_engine.busybox_image))
+    receiver = Receiver(ctr, synchronous=False)
+    try:
+        ctr.psql("CREATE TABLE events (id serial PRIMARY KEY, tag text NOT NULL)")
+        ctr.psql("INSERT INTO events (tag) SELECT 'before' FROM generate_series(1, 1000)")
+        receiver.start()
+        args = dict(ctr.conn(), destination="file://" + ctr.store, series=SERIES, method="physical",
+                    wal_helper=receiver.argv[:-1], data_owner=ctr.account.pw_name if ctr.account else None)
+        base = ok(run_playbook(play({"name": "base", "opskit.runbook.pg_backup": args})).task("base"))["backup"]
+        assert base["server_compression"].startswith("server-zstd") and base["timeline"] == 1
+        assert base["server_version"].startswith("15") and base["size_bytes"] > 0
+        ctr.psql("INSERT INTO events (tag) VALUES ('marker')")
+        marker_time = ctr.psql("SELECT clock_timestamp()")
+        ctr.psql("INSERT INTO events (tag) VALUES ('later')")
+        archived(ctr, switch(ctr))
+        checks = [{"name": tag, "query": "SELECT count(*) FROM events WHERE tag = '%s'" % tag, "expect": expect}
+                  for tag, expect in (("before", "1000"), ("marker", "1"), ("later", "0"))]
+        run = run_playbook(play({"name": "drill", "ignore_errors": True, "opskit.runbook.pg_backup": dict(
+            args, state="verified", target_time=marker_time, recovery_timeout=60, verify_queries=checks)}))
+        result = ok(run.task("drill"))
+        assert result["verification"]["result"] == "passed", result["msg"]
+        assert result["backup"]["id"] == base["id"] and result["recovery"]["recovered_time"] <= marker_time
+        assert ctr.password not in json.dumps(result)
+    finally:
+        if receiver.proc is not None and receiver.proc.poll() is None:
+            receiver.proc.kill()
+            receiver.proc.wait()
+        ctr.stop()

@@ -14,6 +14,7 @@ from .._imports import Library
 ZSTD = Library("zstandard")
 COMPRESSION_EXT = {"zstd": ".zst", "gzip": ".gz", "none": ""}
 LEVEL_LIMITS = {"zstd": (-7, 22), "gzip": (0, 9), "none": (None, None)}
+PRECOMPRESSED = "precompressed"  # a threads value: see make_compressor
 
 
 class _Identity:
@@ -78,7 +79,11 @@ class _Zstd:
 
 
 def make_compressor(name, sink, level=None, threads=-1):
-    """A compressor writing into ``sink`` (an object with write(bytes-like))."""
+    """A compressor writing into ``sink`` (an object with write(bytes-like)); with ``threads``
+    PRECOMPRESSED the producer already compressed the bytes with ``name`` (pg_basebackup
+    --compress=server-zstd): they pass unchanged."""
+    if threads == PRECOMPRESSED and name in COMPRESSION_EXT:
+        return _Passthrough(sink)
     if name == "zstd":
         return _Zstd(sink, 3 if level is None else level, threads)
     if name == "gzip":

@@ -214,7 +214,8 @@ class LocalTools:
         return proc.returncode, out, err
 
     @contextlib.contextmanager
-    def reader(self, argv):
+    def reader(self, argv, stderr=None):
+        """The tool's stdout; on success ``stderr`` (a list), if given, gets its stderr (the last 64 KiB)."""
         tool = os.path.basename(argv[0])
         proc = self._popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         with contextlib.suppress(OSError):
@@ -234,6 +235,8 @@ class LocalTools:
             proc.stderr.close()
         if rc != 0:
             raise failure(tool, rc, drain.data, self.secret)
+        if stderr is not None:
+            stderr.append(drain.data)
 
     def feed(self, argv, source, check=True):
         tool = os.path.basename(argv[0])
@@ -470,7 +473,7 @@ class DockerTools:
         return self._exit_code(exec_id), out or b"", err or b""
 
     @contextlib.contextmanager
-    def reader(self, argv):
+    def reader(self, argv, stderr=None):
         exec_id = self._exec(argv)
         frames = self.client.exec_start(exec_id, stream=True, demux=True)
         reader = _DemuxReader(iter(frames))
@@ -486,6 +489,8 @@ class DockerTools:
             with contextlib.suppress(*docker_errors()):
                 frames.close()
         self._check(argv, exec_id, reader.stderr)
+        if stderr is not None:
+            stderr.append(reader.stderr)
 
     def feed(self, argv, source, check=True):
         exec_id = self._exec(argv, stdin=True, stdout=False)

@@ -12,20 +12,25 @@ history (``00000002.history``), a backup history file or a ``.partial`` segment.
 immutable object, compressed (and encrypted) by the engine like any artifact; its sha256 is in
 its key, so one listing of ``<series>/wal/<timeline>/`` is the index of that timeline (name,
 sha256, stored size, archived time), with nothing to update and nothing to race.
+Where the zstandard module is missing (the server's system python runs opskit-wal), zstd goes
+through the ``zstd`` command, the same format either way; with neither, a push stores gzip.
 ``catalog.scan`` never sees these keys (they do not follow the backup layout), so a rotation
 that does not know WAL never deletes it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
 import re
+import shutil
+import subprocess
 import tempfile
 
 from .._engine.artifacts import ArtifactReader, ArtifactWriter
-from .._engine.compression import COMPRESSION_EXT
+from .._engine.compression import COMPRESSION_EXT, PRECOMPRESSED, ZSTD
 from .._engine.protection import AGE_SUFFIX, protection_for
 from .._engine.streams import CHUNK, read_chunks
 from .._errors import ConfigError, IntegrityError, NotFoundError
@@ -36,6 +41,8 @@ FILE_RE = re.compile(r"^(?P<tli>[0-9A-F]{8})(?:[0-9A-F]{16}(?:\.partial|\.[0-9A-
 SEGMENT_RE = re.compile(r"^[0-9A-F]{24}$")
 KEY_RE = re.compile(r"^(?P<file>[0-9A-F.a-z]+?)-(?P<sha>[0-9a-f]{64})(?P<comp>\.zst|\.gz)?(?P<age>\.age)?$")
 EXT_COMPRESSION = {".zst": "zstd", ".gz": "gzip", None: "none"}
+ZSTD_PATHS = ("/usr/bin/zstd", "/usr/local/bin/zstd")
+NO_ZSTD = "neither the zstandard module nor the zstd command is here"
 
 
 # ------------------------------------------------------------------- names and LSNs
@@ -160,6 +167,44 @@ def _sha_of_file(path):
     return sha.hexdigest()
 
 
+def find_zstd():
+    """The zstd command, or None."""
+    return shutil.which("zstd") or next((p for p in ZSTD_PATHS if os.access(p, os.X_OK)), None)
+
+
+def zstd_level_args(level):
+    level = 3 if level is None else level
+    if level < 0:
+        return ["--fast=%d" % -level]
+    return (["--ultra"] if level > 19 else []) + ["-%d" % level]
+
+
+def run_zstd(args, data=None):
+    """Run the zstd command (``data`` on its stdin); its stdout, or IntegrityError."""
+    command = find_zstd()
+    if command is None:
+        raise IntegrityError("%s to decompress zstd: install one of them" % NO_ZSTD)
+    try:
+        # a filter on bytes in memory (a WAL file), which AnsibleModule.run_command cannot do: module_utils never sees the module here
+        proc = subprocess.run([command, "-q"] + args, input=data, stdout=subprocess.PIPE,  # pylint: disable=ansible-bad-function
+                              stderr=subprocess.PIPE, check=False)
+    except OSError as exc:
+        raise IntegrityError("cannot run %s: %s" % (command, exc.strerror or exc)) from exc
+    if proc.returncode:
+        raise IntegrityError("zstd %s failed: %s" % (" ".join(args), proc.stderr.decode("utf-8", "replace").strip()[-300:]))
+    return proc.stdout
+
+
+def push_codec(compression, level):
+    """(compression, level, how) of a push: zstd through the zstandard module ("engine") or the zstd
+    command ("command"); gzip level 1 when neither is here ("fallback")."""
+    if compression != "zstd" or ZSTD.available:
+        return compression, level, "engine"
+    if find_zstd():
+        return compression, level, "command"
+    return "gzip", 1, "fallback"
+
+
 def _stored_raw_sha(location, series, entry):
     sha = hashlib.sha256()
     with reader_for(location, series, entry) as reader:
@@ -168,12 +213,13 @@ def _stored_raw_sha(location, series, entry):
     return sha.hexdigest()
 
 
-def push(location, series, path, name, compression="zstd", level=None):
+def push(location, series, path, name, compression="zstd", level=None, notes=None):
     """Archive the file at ``path`` as ``name`` (archive_command's %p and %f).
 
     Returns "archived" or "present" (archived before with the same content: PostgreSQL retries
     a push whose success it did not see). The same name with other content is refused
-    (IntegrityError), so an archive is never overwritten.
+    (IntegrityError), so an archive is never overwritten. ``notes`` (a list) gets a line when
+    zstd had to fall back to gzip.
     """
     tli = validate_file(name)
     try:
@@ -185,11 +231,18 @@ def push(location, series, path, name, compression="zstd", level=None):
             return "present"
         raise IntegrityError("%s is archived already in series %s with other content: refusing to overwrite"
                              % (name, series))
+    compression, level, how = push_codec(compression, level)
+    if how == "fallback" and notes is not None:
+        notes.append("%s: %s stored with gzip" % (NO_ZSTD, name))
     protection = protection_for(location)
     memory = _Memory()
-    writer = ArtifactWriter(memory, name, compression, level, 0, protection.recipients)
-    with open(path, "rb") as fh:
-        writer.copy_from(fh)
+    writer = ArtifactWriter(memory, name, compression, level, PRECOMPRESSED if how == "command" else 0,
+                            protection.recipients)
+    if how == "command":
+        writer.write(run_zstd(["-c"] + zstd_level_args(level) + ["--", path]))
+    else:
+        with open(path, "rb") as fh:
+            writer.copy_from(fh)
     record = writer.close()
     suffix = COMPRESSION_EXT[compression] + (AGE_SUFFIX if protection.encrypting else "")
     key = "%s%s-%s%s" % (timeline_dir(series, tli), name, record["sha256"], suffix)
@@ -198,11 +251,22 @@ def push(location, series, path, name, compression="zstd", level=None):
 
 
 def reader_for(location, series, entry):
-    """An ArtifactReader of an index entry: decompressed, decrypted, checked against its sha256."""
+    """An ArtifactReader of an index entry: decompressed, decrypted, checked against its sha256.
+    A zstd entry where the zstandard module is missing: the stored bytes are read (and checked)
+    whole, then decompressed by the zstd command."""
     manifest = {"series": series, "id": entry["file"], "artifact": entry["artifact"],
                 "sha256": entry["sha256"], "size_bytes": entry["size_bytes"], "compression": entry["compression"],
                 "encryption": {"client_side": "age" if entry["encrypted"] else "none"}}
+    if entry["compression"] == "zstd" and not ZSTD.available:
+        return _command_reader(location, manifest)
     return ArtifactReader(location, manifest)
+
+
+@contextlib.contextmanager
+def _command_reader(location, manifest):
+    with ArtifactReader(location, dict(manifest, compression="none")) as reader:
+        stored = b"".join(read_chunks(reader, CHUNK))  # the sha256 is checked at the end: before zstd sees it
+    yield io.BytesIO(run_zstd(["-d", "-c"], stored))
 
 
 def fetch(location, series, name, dest):

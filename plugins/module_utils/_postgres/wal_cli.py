@@ -67,8 +67,10 @@ def run(argv, err=sys.stderr):
         if command == "receive":
             return receive(config, location, err)
         if command == "push":
+            notes = []
             push(location, config["series"], first, second, config.get("compression") or "zstd",
-                 config.get("compression_level"))
+                 config.get("compression_level"), notes)
+            err.write("".join("opskit-wal: note: %s\n" % note for note in notes))
         else:
             fetch(location, config["series"], first, second)
     except NotFoundError as exc:

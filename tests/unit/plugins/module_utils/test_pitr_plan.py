@@ -6,6 +6,7 @@ a recovery needs, the data directory rules and opskit-wal against a real file://
 from __future__ import annotations
 
 import datetime
+import gzip
 import io
 import json
 import os
@@ -87,6 +88,82 @@ def test_tar_tap_keeps_label_and_manifest(chunk):
     label = ph.parse_label(LABEL.decode())
     assert (label["start_lsn"], label["start_wal"], label["timeline"]) == ("0/2000028", "000000010000000000000002", 1)
     assert ph.parse_backup_manifest(manifest) == {"stop_lsn": "0/2000100", "stop_timeline": 1}
+
+
+@pytest.mark.parametrize("compression", ["zstd", "gzip"])
+def test_head_tap_reads_the_label_from_a_compressed_head_only(compression):
+    data = _tar([("backup_label", LABEL), ("tablespace_map", b""), ("base/1/1259", os.urandom(3 * ph.HEAD_LIMIT))])
+    if compression == "zstd":
+        import zstandard
+        stored = zstandard.ZstdCompressor(level=1).compress(data)
+    else:
+        stored = gzip.compress(data, 1)
+    tap = ph.HeadTap(io.BytesIO(stored), compression)
+    assert b"".join(iter(lambda: tap.read(65536), b"")) == stored  # passed unchanged
+    assert tap.complete("backup_label") and tap.members == {"backup_label": LABEL}
+    assert tap.done and tap.scanned < ph.HEAD_LIMIT  # the rest was never decompressed
+    tap = ph.HeadTap(io.BytesIO(gzip.compress(_tar([("base/1/1259", os.urandom(2 * ph.HEAD_LIMIT))]))), "gzip")
+    while tap.read(65536):
+        pass
+    assert tap.done and not tap.complete("backup_label")  # gave up after HEAD_LIMIT: no label first
+
+
+VERBOSE = ("pg_basebackup: initiating base backup, waiting for checkpoint to complete\n"
+           "pg_basebackup: checkpoint completed\n"
+           "pg_basebackup: write-ahead log start point: 0/2000028 on timeline 1\n"
+           "pg_basebackup: write-ahead log end point: 0/3000050\n"
+           "pg_basebackup: syncing data to disk ...\npg_basebackup: base backup completed\n")
+
+
+def test_parse_verbose_stop():
+    assert ph.parse_verbose_stop(VERBOSE, "0/2000028") == "0/3000050"
+    translated = VERBOSE.replace("write-ahead log end point", "Endpunkt des Write-Ahead-Logs")
+    assert ph.parse_verbose_stop(translated, "0/2000028") == "0/3000050"
+    for text, start in ((VERBOSE, "0/2000030"), ("pg_basebackup: base backup completed\n", "0/2000028"),
+                        (VERBOSE.replace("0/3000050", "0/1000000"), "0/2000028")):
+        with pytest.raises(IntegrityError, match="did not report the start"):
+            ph.parse_verbose_stop(text, start)
+
+
+@pytest.mark.parametrize("params, server, tool, spec", [
+    ({"compression": "zstd", "compression_threads": 2}, "15.5 (Debian 15.5-0+deb12u1)", "15.5", "server-zstd:level=3,workers=2"),
+    ({"compression": "zstd", "compression_threads": 0, "compression_level": 1}, "15.5", "15.5", "server-zstd:level=1"),
+    ({"compression": "zstd", "compression_threads": -1}, "16.1", "16.1", "server-zstd:level=3,workers=%d" % (os.cpu_count() or 1)),
+    ({"compression": "gzip", "compression_threads": 2}, "15.5", "15.5", "server-gzip:level=6"),
+    ({"compression": "none"}, "15.5", "15.5", None),
+    ({"compression": "zstd", "server_compression": False}, "15.5", "15.5", None),
+    ({"compression": "zstd"}, "14.10", "15.5", None),
+    ({"compression": "zstd"}, "15.5", "14.10", None),
+])
+def test_server_compression(params, server, tool, spec):
+    assert ph.server_compression(params, {"server_version": server}, tool) == spec
+
+
+class _Archiver:
+    """A server whose pg_stat_archiver answers from a list (the last answer repeats)."""
+
+    def __init__(self, answers):
+        self.answers, self.sql = list(answers), []
+
+    def query(self, sql):
+        self.sql.append(sql)
+        return [[self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]]]
+
+
+def test_wait_archived_polls_until_the_stop_segment_is_archived():
+    server = _Archiver(["f", "f", "t"])
+    assert ph.wait_archived(server, "000000010000000000000003", timeout=5, interval=0.001)
+    assert len(server.sql) == 3 and "last_archived_wal >= '000000010000000000000003'" in server.sql[0]
+    assert not ph.wait_archived(_Archiver(["f"]), "000000010000000000000003", timeout=0.01, interval=0.001)
+
+
+def test_basebackup_argv():
+    class Tools:
+        def path(self, name):
+            return "/usr/bin/" + name
+    argv = ph.basebackup_argv(Tools(), "opskit x", compress="server-zstd:level=3")
+    assert argv[-4:] == ["--compress=server-zstd:level=3", "--wal-method=fetch", "--no-manifest", "--verbose"]
+    assert ph.basebackup_argv(Tools(), "opskit x")[-1] == "--wal-method=none"
 
 
 def test_tar_size_base256():
@@ -185,7 +262,7 @@ def test_check_data_directory(tmp_path):
 
 def _config(tmp_path, mode=0o600, **extra):
     path = tmp_path / "wal.json"
-    path.write_text(json.dumps(dict(location="file://%s" % (tmp_path / "store"), series="s", compression="gzip", **extra)))
+    path.write_text(json.dumps(dict(dict(location="file://%s" % (tmp_path / "store"), series="s", compression="gzip"), **extra)))
     os.chmod(path, mode)
     (tmp_path / "store").mkdir(exist_ok=True)
     return str(path)
@@ -214,6 +291,53 @@ def test_opskit_wal_push_fetch_corrupt(tmp_path):
     out.unlink()
     assert wal_cli.run(["--config", config, "fetch", segment.name, str(out)], err) == 126
     assert not out.exists() and not [p for p in os.listdir(tmp_path) if p.startswith(".opskit-wal-")]
+
+
+class _NoModule:
+    available = False
+
+
+def test_opskit_wal_zstd_command_where_the_module_is_missing(tmp_path, monkeypatch):
+    """The server's system python has no zstandard: the zstd command stores the same format, and
+    a store pushed either way is fetched either way; with neither, gzip (with a note), and a zstd
+    segment cannot be fetched (126: recovery aborts instead of promoting early)."""
+    config = _config(tmp_path, compression="zstd")
+    location = open_location("file://%s" % (tmp_path / "store"))
+    segments = []
+    for number in (2, 3):
+        segment = tmp_path / ("00000001000000000000000%d" % number)
+        segment.write_bytes(os.urandom(1000) * 64)
+        segments.append(segment)
+    err = io.StringIO()
+    assert wal_cli.run(["--config", config, "push", str(segments[0]), segments[0].name], err) == 0  # the module
+    monkeypatch.setattr(wal, "ZSTD", _NoModule())
+    assert wal.push_codec("zstd", None)[2] == "command"
+    assert wal_cli.run(["--config", config, "push", str(segments[1]), segments[1].name], err) == 0  # the command
+    assert wal_cli.run(["--config", config, "push", str(segments[0]), segments[0].name], err) == 0  # a retry: present
+    index = wal.wal_index(location, "s")["00000001"]
+    assert [index[s.name]["compression"] for s in segments] == ["zstd", "zstd"] and err.getvalue() == ""
+    for segment in segments:  # each read back by the command here, and by the module below
+        out = tmp_path / ("cmd-" + segment.name)
+        assert wal_cli.run(["--config", config, "fetch", segment.name, str(out)], err) == 0
+        assert out.read_bytes() == segment.read_bytes()
+    monkeypatch.setattr(wal, "find_zstd", lambda: None)
+    gz = tmp_path / "000000010000000000000004"
+    gz.write_bytes(os.urandom(500) * 64)
+    assert wal_cli.run(["--config", config, "push", str(gz), gz.name], err) == 0
+    assert "note: neither the zstandard module nor the zstd command is here: %s stored with gzip" % gz.name in err.getvalue()
+    assert wal.wal_index(location, "s")["00000001"][gz.name]["compression"] == "gzip"
+    assert wal_cli.run(["--config", config, "fetch", gz.name, str(tmp_path / "gz")], err) == 0
+    assert wal_cli.run(["--config", config, "fetch", segments[0].name, str(tmp_path / "x")], err) == 126
+    assert "to decompress zstd" in err.getvalue() and not (tmp_path / "x").exists()
+    monkeypatch.undo()
+    out = tmp_path / "module"
+    assert wal_cli.run(["--config", config, "fetch", segments[1].name, str(out)], err) == 0
+    assert out.read_bytes() == segments[1].read_bytes()
+
+
+def test_zstd_level_args():
+    assert wal.zstd_level_args(None) == ["-3"] and wal.zstd_level_args(-5) == ["--fast=5"]
+    assert wal.zstd_level_args(22) == ["--ultra", "-22"]
 
 
 def test_opskit_wal_config_must_be_private(tmp_path):
