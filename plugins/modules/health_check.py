@@ -465,10 +465,12 @@ options:
         type: path
   concurrency:
     description:
-      - How many checks run at the same time (threads), 1 to 256.
-      - The default, 256, runs up to 256 checks at once - a thread waiting on the network costs
+      - How many checks run at the same time, 1 to 256.
+      - The default, 256, runs up to 256 checks at once - a check waiting on the network costs
         little, and every wave of checks that waits for an earlier one adds the slowest probe's
         time to the task. Lower it to spare a server that many checks hit at the same moment.
+      - When a run mixes V(http) checks with other types, the limit is shared between the two
+        in proportion to their numbers (each side gets at least one).
     type: int
     default: 256
   deadline:
@@ -499,9 +501,13 @@ options:
     default: false
     version_added: 0.2.0
 notes:
-  - Each check runs in its own thread and measures its own latency; C(time_ms) of V(http) is from
+  - V(http) checks run on event loops (non-blocking sockets, TLS on them; one loop per CPU core,
+    at most four, and one for a run of fewer than 32 http checks); every other type runs in its
+    own thread. Each check measures its own latency; C(time_ms) of V(http) is from
     the start of the DNS lookup to the last body byte, C(first_byte_ms) until the status line and
-    headers arrived.
+    headers arrived. On an event loop a host name is resolved once per run and loop on a helper
+    thread (the checks of the same host and port share it; their C(dns_ms) is the wait for it), and
+    a lookup that outlasts a check's O(checks[].timeout) ends that check as timed out.
   - HTTP redirects are not followed (accept V(3xx) in O(checks[].status_codes) if wanted) and proxy
     variables are ignored; redis and tcp checks speak plain TCP (no TLS).
   - Perfdata follows the Nagios format C('label'=value[UOM];warn;crit;min;max).

@@ -15,6 +15,13 @@ probe.Observation or raise probe.ProbeFailed (outcome.py maps other errors to st
 probe files of the types in a run are imported (``_probe``). The ``fail_on`` verdict is
 ranges.failing.
 
+Where a check runs is chosen per check by its type: a type with a steps probe (``_STEPS``: http,
+with or without samples) runs on an event loop (aio.Loop: non-blocking sockets, TLS on them,
+names resolved on a thread once per run per loop; one loop per core at most, the first in the
+calling thread, see ``_run_loops``), the others on worker threads.
+A check's retries, intervals and consecutive OKs are the same generator (``_run_check_steps``) on
+both: a worker thread drives it with aio.run_blocking, the loop with its selector.
+
 States are those of Nagios plugins. The overall status is the worst check by the order
 OK < WARNING < UNKNOWN < CRITICAL (UNKNOWN: the probe could not tell whether the service works).
 A probe never crashes the run ("report rather than crash"): every error a probe can meet becomes
@@ -23,11 +30,13 @@ its check's state, and a bug still ends as an UNKNOWN check result (see ``_run_p
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
 
 from .._errors import ConfigError
+from .aio import Loop, run_blocking, sleep
 from .checks import validate_checks
 from .outcome import PROBE_ERRORS, exception_state, unexpected
 from .probe import Observation, redact
@@ -36,9 +45,11 @@ from .ranges import CRITICAL, OK, SEVERITY, STATES, UNKNOWN, evaluate, format_nu
 # kind -> probe, filled on first use by _probe(): a run imports only the probe files of its
 # types (under AnsiballZ every imported file is compiled again on each run).
 _PROBES = {}
+_STEPS = {}   # kind -> the probe as steps (aio.py): its checks run on one event-loop thread, not on threads
 _PROBES_LOCK = threading.Lock()
 _GRACE = 2.0  # seconds a running probe gets past the deadline before it is reported as hung
-_PROBING = threading.local()  # .kind: the probe type a worker thread is inside, else None
+_LOOPS = min(4, os.cpu_count() or 1)   # event loops at most: one per core (measured: TLS handshakes, a loaded machine)
+_PER_LOOP = 16   # checks at least per loop: a small run stays on one
 
 
 # --------------------------------------------------------------------------- running
@@ -47,7 +58,8 @@ def _import_probes(kind):
     """{kind: probe} of the file that holds ``kind``'s probe (explicit imports, so that the
     architecture test and Ansible's module packer see them)."""
     if kind == "http":
-        from .sampling import probe_http_sampled
+        from .sampling import probe_http_sampled, probe_http_sampled_steps
+        _STEPS.setdefault("http", probe_http_sampled_steps)
         return {"http": probe_http_sampled}
     if kind in ("tcp", "redis"):
         from .net import probe_redis, probe_tcp
@@ -86,6 +98,7 @@ class Context:
         self.deadline_at = deadline_at
         self.factories = dict(clients or {})
         self._cache, self._lock = {}, threading.Lock()
+        self.resolver = None   # no event loop's name lookup: the probes resolve in their own thread (_LoopContext)
 
     def remaining(self):
         return self.deadline_at - time.monotonic() if self.deadline_at is not None else float("inf")
@@ -127,17 +140,21 @@ def _perfdata(measures, ranges):
     return " ".join(items)
 
 
-def _attempt(check, ctx):
-    """One probe attempt -> (state, message, measures, details)."""
+def _attempt_steps(check, ctx, probing, on_loop):
+    """One probe attempt -> (state, message, measures, details). ``probing[0]`` is the probe type
+    while the probe runs (an unexpected error escaping it leaves it set: _crashed)."""
     timeout = max(0.001, min(check["timeout"], ctx.remaining()))
     obs, started = Observation(), time.perf_counter()
-    _PROBING.kind = check["type"]   # an unexpected error escaping the probe leaves it set (_run_pool)
+    probing[0] = check["type"]
     try:
-        _probe(check["type"])(check, obs, timeout, ctx)
+        if on_loop:
+            yield from _STEPS[check["type"]](check, obs, timeout, ctx)
+        else:
+            _probe(check["type"])(check, obs, timeout, ctx)
         failure = None
     except PROBE_ERRORS as exc:
         failure = exception_state(exc, timeout)
-    _PROBING.kind = None
+    probing[0] = None
     obs.details["probe_ms"] = round((time.perf_counter() - started) * 1000, 3)
     states, parts = [], list(obs.notes)
     if failure:
@@ -160,7 +177,7 @@ def _attempt(check, ctx):
     return worst(states), redact("; ".join(p for p in parts if p)), obs.measures, obs.details
 
 
-def _run_check(check, ctx):
+def _run_check_steps(check, ctx, probing, on_loop):
     started = time.perf_counter()
     attempts, streak, failures, history = 0, 0, 0, []
     state, message, measures, details = UNKNOWN, "not run", {}, {}
@@ -175,7 +192,7 @@ def _run_check(check, ctx):
             else:
                 message = "deadline reached after %d attempt(s); %s" % (attempts, message)
             break
-        state, message, measures, details = _attempt(check, ctx)
+        state, message, measures, details = yield from _attempt_steps(check, ctx, probing, on_loop)
         attempts += 1
         history.append(state)
         if state == OK:
@@ -189,7 +206,7 @@ def _run_check(check, ctx):
                 break
         pause = min(check["interval"], ctx.remaining())
         if pause > 0:
-            time.sleep(pause)
+            yield from sleep(pause)
     if check["consecutive"] > 1 and state == OK:
         message = "%s (%d consecutive OK)" % (message, streak) if message else "%d consecutive OK" % streak
     return {
@@ -225,12 +242,13 @@ def run_checks(checks, concurrency=256, deadline=None, clients=None):
     started = time.perf_counter()
     ctx = Context(time.monotonic() + deadline if deadline else None, clients)
     wait = None if deadline is None else max(0.0, ctx.remaining()) + _GRACE
-    results = _run_pool(checks, ctx, min(concurrency, len(checks)), wait)
+    results = _run_pool(checks, ctx, concurrency, wait)
     return build_report(results, duration_ms=round((time.perf_counter() - started) * 1000, 3))
 
 
 class _Pool:
-    """The checks on ``workers`` daemon threads started as a tree: each worker starts two more.
+    """The checks of a run: the ones with a steps probe (_STEPS) on an event loop in the calling
+    thread, the others on ``workers`` daemon threads started as a tree: each worker starts two more.
 
     Thread.start() waits until the new thread runs, so 200 starts in a row from one thread delay
     the last checks (milliseconds each on a loaded machine); in a tree the starts overlap the
@@ -238,13 +256,15 @@ class _Pool:
     so that a probe stuck past the deadline, e.g. in a DNS lookup, cannot hold the process open.
     """
 
-    def __init__(self, checks, ctx, workers):
+    def __init__(self, checks, ctx, threaded, workers):
         self.checks, self.ctx, self.workers = checks, ctx, workers
         self.todo = queue.SimpleQueue()
-        for index in range(len(checks)):
+        for index in threaded:
             self.todo.put(index)
         self.results, self.started = [None] * len(checks), [False] * len(checks)
-        self.lock, self.left, self.finished = threading.Lock(), len(checks), threading.Event()
+        self.lock, self.left, self.finished = threading.Lock(), len(threaded), threading.Event()
+        if not threaded:
+            self.finished.set()
 
     def spawn(self, number):
         try:
@@ -261,34 +281,86 @@ class _Pool:
                 index = self.todo.get_nowait()
             except queue.Empty:
                 return
-            self.started[index] = True
-            _PROBING.kind = None
-            try:
-                self.results[index] = _run_check(self.checks[index], self.ctx)
-            except Exception as exc:  # pylint: disable=broad-except
-                # The one broad catch of the health engine, at its thread boundary: an exception
-                # nobody expected (a bug, in a probe or in the engine) ends as this check's UNKNOWN
-                # result instead of killing the worker and losing every other check of the run.
-                self.results[index] = _crashed(self.checks[index], exc)
+            run_blocking(self.steps(index, False))
             with self.lock:
                 self.left -= 1
                 if not self.left:
                     self.finished.set()
 
+    def steps(self, index, on_loop, ctx=None):
+        """The steps of check ``index``, its result in ``results``."""
+        self.started[index] = True
+        probing = [None]
+        try:
+            self.results[index] = yield from _run_check_steps(self.checks[index], ctx or self.ctx, probing, on_loop)
+        except Exception as exc:  # pylint: disable=broad-except
+            # The one broad catch of the health engine, at its thread and loop boundary: an exception
+            # nobody expected (a bug, in a probe or in the engine) ends as this check's UNKNOWN
+            # result instead of killing the worker (or the loop) and losing every other check of the run.
+            self.results[index] = _crashed(self.checks[index], exc, probing[0])
 
-def _run_pool(checks, ctx, workers, wait):
-    """Run the checks on ``workers`` daemon threads; return the results after at most ``wait`` s."""
-    pool = _Pool(checks, ctx, workers)
-    pool.spawn(0)
-    pool.finished.wait(wait)
+
+def _shares(concurrency, looped, threaded):
+    """(loop slots, worker threads): ``concurrency`` split between the two in proportion."""
+    if not threaded:
+        return min(concurrency, looped), 0
+    if not looped:
+        return 0, min(concurrency, threaded)
+    slots = max(1, min(looped, concurrency * looped // (looped + threaded)))
+    return slots, max(1, min(threaded, concurrency - slots))
+
+
+def _run_pool(checks, ctx, concurrency, wait):
+    """Run the checks (at most ``concurrency`` at once); return the results after at most ``wait`` s."""
+    looped = [i for i, check in enumerate(checks) if check["type"] in _STEPS]
+    threaded = [i for i, check in enumerate(checks) if check["type"] not in _STEPS]
+    slots, workers = _shares(concurrency, len(looped), len(threaded))
+    pool = _Pool(checks, ctx, threaded, workers)
+    end = time.perf_counter() + (wait if wait is not None else float("inf"))
+    if threaded:
+        pool.spawn(0)
+    if looped:
+        _run_loops(pool, looped, slots, end)
+    pool.finished.wait(None if wait is None else max(0.0, end - time.perf_counter()))
     snapshot = list(pool.results)
     return [result if result is not None else _not_finished(checks[i], "hung" if pool.started[i] else "not started")
             for i, result in enumerate(snapshot)]
 
 
-def _crashed(check, exc):
-    """The result of a check whose run raised ``exc``, an error no probe is expected to raise."""
-    if getattr(_PROBING, "kind", None):
+class _LoopContext:
+    """The run's Context as the probes of one event loop see it: with that loop's name lookup."""
+
+    def __init__(self, ctx, resolver):
+        self._ctx, self.resolver = ctx, resolver
+
+    def __getattr__(self, name):
+        return getattr(self._ctx, name)
+
+
+def _run_loops(pool, looped, slots, end):
+    """The checks ``looped`` on up to _LOOPS event loops, one in this thread and the others on
+    daemon threads, until ``end``. TLS handshakes and socket calls release the GIL: on a loop per
+    core they use the cores that 200 threads would use, without 200 threads."""
+    count = max(1, min(_LOOPS, len(looped) // _PER_LOOP))
+    runs = []
+    for number in range(count):
+        loop = Loop()
+        share = looped[number::count]
+        runs.append((loop, [pool.steps(i, True, _LoopContext(pool.ctx, loop.lookup)) for i in share],
+                     max(1, slots * len(share) // len(looped))))
+    threads = [threading.Thread(target=loop.run, args=(gens, share, end), name="opskit-health-loop-%d" % number, daemon=True)
+               for number, (loop, gens, share) in enumerate(runs[1:], 1)]
+    for thread in threads:
+        thread.start()
+    runs[0][0].run(runs[0][1], runs[0][2], end)
+    for thread in threads:
+        thread.join(None if end == float("inf") else max(0.0, end - time.perf_counter()))
+
+
+def _crashed(check, exc, probing):
+    """The result of a check whose run raised ``exc``, an error no probe is expected to raise
+    (``probing``: the probe type it escaped from, else None)."""
+    if probing:
         message = unexpected("probe error", exc)  # escaped the probe itself
     else:
         message = redact("internal error: %s: %s" % (type(exc).__name__, exc))

@@ -12,17 +12,16 @@ from __future__ import annotations
 import base64
 import datetime
 import http.client
+import io
 import json
-import os
 import re
 import socket
-import ssl
-import threading
-import time
 from urllib.parse import unquote, urlsplit
 
 from .._errors import ConfigError
+from .aio import READ, WRITE, run_blocking
 from .probe import ProbeFailed
+from .sockets import Clock, connect_steps, io_steps, tls_steps
 from .ranges import CRITICAL, UNKNOWN, format_number
 
 MAX_BODY = 1024 * 1024  # bytes of an HTTP body kept for body_contains / json_conditions
@@ -152,51 +151,12 @@ def cert_days_left(der, now=None):
 
 # --------------------------------------------------------------------------- sockets
 
-class _Clock:
-    """Milliseconds since the probe started and seconds left in its budget."""
-
-    def __init__(self, timeout):
-        self.start = time.perf_counter()
-        self.end = self.start + timeout
-        self.timeout = timeout
-
-    def ms(self):
-        return (time.perf_counter() - self.start) * 1000.0
-
-    def left(self, phase):
-        left = self.end - time.perf_counter()
-        if left <= 0:
-            raise ProbeFailed(CRITICAL, "timed out after %ss while %s" % (format_number(round(self.timeout, 3)), phase))
-        return left
+_Clock = Clock   # the name tls.py and the tests know
 
 
 def _connect(host, port, clock, obs):
-    """Resolve and connect (DNS and connect timings in ``obs``); returns the socket."""
-    phase = "resolving %s" % host
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        raise ProbeFailed(CRITICAL, "DNS lookup of %s failed: %s" % (host, exc.strerror or exc)) from exc
-    obs.measure("dns_ms", clock.ms())
-    mark, error = clock.ms(), None
-    for family, kind, proto, _name, addr in infos:
-        sock = socket.socket(family, kind, proto)
-        try:
-            sock.settimeout(clock.left("connecting to %s:%s" % (host, port)))
-            sock.connect(addr)
-        except socket.timeout as exc:
-            sock.close()
-            raise ProbeFailed(CRITICAL, "timed out after %ss while connecting to %s:%s"
-                              % (format_number(round(clock.timeout, 3)), host, port)) from exc
-        except OSError as exc:
-            sock.close()
-            error = exc
-            continue
-        obs.measure("connect_ms", clock.ms() - mark)
-        return sock
-    if isinstance(error, ConnectionRefusedError):
-        raise ProbeFailed(CRITICAL, "connection to %s:%s refused" % (host, port))
-    raise ProbeFailed(CRITICAL, "cannot connect to %s:%s: %s" % (host, port, getattr(error, "strerror", None) or error or phase))
+    """Resolve and connect in this thread (DNS and connect timings in ``obs``) -> a socket with a timeout."""
+    return run_blocking(connect_steps(host, port, clock, obs))
 
 
 def _timed(clock, phase, func, *args):
@@ -207,67 +167,12 @@ def _timed(clock, phase, func, *args):
                           % (format_number(round(clock.timeout, 3)), phase)) from exc
 
 
-# --------------------------------------------------------------------------- http
-
-_TLS_CONTEXTS, _TLS_LOCK = {}, threading.Lock()
-
-
-def _file_stamp(path):
-    try:
-        stat = os.stat(path)
-    except (OSError, TypeError, ValueError):
-        return None
-    return stat.st_mtime_ns, stat.st_size
-
-
-def _tls_context(check):
-    """The SSLContext of the check's TLS options, built once per process and options: loading the
-    system CA store costs tens of milliseconds of CPU, which 200 https checks would pay 200 times.
-    The files' mtime and size are part of the key, so a replaced CA or client certificate is read."""
-    options = (bool(check.get("validate_certs", True)), bool(check.get("_no_hostname")),
-               check.get("ca_path") or None, check.get("client_cert") or None, check.get("client_key") or None)
-    key = options + tuple(_file_stamp(path) for path in options[2:] if path)
-    with _TLS_LOCK:
-        ctx = _TLS_CONTEXTS.get(key)
-        if ctx is None:
-            ctx = _TLS_CONTEXTS[key] = _new_tls_context(check)
-    return ctx
-
-
-def _new_tls_context(check):
-    if check.get("validate_certs", True):
-        ctx = ssl.create_default_context(cafile=check.get("ca_path") or None)
-        ctx.check_hostname = not check.get("_no_hostname")   # the tls probe matches the names itself
-    else:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    if check.get("client_cert"):
-        ctx.load_cert_chain(check["client_cert"], check.get("client_key") or None)
-    return ctx
-
-
 def tls_handshake(sock, check, host, port, clock, obs, server_hostname=None):
-    """``sock`` wrapped in TLS with the check's options (tls_ms in ``obs``); failures are ProbeFailed."""
-    mark = clock.ms()
-    try:
-        tls_ctx = _tls_context(check)
-    except (OSError, ssl.SSLError) as exc:
-        raise ProbeFailed(UNKNOWN, "cannot load the TLS client certificate or CA: %s"
-                          % (getattr(exc, "strerror", None) or exc)) from exc
-    sock.settimeout(clock.left("in the TLS handshake"))
-    try:
-        sock = _timed(clock, "in the TLS handshake",
-                      lambda: tls_ctx.wrap_socket(sock, server_hostname=server_hostname or host))
-    except ssl.SSLCertVerificationError as exc:
-        raise ProbeFailed(CRITICAL, "TLS certificate verification failed for %s: %s"
-                          % (server_hostname or host, exc.verify_message or exc.reason)) from exc
-    except (ssl.SSLError, ConnectionError) as exc:
-        raise ProbeFailed(CRITICAL, "TLS handshake with %s:%s failed: %s"
-                          % (host, port, getattr(exc, "reason", None) or exc)) from exc
-    obs.measure("tls_ms", clock.ms() - mark)
-    return sock
+    """``sock`` wrapped in TLS in this thread (tls_ms in ``obs``); failures are ProbeFailed."""
+    return run_blocking(tls_steps(sock, check, host, port, clock, obs, server_hostname))
 
+
+# --------------------------------------------------------------------------- http
 
 def _leaf_expiry(sock, obs):
     der = sock.getpeercert(binary_form=True)
@@ -280,50 +185,211 @@ def _leaf_expiry(sock, obs):
 
 
 def probe_http(check, obs, timeout, ctx=None):
-    response, data = fetch_http(check, obs, timeout)
+    run_blocking(probe_http_steps(check, obs, timeout, ctx))
+
+
+def probe_http_steps(check, obs, timeout, ctx=None):
+    """The steps of one request of an http check and its judgement (status, body, JSON conditions)."""
+    response, data = yield from fetch_http_steps(check, obs, timeout, getattr(ctx, "resolver", None))
     _judge_http(check, obs, response, data)
 
 
 def fetch_http(check, obs, timeout):
-    """One request of ``check`` (url, method, headers, body, TLS options) -> (response, body bytes).
+    """One request of ``check`` in this thread -> (response, body bytes); see fetch_http_steps."""
+    return run_blocking(fetch_http_steps(check, obs, timeout))
+
+
+def fetch_http_steps(check, obs, timeout, resolver=None):
+    """The steps of one request of ``check`` (url, method, headers, body, TLS options) -> (response, body bytes).
 
     Timings (dns_ms, connect_ms, tls_ms, first_byte_ms, time_ms), status_code, body_bytes and the
     certificate expiry go into ``obs``; every failure is a ProbeFailed naming host and port."""
     url = urlsplit(check["url"])
     https = url.scheme == "https"
     host, port = url.hostname, url.port or (443 if https else 80)
-    clock = _Clock(timeout)
-    sock = _connect(host, port, clock, obs)
+    clock = Clock(timeout)
+    sock = yield from connect_steps(host, port, clock, obs, resolver)
     try:
         if https:
-            sock = tls_handshake(sock, check, host, port, clock, obs)
+            sock = yield from tls_steps(sock, check, host, port, clock, obs)
             _leaf_expiry(sock, obs)
-        conn = http.client.HTTPConnection(host, port, timeout=clock.left("sending the request"))
-        conn.sock = sock
-        body, headers = _request_body(check, url)
-        hostport = ("[%s]" % host if ":" in host else host) + ("" if url.port is None else ":%d" % port)
-        headers.setdefault("Host", hostport)
-        headers.setdefault("User-Agent", USER_AGENT)
-        headers.setdefault("Connection", "close")
-        target = (url.path or "/") + ("?" + url.query if url.query else "")
-        sock.settimeout(clock.left("sending the request"))
-        _timed(clock, "sending the request", conn.request, check["method"], target, body, headers)
-        sock.settimeout(clock.left("waiting for the first byte"))
-        try:
-            response = _timed(clock, "waiting for the first byte", conn.getresponse)
-        except (http.client.HTTPException, ConnectionError) as exc:
-            raise ProbeFailed(CRITICAL, "no valid HTTP answer from %s:%s: %s" % (host, port, type(exc).__name__ if not str(exc) else exc)) from exc
-        obs.measure("first_byte_ms", clock.ms())
-        sock.settimeout(clock.left("reading the body"))
-        try:
-            data = _timed(clock, "reading the body", response.read, MAX_BODY)
-        except (http.client.HTTPException, ConnectionError) as exc:
-            raise ProbeFailed(CRITICAL, "reading the body from %s:%s failed: %s" % (host, port, exc)) from exc
-        obs.measure("time_ms", clock.ms())
+        request = _request_bytes(check, url, host, port)
+        phase = "sending the request"
+        clock.left(phase)
+        while request:
+            sent = yield from io_steps(clock, phase, sock, WRITE, sock.send, request)
+            request = request[sent:]
+        raw, head = yield from _receive_steps(sock, check, clock, obs, "%s:%s" % (host, port))
     finally:
         sock.close()
+    response, data = _parse_response(raw, head, check, clock, obs, "%s:%s" % (host, port))
     obs.measure("status_code", response.status)
     obs.measure("body_bytes", len(data))
+    return response, data
+
+
+class _Collector:
+    """Stands for the socket of an HTTPConnection: keeps what http.client would send."""
+
+    def __init__(self):
+        self.parts = []
+
+    def sendall(self, data):
+        self.parts.append(bytes(data))
+
+
+def _request_bytes(check, url, host, port):
+    """The request as http.client formats it (request line, Host, Accept-Encoding, Content-Length...)."""
+    conn = http.client.HTTPConnection(host, port)
+    conn.sock = out = _Collector()
+    body, headers = _request_body(check, url)
+    hostport = ("[%s]" % host if ":" in host else host) + ("" if url.port is None else ":%d" % port)
+    headers.setdefault("Host", hostport)
+    headers.setdefault("User-Agent", USER_AGENT)
+    headers.setdefault("Connection", "close")
+    conn.request(check["method"], (url.path or "/") + ("?" + url.query if url.query else ""), body, headers)
+    return b"".join(out.parts)
+
+
+def _receive_steps(sock, check, clock, obs, where):
+    """The bytes of the answer: until the server closes, or the message is complete (_complete)."""
+    raw, head, phase = bytearray(), None, "waiting for the first byte"
+    while True:
+        try:
+            chunk = yield from io_steps(clock, phase, sock, READ, sock.recv, 65536)
+        except ConnectionError as exc:
+            if head is None:
+                raise ProbeFailed(CRITICAL, "no valid HTTP answer from %s: %s" % (where, exc)) from exc
+            raise ProbeFailed(CRITICAL, "reading the body from %s failed: %s" % (where, exc)) from exc
+        if not chunk:
+            return bytes(raw), head
+        raw += chunk
+        if head is None:
+            head = _head(raw)
+            if head is not None:
+                obs.measure("first_byte_ms", clock.ms())
+                phase = "reading the body"
+        if head is not None and _complete(raw, head, check["method"]):
+            return bytes(raw), head
+
+
+_HEAD_END = re.compile(rb"\r?\n\r?\n")
+_STATUS = re.compile(rb"HTTP/\d(?:\.\d)? +(\d{3})")
+_STATUS_LINE = re.compile(rb"HTTP/1\.[01] ([2-5]\d\d)(?: [^\r\n]*)?$")
+
+
+def _head(raw):
+    """(start, end, status, {lower-case header: value}, simple) of the head of the final answer, or
+    None while incomplete; ``100 Continue`` heads are skipped as http.client skips them. ``simple``:
+    a CRLF head of well-formed fields that the fast path (_plain_answer) may read without http.client."""
+    pos = 0
+    while True:
+        match = _HEAD_END.search(raw, pos)
+        if match is None:
+            return None
+        status = _STATUS.match(raw, pos)
+        code = int(status.group(1)) if status else 0
+        if code != 100:
+            text, fields = bytes(raw[pos:match.start()]), {}
+            crlf = match.group() == b"\r\n\r\n" and b"\n" not in text.replace(b"\r\n", b"")
+            lines = text.split(b"\r\n" if crlf else b"\n")
+            simple = crlf and len(lines) <= 100 and bool(_STATUS_LINE.match(lines[0]))
+            for line in lines[1:]:
+                name, sep, value = line.partition(b":")
+                simple = simple and bool(sep) and line[:1] not in (b" ", b"\t")
+                fields.setdefault(name.strip().lower(), value.strip())
+            return pos, match.end(), code, fields, simple
+        pos = match.end()
+
+
+def _chunked_done(body):
+    pos, total = 0, 0
+    while total < MAX_BODY:
+        eol = body.find(b"\r\n", pos)
+        if eol < 0:
+            return False
+        try:
+            size = int(bytes(body[pos:eol]).split(b";")[0].strip(), 16)
+        except ValueError:
+            return True          # not chunked after all: http.client tells what is wrong
+        if size == 0:
+            return body.find(b"\r\n\r\n", eol) >= 0
+        pos, total = eol + 2 + size + 2, total + size
+        if pos > len(body):
+            return False
+    return True
+
+
+def _complete(raw, head, method):
+    """Whether ``raw`` holds the whole answer (or the MAX_BODY bytes that are read of it)."""
+    _start, end, code, fields, _simple = head
+    if method == "HEAD" or code in (204, 304) or 100 <= code < 200:
+        return True
+    body = raw[end:]
+    if b"chunked" in fields.get(b"transfer-encoding", b"").lower():
+        return _chunked_done(body)
+    length = fields.get(b"content-length")
+    if length is not None and length.isdigit():
+        return len(body) >= min(int(length), MAX_BODY)
+    return len(body) >= MAX_BODY     # delimited by the close
+
+
+class _Replay:
+    """Stands for a socket holding ``data``, for http.client.HTTPResponse to parse."""
+
+    def __init__(self, data):
+        self.data = data
+
+    def makefile(self, mode):
+        return io.BytesIO(self.data)
+
+
+class _Answer:
+    """The status, reason and header fields of an answer read by the fast path."""
+
+    def __init__(self, status, reason, fields):
+        self.status, self.reason, self.fields = status, reason, fields
+
+
+def _plain_answer(raw, head, method):
+    """(answer, body) of a well-formed answer without transfer coding, read as http.client would
+    read it (the first Content-Length, else up to the close; none for HEAD, 204, 304), or None:
+    http.client reads the others (chunked, odd heads, short bodies) and reports their errors."""
+    if head is None or not head[4] or b"transfer-encoding" in head[3]:
+        return None
+    start, end, code, fields, _simple = head
+    reason = bytes(raw[start:raw.index(b"\r\n", start)]).partition(b" ")[2].partition(b" ")[2]
+    answer = _Answer(code, reason.decode("iso-8859-1"), fields)
+    if method == "HEAD" or code in (204, 304):
+        return answer, b""
+    length = fields.get(b"content-length")
+    if length is None:
+        return answer, raw[end:end + MAX_BODY]
+    if not length.isdigit():
+        return None
+    want = min(int(length), MAX_BODY)
+    return (answer, raw[end:end + want]) if len(raw) - end >= want else None
+
+
+def _parse_response(raw, head, check, clock, obs, where):
+    """The received bytes -> (response, body): the fast path, else http.client's parse, with the
+    errors of a blocking read."""
+    plain = _plain_answer(raw, head, check["method"])
+    if plain is not None:
+        obs.measure("time_ms", clock.ms())
+        return plain
+    response = http.client.HTTPResponse(_Replay(raw), method=check["method"])
+    try:
+        response.begin()
+    except (http.client.HTTPException, ConnectionError) as exc:
+        raise ProbeFailed(CRITICAL, "no valid HTTP answer from %s: %s" % (where, type(exc).__name__ if not str(exc) else exc)) from exc
+    if "first_byte_ms" not in obs.measures:     # a head that only the close ended
+        obs.measure("first_byte_ms", clock.ms())
+    try:
+        data = response.read(MAX_BODY)
+    except (http.client.HTTPException, ConnectionError) as exc:
+        raise ProbeFailed(CRITICAL, "reading the body from %s failed: %s" % (where, exc)) from exc
+    obs.measure("time_ms", clock.ms())
     return response, data
 
 

@@ -3,10 +3,11 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The http probe with ``samples: N``: N requests in a row, their latency percentiles and error ratio.
 
-    probe_http_sampled(check, obs, timeout, ctx)   one request (samples 1) or N of them
+    probe_http_sampled(check, obs, timeout, ctx)   one request (samples 1) or N of them, in this thread
+    probe_http_sampled_steps(...)                  the same as steps, for the event loop (aio.Loop)
     percentile(values, fraction)                   nearest-rank percentile of a non-empty list
 
-Each request is one ``net.probe_http`` with its own Observation; a request is an error when it
+Each request is one ``net.probe_http_steps`` with its own Observation; a request is an error when it
 raised (refused, timeout, TLS, no HTTP) or its answer failed the check's status, body or JSON
 conditions. The latency measures (p50_ms, p95_ms, p99_ms, max_ms, min_ms, mean_ms) are over the
 requests that got an answer; ``time_ms`` is their median. Without a threshold on ``error_ratio``,
@@ -16,9 +17,9 @@ requests that got an answer; ``time_ms`` is their median. Without a threshold on
 from __future__ import annotations
 
 import math
-import time
 
-from .net import probe_http
+from .aio import run_blocking, sleep
+from .net import probe_http_steps
 from .outcome import PROBE_ERRORS, exception_state
 from .probe import Observation
 from .ranges import CRITICAL, SEVERITY, format_number
@@ -34,11 +35,11 @@ def percentile(values, fraction):
     return ordered[min(rank, len(ordered)) - 1]
 
 
-def _one(check, timeout):
-    """One request -> (Observation, failure message or None)."""
+def _one(check, timeout, ctx):
+    """The steps of one request -> (Observation, failure message or None)."""
     obs = Observation()
     try:
-        probe_http(check, obs, timeout)
+        yield from probe_http_steps(check, obs, timeout, ctx)
     except PROBE_ERRORS as exc:
         return obs, exception_state(exc, timeout)
     if obs.problems:
@@ -48,25 +49,30 @@ def _one(check, timeout):
 
 
 def probe_http_sampled(check, obs, timeout, ctx=None):
+    run_blocking(probe_http_sampled_steps(check, obs, timeout, ctx))
+
+
+def probe_http_sampled_steps(check, obs, timeout, ctx=None):
+    """The steps of an http check: one request (samples 1) or N of them in a row."""
     count = check.get("samples") or 1
     if count == 1:
-        return probe_http(check, obs, timeout, ctx)
+        yield from probe_http_steps(check, obs, timeout, ctx)
+        return
     times, failures, last = [], [], None
     for number in range(count):
         left = ctx.remaining() if ctx is not None else float("inf")
         if number and left <= 0:
             break
-        last, failure = _one(check, max(0.001, min(timeout, left)))
+        last, failure = yield from _one(check, max(0.001, min(timeout, left)), ctx)
         if "time_ms" in last.measures:
             times.append(last.measures["time_ms"])
         if failure:
             failures.append(failure)
         pause = min(check.get("sample_interval") or 0.0, left)
         if pause > 0 and number + 1 < count:
-            time.sleep(pause)
+            yield from sleep(pause)
     _measure_samples(obs, last, times, failures, number + 1)
     _judge_samples(check, obs, times, failures, number + 1, count)
-    return None
 
 
 def _measure_samples(obs, last, times, failures, done):

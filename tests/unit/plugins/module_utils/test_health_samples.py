@@ -70,16 +70,18 @@ def test_sample_options_are_checked(extra, message):
 
 
 def _scripted(monkeypatch, outcomes):
-    """probe_http replaced by a script: a number is an answer after that many ms, a string a failure."""
+    """probe_http_steps (one request, as steps of the event loop) replaced by a script: a number is
+    an answer after that many ms, a string a failure."""
     calls = iter(outcomes)
 
     def fake(check, obs, timeout, ctx=None):
         outcome = next(calls)
+        yield None, 0, 0.0      # one turn of the loop, as a request would take
         if isinstance(outcome, str):
             raise ProbeFailed("CRITICAL", outcome)
         obs.measure("time_ms", float(outcome))
         obs.measure("status_code", 200)
-    monkeypatch.setattr(sampling, "probe_http", fake)
+    monkeypatch.setattr(sampling, "probe_http_steps", fake)
 
 
 @pytest.mark.parametrize("outcomes, thresholds, status, fragment", [
