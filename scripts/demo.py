@@ -6,17 +6,21 @@
 Starts a throwaway PostgreSQL with a sample database (the Postgres class of the integration
 harness, tests/integration/harness.py: initdb as an unprivileged user, scram auth on 127.0.0.1),
 and, when a Docker Engine answers or can be started (the harness's DockerEngine.script, that is
-scripts/docker-engine.sh), a sample volume; runs playbooks/daily.yml then playbooks/dr_drill.yml against
-inventories/local with file:// storage under demo/; prints the measured RTO and RPO and where
-the report is; stops what it started.
+scripts/docker-engine.sh), a sample volume; turns on WAL archiving of the PostgreSQL (archive_mode,
+archive_command = opskit-wal, archive_timeout 1 s, a restart; the daily run's backup role takes a
+base backup); runs playbooks/daily.yml then playbooks/dr_drill.yml against
+inventories/local with file:// storage under demo/; prints the measured RTO and RPO (for the
+point-in-time recovery, the RPO measured by a marker) and where the report is; stops what it started.
 """
 
 from __future__ import annotations
 
+import getpass
 import glob
 import io
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tarfile
@@ -27,6 +31,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
 
 import harness  # noqa: E402  (tests/integration/harness.py: one implementation of "start PostgreSQL")
+import pitr_fixtures  # noqa: E402  (tests/integration/pitr_fixtures.py: opskit-wal installed beside a cluster)
 
 DEMO = os.path.abspath(os.environ.get("OPSKIT_DEMO_DIR") or os.path.join(ROOT, "demo"))
 ORDERS = 5000
@@ -47,6 +52,49 @@ def sample_database(pg):
     checksum = pg.psql("SELECT md5(string_agg(id || ':' || customer_id || ':' || total, ',' ORDER BY id)) FROM orders",
                        db="shop").strip()
     return checksum
+
+
+PITR_CLUSTER = "main"  # its series: demo-pg-main-physical
+
+
+def archiving_on(pg):
+    """archive_mode = on, archive_command = opskit-wal (in DEMO/pitr), archive_timeout 1 s, and a
+    restart; the server's user must reach DEMO to archive into it. Returns (its user name, None),
+    or (None, why not)."""
+    account = harness._pg_system_user()  # pylint: disable=protected-access  (the user the harness runs it as)
+    user = account.pw_name if account else getpass.getuser()
+    if account is not None:
+        path = DEMO
+        while path != os.path.dirname(path):
+            path = os.path.dirname(path)
+            if not os.stat(path).st_mode & 0o001:
+                return None, "the server's user %s cannot reach %s (no o+x on %s)" % (user, DEMO, path)
+        os.chmod(DEMO, 0o755)
+        series = os.path.join(DEMO, "backups", "demo-pg-%s-physical" % PITR_CLUSTER)
+        for sub in (os.path.join(DEMO, "backups"), series, os.path.join(series, "wal")):
+            os.makedirs(sub, exist_ok=True)
+        for sub in (series, os.path.join(series, "wal")):
+            os.chown(sub, account.pw_uid, account.pw_gid)
+    # opskit-wal with its lib (the built collection) and its 0600 config, as the backup role's
+    # tasks_from=pitr_archive installs it (tests/integration/pitr_fixtures.py; faster for a demo)
+    helper = pitr_fixtures.install_helper(os.path.join(DEMO, "pitr"), "file://%s/backups" % DEMO,
+                                          "demo-pg-%s-physical" % PITR_CLUSTER, account)
+    pg.psql("ALTER SYSTEM SET archive_mode = on")
+    pg.psql("ALTER SYSTEM SET archive_timeout = 1")
+    pg.psql("ALTER SYSTEM SET archive_command = '%s push %%p %%f'" % " ".join(shlex.quote(a) for a in helper).replace("'", "''"))
+    pg._run_as_owner([os.path.join(pg.bin_dir, "pg_ctl"), "-D", pg.data, "-l", pg.log, "-w", "-t", "60",  # pylint: disable=protected-access
+                      "-m", "fast", "restart"], start_new_session=True)
+    return user, None
+
+
+def pitr_vars(pg, user):
+    return {
+        "opskit_pitr_clusters": [{"name": PITR_CLUSTER, "marker_database": "shop", "verify_queries": [
+            {"name": "all orders recovered", "query": "SELECT count(*) FROM orders", "expect": str(ORDERS)}]}],
+        "opskit_pitr_base_daily": True,  # the daily run takes the base backup (weekly.yml does, by default)
+        "opskit_pitr_dir": os.path.join(DEMO, "pitr"), "opskit_pitr_config": os.path.join(DEMO, "pitr", "wal.json"),
+        "opskit_pitr_os_user": user, "opskit_pitr_rpo": "1m",
+    }
 
 
 def _first_line(exc):
@@ -178,6 +226,12 @@ def main():
         checksum = sample_database(pg)
         say("sample database 'shop' on port %d: 500 customers, %d orders (md5 %s)" % (pg.port, ORDERS, checksum[:12]))
 
+        pitr_user, pitr_why = archiving_on(pg)
+        if pitr_user:
+            say("WAL archiving on: archive_command = opskit-wal, archive_timeout 1 s")
+        else:
+            say("SKIPPING the point-in-time recovery part: %s" % pitr_why)
+
         volume, files, docker_started, why = docker_volume()
         if volume:
             say("sample Docker volume %s with %d files" % (volume, files))
@@ -199,6 +253,8 @@ def main():
             "opskit_health_checks": [{"name": "shop database", "type": "postgres", "database": "shop"}],
             "opskit_disk_paths": [DEMO],
         }
+        if pitr_user:
+            extra.update(pitr_vars(pg, pitr_user))
         vars_file = os.path.join(DEMO, "vars.json")
         with open(os.open(vars_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as fh:
             json.dump(extra, fh, indent=2)
@@ -219,6 +275,12 @@ def main():
         print("  measured RTO %s (%s), RPO %s (%s)" % (
             fmt(doc["rto_seconds"]), "met" if doc["rto_met"] else "MISSED",
             fmt(doc["rpo_seconds"]), "met" if doc["rpo_met"] else "MISSED"))
+        if doc.get("pitr_rpo_seconds") is not None:
+            rpo = doc["pitr_rpo_seconds"]
+            print("  point-in-time recovery: RPO by marker %s (a commit until its WAL was archived; goal < 5 s: %s),"
+                  " restored to that second and verified" % (fmt(rpo), "met" if rpo < 5 else "MISSED"))
+        if not pitr_user:
+            print("  (point-in-time recovery part skipped: %s)" % pitr_why)
         if not volume:
             print("  (Docker volume part skipped: %s)" % why)
         print("  report: %s" % report[:-5] + ".html")

@@ -9,8 +9,13 @@ import glob
 import io
 import json
 import os
+import pathlib
+import shutil
 import subprocess
 import tarfile
+import tempfile
+
+import pytest
 
 from ansible_collections.opskit.runbook.plugins.module_utils._engine.artifacts import ArtifactReader
 from ansible_collections.opskit.runbook.plugins.module_utils._engine.catalog import list_backups
@@ -25,8 +30,18 @@ def _newest(pattern):
     return paths[-1]
 
 
-def test_demo_runs_and_reports_measured_rto_rpo(tmp_path, docker_engine):  # docker_engine: the volume part runs
-    demo = tmp_path / "demo"
+@pytest.fixture
+def demo_dir():
+    """The demo directory, where the PostgreSQL server's user can reach it (its archive_command
+    writes the WAL there): pytest's tmp_path is private to root."""
+    path = tempfile.mkdtemp(prefix="opskit-demo-")
+    os.chmod(path, 0o755)
+    yield pathlib.Path(path) / "demo"
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_demo_runs_and_reports_measured_rto_rpo(demo_dir, docker_engine):  # docker_engine: the volume part runs
+    demo = demo_dir
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
     env["OPSKIT_DEMO_DIR"] = str(demo)
     proc = subprocess.run([os.path.join(ROOT, "scripts", "demo.sh")], cwd=ROOT, env=env, check=False, capture_output=True,
@@ -44,7 +59,14 @@ def test_demo_runs_and_reports_measured_rto_rpo(tmp_path, docker_engine):  # doc
     assert doc["rto_met"] is True and doc["rpo_met"] is True and doc["status"] == "passed"
     assert doc["targets"] == {"rto": "4h", "rto_seconds": 14400.0, "rpo": "24h", "rpo_seconds": 86400.0}
     kinds = sorted(a["kind"] for a in doc["assets"])
-    assert kinds == ["postgres", "volume"]
+    assert kinds == ["postgres", "postgres-pitr", "volume"]
+    # point-in-time recovery: WAL archived by archive_command (archive_timeout 1 s), a base backup
+    # by the daily run, and the drill's RPO measured by a marker, restored to its second
+    assert "point-in-time recovery: RPO by marker" in out and "restored to that second and verified" in out
+    (pitr,) = [a for a in doc["assets"] if a["kind"] == "postgres-pitr"]
+    assert pitr["rpo_measured_by"] == "marker" and pitr["rpo_seconds"] == doc["pitr_rpo_seconds"] >= 0
+    assert pitr["marker"]["database"] == "shop" and pitr["series"] == "demo-pg-main-physical"
+    assert doc["pitr_rpo_met"] is True
     for asset in doc["assets"]:
         assert isinstance(asset["rto_seconds"], float) and isinstance(asset["rpo_seconds"], float)
         assert asset["verification"] == "passed"

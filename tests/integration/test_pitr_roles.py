@@ -1,0 +1,169 @@
+# -*- coding: utf-8 -*-
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The PITR runbooks through ansible-playbook: weekly.yml takes a base backup of a PITR cluster
+(the backup role's pitr_base) and runs its marker drill (the restore role: a marker committed at
+T, its WAL archived, a restore to T on a scratch port holding the marker and not the row written
+after T), and reports the RPO measured by the marker. The cluster is a real PostgreSQL
+15 (pitr_fixtures.ArchivingCluster, archive_mode on) whose archive_command (opskit-wal) and
+archive_timeout 1 s weekly.yml sets up first (opskit_pitr_setup), into a file:// location.
+
+dr_drill.yml runs the same restore role and report (test_demo.py drives it with a PITR cluster).
+The checks of the drill are proven able to fail by a lie at the tool boundary: a psql wrapper in
+restore_pitr_bin_dir runs the real psql and then reports another T, before the marker (the
+marker must be missing) or after the row written after T (that row must be present)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import tempfile
+
+import pytest
+
+from harness import PG_BIN
+from pitr_fixtures import ArchivingCluster
+from roles_fixtures import playbook, reports
+
+SERIES = "t-pg-main-physical"  # the role's default series of the cluster "main" with the prefix t-
+
+# A psql that lies about T. It runs the real psql with the same arguments and stdin; in the
+# databases named "early" and "late" it then rewrites marker_time of the drill's JSON line:
+# early: 1 ms before the marker row was inserted (so before its commit); late: after the segment
+# holding the row after T was archived, with one more commit after it, archived too (so recovery
+# to that T replays the row after T and stops at that commit).
+LYING_PSQL = r'''#!/usr/bin/python3
+import json, os, subprocess, sys, time
+REAL = %(real)r
+args = sys.argv[1:]
+db = args[args.index("-d") + 1] if "-d" in args else ""
+run = [a.split("=", 1)[1] for a in args if a.startswith("run=")]
+proc = subprocess.run([REAL] + args, stdin=sys.stdin, capture_output=True, text=True)
+sys.stderr.write(proc.stderr)
+if proc.returncode or db not in ("early", "late") or not run:
+    sys.stdout.write(proc.stdout)
+    sys.exit(proc.returncode)
+
+def sql(query):
+    return subprocess.run([REAL, "-XAtq", "-v", "ON_ERROR_STOP=1", "-d", db, "-c", "SET TimeZone = 'UTC'", "-c", query],
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+doc = json.loads(proc.stdout.strip().splitlines()[-1])
+if db == "early":
+    doc["marker_time"] = sql("SELECT (at - interval '1 millisecond')::text FROM opskit_drill_marker"
+                             " WHERE run = '%%s' AND phase = 'marker'" %% run[0])
+else:
+    doc["marker_time"] = doc["archived_at"]
+    sql("INSERT INTO opskit_drill_marker (run, phase) VALUES ('%%s', 'filler')" %% run[0])
+    segment = sql("SELECT pg_walfile_name(pg_switch_wal())")
+    deadline = time.monotonic() + 60
+    while sql("SELECT last_archived_wal >= '%%s' FROM pg_stat_archiver" %% segment) != "t":
+        assert time.monotonic() < deadline, "the filler's segment was not archived"
+        time.sleep(0.05)
+print(json.dumps(doc))
+'''
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """archive_mode on, no archive_command: weekly.yml sets it up (opskit_pitr_setup)."""
+    store = tempfile.mkdtemp(prefix="opskit-pitr-roles-")
+    os.chmod(store, 0o755)
+    pg = ArchivingCluster(store, SERIES, archive=False).start()
+    for db in ("app", "early", "late"):
+        pg.psql("CREATE DATABASE %s" % db)
+    for db in ("early", "late"):  # no CREATE TABLE of the drill commits between the lie's T and the marker
+        pg.psql("CREATE TABLE opskit_drill_marker (run text NOT NULL, phase text NOT NULL,"
+                " at timestamptz NOT NULL DEFAULT clock_timestamp(), PRIMARY KEY (run, phase))", db=db)
+    pg.home = tempfile.mkdtemp(prefix="opskit-pitr-home-")  # the role's helper and config, which the server's user reaches
+    os.chmod(pg.home, 0o755)
+    yield pg
+    pg.stop()
+    shutil.rmtree(store, ignore_errors=True)
+    shutil.rmtree(pg.home, ignore_errors=True)
+
+
+def _extra(cluster, tmp_path, clusters):
+    return {
+        "opskit_location": "file://" + cluster.store, "opskit_report_dir": str(tmp_path / "reports"),
+        "opskit_lock_dir": str(tmp_path / "locks"), "opskit_series_prefix": "t-", "opskit_disk_paths": [str(tmp_path)],
+        # the role installs opskit-wal and sets archive_command and archive_timeout 1 s before the base backup;
+        # the restore role's restore_command is built from the same variables
+        "opskit_pitr_setup": "archive_command", "opskit_pitr_archive_timeout": 1,
+        "opskit_pitr_dir": cluster.home + "/lib", "opskit_pitr_config": cluster.home + "/wal.json",
+        "backup_pitr_storage_options": {"compression_level": 1},
+        "opskit_pitr_clusters": clusters, "opskit_pitr_os_user": cluster.account.pw_name if cluster.account else os.getlogin(),
+        "opskit_pitr_rpo": "2m", "restore_pitr_recovery_timeout": 120, "restore_pitr_marker_timeout": 60,
+        "opskit_retention": {"keep_last": 2},
+    }
+
+
+def _main(cluster):
+    return {"name": "main", "postgres": cluster.conn(), "verify_queries": [
+        {"name": "the app database", "query": "SELECT count(*) FROM pg_database WHERE datname = 'app'", "expect": "1"}]}
+
+
+def _marker_rows(cluster, run, db="postgres"):
+    return cluster.psql("SELECT string_agg(phase, ',' ORDER BY phase) FROM opskit_drill_marker WHERE run = '%s'" % run, db=db)
+
+
+def test_weekly_base_backup_and_marker_drill_whose_checks_can_fail(cluster, run_playbook, tmp_path):
+    """weekly.yml with three entries of one real cluster: "main" tells the truth, "early" and "late"
+    lie about T through the psql wrapper. One base backup, three drills: main passes with
+    its marker RPO, early fails on the missing marker, late on the row after T that is present."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    wrapper = bin_dir / "psql"
+    wrapper.write_text(LYING_PSQL % {"real": os.path.join(PG_BIN, "psql")})
+    wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
+    clusters = [_main(cluster)] + [{"name": db, "series": SERIES, "postgres": cluster.conn(), "marker_database": db}
+                                   for db in ("early", "late")]
+    # the backup role's list is its own variable: one base backup of the one real cluster
+    extra = dict(_extra(cluster, tmp_path, clusters), restore_pitr_bin_dir=str(bin_dir), backup_pitr_clusters=clusters[:1])
+    run = run_playbook(playbook("weekly"), extra)
+    assert run.rc != 0, run.stdout[-4000:]  # two drills failed
+    assert run.task("PITR | set them (ALTER SYSTEM, reload)").get("changed")
+    assert cluster.psql("SELECT setting FROM pg_settings WHERE name = 'archive_timeout'") == "1"
+    assert oct(os.stat(cluster.home + "/wal.json").st_mode & 0o777) == "0o600"
+    doc = reports(str(tmp_path / "reports"), "weekly")[-1]
+    assert doc["status"] == "failed" and "restore failed for early, late" in doc["failure"]["msg"], doc["failure"]
+
+    # the base backup of the week, in the default series of "main", through the backup role
+    (base,) = doc["base_backups"]
+    assert base["name"] == "main" and base["series"] == SERIES and base["outcome"] == "written", base
+    manifest = json.load(open(os.path.join(cluster.store, SERIES, base["backup_id"] + ".manifest.json")))
+    assert manifest["kind"] == "postgres-physical"
+    assert any(p["name"] == "base backups" for p in doc["phases"])
+
+    # main: restored to T from the newest base backup, the marker there, the row after T not
+    assets = {a["name"]: a for a in doc["assets"]}
+    assert sorted(assets) == ["early", "late", "main"]
+    main = assets["main"]
+    assert main["kind"] == "postgres-pitr" and main["verification"] == "passed" and main["ok"], main
+    assert main["backup_id"] == base["backup_id"] and main["rpo_measured_by"] == "marker"
+    marker = main["marker"]
+    assert marker["segment"] <= marker["archived_segment"] and marker["marker_time"] < marker["archived_at"]
+    assert main["rpo_seconds"] == pytest.approx(marker["rpo_seconds"]) and main["rpo_seconds"] >= 0
+    assert main["rpo_met"] is True and main["rto_seconds"] > 0 and main["recovery"]["target"]
+    assert _marker_rows(cluster, marker["run"]) == "after,marker"  # both rows are on the real cluster
+    manifest = json.load(open(os.path.join(cluster.store, SERIES, base["backup_id"] + ".manifest.json")))
+    assert manifest["verification"]["method"] == "pitr-drill"  # the last drill's verdict (late: failed)
+
+    # early: T 1 ms before the marker's insert: the marker is missing after the restore
+    early = assets["early"]
+    assert early["verification"] == "failed" and not early["ok"] and early["rpo_met"] is False
+    assert "the marker written at T: returned '0', expected '1'" in early["error"], early["error"]
+    assert _marker_rows(cluster, early["marker"]["run"], db="early") == "after,marker"  # written, not restored
+
+    # late: T after the row written after T: that row is present after the restore
+    late = assets["late"]
+    assert late["verification"] == "failed" and not late["ok"]
+    assert "no row written after T: returned '1', expected '0'" in late["error"], late["error"]
+    assert "the marker written at T" not in late["error"]  # the marker itself was restored
+
+    # the report: the RPO by marker next to the RTO, judged (two drills failed: not met)
+    assert doc["pitr_rpo_seconds"] == max(a["rpo_seconds"] for a in assets.values())
+    assert doc["pitr_rpo_met"] is False and doc["pitr_rpo_target"] == "2m" and isinstance(doc["rto_seconds"], float)
+    html = open(sorted((tmp_path / "reports").glob("weekly-*.html"))[-1]).read()
+    assert "RPO by marker" in html
