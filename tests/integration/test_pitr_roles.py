@@ -14,8 +14,11 @@ marker must be missing) or after the row written after T (that row must be prese
 
 from __future__ import annotations
 
+import datetime
+import glob
 import json
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -94,7 +97,7 @@ def _extra(cluster, tmp_path, clusters):
         "opskit_pitr_dir": cluster.home + "/lib", "opskit_pitr_config": cluster.home + "/wal.json",
         "backup_pitr_storage_options": {"compression_level": 1},
         "opskit_pitr_clusters": clusters, "opskit_pitr_os_user": cluster.account.pw_name if cluster.account else os.getlogin(),
-        "opskit_pitr_rpo": "2m", "restore_pitr_recovery_timeout": 120, "restore_pitr_marker_timeout": 60,
+        "opskit_pitr_rpo": "2min", "restore_pitr_recovery_timeout": 120, "restore_pitr_marker_timeout": 60,
         "opskit_retention": {"keep_last": 2},
     }
 
@@ -164,6 +167,61 @@ def test_weekly_base_backup_and_marker_drill_whose_checks_can_fail(cluster, run_
 
     # the report: the RPO by marker next to the RTO, judged (two drills failed: not met)
     assert doc["pitr_rpo_seconds"] == max(a["rpo_seconds"] for a in assets.values())
-    assert doc["pitr_rpo_met"] is False and doc["pitr_rpo_target"] == "2m" and isinstance(doc["rto_seconds"], float)
+    assert doc["pitr_rpo_met"] is False and doc["pitr_rpo_target"] == "2min" and isinstance(doc["rto_seconds"], float)
     html = open(sorted((tmp_path / "reports").glob("weekly-*.html"))[-1]).read()
     assert "RPO by marker" in html
+
+    # the weekly RPO check covers the cluster's WAL archive: fresh (archive_timeout 1 s), no gap, a new base backup
+    (wal_check,) = [r for r in run.results if r["_task"].startswith("Verify | the WAL archive of each PITR cluster")]
+    assert wal_check["_status"] == "ok" and wal_check["ansible_facts"]["backup_pitr_stale"] == [], wal_check
+    assert "RPO breach" not in doc["failure"]["msg"], doc["failure"]
+
+
+def _metrics(path):
+    with open(path) as fh:
+        return [line for line in fh.read().splitlines() if line and not line.startswith("#")]
+
+
+def test_daily_wal_rpo_check_fails_on_a_stalled_archive(cluster, run_playbook, tmp_path):
+    """The daily run's RPO check of a PITR cluster (the fresh case passes in the weekly test above,
+    whose base backup and archiving this test starts from). Archiving is stalled for real
+    (archive_command false, a segment switched that cannot be archived), one archived segment is
+    taken out of the store (a gap) and the clock moves 9 days on: the run fails with one line
+    naming the cluster and all three (WAL too old, the gap, the base backup too old), and
+    opskit_backup_stale of the series is 1 (rpo="2min"), so OpskitBackupStale fires."""
+    manifests = glob.glob(os.path.join(cluster.store, SERIES, "*.manifest.json"))
+    assert manifests, "no base backup in %s: this test starts from the weekly test's (run the whole file)" % SERIES
+    metrics = tmp_path / "metrics"
+    metrics.mkdir()
+    extra = dict(_extra(cluster, tmp_path, [_main(cluster)]), opskit_pitr_setup="none", opskit_metrics_dir=str(metrics))
+    command = cluster.psql("SHOW archive_command")
+    segments = sorted(p for p in glob.glob(os.path.join(cluster.store, SERIES, "wal", "*", "*"))
+                      if re.match(r"[0-9A-F]{24}-", os.path.basename(p)))
+    assert len(segments) >= 3, segments
+    hidden = segments[len(segments) // 2]
+    os.rename(hidden, str(tmp_path / "hidden-segment"))
+    try:
+        cluster.psql("ALTER SYSTEM SET archive_command = 'false'")
+        cluster.psql("SELECT pg_reload_conf()")
+        cluster.psql("CREATE TABLE IF NOT EXISTS stalled (n int); INSERT INTO stalled VALUES (1)", db="app")
+        stuck = cluster.psql("SELECT pg_walfile_name(pg_switch_wal())")
+        later = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=9)
+        run = run_playbook(playbook("daily"), extra, clock=later)
+        assert cluster.psql("SELECT last_archived_wal < '%s' FROM pg_stat_archiver" % stuck) == "t"  # still stalled
+    finally:
+        os.rename(str(tmp_path / "hidden-segment"), hidden)
+        cluster.psql("ALTER SYSTEM SET archive_command = '%s'" % command.replace("'", "''"))
+        cluster.psql("SELECT pg_reload_conf()")
+    assert run.rc != 0, run.stdout[-4000:]
+    doc = reports(str(tmp_path / "reports"), "daily")[-1]
+    (line,) = doc["pitr_stale"]
+    assert line.startswith("RPO breach of the PITR cluster main (%s): WAL archive " % SERIES), line
+    assert "RPO 2min" in line and "gap in the WAL of timeline 00000001: 1 segment(s) missing from %s" % os.path.basename(hidden)[:24] in line, line
+    assert "newest base backup " in line and "(max 8d)" in line, line
+    assert doc["status"] == "failed" and line in doc["failure"]["msg"], doc["failure"]
+    wal = doc["pitr_series"][SERIES]["wal"]
+    assert wal["rpo_seconds"] > 8 * 86400 and wal["gaps"][0]["first_missing"] == os.path.basename(hidden)[:24], wal
+    prom = _metrics(metrics / "opskit_backup.prom")
+    assert 'opskit_backup_stale{host="localhost",series="%s",kind="postgres-physical",rpo="2min"} 1' % SERIES in prom, prom
+    assert 'opskit_backup_wal_gap_segments{host="localhost",series="%s"} 1' % SERIES in prom, prom
+    assert 'opskit_backup_wal_rpo_seconds{host="localhost",series="%s"} %d' % (SERIES, wal["rpo_seconds"]) in prom, prom
