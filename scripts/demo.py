@@ -93,7 +93,7 @@ def pitr_vars(pg, user):
             {"name": "all orders recovered", "query": "SELECT count(*) FROM orders", "expect": str(ORDERS)}]}],
         "opskit_pitr_base_daily": True,  # the daily run takes the base backup (weekly.yml does, by default)
         "opskit_pitr_dir": os.path.join(DEMO, "pitr"), "opskit_pitr_config": os.path.join(DEMO, "pitr", "wal.json"),
-        "opskit_pitr_os_user": user, "opskit_pitr_rpo": "1m",
+        "opskit_pitr_os_user": user, "opskit_pitr_rpo": "1min",
     }
 
 
