@@ -162,8 +162,8 @@ class Bench:
         run = run_playbook_in(self.pgbr, playbook, timeout=1800)
         seconds = time.monotonic() - start
         result = run.task(name)
-        if result.get("failed"):
-            raise RuntimeError("pg_backup %s failed: %s" % (name, result.get("msg")))
+        if result.get("failed") or (module.endswith("pg_backup") and not ("backup" in result or "recovery" in result)):
+            raise RuntimeError("pg_backup %s failed: %s %s" % (name, result.get("msg"), json.dumps(result)[-3000:]))
         return seconds, result
 
     # ------------------------------------------------------------ steps
@@ -250,7 +250,9 @@ class Bench:
                                                                     target_time=target))
         env = self.start_and_wait(data)
         module = dict(seconds=time.monotonic() - start, playbook=seconds,
-                      in_module=result.get("recovery", {}).get("restore_seconds"))
+                      in_module=result.get("recovery", {}).get("restore_seconds"),
+                      prefetched=result.get("recovery", {}).get("wal_prefetched"), restored=restored_files(data))
+        module["start"] = module["seconds"] - seconds
         self.check_and_stop(data, env, round_no)
         data = os.path.join(root, "restored-pgbr-%d" % round_no)
         os.mkdir(data, 0o700)
@@ -261,7 +263,8 @@ class Bench:
                         "restore")
         restore_seconds = time.monotonic() - start
         env = self.start_and_wait(data)
-        pgbr = dict(seconds=time.monotonic() - start, restore=restore_seconds)
+        pgbr = dict(seconds=time.monotonic() - start, restore=restore_seconds, restored=restored_files(data))
+        pgbr["start"] = pgbr["seconds"] - restore_seconds
         self.check_and_stop(data, env, round_no)
         return module, pgbr
 
@@ -293,6 +296,12 @@ class Bench:
         shutil.rmtree(self.pgbr, ignore_errors=True)
 
 
+def restored_files(data):
+    """How many files the recovery got through restore_command (the server log's "restored log file")."""
+    with open(os.path.join(data, "log"), errors="replace") as fh:
+        return sum(1 for line in fh if "restored log file" in line)
+
+
 # -------------------------------------------------------------------- report
 
 def report(args, bench, rounds, rpos, up_start, up_end):
@@ -301,6 +310,9 @@ def report(args, bench, rounds, rpos, up_start, up_end):
 
     def all_of(key, side, field="seconds"):
         return ", ".join("%.2f" % r[key][side][field] for r in rounds)
+
+    def all_of_int(key, side, field):
+        return ", ".join(str(r[key][side].get(field)) for r in rounds)
 
     lines = ["# PITR: pg_backup method=physical and opskit-wal side by side with pgBackRest 2.45", "",
              "Command: `%s`" % args.command, "",
@@ -351,6 +363,11 @@ def report(args, bench, rounds, rpos, up_start, up_end):
               % (all_of("base", "module", "noop"), all_of("base", "module", "in_module"),
                  all_of("restore", "module", "playbook"), all_of("restore", "module", "in_module"),
                  all_of("restore", "pgbackrest", "restore")),
+              "", "Start + recovery (the rest of each restore figure): module %s s, pgBackRest %s s. Files the "
+              "recovery got through restore_command: module %s (prefetched into the spool by the restore: %s), "
+              "pgBackRest %s." % (all_of("restore", "module", "start"), all_of("restore", "pgbackrest", "start"),
+                                  all_of_int("restore", "module", "restored"), all_of_int("restore", "module", "prefetched"),
+                                  all_of_int("restore", "pgbackrest", "restored")),
               "", "WAL archived during the run: opskit-wal %.1f MiB (zstd 3), pgBackRest %.1f MiB (zst)."
               % (bench.wal_sizes[0] / MiB, bench.wal_sizes[1] / MiB),
               "", "Goal (issue 19): faster than pgBackRest on base backup and restore, at no larger size.", "",

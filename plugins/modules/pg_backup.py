@@ -238,12 +238,15 @@ options:
         stdout only then), others are refused before anything is written. The WAL comes from the
         archive that C(opskit-wal) fills (see docs/operations.md, "Point-in-time recovery").
       - With O(state=restored), the base backup that ended before the target is extracted into
-        O(data_directory) with C(restore_command) (O(wal_helper) C(fetch)) and the recovery target
-        set; the cluster recovers when it is started. With O(state=verified) (a drill) the same happens in a scratch
+        O(data_directory) with C(restore_command) and the recovery target set; the cluster recovers
+        when it is started. The WAL segments recovery needs (up to 1 GiB) are fetched by the module
+        into C(opskit_wal_spool/) in the data directory, each checked against its sha256 before it
+        is kept; C(restore_command) hard-links (or copies) a file from there and runs O(wal_helper) C(fetch) for
+        anything else, and C(recovery_end_command) removes the spool. With O(state=verified) (a drill) the same happens in a scratch
         directory; the cluster is started on a scratch port (127.0.0.1, C(archive_mode=off)),
         recovery is awaited, O(verify_queries) run (in the first O(database), default
         V(postgres)), and it is stopped and removed, also on failure. Every WAL segment recovery
-        needs is checked (present, sha256) before anything is restored.
+        needs is checked (present, sha256) before the base backup is extracted.
       - O(series) defaults to V({host}-physical) with V(physical).
     type: str
     choices: [logical, physical]
@@ -297,7 +300,7 @@ options:
   wal_helper:
     description:
       - The C(opskit-wal) command that fetches WAL, as a list (the Python interpreter, the script and C(--config FILE)),
-        written into C(restore_command) with C(fetch %f %p) appended. Its config file holds the
+        written into C(restore_command) with C(fetch %f %p) appended (for what the spool does not hold). Its config file holds the
         location and credentials (mode 0600), so no secret reaches postgresql.conf.
     type: list
     elements: str
@@ -601,7 +604,8 @@ lock:
   sample: {key: db1.internal-app/.opskit-lock, waited_seconds: 0.0, attempts: 1, taken_over: null}
 recovery:
   description:
-    - With O(method=physical) and O(state=restored) - the target, C(restore_seconds) and C(data_directory).
+    - With O(method=physical) and O(state=restored) - the target, C(restore_seconds), C(data_directory) and
+      C(wal_prefetched) (how many WAL files the spool holds).
     - With O(state=verified) (a drill) - C(target), C(recovered_lsn) and C(recovered_time) (the last
       WAL record and the last transaction replayed), and C(rto_seconds) (from the start of the task
       to the promoted cluster). Also recorded in the base backup's verification (method V(pitr-drill)).

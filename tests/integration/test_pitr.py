@@ -129,6 +129,10 @@ def test_base_backup_and_restore_to_time_lsn_latest(archiving, run_playbook, tmp
         assert os.path.exists(os.path.join(restored, "recovery.signal"))
         conf = open(os.path.join(restored, "postgresql.auto.conf")).read()
         assert "fetch %f %p" in conf and "recovery_target_time" in conf and "pitr-test-pw" not in conf
+        # the WAL recovery needs is prefetched (checked) into the spool, removed when recovery ends
+        spool = os.listdir(os.path.join(restored, "opskit_wal_spool"))
+        assert result["recovery"]["wal_prefetched"] == len(spool) >= 2 and base["start_wal"] in spool
+        assert "recovery_end_command = 'rm -rf -- opskit_wal_spool'" in conf
         assert "not empty" in failed(run.task("non-empty")) and (busy / "keep.txt").exists()
         assert "before the end of the oldest base backup" in failed(run.task("too early"))
         assert not os.path.exists(restored + "-x")

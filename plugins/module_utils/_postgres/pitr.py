@@ -6,8 +6,8 @@
 Plain data in, plain data out: ``parse_target`` checks the options, ``choose_base`` picks the
 newest base backup that ended before the target, ``wal_needed`` follows the timelines from the
 backup's start to the target (through the ``.history`` files) and lists every segment recovery
-will ask for, so that a gap or a corrupt segment is refused before anything is restored or
-replayed (``pitr_apply`` does the rest).
+will ask for, so that a gap or a corrupt segment is refused before the base backup is extracted or
+anything replayed (``pitr_apply`` does the rest).
 """
 
 from __future__ import annotations

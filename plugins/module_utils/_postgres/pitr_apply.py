@@ -5,8 +5,10 @@
 
 ``run_physical`` is the module's action for method=physical. A restore plans (``pitr``), checks
 every WAL segment it needs (present, sha256), extracts the base backup into the data directory,
-writes ``restore_command`` (opskit-wal fetch) and the recovery target and leaves the directory
-ready to start. A drill (state=verified) does the same in a scratch directory, then starts the
+prefetches them into a spool in the data directory (``opskit_wal_spool``: each file decompressed and
+checked against its sha256 before it is renamed into place), writes ``restore_command`` (a copy
+from the spool, opskit-wal fetch for anything else) and the recovery target and leaves the
+directory ready to start; ``recovery_end_command`` removes the spool. A drill (state=verified) does the same in a scratch directory, then starts the
 cluster on a scratch port (``pitr_drill``), waits until recovery reached the target and promoted,
 runs the verify queries, and stops and removes it, also on failure.
 """
@@ -25,16 +27,18 @@ import time
 from .._engine.artifacts import ArtifactReader
 from .._engine.catalog import summarize, update_verification
 from .._engine.streams import CHUNK
-from .._errors import ConfigError, OpsError, ServiceError, StorageError
+from .._errors import ConfigError, IntegrityError, OpsError, ServiceError, StorageError
 from .cleanup import sweep_temporary, temp_prefix, terminable
 from .options import series_for
 from .physical import DEFAULT_PHYSICAL_SERIES, physical_dump
 from .pitr import choose_base, parse_target, pg_time, physical_backups, wal_needed
 from .pitr_drill import run_drill
 from .server import open_server
-from .wal import verify_entry, wal_index
+from .wal import fetch_entry, verify_entry, wal_index
 
 RECOVERY_MARK = "# opskit.runbook point-in-time recovery"
+SPOOL = "opskit_wal_spool"  # in the data directory: the server's cwd, so relative in the commands
+PREFETCH_MAX_BYTES = 1024 * 1024 * 1024  # past 1 GiB of WAL, the rest is fetched by the helper during recovery
 
 
 def run_physical(params, location, check_mode=False):
@@ -63,6 +67,20 @@ def restore_command(helper):
         raise ConfigError("wal_helper is required to restore a physical backup: the opskit-wal command that"
                           " fetches WAL (for example [/usr/bin/python3, /usr/local/lib/opskit/opskit-wal, --config, /etc/opskit/wal.json])")
     return " ".join(shlex.quote(str(word)).replace("%", "%%") for word in helper) + " fetch %f %p"
+
+
+def spool_restore_command(helper):
+    """restore_command of a restore: a file of the spool (checked when prefetched) is hard-linked, else copied
+    (pg_wal elsewhere); a failed copy exits 126, which aborts the recovery instead of ending it there. Recovery
+    never writes into a file it restored, and the spool is removed when it ends, before the server writes WAL.
+    00000001.history does not exist (PostgreSQL never writes one, yet asks for it at promotion); anything else
+    goes to ``helper``."""
+    return ('f=%s/%%f; if [ -f "$f" ]; then ln -- "$f" "%%p" 2>/dev/null || cp -- "$f" "%%p" || exit 126;'
+            ' elif [ %%f = 00000001.history ]; then exit 1; else %s; fi' % (SPOOL, restore_command(helper)))
+
+
+def spool_end_command():
+    return "rm -rf -- %s" % SPOOL
 
 
 def target_settings(target):
@@ -157,14 +175,16 @@ def plan_restore(location, params):
     target = parse_target(params)
     series = series_for(params.get("series") or DEFAULT_PHYSICAL_SERIES, params.get("host"), "cluster",
                         params.get("docker_container"))
-    command = restore_command(params.get("wal_helper"))
+    command = spool_restore_command(params.get("wal_helper"))
     base = choose_base(physical_backups(location, series, params.get("backup")), target)
-    entries = wal_needed(location, series, wal_index(location, series), base, target)
+    index = wal_index(location, series)
+    entries = wal_needed(location, series, index, base, target)
+    histories = [entry for files in index.values() for name, entry in sorted(files.items()) if name.endswith(".history")]
     plan = {"backup_id": base["id"], "series": series, "target": target["text"], "target_kind": target["kind"],
             "base_stop_time": base["source"]["stop_time"], "base_stop_lsn": base["source"]["stop_lsn"],
             "wal_segments": len(entries), "first_wal": entries[0]["file"] if entries else None,
             "last_wal": entries[-1]["file"] if entries else None}
-    return target, base, entries, command, plan
+    return target, base, histories + entries, command, plan
 
 
 def restore_physical(location, params, check_mode=False):
@@ -178,32 +198,66 @@ def restore_physical(location, params, check_mode=False):
     if check_mode:
         return {"changed": not drill, "plan": plan, "backup": summarize(base, location),
                 "msg": "would %s base backup %s to %s (%d WAL segments checked present)" % (
-                    "drill" if drill else "restore", base["id"], target["text"], len(entries))}
-    for entry in entries:
-        verify_entry(location, plan["series"], entry)  # a corrupt segment: refused before replay
+                    "drill" if drill else "restore", base["id"], target["text"], plan["wal_segments"])}
     with _workspace(params, directory, drill) as (path, owner, scratch):
-        _prepare(location, base, path, plan.get("steps", ["create"])[0], owner)
-        write_recovery(path, ["restore_command = %s" % conf_quote(command)] + target_settings(target))
+        plan["wal_prefetched"] = _prepare(location, base, path, plan.get("steps", ["create"])[0],
+                                          (plan["series"], entries))
+        write_recovery(path, ["restore_command = %s" % conf_quote(command),
+                              "recovery_end_command = %s" % conf_quote(spool_end_command())] + target_settings(target))
         _chown_tree(path, owner)
         restored = round(time.monotonic() - started, 3)
         if not drill:
             return {"changed": True, "plan": plan, "backup": summarize(base, location),
-                    "recovery": {"target": target["text"], "restore_seconds": restored, "data_directory": path},
+                    "recovery": {"target": target["text"], "restore_seconds": restored, "data_directory": path,
+                                 "wal_prefetched": plan["wal_prefetched"]},
                     "msg": "restored base backup %s into %s, recovering to %s when started"
                            % (base["id"], path, target["text"])}
         return _drill(location, params, base, target, (path, owner, scratch, started, plan))
 
 
-def _prepare(location, base, path, step, owner):
+def prefetch(location, series, entries, spool, limit=PREFETCH_MAX_BYTES):
+    """Fetch the WAL files recovery needs into ``spool``: each one decompressed into a hidden file and
+    renamed only once its sha256 matched (a corrupt one: IntegrityError, refused before replay). Past
+    ``limit`` bytes the rest is only checked, restore_command fetches it. Returns how many are spooled."""
+    shutil.rmtree(spool, ignore_errors=True)  # an earlier restore's, in a data directory force replaces
+    os.mkdir(spool, 0o700)
+    size = count = 0
+    for entry in entries:
+        if size >= limit:
+            verify_entry(location, series, entry)
+            continue
+        dest = os.path.join(spool, entry["file"])
+        try:
+            fetch_entry(location, series, entry, dest)
+        except IntegrityError as exc:
+            raise IntegrityError("WAL file %s of series %s cannot be restored (%s): refused before replay"
+                                 % (entry["file"], series, exc.msg)) from exc
+        size += os.path.getsize(dest)
+        count += 1
+    return count
+
+
+def _prepare(location, base, path, step, wal):
+    """Prefetch the WAL (a failure removes what it wrote, a replaced directory's content stays), then
+    empty a replaced directory and extract the base backup (a failure removes the directory)."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    os.chmod(path, 0o700)
+    spool = os.path.join(path, SPOOL)
+    fetched = None
+    try:
+        fetched = prefetch(location, wal[0], wal[1], spool)
+    finally:
+        if fetched is None:
+            shutil.rmtree(path if step == "create" else spool, ignore_errors=True)
     if step == "replace":
         for name in os.listdir(path):
             full = os.path.join(path, name)
+            if name == SPOOL:
+                continue
             if os.path.isdir(full) and not os.path.islink(full):
                 shutil.rmtree(full)
             else:
                 os.unlink(full)
-    os.makedirs(path, mode=0o700, exist_ok=True)
-    os.chmod(path, 0o700)
     extracted = False
     try:
         extract_base(location, base, path)
@@ -211,6 +265,7 @@ def _prepare(location, base, path, step, owner):
     finally:
         if not extracted:  # an error or a signal: no half-extracted data directory stays
             shutil.rmtree(path, ignore_errors=True)
+    return fetched
 
 
 @contextlib.contextmanager

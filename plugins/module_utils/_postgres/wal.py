@@ -273,7 +273,11 @@ def fetch(location, series, name, dest):
     """Restore ``name`` to ``dest`` (restore_command's %f and %p): written to a hidden file beside
     ``dest`` and renamed only once its sha256 matched, so a corrupt segment never reaches
     PostgreSQL. NotFoundError when it is not archived (the end of the archive to PostgreSQL)."""
-    entry = find_file(location, series, name)
+    return fetch_entry(location, series, find_file(location, series, name), dest)
+
+
+def fetch_entry(location, series, entry, dest):
+    """``fetch`` of an index entry (the restore's prefetch into its spool uses it too)."""
     directory = os.path.dirname(os.path.abspath(dest))
     fd, tmp = tempfile.mkstemp(prefix=".opskit-wal-", dir=directory)
     try:

@@ -23,7 +23,6 @@ import sys
 
 from .._errors import IntegrityError, NotFoundError, OpsError
 from .._storage.options import PROTECTION_ARGSPEC, STORAGE_OPTION_NAMES, open_location
-from .receivewal import receive
 from .wal import fetch, push
 
 USAGE = "usage: opskit-wal --config FILE push PATH NAME | fetch NAME PATH | receive"
@@ -65,6 +64,7 @@ def run(argv, err=sys.stderr):
         config = load_config(argv[1])
         location = location_of(config)
         if command == "receive":
+            from .receivewal import receive  # only here: a fetch in restore_command imports less
             return receive(config, location, err)
         if command == "push":
             notes = []
