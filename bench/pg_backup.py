@@ -28,9 +28,11 @@ Usage: .venv/bin/python bench/pg_backup.py [--scale 100] [--small-scale 10] [--r
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -67,6 +69,10 @@ def child(spec):
     from ansible_collections.opskit.runbook.plugins.module_utils._storage.options import open_location
     params = dict(spec["params"])
     location = open_location(params["location"], **spec.get("storage", {}))
+    probes = profile_probes() if spec.get("profile") else None
+    if spec.get("split_after"):  # the staged restore with one data loader: rows never shared
+        from ansible_collections.opskit.runbook.plugins.module_utils._postgres import staged_split
+        staged_split.SPLIT_AFTER = spec["split_after"]
     base = vm("VmRSS")
     start = time.monotonic()
     with open_server(params) as server:
@@ -76,7 +82,80 @@ def child(spec):
         else:
             restore(server, location, params)
             stored = None
-    print(json.dumps(dict(seconds=time.monotonic() - start, stored=stored, hwm=vm("VmHWM"), base=base)))
+    out = dict(seconds=time.monotonic() - start, stored=stored, hwm=vm("VmHWM"), base=base)
+    if probes is not None:
+        own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        out.update(probes, module_cpu=own.ru_utime + own.ru_stime, tools_cpu=kids.ru_utime + kids.ru_stime)
+    print(json.dumps(out))
+
+
+def profile_probes():
+    """Thread-CPU counters around the staged restore's stages (--profile): the download thread
+    (GET reads and the writes into the pipe), and in the thread that feeds pg_restore: pipe
+    reads, sha256, decompression and the writes to pg_restore. Returns the dict they fill."""
+    from ansible_collections.opskit.runbook.plugins.module_utils._engine import artifacts
+    from ansible_collections.opskit.runbook.plugins.module_utils._postgres import staged, tools
+    acc = collections.defaultdict(float)
+
+    def timed_method(cls, name, key):
+        orig = getattr(cls, name)
+
+        def wrapper(*args, **kwargs):
+            start = time.thread_time()
+            try:
+                return orig(*args, **kwargs)
+            finally:
+                acc[key] += time.thread_time() - start
+        setattr(cls, name, wrapper)
+
+    for cls, name, key in ((staged._PipeReader, "_download", "download_thread"),
+                           (staged._PipeReader, "read", "pipe_read"),
+                           (artifacts.ArtifactReader, "_read_stored", "stored"),
+                           (artifacts.ArtifactReader, "_decompressed", "decompressed")):
+        if hasattr(cls, name):
+            timed_method(cls, name, key)
+    pump = tools._pump
+
+    def timed_pump(source, write, stopped):
+        def timed_write(data):
+            start = time.thread_time()
+            try:
+                return write(data)
+            finally:
+                acc["tool_write"] += time.thread_time() - start
+        start = time.thread_time()
+        try:
+            return pump(source, timed_write, stopped)
+        finally:
+            acc["pump"] += time.thread_time() - start
+    tools._pump = timed_pump
+    return acc
+
+
+def proc_cpu(pid, children=False):
+    """utime+stime (and the reaped children's with ``children``) of a process, in seconds."""
+    try:
+        with open("/proc/%d/stat" % pid) as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return sum(int(x) for x in fields[11:15 if children else 13]) / os.sysconf("SC_CLK_TCK")
+
+
+def cluster_cpu(c):
+    """CPU seconds of the cluster: the postmaster with its reaped children, and the live ones."""
+    with open(os.path.join(c.data, "postmaster.pid")) as fh:
+        postmaster = int(fh.readline())
+    total = proc_cpu(postmaster, children=True)
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open("/proc/%s/stat" % pid) as fh:
+                    if int(fh.read().rsplit(")", 1)[1].split()[1]) == postmaster:
+                        total += proc_cpu(int(pid))
+            except OSError:
+                continue
+    return total
 
 
 def run_child(spec):
@@ -173,6 +252,8 @@ def main():
                         help="only the restore comparison (the dumps it needs are made untimed); its table"
                              " is appended to --out")
     parser.add_argument("--restore-rounds", type=int, default=3, help="with --restore-only")
+    parser.add_argument("--profile", action="store_true",
+                        help="with --restore-only: one profiled restore of each kind instead of the rounds (CPU per process)")
     parser.add_argument("--tmpfs", help="with --restore-only: also restore with tmp_dir on this tmpfs directory")
     parser.add_argument("--db", action="append", choices=["pgbench", "randtext", "pgbench_s"],
                         help="only these databases (repeat)")
@@ -203,6 +284,9 @@ def main():
                 time.sleep(0.1)
         pg_dump = os.path.join(BIN, "pg_dump")
         for db in args.db or ("pgbench", "randtext", "pgbench_s"):
+            if args.restore_only and args.profile:
+                restores.extend(profile_restore(c, db, tmp, conn, storage, env, moto))
+                continue
             if args.restore_only:
                 if db != "pgbench_s":
                     restores.append(restore_only(c, db, tmp, conn, storage, env, args.restore_rounds,
@@ -265,7 +349,26 @@ def main():
         moto.terminate()
         moto.wait()
         shutil.rmtree(tmp, ignore_errors=True)
+    if args.profile:
+        print("uptime at the start: %s; at the end: %s" % (args.uptime_start, uptime()))
+        return
     write_report(args, dumps, restores)
+
+
+def restore_inputs(c, db, tmp, conn, storage, env):
+    """(a pg_dump -Fc file of ``db``, the restores' target, the module's restore parameters),
+    made untimed: the module's dump of ``db`` is on S3, the target does not exist."""
+    fc_file = os.path.join(tmp, db + ".dump")
+    timed([os.path.join(BIN, "pg_dump"), "-Fc", "-d", db, "-f", fc_file], env)
+    params = dict(conn, database=[db], format="custom", jobs=1, compression="zstd", compression_level=None,
+                  compression_threads=-1, series=None, location="s3://bench/%s" % db)
+    run_child({"action": "dump", "params": params, "storage": storage})
+    target = db + "_r1"
+    c.psql("DROP DATABASE IF EXISTS %s" % target)
+    rparams = dict(conn, state="restored", database=[db], series="%s-%s" % (c.host, db), jobs=2, format="custom",
+                   target_database=target, create=True, clean=False, force=False, single_transaction=False,
+                   restore_globals=False, backup="latest", location="s3://bench/%s" % db)
+    return fc_file, target, rparams
 
 
 def restore_only(c, db, tmp, conn, storage, env, rounds=3, tmpfs=None):
@@ -277,20 +380,13 @@ def restore_only(c, db, tmp, conn, storage, env, rounds=3, tmpfs=None):
     file, and the module restoring jobs=2 from S3 with its default tmp_dir and, when ``tmpfs``
     is set, with tmp_dir on that tmpfs. ``module`` is the staged restore (streamed into a staging
     database, post-data by pg_restore -j2 from the kept TOC, renamed in at the end);
-    ``module_copy`` the restore with staged=false (a verified temporary copy, then pg_restore -j2).
+    ``module_one`` the same with one data loader (the rows of a large table not shared, as before
+    staged_split); ``module_copy`` the restore with staged=false (a verified temporary copy, then
+    pg_restore -j2).
     """
-    fc_file = os.path.join(tmp, db + ".dump")
     pipe_file = os.path.join(tmp, db + ".pipe.dump")
-    timed([os.path.join(BIN, "pg_dump"), "-Fc", "-d", db, "-f", fc_file], env)
     timed(None, env, shell_pipe=([os.path.join(BIN, "pg_dump"), "-Fc", "-Z0", "-d", db], ["cat"], pipe_file))
-    params = dict(conn, database=[db], format="custom", jobs=1, compression="zstd", compression_level=None,
-                  compression_threads=-1, series=None, location="s3://bench/%s" % db)
-    run_child({"action": "dump", "params": params, "storage": storage})
-    target = db + "_r1"
-    c.psql("DROP DATABASE IF EXISTS %s" % target)
-    rparams = dict(conn, state="restored", database=[db], series="%s-%s" % (c.host, db), jobs=2, format="custom",
-                   target_database=target, create=True, clean=False, force=False, single_transaction=False,
-                   restore_globals=False, backup="latest", location="s3://bench/%s" % db)
+    fc_file, target, rparams = restore_inputs(c, db, tmp, conn, storage, env)
     row = {"db": db, "load_before": os.getloadavg()[0], "raw_bytes": os.path.getsize(pipe_file)}
     runs, hwm = {}, 0
 
@@ -299,16 +395,17 @@ def restore_only(c, db, tmp, conn, storage, env, rounds=3, tmpfs=None):
         subprocess.run(["sync"], check=True)
         return timed([os.path.join(BIN, "pg_restore"), "-j2", "-d", target, path], env)
 
-    def module(tmp_dir=None, staged=True):
+    def module(tmp_dir=None, staged=True, split_after=None):
         nonlocal hwm
         subprocess.run(["sync"], check=True)
         got = run_child({"action": "restore", "params": dict(rparams, tmp_dir=tmp_dir, staged=staged),
-                         "storage": storage})
+                         "storage": storage, "split_after": split_after})
         hwm = max(hwm, got["hwm"])
         return got["seconds"]
 
     variants = [("pg_restore", lambda: pg_restore(fc_file)), ("pg_restore_pipe", lambda: pg_restore(pipe_file)),
-                ("module", module), ("module_copy", lambda: module(staged=False))]
+                ("module", module), ("module_one", lambda: module(split_after=1 << 62)),
+                ("module_copy", lambda: module(staged=False))]
     if tmpfs:
         variants.append(("module_tmpfs", lambda: module(tmpfs)))
     for _round in range(rounds):
@@ -323,6 +420,33 @@ def restore_only(c, db, tmp, conn, storage, env, rounds=3, tmpfs=None):
     os.unlink(pipe_file)
     print(json.dumps(row), flush=True)
     return row
+
+
+def profile_restore(c, db, tmp, conn, storage, env, moto):
+    """--profile: one pg_restore -j2 from a local -Fc file and one staged module restore (jobs=2,
+    from S3), each into a new database, with the CPU seconds of every process taking part: the
+    module (and its threads' stages), moto, pg_restore, the cluster's backends."""
+    fc_file, target, rparams = restore_inputs(c, db, tmp, conn, storage, env)
+    rows = []
+    for variant in ("pg_restore", "module"):
+        subprocess.run(["sync"], check=True)
+        if variant == "pg_restore":
+            c.createdb(target)
+        before = (cluster_cpu(c), proc_cpu(moto.pid), resource.getrusage(resource.RUSAGE_CHILDREN), os.getloadavg()[0])
+        if variant == "pg_restore":
+            got = {"seconds": timed([os.path.join(BIN, "pg_restore"), "-j2", "-d", target, fc_file], env)}
+        else:
+            got = run_child({"action": "restore", "params": rparams, "storage": storage, "profile": True})
+        time.sleep(0.5)  # the backends exit and are reaped
+        kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+        got.update(variant=variant, db=db, backend_cpu=cluster_cpu(c) - before[0], moto_cpu=proc_cpu(moto.pid) - before[1],
+                   child_cpu=kids.ru_utime + kids.ru_stime - before[2].ru_utime - before[2].ru_stime,
+                   load_before=before[3], load_after=os.getloadavg()[0])
+        c.psql("DROP DATABASE %s" % target)
+        print(json.dumps(got, sort_keys=True), flush=True)
+        rows.append(got)
+    os.unlink(fc_file)
+    return rows
 
 
 def uptime():
@@ -343,15 +467,17 @@ def write_report(args, dumps, restores):
                  "",
                  "| database | load | raw dump MiB | pg_restore -j2 from a local -Fc file s"
                  " | pg_restore -j2 from a pipe-written -Z0 file s | module staged from s3:// s | ratio"
+                 " | module staged, one data loader s | ratio"
                  " | module staged=false (temporary copy) from s3:// s | ratio"
                  " | module staged, tmp_dir on tmpfs s | ratio | module peak RSS MiB |",
-                 "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+                 "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for r in restores:
             tmpfs = ("%.2f | %.2f" % (r["module_tmpfs"], r["module_tmpfs"] / r["pg_restore"])
                      if r.get("tmpfs") else "- | -")
-            lines.append("| %s | %.1f/%.1f | %.0f | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %s | %.0f |" % (
+            lines.append("| %s | %.1f/%.1f | %.0f | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %s | %.0f |" % (
                 r["db"], r["load_before"], r["load_after"], r["raw_bytes"] / MiB, r["pg_restore"],
-                r["pg_restore_pipe"], r["module"], r["module"] / r["pg_restore"], r["module_copy"],
+                r["pg_restore_pipe"], r["module"], r["module"] / r["pg_restore"], r["module_one"],
+                r["module_one"] / r["pg_restore"], r["module_copy"],
                 r["module_copy"] / r["pg_restore"], tmpfs, r["hwm"] / MiB))
         lines += ["", "`uptime` at the start: `%s`; at the end: `%s`" % (args.uptime_start, uptime()),
                   "", "Every figure: `%s`" % json.dumps(restores, sort_keys=True)]

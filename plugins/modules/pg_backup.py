@@ -162,9 +162,11 @@ options:
         streamed from the location (no temporary copy), and swap it in under the target's name
         only once the stream's sha256 and size matched the manifest and pg_restore succeeded. On
         any failure the staging database is dropped and the target is as it was.
-      - With O(jobs) > 1, the pre-data and data sections are read from the stream and the
-        post-data section (indexes, constraints) is built by C(pg_restore --jobs) from a small
-        0600 file under O(tmp_dir) that holds the archive's header and TOC only.
+      - With O(jobs) > 1, the pre-data and post-data sections (indexes, constraints; the latter
+        by C(pg_restore --jobs)) are restored from a small 0600 file under O(tmp_dir) that holds
+        the archive's header and TOC only, and the data is loaded from the stream by up to
+        O(jobs) pg_restore at once (past its first 8 MiB, the rows of a large table are shared
+        between them, so they are stored in another physical order than in the source).
       - The swap terminates the target's sessions (one transaction renames the target away and
         the staging database in; a client connecting meanwhile waits, then reconnects to the new
         database). The connecting user needs CREATEDB, ownership of the target and the right to

@@ -10,9 +10,10 @@ the stream's sha256 is verified.
    (the target's encoding, locale and tablespace), its comment naming the run that owns it.
 2. The artifact is streamed from the location (one pinned GET, resumed by Range on a dropped
    connection: ``location.download`` into a pipe) through the engine's reader (decryption,
-   decompression, sha256) into ``pg_restore``. With ``jobs`` > 1 the pre-data and data sections
-   come from the pipe, and the post-data section (indexes, constraints) is built by
-   ``pg_restore --jobs`` from a file holding the archive's header and TOC only (``staged_toc``).
+   decompression, sha256) into ``pg_restore``. With ``jobs`` > 1 the pre-data section is
+   restored from a file holding the archive's header and TOC only (``staged_toc``), the data
+   from the stream by ``jobs`` pg_restore at once, the rows of a large table shared between
+   them (``staged_split``), and the post-data section (indexes, constraints) by ``pg_restore --jobs`` from that file.
 3. Only after the stream ended with the manifest's sha256 and size, and pg_restore succeeded:
    the target's owner, database-level settings, privileges and connection limit are carried
    over (``staged_swap``), then one transaction terminates the target's sessions and renames
@@ -39,8 +40,8 @@ from .._engine.streams import CHUNK
 from .._errors import IntegrityError, OpsError
 from .._storage.base import ChangedError
 from .cleanup import STAGE, staged_name, temp_prefix
+from .staged_split import load_split, read_toc
 from .staged_swap import carry_over, create_staging, drop_quietly, read_target, retire, swap
-from .staged_toc import TocTap
 from .tools import db_arg, failure
 
 PIPE_SIZE = 1024 * 1024
@@ -100,8 +101,10 @@ class _Streamed:
         return _PipeReader(self.location, key, self.pin, self.what)
 
 
-def staged_argv(tools, database, no_owner=False, single_transaction=False, sections=(), jobs=1, path=None):
-    """pg_restore into ``database``, of the given sections, from stdin or ``path``."""
+def staged_argv(tools, database, no_owner=False, single_transaction=False, sections=(), jobs=1, path=None,
+                use_list=None):
+    """pg_restore into ``database``, of the given sections (the entries of ``use_list``), from
+    stdin or ``path``."""
     argv = [tools.path("pg_restore"), "--no-password", "--exit-on-error", db_arg(database)]
     if no_owner:
         argv += ["--no-owner", "--no-privileges"]
@@ -110,9 +113,49 @@ def staged_argv(tools, database, no_owner=False, single_transaction=False, secti
     argv += ["--section=%s" % section for section in sections]
     if jobs > 1:
         argv.append("--jobs=%d" % jobs)
+    if use_list:
+        argv.append("--use-list=%s" % use_list)
     if path:
         argv.append(path)
     return argv
+
+
+def _private_file(tmp, name, data):
+    path = os.path.join(tmp, name)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    return path
+
+
+def _check(server, result):
+    """A pg_restore's (rc, stderr) or the error that stopped it."""
+    if isinstance(result, OpsError):
+        raise result
+    if result is not None and result[0] != 0:
+        raise failure("pg_restore", result[0], result[1], server.conn.get("password"), server.tools.where)
+
+
+def _load_shared(server, reader, job, database, jobs, tmp):
+    """Pre-data from the TOC file, then the data from the stream by ``jobs`` pg_restore at once
+    (``staged_split``); returns the TOC file's path."""
+    try:
+        toc, rest = read_toc(reader)
+        path = _private_file(tmp, "toc.custom", toc)
+        rc, _out, err = server.tools.run(staged_argv(server.tools, database, no_owner=job.no_owner,
+                                                     sections=("pre-data",), path=path))
+        _check(server, (rc, err))
+    except OpsError:
+        while reader.read(CHUNK):  # a corrupt stream is reported as such
+            pass
+        raise
+
+    def argv_for(dump_id):
+        use_list = None if dump_id is None else _private_file(tmp, "entry-%d.list" % dump_id, b"%d\n" % dump_id)
+        return staged_argv(server.tools, database, no_owner=job.no_owner, sections=("data",), use_list=use_list)
+    for result in load_split(server.tools, reader, toc, rest, argv_for, jobs):
+        _check(server, result)
+    return path
 
 
 def _feed_verified(server, argv, reader):
@@ -127,8 +170,9 @@ def _feed_verified(server, argv, reader):
 
 
 def stream_restore(server, location, params, job, database):
-    """The backup streamed into ``database``: in one pg_restore (jobs=1), or pre-data and data
-    from the stream and post-data by ``pg_restore --jobs`` from the kept TOC."""
+    """The backup streamed into ``database``: in one pg_restore (jobs=1), or pre-data from the
+    kept TOC, the data from the stream by ``jobs`` pg_restore at once, and post-data by
+    ``pg_restore --jobs`` from the kept TOC."""
     jobs = params.get("jobs") or 1
     common = dict(no_owner=job.no_owner, single_transaction=bool(params.get("single_transaction")))
     with ArtifactReader(_Streamed(location, job), job.manifest) as reader:
@@ -137,12 +181,7 @@ def stream_restore(server, location, params, job, database):
             return
         tmp = tempfile.mkdtemp(prefix=temp_prefix("opskit-pgrestore-"), dir=params.get("tmp_dir"))  # 0700
         try:
-            tap = TocTap(reader)
-            _feed_verified(server, staged_argv(server.tools, database, sections=("pre-data", "data"), **common), tap)
-            path = os.path.join(tmp, "toc.custom")
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(tap.finish())
+            path = _load_shared(server, reader, job, database, jobs, tmp)  # single_transaction needs jobs=1
             argv = staged_argv(server.tools, database, no_owner=job.no_owner, sections=("post-data",), jobs=jobs,
                                path=path)
             rc, _out, err = server.tools.run(argv)

@@ -10,8 +10,10 @@ no data. A file that holds the archive's header and TOC only is therefore enough
 
 ``toc_end(data)`` walks the header and the TOC the way pg_restore's ReadHead and ReadToc do
 (archive versions 1.12 to 1.16: pg_dump 9.0 to 17) and returns where the TOC ends, None while
-``data`` is too short. ``TocTap`` passes a stream through unchanged and keeps its first bytes
-until the TOC is complete.
+``data`` is too short. ``toc_layout(toc)`` gives what ``staged_split`` needs to cut the data
+blocks that follow: the integer size, whether the data is compressed, and the dump ids of the
+entries whose data is COPY text (TABLE DATA with a COPY statement). ``TocTap`` passes a stream
+through unchanged and keeps its first bytes until the TOC is complete.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class _Cursor:
     def __init__(self, data):
         self.data, self.pos = data, 0
         self.int_size = self.off_size = 4
+        self.compressed = True
 
     def take(self, count):
         end = self.pos + count
@@ -56,15 +59,19 @@ class _Cursor:
 
     def skip_str(self):
         """WriteStr: a length (-1 for NULL) and that many bytes; returns whether it was NULL."""
+        return self.str() is None
+
+    def str(self):
+        """WriteStr's bytes, None for NULL."""
         length = self.int()
         if length < 0:
-            return True
-        self.take(length)
-        return False
+            return None
+        return bytes(self.take(length))
 
 
 def _header(cur):
-    """The archive version (major, minor) after ReadHead's fields have been skipped."""
+    """The archive version (major, minor) after ReadHead's fields have been skipped; sets
+    ``cur.compressed``."""
     if bytes(cur.take(5)) != MAGIC:
         raise UnsupportedArchive("the backup is not a pg_dump custom-format archive (no PGDMP header)")
     version = (cur.byte(), cur.byte())
@@ -76,9 +83,9 @@ def _header(cur):
     if cur.byte() != FORMAT_CUSTOM:
         raise UnsupportedArchive("the backup is a pg_dump archive, but not of the custom format")
     if version >= (1, 15):
-        cur.byte()  # compression algorithm
+        cur.compressed = cur.byte() != 0  # compression algorithm, 0: none
     else:
-        cur.int()  # compression level
+        cur.compressed = cur.int() != 0  # compression level (-1: zlib's default)
     for _field in range(7):  # creation time: sec, min, hour, mday, mon, year, isdst
         cur.int()
     for _field in range(3):  # database name, server version, pg_dump version
@@ -87,14 +94,16 @@ def _header(cur):
 
 
 def _entry(cur, version):
-    """One TOC entry (ReadToc), then the custom format's data offset (a flag byte and an offset)."""
-    cur.int()  # dump id
+    """One TOC entry (ReadToc), then the custom format's data offset (a flag byte and an offset);
+    returns (dump id, whether its data is COPY text)."""
+    dump_id = cur.int()
     cur.int()  # had a data dumper
     strings = 10 if version >= (1, 14) else 9  # tableoid, oid, tag, desc, defn .. tablespace[, tableam]
+    values = []
     for index in range(strings):
         if index == 4:
             cur.int()  # section, between desc and defn
-        cur.skip_str()
+        values.append(cur.str() if index in (3, 6) else cur.skip_str())  # desc, copyStmt
     if version >= (1, 16):
         cur.int()  # relkind
     cur.skip_str()  # owner
@@ -102,22 +111,33 @@ def _entry(cur, version):
     while not cur.skip_str():  # dependencies, up to a NULL
         pass
     cur.take(1 + cur.off_size)
+    return dump_id, values[3] == b"TABLE DATA" and bool(values[6]) and values[6].startswith(b"COPY ")
+
+
+def _walk(data):
+    """(the cursor after the TOC, the entries) of the archive at the start of ``data``."""
+    cur = _Cursor(memoryview(data))
+    version = _header(cur)
+    count = cur.int()
+    if count < 0:
+        raise UnsupportedArchive("the archive's TOC is damaged (negative entry count)")
+    return cur, [_entry(cur, version) for _index in range(count)]
 
 
 def toc_end(data):
     """Offset just after the TOC of the custom-format archive at the start of ``data``, or None
     when ``data`` ends before it; UnsupportedArchive for what pg_restore's TOC reader is not."""
-    cur = _Cursor(memoryview(data))
     try:
-        version = _header(cur)
-        count = cur.int()
-        if count < 0:
-            raise UnsupportedArchive("the archive's TOC is damaged (negative entry count)")
-        for _index in range(count):
-            _entry(cur, version)
+        return _walk(data)[0].pos
     except _Short:
         return None
-    return cur.pos
+
+
+def toc_layout(toc):
+    """(integer size, whether the data blocks are compressed, the dump ids whose data is COPY
+    text) of a complete header and TOC."""
+    cur, entries = _walk(toc)
+    return cur.int_size, cur.compressed, frozenset(dump_id for dump_id, copy in entries if copy)
 
 
 class TocTap:
