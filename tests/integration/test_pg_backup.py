@@ -897,11 +897,20 @@ def test_sigkill_during_restore_is_cleaned_up_by_the_next_run(pg, big_dump, run_
 
 def _module_process(_leader):
     """The module (python running AnsiballZ_pg_backup) of a tool run by ``docker exec``, whose
-    parent is the container's shim."""
+    parent is the container's shim: the one this test's ansible-playbook started (another test
+    running at the same time in another worker has its own pg_backup modules)."""
     for pid in _pids_with(b"AnsiballZ_pg_backup"):
-        if os.path.basename(_cmdline(pid).split(b"\0")[0]).startswith(b"python"):
+        if os.path.basename(_cmdline(pid).split(b"\0")[0]).startswith(b"python") and _descends_from_us(pid):
             return pid
     return None
+
+
+def _descends_from_us(pid):
+    while pid and pid > 1:
+        if pid == os.getpid():
+            return True
+        pid = _ppid_or(pid)
+    return False
 
 
 def _container_dump_under_a_signal(pg_container, run_playbook, tmp_path, database, signum):
