@@ -25,6 +25,7 @@ import json
 import os
 import platform
 import random
+import resource
 import shutil
 import statistics
 import subprocess
@@ -33,7 +34,7 @@ import tempfile
 import time
 
 from collect import write_results
-from volume_backup import COLLECTIONS, MiB, ROOT, VENV_BIN, Moto, build_volume, loadavg, sh, tree_digest
+from volume_backup import COLLECTIONS, MiB, ROOT, VENV_BIN, Moto, _cpu_seconds, build_volume, loadavg, sh, tree_digest
 
 CALLBACKS = os.path.join(ROOT, "tests", "integration", "callback_plugins")
 PLAYBOOK = """
@@ -61,8 +62,19 @@ class Runner:
                                AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1",
                                RESTIC_CACHE_DIR=os.path.join(workdir, "restic-cache"))
 
+    def timed(self, func):
+        """(wall seconds, CPU seconds of the process tree run by ``func``, the moto server's CPU
+        seconds meanwhile, ``func``'s value)."""
+        before, moto = resource.getrusage(resource.RUSAGE_CHILDREN), _cpu_seconds(self.moto.proc.pid)
+        start = time.monotonic()
+        value = func()
+        wall, after = time.monotonic() - start, resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+        self.last = {"cpu": cpu, "moto_cpu": _cpu_seconds(self.moto.proc.pid) - moto}
+        return wall, value
+
     def module(self, args):
-        """(wall seconds, task result) of one ansible-playbook run of the module."""
+        """(wall seconds, task result) of one ansible-playbook run of the module (CPU in ``last``)."""
         capture = os.path.join(self.workdir, "capture.jsonl")
         if os.path.exists(capture):
             os.unlink(capture)
@@ -73,11 +85,9 @@ class Runner:
         env.update(ANSIBLE_COLLECTIONS_PATH=COLLECTIONS, ANSIBLE_PYTHON_INTERPRETER=sys.executable,
                    ANSIBLE_CALLBACK_PLUGINS=CALLBACKS, ANSIBLE_CALLBACKS_ENABLED="opskit_capture",
                    OPSKIT_CAPTURE_FILE=capture, ANSIBLE_NOCOLOR="1", ANSIBLE_RETRY_FILES_ENABLED="0")
-        start = time.monotonic()
-        proc = subprocess.run([os.path.join(VENV_BIN, "ansible-playbook"), "-i", "localhost,", "-c", "local",
-                               self.playbook, "-e", "@" + vars_path], env=env, capture_output=True, text=True,
-                              check=False, cwd=self.workdir)
-        wall = time.monotonic() - start
+        wall, proc = self.timed(lambda: subprocess.run(
+            [os.path.join(VENV_BIN, "ansible-playbook"), "-i", "localhost,", "-c", "local", self.playbook, "-e",
+             "@" + vars_path], env=env, capture_output=True, text=True, check=False, cwd=self.workdir))
         if proc.returncode:
             raise RuntimeError("ansible-playbook failed: %s" % proc.stdout[-2000:])
         with open(capture) as fh:
@@ -85,10 +95,8 @@ class Runner:
         return wall, result
 
     def restic(self, repo, *args, cwd=None):
-        start = time.monotonic()
-        subprocess.run(["restic", "-r", repo, "-q"] + list(args), env=self.restic_env,
-                       check=True, capture_output=True, text=True, cwd=cwd)
-        return time.monotonic() - start
+        return self.timed(lambda: subprocess.run(["restic", "-r", repo, "-q"] + list(args), env=self.restic_env,
+                                                 check=True, capture_output=True, text=True, cwd=cwd))[0]
 
 
 def _stored(moto, workdir, location):
@@ -142,9 +150,10 @@ def one_round(runner, rnd, tag, src_digest):
             wall = runner.restic(repo, "backup", ".", cwd=runner.root)
             location = repo
             stored = _stored(runner.moto, work, "s3://bench/%s-%s-%d" % (name, tag, rnd) if where == "s3" else repo)
-        rows[name] = {"backup_s": wall, "stored": stored, "load": load, "location": location, "enc": enc}
-        print("round %d backup  %-16s %6.1f s  stored %7.1f MiB  load %s" % (rnd + 1, name, wall, stored / MiB, load),
-              flush=True)
+        rows[name] = {"backup_s": wall, "stored": stored, "load": load, "location": location, "enc": enc,
+                      "backup_cpu": runner.last["cpu"], "backup_moto_cpu": runner.last["moto_cpu"]}
+        print("round %d backup  %-16s %6.1f s  cpu %5.1f  moto cpu %5.1f  stored %7.1f MiB  load %s"
+              % (rnd + 1, name, wall, runner.last["cpu"], runner.last["moto_cpu"], stored / MiB, load), flush=True)
     for tool, where, enc in variants:
         name = _name(tool, where, enc)
         if enc == "api":
@@ -163,8 +172,10 @@ def one_round(runner, rnd, tag, src_digest):
         else:
             wall = runner.restic(rows[name]["location"], "restore", "latest", "--target", target)
         ok = tree_digest(target) == src_digest  # restic restores a backup of "." right into the target
-        rows[name].update(restore_s=wall, identical=ok, restore_load=load)
-        print("round %d restore %-16s %6.1f s  identical %s  load %s" % (rnd + 1, name, wall, ok, load), flush=True)
+        rows[name].update(restore_s=wall, identical=ok, restore_load=load, restore_cpu=runner.last["cpu"],
+                          restore_moto_cpu=runner.last["moto_cpu"])
+        print("round %d restore %-16s %6.1f s  cpu %5.1f  moto cpu %5.1f  identical %s  load %s"
+              % (rnd + 1, name, wall, runner.last["cpu"], runner.last["moto_cpu"], ok, load), flush=True)
         shutil.rmtree(target, ignore_errors=True)
     return rows
 
@@ -231,6 +242,14 @@ def write_report(opts, command, digest, runs, uptimes):
             _median(runs, name, "stored") / MiB, all(r[name]["identical"] for r in runs)))
     lines.append("| module to s3:// read through the Engine API (volume_access: api, as before issue 20) | %.1f | | %.1f | |"
                  % (_median(runs, "module_s3_api", "backup_s"), _median(runs, "module_s3_api", "stored") / MiB))
+    lines += ["", "CPU seconds (user + system) of the timed process tree (the module's: ansible-playbook and the "
+              "module; restic's: restic) and of the moto server meanwhile, medians:", "",
+              "| variant | backup CPU s | backup moto CPU s | restore CPU s | restore moto CPU s |",
+              "| --- | ---: | ---: | ---: | ---: |"]
+    for name, label in names:
+        lines.append("| %s | %.1f | %.1f | %.1f | %.1f |" % (
+            label, _median(runs, name, "backup_cpu"), _median(runs, name, "backup_moto_cpu"),
+            _median(runs, name, "restore_cpu"), _median(runs, name, "restore_moto_cpu")))
     lines += ["", "Speed-up of the module against restic (restic time / module time, medians; > 1 = module faster):", "",
               "| | backup | restore |", "| --- | ---: | ---: |"]
     for mod, peer, label in (("module_s3", "restic_s3", "s3, module unencrypted"),

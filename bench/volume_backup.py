@@ -16,6 +16,7 @@ in nested directories, plus large files: 2 x 192 MiB random and 2 x 192 MiB log-
 
 Usage: .venv/bin/python bench/volume_backup.py [--size-mib 1024] [--out bench/results/volume_backup.md]
        .venv/bin/python bench/volume_backup.py --profile [--keep-volume]
+       .venv/bin/python bench/volume_backup.py --profile-restore [--keep-volume] [--rounds N]
          where one backup's time goes: each stage of the pipeline alone, in a child process
          (wall and CPU seconds), the stages added one at a time, alternating over --rounds.
 """
@@ -285,6 +286,121 @@ def profile(opts, source, root, workdir):
     return runs
 
 
+# One restore's pipeline, a stage at a time, from a stored backup (file:// or s3://): "get" reads
+# the stored bytes (GET and sha256, no decompression); "zstd" adds the decompression
+# (ArtifactReader); "parse" adds the tar parsing and member checks (MemberScan); "extract"
+# adds the extractor's writes into a new directory (TarExtractor, no swap, no count; "inline":
+# the same with every file written by the parsing thread, no writer threads); "restore"
+# is the module's staged restore into a new directory (swap and on-disk count included).
+RESTORE_PROFILE = r"""
+import json, os, resource, sys, time
+stage, location_url, target = sys.argv[1], sys.argv[2], sys.argv[3]
+params = json.loads(sys.argv[4])
+from ansible_collections.opskit.runbook.plugins.module_utils._engine.artifacts import ArtifactReader
+from ansible_collections.opskit.runbook.plugins.module_utils._engine.catalog import resolve_backup
+from ansible_collections.opskit.runbook.plugins.module_utils._engine.streams import Prefetch, read_chunks
+from ansible_collections.opskit.runbook.plugins.module_utils._storage.options import location_from_params
+from ansible_collections.opskit.runbook.plugins.module_utils._volume.tar.headers import MemberScan
+from ansible_collections.opskit.runbook.plugins.module_utils._volume.tar.extract import TarExtractor, extract_chunks
+from ansible_collections.opskit.runbook.plugins.module_utils._volume.targets import staged_restore
+params.update(params.pop("s3"))
+params["location"] = location_url
+location = location_from_params(params)
+manifest = resolve_backup(location, "bench", "latest")
+t0 = time.monotonic()
+n = 0
+if stage in ("get", "zstd", "parse"):
+    scan = MemberScan("backup archive") if stage == "parse" else None
+    with ArtifactReader(location, manifest, decompress=(stage != "get")) as reader:
+        for data in read_chunks(reader):
+            n += len(data)
+            if scan is not None:
+                scan.feed(data)
+    if scan is not None:
+        n = scan.finish()["files"]
+else:
+    os.makedirs(target)
+    fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY)
+    if stage in ("extract", "inline"):
+        kw = {"writers": 0} if stage == "inline" else {}
+        with ArtifactReader(location, manifest) as reader:
+            chunks = Prefetch(read_chunks(reader), depth=4)
+            try:
+                n = extract_chunks(chunks, TarExtractor(fd, "backup archive", defer_root=True, **kw))["files"]
+            finally:
+                chunks.stop()
+    else:
+        n = staged_restore(fd, location, manifest, False, target)["files"]
+    os.close(fd)
+ru = resource.getrusage(resource.RUSAGE_SELF)
+with open('/proc/self/status') as fh:
+    hwm = int([line for line in fh if line.startswith('VmHWM:')][0].split()[1])
+print(json.dumps({"wall": time.monotonic() - t0, "user": ru.ru_utime, "sys": ru.ru_stime, "n": n,
+                  "rss_mib": hwm / 1024.0}))
+"""
+RESTORE_STAGES = (("get", "GET + sha256 (stored bytes only)"), ("zstd", "+ zstd decompression (ArtifactReader)"),
+                  ("parse", "+ tar parsing and member checks (MemberScan)"),
+                  ("inline", "+ the extractor's writes, no writer threads (writers=0)"),
+                  ("extract", "+ the extractor's writes, 2 writer threads (the default)"),
+                  ("restore", "the module's staged restore (swap and on-disk count)"))
+
+
+def profile_restore(opts, source, workdir):
+    """Each stage of one restore alone (see RESTORE_PROFILE), from file:// and s3://, over
+    ``opts.rounds`` rounds; the backups are made once by the module first."""
+    moto = Moto(workdir)
+    env = dict(os.environ, PYTHONPATH=COLLECTIONS)
+    s3 = {"endpoint_url": moto.url, "access_key": "bench", "secret_key": "bench", "region": "us-east-1"}
+    locations = (("file", "file://%s/store" % workdir), ("s3", "s3://bench/module"))
+    runs = {}
+    try:
+        for _name, url in locations:
+            args = dict(volume=source, location=url, series="bench", stop_containers=["none"])
+            args.update(s3 if url.startswith("s3://") else {})
+            run_module(args, workdir)
+        for rnd in range(opts.rounds):
+            for where, url in locations:
+                for stage, _label in RESTORE_STAGES:
+                    target = os.path.join(workdir, "t-%d-%s-%s" % (rnd, where, stage))
+                    sh("sync")
+                    load = loadavg()
+                    moto_cpu = _cpu_seconds(moto.proc.pid)
+                    out = subprocess.run([sys.executable, "-c", RESTORE_PROFILE, stage, url, target,
+                                          json.dumps({"s3": s3})], env=env, capture_output=True, text=True,
+                                         check=True, cwd=workdir)
+                    row = json.loads(out.stdout.strip().splitlines()[-1])
+                    row.update(load=load, moto_cpu=_cpu_seconds(moto.proc.pid) - moto_cpu)
+                    runs.setdefault("%s/%s" % (where, stage), []).append(row)
+                    print("round %d %-4s %-7s wall %5.1f s  user %5.1f  sys %4.1f  moto cpu %4.1f  rss %3.0f MiB  load %s"
+                          % (rnd + 1, where, stage, row["wall"], row["user"], row["sys"], row["moto_cpu"],
+                             row["rss_mib"], load), flush=True)
+                    shutil.rmtree(target, ignore_errors=True)
+    finally:
+        moto.stop()
+    return runs
+
+
+def write_restore_profile(opts, command, digest, runs):
+    lines = ["# volume_backup: where one %d MiB volume restore's time goes" % opts.size_mib, "",
+             "Command: `%s`" % command, "",
+             "Measured %s UTC, `uptime` before: `%s`, after: `%s`."
+             % (time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()), opts.uptime, sh("uptime").strip()), "",
+             "Volume: %d files, %.1f MiB. Each stage runs alone in a child process, the stages added one at a "
+             "time; medians of %d rounds (seconds)." % (digest[0], digest[1] / MiB, opts.rounds), "",
+             "| from | stage | wall | user | sys | moto CPU | peak RSS MiB |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for where in ("file", "s3"):
+        for stage, label in RESTORE_STAGES:
+            rows = runs["%s/%s" % (where, stage)]
+            med = {k: statistics.median(r[k] for r in rows) for k in ("wall", "user", "sys", "moto_cpu")}
+            lines.append("| %s:// | %s | %.1f | %.1f | %.1f | %.1f | %.0f |"
+                         % (where, label, med["wall"], med["user"], med["sys"], med["moto_cpu"],
+                            max(r["rss_mib"] for r in rows)))
+    lines += ["", "Every figure: `%s`" % json.dumps(runs, sort_keys=True)]
+    write_results(opts.out.replace("volume_backup.md", "volume_restore_profile.md"), "\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def _cpu_seconds(pid):
     with open("/proc/%d/stat" % pid) as fh:
         fields = fh.read().rsplit(")", 1)[1].split()
@@ -330,7 +446,8 @@ def main():
     parser.add_argument("--restore-rounds", type=int, default=3,
                         help="interleaved rounds of the restores (medians reported)")
     parser.add_argument("--profile", action="store_true", help="where one backup's time goes, stage by stage")
-    parser.add_argument("--rounds", type=int, default=2, help="rounds of --profile")
+    parser.add_argument("--profile-restore", action="store_true", help="where one restore's time goes, stage by stage")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of --profile / --profile-restore")
     opts = parser.parse_args()
     opts.uptime = sh("uptime").strip()
     command = " ".join([os.path.relpath(sys.executable, ROOT), os.path.relpath(__file__, ROOT)] + sys.argv[1:])
@@ -350,6 +467,9 @@ def main():
         sh("sync")
         if opts.profile:
             write_profile(opts, command, src_digest, profile(opts, source, root, workdir))
+            return
+        if opts.profile_restore:
+            write_restore_profile(opts, command, src_digest, profile_restore(opts, source, workdir))
             return
         moto = Moto(workdir)
         s3 = {"endpoint_url": moto.url, "access_key": "bench", "secret_key": "bench", "region": "us-east-1"}

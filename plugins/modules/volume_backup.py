@@ -43,7 +43,9 @@ description:
     volume written through its mountpoint (O(volume_access)), are restored in one pass into a
     hidden staging directory inside the target, which is renamed into place only once the
     whole archive is written and verified; on any error it is removed and the target is as
-    it was. Through the Engine API, the stored archive is read and verified once before it is
+    it was. Regular files of up to 1 MiB are written there by two threads while the archive
+    is still being read, checked and parsed; every other change keeps the archive's order.
+    Through the Engine API, the stored archive is read and verified once before it is
     written. A volume or directory that the failed restore created is removed again.
   - A non-empty target is refused unless O(force=true), which replaces its content. So a
     second identical restore is refused, never applied on top of the first.

@@ -207,10 +207,13 @@ def test_directory_backup_restores_into_a_volume(run_playbook, tmp_path, docker_
 def test_a_corrupt_backup_changes_nothing_in_the_volume(run_playbook, tmp_path, docker_engine, dockerthings,
                                                         access):
     """A bit flipped in the stored archive: the forced restore fails on the sha256, the old
-    content is all still there, and a volume the restore created is removed again."""
+    content is all still there, and a volume the restore created is removed again. The bit is
+    in the large file, between small ones: through the mountpoint, the restore's writer threads
+    are writing small files before and after it (the error comes at the end)."""
     src = tmp_path / "src"
     src.mkdir()
     _fill_random(str(src), 3 * 1024 * 1024)
+    _fill_small(src, 400, 2048)
     location = "file://%s/store" % tmp_path
     vol = dockerthings.volume()
     with open(os.path.join(dockerthings.mountpoint(vol), "old"), "w") as fh:
@@ -347,6 +350,15 @@ def test_unsafe_archive_members_are_refused(run_playbook, tmp_path, docker_engin
 def _fill_random(path, size):
     with open(os.path.join(path, "random.bin"), "wb") as fh:
         fh.write(os.urandom(size))
+
+
+def _fill_small(root, count, size):
+    """``count`` random files of ``size`` bytes in a/ and in z/ (the archive lists random.bin
+    between them)."""
+    for sub in ("a", "z"):
+        (root / sub).mkdir()
+        for index in range(count):
+            (root / sub / ("f%05d" % index)).write_bytes(os.urandom(size))
 
 
 def test_a_container_that_fails_to_restart_fails_the_task_and_is_named(run_playbook, tmp_path,
@@ -603,6 +615,60 @@ def test_a_forced_restore_that_cannot_replace_changes_nothing(run_playbook, tmp_
     finally:
         subprocess.run(["chattr", "-i", str(blocker)], capture_output=True, check=False)
         subprocess.run(["umount", str(dst / "keep" / "mnt")], capture_output=True, check=False)
+
+
+def test_a_parallel_restore_killed_midway_leaves_the_directory_as_it_was(tmp_path):
+    """SIGKILL while the writer threads fill the staging directory of a forced restore: the old
+    entries are all there, as they were, beside the hidden staging directory; the next forced
+    restore removes that leftover with the old content."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    dst.mkdir()
+    _fill_small(src, 1500, 1024)
+    (dst / "old").write_text("old")
+    (dst / "keep").mkdir()
+    (dst / "keep" / "data").write_bytes(os.urandom(4096))
+    before = listing(dst)
+    play = PLAY_HEAD + """
+    - name: backup
+      opskit.runbook.volume_backup: {path: "%s", location: "file://%s/store", series: many}
+      when: not (restore_only | default(false))
+    - name: forced restore
+      opskit.runbook.volume_backup:
+        {state: restored, path: "%s", location: "file://%s/store", series: many, force: true}
+""" % (src, tmp_path, dst, tmp_path)
+    proc = _start_playbook(tmp_path, play)
+    try:
+        deadline, staged = time.monotonic() + 120, []
+        while len(staged) < 200:  # the writers are busy in the staging directory
+            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+            assert time.monotonic() < deadline, "the restore never started writing"
+            staging = [n for n in os.listdir(dst) if n.startswith(".opskit-restore-")]
+            staged = [n for sub in ("a", "z") for n in _names(dst / staging[0] / sub)] if staging else []
+            time.sleep(0.01)
+        _kill_tree(proc)  # SIGKILL: no cleanup code of the module can run
+        assert len(staged) < 3000, "the restore finished before it could be killed"
+    finally:
+        _kill_tree(proc)
+        proc.stdout.close()
+    [leftover] = [n for n in os.listdir(dst) if n.startswith(".opskit-")]
+    assert leftover.startswith(".opskit-restore-")
+    hidden = os.fsencode(leftover)
+    after = {k: v for k, v in listing(dst).items() if k != hidden and not k.startswith(hidden + b"/")}
+    for entries in (before, after):
+        entries[b"."].pop("mtime")  # the staging directory was created in it
+    assert after == before
+    run = _start_playbook(tmp_path, play.replace("restore_only | default(false)", "true"))
+    output = run.communicate()[0].decode()
+    assert run.returncode == 0, output[-3000:]
+    assert listing(dst) == listing(src)
+
+
+def _names(path):
+    try:
+        return os.listdir(path)
+    except FileNotFoundError:
+        return []
 
 
 @pytest.mark.parametrize("how", ["SIGTERM of the module", "SIGKILL of ansible-playbook's process tree"])

@@ -270,23 +270,49 @@ def _count_restored(root_fd, label, stats):
                                                 % (label, exc.strerror or exc))
 
 
+def _scan_dir(fd, top, counts, seen):
+    """Count the regular files of the directory open as ``fd`` into ``counts``; its
+    subdirectories' names (without the ``.opskit-old-*`` leftover at the ``top``)."""
+    subdirs = []
+    with os.scandir(fd) as entries:
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                if not (top and entry.name.startswith(".opskit-old-")):
+                    subdirs.append(entry.name)
+            elif entry.is_file(follow_symlinks=False):
+                st = entry.stat(follow_symlinks=False)
+                counts[0] += 1
+                if st.st_nlink > 1:
+                    if (st.st_dev, st.st_ino) in seen:
+                        continue
+                    seen.add((st.st_dev, st.st_ino))
+                counts[1] += st.st_size
+    return subdirs
+
+
 def measure_tree(root_fd):
     """What the directory open as ``root_fd`` holds, counted on disk after a restore, never
     following a link: ``files`` (regular file names, hard links included) and ``file_bytes``
     (the size of each file once, as a tar stores it). The hidden ``.opskit-old-*`` leftover of
-    a failed deletion is not counted."""
-    files, seen, total = 0, set(), 0
-    for _path, dirnames, filenames, dfd in os.fwalk(".", dir_fd=root_fd, follow_symlinks=False):
-        if _path == ".":
-            dirnames[:] = [d for d in dirnames if not d.startswith(".opskit-old-")]
-        for name in filenames:
-            st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
-            if stat.S_ISREG(st.st_mode):
-                files += 1
-                if (st.st_dev, st.st_ino) not in seen:
-                    seen.add((st.st_dev, st.st_ino))
-                    total += st.st_size
-    return {"files": files, "file_bytes": total}
+    a failed deletion is not counted. One ``scandir`` per directory (the entry types) and one
+    ``fstatat`` per regular file; directories are opened with O_NOFOLLOW, and only those from
+    the root to the one being read are open."""
+    counts, seen = [0, 0], set()
+    stack = [(os.dup(root_fd), None)]
+    try:
+        while stack:
+            fd, names = stack[-1]
+            if names is None:
+                names = _scan_dir(fd, len(stack) == 1, counts, seen)
+                stack[-1] = (fd, names)
+            if not names:
+                os.close(stack.pop()[0])
+                continue
+            stack.append((os.open(names.pop(), DIR_FLAGS, dir_fd=fd), None))
+    finally:
+        for fd, _names in stack:
+            os.close(fd)
+    return {"files": counts[0], "file_bytes": counts[1]}
 
 
 def _drop_old(root_fd, aside, dev, label):

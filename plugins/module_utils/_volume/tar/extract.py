@@ -25,6 +25,7 @@ import urllib.parse
 from ..._engine.streams import write_all
 from ..._errors import IntegrityError
 from .headers import TarWalker, _display, _number, clean_name
+from .writers import FileWriters
 
 
 class ExtractError(IntegrityError):
@@ -38,6 +39,8 @@ BLOCK = 4096                      # a run of zero blocks this size becomes a hol
 ZERO = bytes(BLOCK)
 KEPT_XATTRS = "user."             # other namespaces belong to the host (security, trusted, system)
 SHOWN = 5
+WRITERS = 2                       # threads writing regular files (FileWriters); 0: all inline
+POOLED_MAX = 1024 * 1024          # larger files are written by the parsing thread itself
 NOT_TAKEN = (errno.ENOTSUP, errno.EPERM, errno.EACCES, errno.E2BIG, errno.ENOSPC, errno.ERANGE)
 
 
@@ -136,9 +139,18 @@ class TarExtractor(TarWalker):
     With ``defer_root``, the attributes of the archive root (``.``) are not applied to
     ``root_fd`` but kept in ``root_attrs`` for ``apply_attrs`` (a staged restore applies them
     to the real target at the end).
+
+    Regular files of at most POOLED_MAX bytes are written by ``writers`` threads
+    (``FileWriters``), whole: the parsing thread walks to the parent directory as above, hands
+    a duplicate of its fd, the name, the data and the attributes over, and goes on parsing;
+    the writer creates the file (O_CREAT|O_EXCL|O_NOFOLLOW under that fd), writes the data,
+    then sets owner, xattrs, mode and mtime. Every other change (directories, links, fifos,
+    larger files) stays in the parsing thread, in archive order, and waits first for the
+    writers when it touches a name still being written (a name listed twice, a hard link to
+    it, a path through it); directory attributes are set once every writer is done.
     """
 
-    def __init__(self, root_fd, what="archive", same_owner=None, defer_root=False):
+    def __init__(self, root_fd, what="archive", same_owner=None, defer_root=False, writers=WRITERS):
         super().__init__(what)
         self.root_fd = root_fd
         self.defer_root = defer_root
@@ -148,11 +160,14 @@ class TarExtractor(TarWalker):
         self.file = None                # (fd, attrs, SparseWriter, name) of the regular file being written
         self.dropped = []               # "member: xattr" the filesystem did not take
         self.dirs = []                  # (relative path, attrs) of the directories, set at the end
+        self.pooled = None              # [dir fd, name, relative path, attrs, data pieces] being collected
+        self.writers = FileWriters(self._write_pooled, self._discard, writers) if writers else None
 
     # ------------------------------------------------------------------ walking
     def _step(self, fd, part, create, done, member):
         """Open directory ``part`` under ``fd`` with O_NOFOLLOW (created when missing and
         ``create``: a parent the archive does not list)."""
+        self._settle("/".join(done + [part]))
         try:
             return os.open(part, DIR_FLAGS, dir_fd=fd)
         except FileNotFoundError:
@@ -200,6 +215,11 @@ class TarExtractor(TarWalker):
             fd = self._step(fd, parts[index], create, parts[:index], member)
             stack.append((parts[index], fd))
         return fd
+
+    def _settle(self, rel):
+        """Wait for the writers when ``rel`` is a file they have not written yet."""
+        if self.writers is not None and rel in self.writers.pending:
+            self.writers.drain()
 
     def _drop_stack(self):
         while self.stack:
@@ -253,6 +273,7 @@ class TarExtractor(TarWalker):
             attrs, linkname = _info_attrs(extra), extra.linkname
         else:
             attrs, linkname = _ustar_attrs(block), extra
+        self._settle(rel)
         if typeflag == b"5":
             if rel:
                 dfd, base = self._place(rel)
@@ -270,7 +291,11 @@ class TarExtractor(TarWalker):
             self.dirs.append((rel, attrs))
             return
         dfd, base = self._place(rel)
-        if typeflag in (b"0", b"\0", b"7"):
+        if typeflag in (b"0", b"\0", b"7") and self.writers is not None and size <= POOLED_MAX:
+            self.pooled = [os.dup(dfd), base, rel, attrs, []]
+            if not size:
+                self._submit()
+        elif typeflag in (b"0", b"\0", b"7"):
             fd = self._create(lambda: os.open(base, NEW_FILE_FLAGS, 0o600, dir_fd=dfd), dfd, base, rel)
             self.file = (fd, attrs, SparseWriter(fd), rel)
             if not size:
@@ -282,6 +307,7 @@ class TarExtractor(TarWalker):
             os.utime(base, ns=(attrs[3], attrs[3]), dir_fd=dfd, follow_symlinks=False)
         elif typeflag == b"1":
             target = clean_name(linkname)
+            self._settle(target)
             thead, _sep, tbase = target.rpartition("/")
             tfd = self._open_dir(thead, rel)
             try:
@@ -300,9 +326,38 @@ class TarExtractor(TarWalker):
     def _payload(self, chunk, data_bytes):
         if not data_bytes:
             return
+        if self.pooled is not None:
+            self.pooled[4].append(bytes(chunk[:data_bytes]))  # a copy: the chunk is not pinned
+            if not self.skip:
+                self._submit()
+            return
         self.file[2].write(chunk[:data_bytes])
         if not self.skip:
             self._close_file()
+
+    def _submit(self):
+        job, self.pooled = self.pooled, None
+        self.writers.submit(job[2], job, sum(len(piece) for piece in job[4]))
+
+    def _write_pooled(self, job):
+        """In a writer thread: create, write and close one file of the archive."""
+        dfd, base, rel, attrs, pieces = job
+        try:
+            fd = self._create(lambda: os.open(base, NEW_FILE_FLAGS, 0o600, dir_fd=dfd), dfd, base, rel)
+            try:
+                writer = SparseWriter(fd)
+                for piece in pieces:
+                    writer.write(piece)
+                writer.close()
+                self.apply_attrs(fd, attrs, rel)
+            finally:
+                os.close(fd)
+        finally:
+            os.close(dfd)
+
+    @staticmethod
+    def _discard(job):
+        os.close(job[0])
 
     def _close_file(self):
         fd, attrs, writer, rel = self.file
@@ -315,14 +370,22 @@ class TarExtractor(TarWalker):
 
     def _end(self):
         # A directory comes after its parent in the archive: in reverse order, every one gets
-        # its (possibly read-only) mode before its parent does.
+        # its (possibly read-only) mode before its parent does, once every file is written.
+        if self.writers is not None:
+            self.writers.drain()
         for rel, attrs in reversed(self.dirs):
             self.apply_attrs(self._dir_fd(rel, rel, create=False), attrs, rel or ".")
         self._drop_stack()
         self.dirs = []
 
     def close(self):
-        """Release the descriptors (after an error: what was written stays as it is)."""
+        """Stop the writers and release the descriptors (after an error: what was written stays
+        as it is, and nothing is written any more)."""
+        if self.writers is not None:
+            self.writers.close()
+        if self.pooled is not None:
+            self._discard(self.pooled)
+            self.pooled = None
         if self.file is not None:
             os.close(self.file[0])
             self.file = None

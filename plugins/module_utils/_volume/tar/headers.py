@@ -328,6 +328,89 @@ class TarScanner(_HeaderParser):
         return self.skip or self.collect is not None or self.header
 
 
+PAX_NUMBERS = {"mtime": float, "atime": float, "ctime": float, "uid": int, "gid": int, "size": int}
+PAX_FIELDS = ("path", "linkpath", "size", "mtime", "uid", "gid", "uname", "gname")
+
+
+def _pax_records(data):
+    """The records of a PAX extended header's data as {keyword: value}, decoded as tarfile
+    decodes well-formed UTF-8 ones; None for anything else (tarfile decodes those)."""
+    out, pos = {}, 0
+    while pos < len(data) and data[pos:pos + 1] != b"\0":
+        space = data.find(b" ", pos, pos + 24)
+        if space < 0 or not data[pos:space].isdigit():
+            return None
+        length = int(data[pos:space])
+        record = data[space + 1:pos + length]
+        if length <= 0 or pos + length > len(data) or not record.endswith(b"\n"):
+            return None
+        key, sep, value = record[:-1].partition(b"=")
+        try:
+            key, value = key.decode("utf-8"), value.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+        if not sep or not key or key == "hdrcharset" or key.startswith("GNU."):
+            return None
+        out[key] = value
+        pos += length
+    return out
+
+
+def _text(field):
+    return field.split(b"\0", 1)[0].decode(TAR_ENCODING, TAR_ERRORS)
+
+
+def _ustar_info(block):
+    """The TarInfo of a ustar header block whose checksum is right, decoded as
+    ``tarfile.TarInfo.frombuf`` decodes it (a PAX header's member, not a GNU one)."""
+    info = tarfile.TarInfo(_text(block[0:100]))
+    info.mode, info.uid, info.gid = _number(block[100:108]), _number(block[108:116]), _number(block[116:124])
+    info.size, info.mtime, info.type = _number(block[124:136]), _number(block[136:148]), block[156:157]
+    info.linkname, info.uname, info.gname = _text(block[157:257]), _text(block[265:297]), _text(block[297:329])
+    info.devmajor, info.devminor = _number(block[329:337]), _number(block[337:345])
+    info.chksum = _number(block[148:156])
+    prefix = _text(block[345:500])
+    if info.type == tarfile.AREGTYPE and info.name.endswith("/"):
+        info.type = tarfile.DIRTYPE
+    if info.type in tarfile.GNU_TYPES:
+        raise IntegrityError("a GNU member type after a PAX header")  # tarfile decodes it
+    if info.isdir():
+        info.name = info.name.rstrip("/")
+    if prefix:
+        info.name = prefix + "/" + info.name
+    return info
+
+
+def _fast_pax_member(blocks):
+    """The TarInfo of one PAX extended header followed by a ustar header (``blocks``), decoded
+    without opening a tarfile (the headers of most members of a volume backup: every exact
+    mtime is a PAX record), as tarfile would decode it; None when tarfile must decode it (GNU
+    long names, global or several headers, sparse or non-UTF-8 records, hdrcharset)."""
+    if len(blocks) < 3 * BLOCK or blocks[156:157] != b"x":
+        return None
+    size = _number(blocks[124:136])
+    if len(blocks) != 2 * BLOCK + _padded(size):
+        return None
+    pax = _pax_records(blocks[BLOCK:BLOCK + size])
+    if pax is None:
+        return None
+    try:
+        info = _ustar_info(blocks[-BLOCK:])
+    except IntegrityError:
+        return None
+    for key in PAX_FIELDS:
+        if key in pax:
+            value = pax[key]
+            if key in PAX_NUMBERS:
+                try:
+                    value = PAX_NUMBERS[key](value)
+                except ValueError:
+                    value = 0
+            setattr(info, key, value.rstrip("/") if key == "path" else value)
+    info.pax_headers = pax
+    return info
+
+
 class _BlockStream(io.BytesIO):
     """Header blocks followed by an end-of-archive marker, readable by tarfile."""
 
@@ -410,6 +493,9 @@ class TarWalker(_HeaderParser):
         self._count(typeflag, size)
 
     def _decode(self, blocks):
+        member = _fast_pax_member(blocks)
+        if member is not None:
+            return member
         with tarfile.open(fileobj=_BlockStream(blocks), mode="r:", encoding=TAR_ENCODING,
                           errors=TAR_ERRORS) as tar:
             try:
