@@ -61,7 +61,8 @@ def archiving_on(pg):
     """archive_mode = on, archive_command = opskit-wal (in DEMO/pitr), archive_timeout 1 s, and a
     restart; the server's user must reach DEMO to archive into it. Returns (its user name, None),
     or (None, why not)."""
-    account = harness._pg_system_user()  # pylint: disable=protected-access  (the user the harness runs it as)
+    # the user the harness runs the server as
+    account = harness._pg_system_user()  # pylint: disable=protected-access
     user = account.pw_name if account else getpass.getuser()
     if account is not None:
         path = DEMO

@@ -58,10 +58,13 @@ def run_blocking(steps):
     """Run the step generator ``steps`` to its end in this thread; return what it returns."""
     try:
         wait = next(steps)
-        while True:
-            wait = steps.send(_block(*wait))
     except StopIteration as stop:
         return stop.value
+    while True:
+        try:
+            wait = steps.send(_block(*wait))
+        except StopIteration as stop:
+            return stop.value
 
 
 class Loop:

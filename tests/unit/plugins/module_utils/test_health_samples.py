@@ -72,10 +72,10 @@ def test_sample_options_are_checked(extra, message):
 def _scripted(monkeypatch, outcomes):
     """probe_http_steps (one request, as steps of the event loop) replaced by a script: a number is
     an answer after that many ms, a string a failure."""
-    calls = iter(outcomes)
+    calls = list(outcomes)
 
     def fake(check, obs, timeout, ctx=None):
-        outcome = next(calls)
+        outcome = calls.pop(0)
         yield None, 0, 0.0      # one turn of the loop, as a request would take
         if isinstance(outcome, str):
             raise ProbeFailed("CRITICAL", outcome)
