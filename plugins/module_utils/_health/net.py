@@ -196,7 +196,8 @@ def probe_http_steps(check, obs, timeout, ctx=None):
 
 def fetch_http(check, obs, timeout):
     """One request of ``check`` in this thread -> (response, body bytes); see fetch_http_steps."""
-    return run_blocking(fetch_http_steps(check, obs, timeout))
+    response, data = run_blocking(fetch_http_steps(check, obs, timeout))  # pylint: disable=unpacking-non-sequence
+    return response, data  # a pair that callers can unpack (pylint infers StopIteration.value as None)
 
 
 def fetch_http_steps(check, obs, timeout, resolver=None):
