@@ -416,7 +416,12 @@ def faketime_args(clock):
     if binary is None:
         raise AssertionError("faketime is not installed: run scripts/bootstrap.sh")
     utc = clock.astimezone(datetime.timezone.utc)
-    return ["env", "TZ=UTC", binary, "-f", "@" + utc.strftime("%Y-%m-%d %H:%M:%S")]
+    # The wrapper shares its clock with its children through /dev/shm/sem.faketime_sem_<pid> and
+    # /dev/shm/faketime_shm_<pid>, and fails ("sem_open: File exists") when a killed wrapper left
+    # them for a pid it gets again. A shell removes those of its own pid, then becomes the wrapper
+    # (exec keeps the pid): they can only be stale.
+    return ["env", "TZ=UTC", "/bin/sh", "-c", 'rm -f "/dev/shm/sem.faketime_sem_$$" "/dev/shm/faketime_shm_$$"; exec "$0" "$@"',
+            binary, "-f", "@" + utc.strftime("%Y-%m-%d %H:%M:%S")]
 
 
 def _playbook_env(capture, env):

@@ -4,12 +4,14 @@
 
 from __future__ import annotations
 
+import datetime
+import os
 import socket
 import subprocess
-import os
 import uuid
 
 import pytest
+from harness import faketime_args
 
 from ansible_collections.opskit.runbook.plugins.module_utils._engine.session import BackupSession
 from ansible_collections.opskit.runbook.plugins.module_utils._storage.options import open_location
@@ -141,3 +143,13 @@ def test_run_playbook_timeout(run_playbook):
     play = "- hosts: localhost\n  gather_facts: false\n  tasks:\n    - ansible.builtin.command: sleep 60\n"
     with pytest.raises(AssertionError, match="did not finish within 3 s"):
         run_playbook(play, timeout=3)
+
+
+def test_faketime_runs_over_a_killed_wrappers_leftovers_for_its_pid():
+    """A SIGKILLed faketime wrapper leaves /dev/shm/sem.faketime_sem_<pid>; the wrapper that gets
+    that pid again refused to start ("sem_open: File exists") and the playbook never ran."""
+    prefix = faketime_args(datetime.datetime(2100, 3, 11, 12, 0, tzinfo=datetime.timezone.utc))
+    plant = 'printf x > "/dev/shm/sem.faketime_sem_$$"; printf x > "/dev/shm/faketime_shm_$$"; exec "$@"'
+    proc = subprocess.run(["/bin/sh", "-c", plant, "sh"] + prefix + ["date", "-u", "+%Y-%m-%d"],
+                          capture_output=True, text=True, timeout=30, check=False)
+    assert (proc.returncode, proc.stdout.strip()) == (0, "2100-03-11"), proc.stderr  # the wrapper removes its files at exit
