@@ -118,15 +118,16 @@ def connect_steps(host, port, clock, obs, resolver=None):
     for family, kind, proto, _name, addr in infos:
         sock = socket.socket(family, kind, proto)
         sock.settimeout(0.0 if resolver is not None else clock.timeout)
+        connected = False
         try:
             yield from _connect_one(sock, addr, clock, "%s:%s" % (host, port), resolver is None)
+            connected = True
         except OSError as exc:
-            sock.close()
             error = exc
             continue
-        except BaseException:
-            sock.close()
-            raise
+        finally:
+            if not connected:  # refused, timed out, or the run ended under it
+                sock.close()
         obs.measure("connect_ms", clock.ms() - mark)
         return sock
     if isinstance(error, ConnectionRefusedError):
@@ -188,18 +189,18 @@ def tls_steps(sock, check, host, port, clock, obs, server_hostname=None):
     phase = "in the TLS handshake"
     clock.left(phase)
     tls = tls_ctx.wrap_socket(sock, server_hostname=server_hostname or host, do_handshake_on_connect=False)
+    shaken = False
     try:
         yield from io_steps(clock, phase, tls, READ, tls.do_handshake)
+        shaken = True
     except ssl.SSLCertVerificationError as exc:
-        tls.close()
         raise ProbeFailed(CRITICAL, "TLS certificate verification failed for %s: %s"
                           % (server_hostname or host, exc.verify_message or exc.reason)) from exc
     except (ssl.SSLError, ConnectionError) as exc:
-        tls.close()
         raise ProbeFailed(CRITICAL, "TLS handshake with %s:%s failed: %s"
                           % (host, port, getattr(exc, "reason", None) or exc)) from exc
-    except BaseException:
-        tls.close()
-        raise
+    finally:
+        if not shaken:
+            tls.close()
     obs.measure("tls_ms", clock.ms() - mark)
     return tls
