@@ -67,7 +67,7 @@ def _xattrs(pax):
 
 def _skip_zero_blocks(fd, view):
     """os.write the BLOCK-aligned ``view`` to ``fd``, every run of zero BLOCKs skipped with
-    lseek so that it stays a hole."""
+    lseek so that it stays a hole. True when ``view`` ends in such a run (nothing written there)."""
     size, start, pos = len(view), 0, 0
     while pos + BLOCK <= size:
         if view[pos:pos + BLOCK] != ZERO:
@@ -80,6 +80,7 @@ def _skip_zero_blocks(fd, view):
         os.lseek(fd, end - pos, os.SEEK_CUR)
         start = pos = end
     write_all(fd, view[start:])
+    return start == size
 
 
 class SparseWriter:
@@ -88,6 +89,7 @@ class SparseWriter:
 
     def __init__(self, fd):
         self.fd, self.size, self.tail = fd, 0, bytearray()
+        self.hole_at_end = False  # the last whole blocks were skipped: the file is shorter than size
 
     def write(self, data):
         view = memoryview(data)
@@ -98,17 +100,31 @@ class SparseWriter:
             view = view[take:]
             if len(self.tail) < BLOCK:
                 return
-            _skip_zero_blocks(self.fd, memoryview(self.tail))
+            self._blocks(memoryview(self.tail))
             self.tail = bytearray()
         whole = len(view) - len(view) % BLOCK
-        _skip_zero_blocks(self.fd, view[:whole])
+        self._blocks(view[:whole])
         self.tail += view[whole:]
 
+    def _blocks(self, view):
+        if view:
+            self.hole_at_end = _skip_zero_blocks(self.fd, view)
+
     def close(self):
-        """Write the last partial block; give the file its size (it may end in a hole)."""
-        write_all(self.fd, self.tail)
-        self.tail = bytearray()
-        os.ftruncate(self.fd, self.size)
+        """Write the last partial block; give the file its size where it ends in a hole (an
+        ftruncate only then: it is one more inode change per file)."""
+        if self.tail:
+            write_all(self.fd, self.tail)
+            self.tail, self.hole_at_end = bytearray(), False
+        if self.hole_at_end:
+            os.ftruncate(self.fd, self.size)
+
+
+def new_file_mode(attrs):
+    """The mode a regular file is created with: its permission bits, never a set-id or sticky
+    bit (those are set after the owner, by ``apply_attrs``). The directories above it stay 0700
+    until the end of the extraction, so no one else can reach the file while it is written."""
+    return attrs[0] & 0o777
 
 
 def _info_attrs(info):
@@ -245,20 +261,38 @@ class TarExtractor(TarWalker):
             self._clear(dfd, base, rel)
             return make()
 
-    def apply_attrs(self, fd, attrs, rel="."):
-        """Owner (as root), xattrs, mode and mtime of ``attrs`` on the open ``fd``."""
+    def apply_attrs(self, fd, attrs, rel=".", fresh=False):
+        """Owner (as root), xattrs, mode and mtime of ``attrs`` on the open ``fd``.
+
+        ``fresh``: a regular file this extractor just created with ``new_file_mode`` (so with no
+        xattrs of its own): owner and mode are changed only where its fstat differs, since each
+        change is one more inode update per file (chown before chmod still: chown clears set-id
+        bits, which ``new_file_mode`` never gives)."""
         mode, uid, gid, mtime, xattrs = attrs
+        if fresh:
+            st = os.fstat(fd)
+            if self.same_owner and (st.st_uid, st.st_gid) != (uid, gid):
+                os.fchown(fd, uid, gid)
+            for name, value in xattrs:
+                self._setxattr(fd, name, value, rel)
+            if stat.S_IMODE(st.st_mode) != mode & 0o7777:
+                os.fchmod(fd, mode & 0o7777)
+            os.utime(fd, ns=(mtime, mtime))
+            return
         if self.same_owner:
             os.fchown(fd, uid, gid)
         for name, value in xattrs:
-            try:
-                os.setxattr(fd, name, value)
-            except OSError as exc:
-                if exc.errno not in NOT_TAKEN:
-                    raise
-                self.dropped.append("%s: %s" % (_display(rel), _display(name)))
+            self._setxattr(fd, name, value, rel)
         os.fchmod(fd, mode & 0o7777)
         os.utime(fd, ns=(mtime, mtime))
+
+    def _setxattr(self, fd, name, value, rel):
+        try:
+            os.setxattr(fd, name, value)
+        except OSError as exc:
+            if exc.errno not in NOT_TAKEN:
+                raise
+            self.dropped.append("%s: %s" % (_display(rel), _display(name)))
 
     def summary(self):
         out = super().summary()
@@ -296,7 +330,7 @@ class TarExtractor(TarWalker):
             if not size:
                 self._submit()
         elif typeflag in (b"0", b"\0", b"7"):
-            fd = self._create(lambda: os.open(base, NEW_FILE_FLAGS, 0o600, dir_fd=dfd), dfd, base, rel)
+            fd = self._create(lambda: os.open(base, NEW_FILE_FLAGS, new_file_mode(attrs), dir_fd=dfd), dfd, base, rel)
             self.file = (fd, attrs, SparseWriter(fd), rel)
             if not size:
                 self._close_file()
@@ -343,13 +377,13 @@ class TarExtractor(TarWalker):
         """In a writer thread: create, write and close one file of the archive."""
         dfd, base, rel, attrs, pieces = job
         try:
-            fd = self._create(lambda: os.open(base, NEW_FILE_FLAGS, 0o600, dir_fd=dfd), dfd, base, rel)
+            fd = self._create(lambda: os.open(base, NEW_FILE_FLAGS, new_file_mode(attrs), dir_fd=dfd), dfd, base, rel)
             try:
                 writer = SparseWriter(fd)
                 for piece in pieces:
                     writer.write(piece)
                 writer.close()
-                self.apply_attrs(fd, attrs, rel)
+                self.apply_attrs(fd, attrs, rel, fresh=True)
             finally:
                 os.close(fd)
         finally:
@@ -364,7 +398,7 @@ class TarExtractor(TarWalker):
         self.file = None
         try:
             writer.close()
-            self.apply_attrs(fd, attrs, rel)
+            self.apply_attrs(fd, attrs, rel, fresh=True)
         finally:
             os.close(fd)
 

@@ -354,3 +354,28 @@ def test_runs_of_zero_blocks_become_holes_whatever_the_chunks(tmp_path, chunk):
     assert (tmp_path / "tiny").read_bytes() == b"\0\0"
     assert os.stat(tmp_path / "sparse").st_blocks * 512 <= 64 << 10
     assert os.stat(tmp_path / "hole-at-end").st_blocks * 512 <= 16 << 10
+
+
+@pytest.mark.parametrize("writers", [0, 2])
+def test_a_new_file_gets_its_mode_despite_the_umask_and_only_the_inode_changes_it_needs(tmp_path, monkeypatch, writers):
+    """Created with its permission bits: no fchmod where the umask left them, no ftruncate unless
+    the file ends in a hole, no fchown where the owner is already right; the result is the same."""
+    module = TarExtractor.__module__
+    calls = []
+    for name in ("ftruncate", "fchmod", "fchown"):
+        real = getattr(os, name)
+        monkeypatch.setattr("%s.os.%s" % (module, name), lambda *a, _n=name, _r=real: (calls.append(_n), _r(*a))[1])
+    old = os.umask(0o022)
+    try:
+        _extract(_tar([_d("."), _f("./plain", b"x" * 5000), _f("./shared", b"y", mode=0o666),
+                       _f("./setgid", b"z", mode=0o2755), _f("./hole", b"x" + bytes((1 << 16) - 1))]),
+                 tmp_path, writers=writers, same_owner=os.geteuid() == 0)
+    finally:
+        os.umask(old)
+    modes = {name: stat.S_IMODE(os.lstat(tmp_path / name).st_mode) for name in ("plain", "shared", "setgid", "hole")}
+    assert modes == {"plain": 0o644, "shared": 0o666, "setgid": 0o2755, "hole": 0o644}
+    assert (tmp_path / "hole").read_bytes() == b"x" + bytes((1 << 16) - 1)
+    assert calls.count("ftruncate") == 1                    # the file that ends in a hole only
+    assert calls.count("fchmod") == 1 + 1 + 1               # shared (the umask), setgid, and the root directory
+    if os.geteuid() == 0:
+        assert calls.count("fchown") == 1                   # the root directory only: the files are root's already
