@@ -6,8 +6,12 @@
 Each variant runs in its own child process against a moto S3 server on loopback; the child
 reports throughput and its peak RSS growth (VmHWM at the end minus VmRSS before the upload).
 
-  engine-none   BackupSession, compression none, size hint 1 GiB (8 MiB parts, 2 in flight)
+  engine-none   BackupSession, compression none, size hint 1 GiB (5 MiB parts; as many in
+                flight as the writer's memory budget holds: 3 of 20 MiB)
   engine-zstd   the same with zstd (level 3, all cores)
+  engine-*-N    the same with N parts in flight (max_inflight_parts=N; 2 was the fixed count before)
+  engine-*-before  the same with the collection at --before DIR (a copy of an older tree, e.g.
+                `git archive HEAD plugins | tar -x -C DIR/ansible_collections/opskit/runbook`)
   engine-*-age  the same, encrypted client-side with age (one X25519 recipient)
   read-zstd     ArtifactReader of the engine-zstd backup: download, sha256, decompress
   read-zstd-age the same for the engine-zstd-age backup: download, sha256, decrypt, decompress
@@ -16,6 +20,7 @@ reports throughput and its peak RSS growth (VmHWM at the end minus VmRSS before 
                   file first is not counted
 
 Usage: .venv/bin/python bench/storage_engine.py [--size-mib 1024] [--out bench/results/storage_engine.md]
+       [--variants engine-zstd-before,engine-zstd-2,engine-zstd] [--before DIR] [--rounds N]
 """
 
 from __future__ import annotations
@@ -64,13 +69,15 @@ def blocks(total):
 
 def child(variant, size, endpoint, bucket, path):
     """Run one variant in this (fresh) process and print a JSON line."""
-    sys.path.insert(0, COLLECTIONS)
+    sys.path.insert(0, os.environ.get("BENCH_COLLECTIONS") or COLLECTIONS)
     import boto3
     from ansible_collections.opskit.runbook.plugins.module_utils._engine.session import BackupSession
     from ansible_collections.opskit.runbook.plugins.module_utils._storage.options import open_location
     opts = dict(endpoint_url=endpoint, access_key="bench", secret_key="bench-secret", region="us-east-1")
     client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
                           aws_access_key_id="bench", aws_secret_access_key="bench-secret")
+    if variant.rsplit("-", 1)[-1].isdigit():  # engine-zstd-2: that many parts in flight
+        opts["max_inflight_parts"] = int(variant.rsplit("-", 1)[-1])
     loc = open_location("s3://%s/bench" % bucket, **opts)
     loc.protection_options = age_options(variant)
     before_import = memory()["VmRSS"]
@@ -97,7 +104,8 @@ def child(variant, size, endpoint, bucket, path):
     end = resource.getrusage(resource.RUSAGE_SELF)
     cpu_seconds = end.ru_utime + end.ru_stime - cpu.ru_utime - cpu.ru_stime
     print(json.dumps(dict(variant=variant, seconds=elapsed, cpu=cpu_seconds, stored=stored,
-                          growth=memory()["VmHWM"] - base, base=base, library=base - before_import)))
+                          growth=memory()["VmHWM"] - base, base=base, library=base - before_import,
+                          peak=memory()["VmHWM"])))
 
 
 def age_options(variant):
@@ -133,7 +141,11 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--out", default=os.path.join(HERE, "results", "storage_engine.md"))
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, run in this order")
+    parser.add_argument("--before", help="the collections folder of the -before variants")
+    parser.add_argument("--rounds", type=int, default=1, help="run the variants this many times, in turn")
     args = parser.parse_args()
+    variants = args.variants.split(",") * args.rounds
     size = args.size_mib * MiB
     port = free_port()
     endpoint = "http://127.0.0.1:%d" % port
@@ -160,12 +172,19 @@ def main():
             with open(path, "wb") as fh:
                 for block in blocks(size):
                     fh.write(block)
-            for variant in VARIANTS:
+            for number, variant in enumerate(variants):
                 bucket = "bench-%s" % variant.replace("_", "-").replace("read-", "engine-")
                 if not variant.startswith("read"):
+                    bucket = "%s-%d" % (bucket, number)
                     client.create_bucket(Bucket=bucket)
+                else:
+                    bucket = "%s-%d" % (bucket, max(i for i, v in enumerate(variants[:number])
+                                                    if v == variant.replace("read-", "engine-")))
+                env = dict(os.environ, BENCH_COLLECTIONS=args.before if variant.endswith("-before") else "")
+                if variant.endswith("-before") and not args.before:
+                    sys.exit("variant %s needs --before DIR" % variant)
                 out = subprocess.run([sys.executable, __file__, "--child", variant, str(size), endpoint, bucket, path],
-                                     check=False, capture_output=True, text=True)
+                                     check=False, capture_output=True, text=True, env=env)
                 if out.returncode:
                     sys.exit("variant %s failed: %s" % (variant, out.stderr[-2000:]))
                 out = out.stdout
@@ -188,18 +207,21 @@ def main():
         " shared machine disturbs less than the wall time. The -age rows import cryptography before"
         " the measurement; its import adds the RSS shown in the last column.",
         "",
-        "| variant | seconds | CPU seconds | MiB/s (raw) | stored MiB | peak memory growth MiB | library import MiB |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| variant | seconds | CPU seconds | MiB/s (raw) | stored MiB | peak memory growth MiB | library import MiB"
+        " | peak RSS MiB |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in rows:
-        lines.append("| %s | %.2f | %.2f | %.0f | %.0f | %.1f | %.1f |" % (
+        lines.append("| %s | %.2f | %.2f | %.0f | %.0f | %.1f | %.1f | %.1f |" % (
             row["variant"], row["seconds"], row["cpu"], size / MiB / row["seconds"], row["stored"] / MiB,
-            row["growth"] / MiB, row["library"] / MiB))
+            row["growth"] / MiB, row["library"] / MiB, row["peak"] / MiB))
     lines.append("")
     lines.append("Target: engine peak memory growth under 64 MiB for 1 GiB; age encryption costs at most 10 %.")
     speed = {row["variant"]: row for row in rows}
     lines.append("")
     for plain in ("engine-none", "engine-zstd", "read-zstd"):
+        if plain not in speed or plain + "-age" not in speed:
+            continue
         wall, cpu = (speed[plain + "-age"][k] / speed[plain][k] - 1 for k in ("seconds", "cpu"))
         lines.append("- age cost, %s: %+.1f %% wall time, %+.1f %% CPU time" % (plain, 100.0 * wall, 100.0 * cpu))
     with open(args.out, "w") as fh:

@@ -18,6 +18,10 @@ options:
         C(<...>.manifest.json) beside each artifact; a backup exists once its manifest exists.
       - While a backup is being written, C(<series>/.inflight/<id>.json) marks it as in flight
         (start time and expiry) for rotation; it is removed when the backup is published or fails.
+      - On S3 an artifact larger than one part is a multipart upload, in parts of 5 MiB for backups up to
+        about 24 GiB (larger parts for larger backups, so that 10,000 parts cover twice the expected
+        size). Up to 3 parts upload at once while the next one fills (about 20 MiB of buffers), 2
+        when the parts are larger. A failed part aborts the whole upload; nothing half-written is listed.
     type: str
     required: true
     aliases: [destination]

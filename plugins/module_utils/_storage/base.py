@@ -25,6 +25,11 @@ UTC = datetime.timezone.utc
 TMP_MARK = ".partial-"
 
 GROWN_PART_CAP = 512 * MiB
+# The part buffers of one S3 upload: the one filling plus those in flight. 20 MiB = 3 parts of 5 MiB in
+# flight: with 5 in flight (32 MiB) a 1 GiB zstd backup through bench/storage_engine.py peaked at 132.5 MiB
+# RSS, over the 128 MiB of issue 20 (see bench/RESULTS.md, "Parts in flight").
+UPLOAD_MEMORY = 20 * MiB
+MAX_PARTS_IN_FLIGHT = 8  # upload threads of one S3 upload
 
 ObjectInfo = collections.namedtuple("ObjectInfo", "key size modified")
 
@@ -60,6 +65,17 @@ def grown_part_size(parts_used, part_size, max_parts=S3_MAX_PARTS):
         if point == parts_used:
             return max(part_size, min(max(GROWN_PART_CAP, part_size), S3_MAX_PART, part_size * 4))
     return part_size
+
+
+def parts_in_flight(part_size, memory=UPLOAD_MEMORY, limit=MAX_PARTS_IN_FLIGHT, floor=2):
+    """How many parts of ``part_size`` bytes one upload keeps in flight: as many as fit in
+    ``memory`` beside the part being filled, at most ``limit`` (the threads), and at least
+    ``floor`` (the fixed count before, whatever the part size) unless the limit is lower.
+
+    With the 5 MiB parts of a backup up to 24 GiB that is 3 parts (20 MiB of buffers); larger
+    parts (6 MiB for a 25 GiB hint, 21 MiB for 100 GiB) get 2, and three buffers, as before.
+    """
+    return max(min(int(floor), int(limit)), min(int(limit), int(memory) // int(part_size) - 1))
 
 
 class Location:

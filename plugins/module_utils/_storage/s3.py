@@ -12,16 +12,14 @@ cause.
 
 from __future__ import annotations
 
-import collections
 import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
 from .._errors import ConfigError, NotFoundError, StorageError
 from .._imports import Library
 from .._retry import BOTOCORE, call_with_retry, is_retryable
-from .base import (S3_MAX_PARTS, ChangedError, ExistsError, Location, MiB, ObjectInfo, Reader, grown_part_size,
-                   part_size_for)
+from .base import (S3_MAX_PARTS, UPLOAD_MEMORY, ChangedError, ExistsError, Location, MiB,
+                   ObjectInfo, Reader, grown_part_size, part_size_for, parts_in_flight)
 
 BOTO3 = Library("boto3", "boto3", "boto3.session", "botocore.config")
 
@@ -120,7 +118,8 @@ class S3Location(Location):
     def __init__(self, bucket, prefix="", endpoint_url=None, region=None, access_key=None,
                  secret_key=None, session_token=None, storage_class=None,
                  server_side_encryption=None, sse_kms_key_id=None, validate_certs=True,
-                 ca_bundle=None, client=None, max_inflight_parts=2, addressing_style=None, **_ignored):
+                 ca_bundle=None, client=None, max_inflight_parts=None, addressing_style=None,
+                 upload_memory=UPLOAD_MEMORY, **_ignored):
         if client is None:
             BOTO3.load()  # boto3 is required unless a client is given
         if len(bucket) < 3:
@@ -133,11 +132,20 @@ class S3Location(Location):
         self.storage_class = storage_class
         self.sse = server_side_encryption
         self.sse_kms_key_id = sse_kms_key_id
-        self.max_inflight_parts = max(1, int(max_inflight_parts))
+        # parts in flight per upload: None = as many as upload_memory holds (base.parts_in_flight);
+        # a number fixes the count whatever the memory (2 was the fixed count before)
+        self.max_inflight_parts = None if max_inflight_parts is None else max(1, int(max_inflight_parts))
+        self.upload_memory = int(upload_memory)
         if client is None:
             client = _client(endpoint_url, region, access_key, secret_key, session_token,
                              validate_certs, ca_bundle, addressing_style)
         self.client = client
+        # With checksums computed whenever supported (AWS S3: no endpoint_url), botocore sends an https
+        # body through io.BytesIO for its aws-chunked trailer, which copies a bytearray and shares a
+        # bytes object: there, each part goes out as one bytes copy of the buffer (as before).
+        # Elsewhere the buffer itself is the body (a bytes body would be copied, joined to the headers).
+        config = getattr(getattr(client, "meta", None), "config", None)
+        self.bytes_bodies = getattr(config, "request_checksum_calculation", None) == "when_supported"
         self.conditional_writes = True  # False once the endpoint refused a conditional request (501)
 
     def full_key(self, key):
@@ -444,10 +452,18 @@ class _S3Reader(Reader):
 
 
 class _S3Writer:
-    """Multipart upload with at most ``max_inflight_parts`` parts in flight plus one buffering.
+    """Multipart upload with several parts in flight, in bounded memory.
 
-    Memory is bounded by (max_inflight_parts + 1) * part_size, whatever the object size.
-    An object smaller than one part is sent with a single PutObject.
+    The parts in flight (``parts_in_flight``: as many as ``location.upload_memory`` holds beside
+    the part being filled, unless ``max_inflight_parts`` fixes the count) upload from a bounded
+    pool of threads, each from its own buffer. A buffer goes back to a free list once its part is
+    stored, so memory is (parts in flight + 1) * part_size, whatever the object size. The buffers
+    are bytearrays, which botocore sends as they are (a bytes body would be copied once more,
+    joined to the request headers); with ``location.bytes_bodies`` (AWS S3) each part in flight
+    is a bytes copy instead, and one buffer is refilled. The first buffer grows with the data, so
+    that a small object costs its size, not a part; it is sent with a single PutObject. The parts
+    are listed in order for CompleteMultipartUpload; any failure aborts the upload, after every
+    part in flight ended.
     """
 
     max_parts = S3_MAX_PARTS
@@ -457,34 +473,48 @@ class _S3Writer:
         self.full = location.full_key(key)
         self.what = "writing %s" % location.url_for(key)
         self.args = location.put_args(content_type)
-        self.buf = None
+        self.buf = bytearray()  # the part being filled: the first one grows with the data
         self.filled = 0
+        self.free = []  # buffers of stored parts, for reuse
         self.upload_id = None
-        self.parts = []
+        self.etags = {}
         self.next_part = 0
-        self.futures = collections.deque()
+        self.inflight = {}  # future -> its buffer
         self.pool = None
-        self.lock = threading.Lock()
-        self.done = False
+        self.limit = self._limit()
+        self.peak_inflight = 0  # the most parts in flight at once (for the tests and benchmarks)
+        self.done = self.aborted = False
+
+    def _limit(self):
+        if self.loc.max_inflight_parts:
+            return self.loc.max_inflight_parts
+        return parts_in_flight(self.part_size, self.loc.upload_memory)
 
     def write(self, data):
-        if self.buf is None:  # allocated on first use: empty writers cost nothing
-            self.buf = bytearray(self.part_size)
-        view = memoryview(data)
+        view = memoryview(data).cast("B")
         while view:
             take = min(len(view), self.part_size - self.filled)
-            self.buf[self.filled:self.filled + take] = view[:take]
+            if len(self.buf) == self.filled:  # a growing buffer (the first part's)
+                self.buf += view[:take]
+            else:
+                self.buf[self.filled:self.filled + take] = view[:take]
             self.filled += take
             view = view[take:]
             if self.filled == self.part_size:
-                self._wait_for_slot()
-                self._submit(bytes(self.buf))
+                self._make_room()
+                if self.loc.bytes_bodies:
+                    self._send(bytes(self.buf))  # the buffer is refilled at once
+                else:
+                    self._send(self.buf)
+                    self.buf = self.free.pop() if self.free else bytearray(self.part_size)
                 self.filled = 0
                 grown = grown_part_size(self.next_part, self.part_size, self.max_parts)
                 if grown != self.part_size:
-                    self.part_size, self.buf = grown, bytearray(grown)
+                    self.part_size, self.free, self.buf = grown, [], bytearray()
+                    self.limit = min(self.limit, self._limit())
 
-    def _submit(self, chunk):
+    def _make_room(self):
+        """Before a part: the upload created, and a slot free among the parts in flight."""
         if self.next_part >= self.max_parts:
             raise StorageError("%s: the object outgrew the %d parts of an S3 multipart upload (last part size"
                                " %d MiB); give a size hint near the real size"
@@ -493,35 +523,59 @@ class _S3Writer:
             resp = self.loc.call(self.what, "create_multipart_upload", Bucket=self.loc.bucket,
                                  Key=self.full, **self.args)
             self.upload_id = resp["UploadId"]
-            self.pool = ThreadPoolExecutor(max_workers=self.loc.max_inflight_parts)
-        self._wait_for_slot()
-        self.next_part += 1
-        number = self.next_part
-        self.futures.append(self.pool.submit(self._upload_part, number, chunk))
+            self.pool = ThreadPoolExecutor(max_workers=self.limit)
+        self._reap(block=False)
+        while len(self.inflight) >= self.limit:
+            self._reap(block=True)
 
-    def _wait_for_slot(self):
-        while len(self.futures) >= self.loc.max_inflight_parts:
-            self.futures.popleft().result()
+    def _send(self, chunk):
+        self.next_part += 1
+        self.inflight[self.pool.submit(self._upload_part, self.next_part, chunk)] = chunk
+        self.peak_inflight = max(self.peak_inflight, len(self.inflight))
+
+    def _reap(self, block):
+        """Collect the parts stored meanwhile (with ``block``, wait for one at least); a failed
+        part raises its error here."""
+        if block:
+            finished, _pending = wait(list(self.inflight), return_when=FIRST_COMPLETED)
+        else:
+            finished = [fut for fut in self.inflight if fut.done()]
+        for fut in finished:
+            buf = self.inflight.pop(fut)
+            number, etag = fut.result()
+            self.etags[number] = etag
+            if isinstance(buf, bytearray) and len(buf) == self.part_size and len(self.free) < self.limit:
+                self.free.append(buf)
+
+    def _filled(self):
+        """The data of the part being filled (the buffer itself when it holds nothing else)."""
+        if self.loc.bytes_bodies:
+            return bytes(memoryview(self.buf)[:self.filled])
+        return self.buf if len(self.buf) == self.filled else self.buf[:self.filled]
 
     def _upload_part(self, number, chunk):
         resp = self.loc.call(self.what, "upload_part", Bucket=self.loc.bucket, Key=self.full,
                              UploadId=self.upload_id, PartNumber=number, Body=chunk)
-        with self.lock:
-            self.parts.append({"PartNumber": number, "ETag": resp["ETag"]})
+        return number, resp["ETag"]
 
     def commit(self):
+        if self.done:
+            raise StorageError("%s: the upload was %s" % (self.what, "aborted" if self.aborted else "committed already"))
         try:
             if self.upload_id is None:
-                body = bytes(self.buf[:self.filled]) if self.buf is not None else b""
                 self.loc.call(self.what, "put_object", Bucket=self.loc.bucket, Key=self.full,
-                              Body=body, **self.args)
+                              Body=self._filled(), **self.args)
             else:
                 if self.filled:
-                    self._submit(bytes(self.buf[:self.filled]))
-                    self.filled = 0
-                while self.futures:
-                    self.futures.popleft().result()
-                parts = sorted(self.parts, key=lambda p: p["PartNumber"])
+                    self._make_room()
+                    self._send(self._filled())
+                self.buf, self.filled = None, 0
+                while self.inflight:
+                    self._reap(block=True)
+                parts = [{"PartNumber": number, "ETag": self.etags[number]} for number in sorted(self.etags)]
+                if [p["PartNumber"] for p in parts] != list(range(1, self.next_part + 1)):
+                    raise StorageError("%s: parts %s of the multipart upload are missing"
+                                       % (self.what, sorted(set(range(1, self.next_part + 1)) - set(self.etags))))
                 self.loc.call(self.what, "complete_multipart_upload", Bucket=self.loc.bucket,
                               Key=self.full, UploadId=self.upload_id, MultipartUpload={"Parts": parts})
                 self.pool.shutdown()
@@ -533,13 +587,13 @@ class _S3Writer:
     def abort(self):
         if self.done:
             return
-        self.done = True
-        self.buf = None
-        self.filled = 0
-        for fut in self.futures:
+        self.done = self.aborted = True
+        self.buf, self.free, self.filled = None, [], 0
+        for fut in self.inflight:
             fut.cancel()
         if self.pool is not None:
-            self.pool.shutdown(wait=True)
+            self.pool.shutdown(wait=True)  # no part is stored after the abort below
+        self.inflight = {}
         if self.upload_id is not None:
             try:
                 self.loc.abort_upload(self.key, self.upload_id)
