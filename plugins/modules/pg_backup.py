@@ -235,9 +235,12 @@ options:
       - V(physical) is the whole cluster. With O(state=dumped) a base backup by C(pg_basebackup)
         over a replication connection (C(-D - -Ft), one tar streamed to the engine, never
         spooled), recording the start and stop LSN, the timeline and the C(backup_label) in the
-        manifest (kind V(postgres-physical)); see O(server_compression) for how it is compressed. The user needs the REPLICATION attribute. Only
-        clusters without additional tablespaces are supported (PostgreSQL 15 streams one tar to
-        stdout only then), others are refused before anything is written. The WAL comes from the
+        manifest (kind V(postgres-physical)); see O(server_compression) for how it is compressed. The user needs the REPLICATION attribute.
+        A cluster with additional tablespaces (C(pg_basebackup) streams one tar to stdout only
+        without them) is backed up by the module itself with C(BASE_BACKUP) over a psycopg2 replication
+        connection (PostgreSQL 15, from the managed host, not with O(docker_container)); every tar is streamed,
+        the base tar as the main artifact and each tablespace's tar as a companion C(tablespace-<oid>)
+        with its sha256; the manifest lists each tablespace's oid, name and location. The WAL comes from the
         archive that C(opskit-wal) fills (see docs/operations.md, "Point-in-time recovery").
       - With O(state=restored), the base backup that ended before the target is extracted into
         O(data_directory) with C(restore_command) and the recovery target set; the cluster recovers
@@ -249,6 +252,9 @@ options:
         recovery is awaited, O(verify_queries) run (in the first O(database), default
         V(postgres)), and it is stopped and removed, also on failure. Every WAL segment recovery
         needs is checked (present, sha256) before the base backup is extracted.
+      - A base backup with tablespaces is restored with each companion extracted into a directory
+        (see O(tablespace_mapping)) and C(tablespace_map) pointing the data directory at them; a damaged
+        companion is refused (sha256) before recovery starts.
       - O(series) defaults to V({host}-physical) with V(physical).
     type: str
     choices: [logical, physical]
@@ -294,6 +300,16 @@ options:
       - With O(state=verified), the scratch directory of the drill (default a private one under
         O(tmp_dir)); it is removed at the end.
     type: path
+  tablespace_mapping:
+    description:
+      - With O(method=physical) and O(state=restored) or V(verified), where each additional tablespace of the
+        base backup is restored - keys are its oid, its name or its original location, values an absolute
+        directory (absent or empty, or with O(force) a tablespace directory whose content is replaced; one that
+        a running cluster's C(pg_tblspc) points at is always refused).
+      - A tablespace not mapped goes, in a drill (O(state=verified)), into a scratch directory next to the
+        scratch data directory, removed with it (mapped ones are removed too), and with O(state=restored)
+        into its original location, under the same rules.
+    type: dict
   data_owner:
     description:
       - The user the restored files belong to and the drill's cluster runs as. Default the owner
@@ -541,12 +557,21 @@ backup:
       description: With O(method=physical), when the base backup ended (restores to earlier times cannot use it).
       type: str
       returned: when dumping with method=physical
+    tablespaces:
+      description:
+        - With O(method=physical), the additional tablespaces (empty without) - C(oid), C(name), C(location)
+          (the original path), C(artifact) (the companion's name), C(sha256) and C(size_bytes) of the companion.
+      type: list
+      elements: dict
+      returned: when dumping with method=physical
+      sample: [{"oid": 16384, "name": "space", "location": "/srv/pg/space", "artifact": "tablespace-16384",
+                "sha256": "9f2c...", "size_bytes": 8312}]
     pg_basebackup_version:
-      description: With O(method=physical), the version of the pg_basebackup that ran.
+      description: With O(method=physical), the version of the pg_basebackup that ran (null when C(BASE_BACKUP) ran over psycopg2, with tablespaces).
       type: str
       returned: when dumping with method=physical
     server_compression:
-      description: With O(method=physical), the C(--compress) given to pg_basebackup, null when the module compressed.
+      description: With O(method=physical), the C(--compress) given to pg_basebackup (or its equivalent for C(BASE_BACKUP)), null when the module compressed.
       type: str
       returned: when dumping with method=physical
       sample: server-zstd:level=3,workers=2
@@ -606,8 +631,8 @@ lock:
   sample: {key: db1.internal-app/.opskit-lock, waited_seconds: 0.0, attempts: 1, taken_over: null}
 recovery:
   description:
-    - With O(method=physical) and O(state=restored) - the target, C(restore_seconds), C(data_directory) and
-      C(wal_prefetched) (how many WAL files the spool holds).
+    - With O(method=physical) and O(state=restored) - the target, C(restore_seconds), C(data_directory),
+      C(wal_prefetched) (how many WAL files the spool holds) and C(tablespaces) (oid to the directory it was restored into).
     - With O(state=verified) (a drill) - C(target), C(recovered_lsn) and C(recovered_time) (the last
       WAL record and the last transaction replayed), and C(rto_seconds) (from the start of the task
       to the promoted cluster). Also recorded in the base backup's verification (method V(pitr-drill)).
@@ -668,6 +693,7 @@ def main():
         target_time=dict(type="str"),
         target_lsn=dict(type="str"),
         data_directory=dict(type="path"),
+        tablespace_mapping=dict(type="dict"),
         data_owner=dict(type="str"),
         wal_helper=dict(type="list", elements="str"),
         recovery_timeout=dict(type="int", default=3600),

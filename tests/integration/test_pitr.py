@@ -14,7 +14,7 @@ import tempfile
 
 import pytest
 
-from harness import PG_BIN, free_port
+from harness import free_port
 from pitr_fixtures import ArchivingCluster
 from test_pg_backup import failed, ok, play  # the result helpers of the pg_backup tests
 
@@ -172,22 +172,11 @@ def test_wal_gap_and_corrupt_segment_refused(archiving, run_playbook, tmp_path):
                              check=False)
     assert fetched.returncode == 126 and "corrupt" in fetched.stderr and not out.exists()
     target = "/tmp/opskit-pitr-gap-%d" % os.getpid()
-    space = os.path.join(cluster.root, "space")
-    os.mkdir(space, 0o700)
-    if cluster.account:
-        os.chown(space, cluster.account.pw_uid, cluster.account.pw_gid)
-    manifests = glob.glob(os.path.join(cluster.store, SERIES, "*.manifest.json"))
     run = run_playbook(play(
         task("past the gap", **common(cluster, state="restored", data_directory=target)),
         task("corrupt", **common(cluster, state="restored", data_directory=target, target_lsn=lsn)),
         task("info", module=BACKUP_INFO, destination="file://" + cluster.store, series=SERIES),
-        _sql(cluster, "CREATE TABLESPACE space LOCATION '%s'" % space),
-        task("tablespace", **common(cluster)),  # refused: pg_basebackup streams one tar to stdout only without
-        _sql(cluster, "DROP TABLESPACE space"),
     ))
-    msg = failed(run.task("tablespace"))
-    assert "has additional tablespaces (space)" in msg and "\n" not in msg
-    assert glob.glob(os.path.join(cluster.store, SERIES, "*.manifest.json")) == manifests  # nothing written
     report = ok(run.task("info"))["series"][SERIES]["wal"]
     assert [(g["timeline"], g["first_missing"], g["missing"]) for g in report["gaps"]] == [("00000001", segments[2], 1)]
     assert report["last_segment"] == segments[4] and report["rpo_seconds"] >= 0
@@ -199,9 +188,86 @@ def test_wal_gap_and_corrupt_segment_refused(archiving, run_playbook, tmp_path):
     assert not os.path.exists(target)
 
 
-def _sql(cluster, sql):
-    return {"name": sql.split()[0], "ansible.builtin.command": {"argv": [os.path.join(PG_BIN, "psql"), "-XAtqc", sql]},
-            "environment": {k: v for k, v in cluster.env.items() if k.startswith("PG")}}
+def test_tablespace_companion_backup_and_restore(archiving, run_playbook):
+    """A cluster with a tablespace: BASE_BACKUP over psycopg2 stores its tar as a companion; a drill to a time
+    restores it into a scratch directory, a restore into a mapped one; a damaged companion is refused."""
+    cluster = archiving
+    space = os.path.join(cluster.root, "space")
+    os.mkdir(space, 0o700)
+    if cluster.account:
+        os.chown(space, cluster.account.pw_uid, cluster.account.pw_gid)
+    cluster.psql("CREATE TABLESPACE space LOCATION '%s'" % space)
+    restored = "/tmp/opskit-pitr-ts-%d" % os.getpid()
+    try:
+        cluster.psql("CREATE TABLE spaced (id int PRIMARY KEY, tag text NOT NULL) TABLESPACE space;"
+                     " INSERT INTO spaced SELECT g, 'before' FROM generate_series(1, 300) g")
+        oid = int(cluster.psql("SELECT oid FROM pg_tablespace WHERE spcname = 'space'"))
+        run = run_playbook(play(task("base", **common(cluster))))
+        base = ok(run.task("base"))["backup"]
+        assert [(t["oid"], t["name"], t["location"], t["artifact"]) for t in base["tablespaces"]] == [
+            (oid, "space", space, "tablespace-%d" % oid)]
+        assert base["server_compression"].startswith("server-zstd:level=3") and base["pg_basebackup_version"] is None
+        manifest = json.load(open(os.path.join(cluster.store, SERIES, base["id"] + ".manifest.json")))
+        companion = os.path.join(cluster.store, SERIES, "%s.tablespace-%d.tar.zst" % (base["id"], oid))
+        assert [(c["name"], c["sha256"]) for c in manifest["companions"]] == [("tablespace-%d" % oid,
+                                                                              base["tablespaces"][0]["sha256"])]
+        assert os.path.getsize(companion) == manifest["companions"][0]["size_bytes"] > 0
+        assert "START WAL LOCATION: %s" % base["start_lsn"] in manifest["source"]["backup_label"]
+        assert manifest["source"]["stop_lsn"] == base["stop_lsn"] > base["start_lsn"]
+        _archived(cluster, base["stop_wal"])  # WAIT false: the module awaited the stop segment itself
+
+        cluster.psql("INSERT INTO spaced SELECT g, 'after-base' FROM generate_series(301, 350) g")
+        marker_time = cluster.psql("SELECT clock_timestamp()")
+        cluster.psql("INSERT INTO spaced SELECT g, 'later' FROM generate_series(351, 360) g")
+        cluster.switch_and_wait()
+        rows = {"name": "rows", "query": "SELECT count(*) || ' ' || max(id) || ' ' || count(*) FILTER (WHERE tag = 'later')"
+                                          " FROM spaced", "expect": "350 350 0"}
+        mapped = restored + "-space"
+        run = run_playbook(play(
+            task("drill", **common(cluster, state="verified", target_time=marker_time, recovery_timeout=60,
+                                   verify_queries=[rows])),
+            task("original occupied", **common(cluster, state="restored", data_directory=restored, force=True)),
+            task("unknown key", **common(cluster, state="restored", data_directory=restored,
+                                         tablespace_mapping={"nospace": mapped})),
+            task("restore", **common(cluster, state="restored", data_directory=restored, target_time=marker_time,
+                                     tablespace_mapping={"space": mapped})),
+        ))
+        result = ok(run.task("drill"))
+        assert result["verification"]["result"] == "passed", result["msg"]
+        assert result["plan"]["tablespaces"][0]["directory"].endswith("/tablespace-%d" % oid)
+        assert not os.path.exists(result["plan"]["tablespaces"][0]["directory"])  # removed with the scratch cluster
+        assert "tablespace directory %s belongs to a running cluster" % space in failed(run.task("original occupied"))
+        assert "names no tablespace of the backup" in failed(run.task("unknown key"))
+        result = ok(run.task("restore"))
+        assert result["recovery"]["tablespaces"] == {str(oid): mapped}
+        assert open(os.path.join(restored, "tablespace_map")).read() == "%d %s\n" % (oid, mapped)
+        assert os.readlink(os.path.join(restored, "pg_tblspc", str(oid))) == mapped
+        assert [n for n in os.listdir(mapped) if n.startswith("PG_15_")]
+
+        with open(companion, "r+b") as fh:  # damage the companion: refused before the cluster starts
+            fh.seek(os.path.getsize(companion) // 2)
+            byte = fh.read(1)
+            fh.seek(-1, 1)
+            fh.write(bytes([byte[0] ^ 0xFF]))
+        other = restored + "-other"
+        run = run_playbook(play(
+            task("corrupt drill", **common(cluster, state="verified", target_time=marker_time, recovery_timeout=60,
+                                           verify_queries=[rows])),
+            task("corrupt restore", **common(cluster, state="restored", data_directory=restored + "-c",
+                                             tablespace_mapping={str(oid): other})),
+        ))
+        for name in ("corrupt drill", "corrupt restore"):
+            msg = failed(run.task(name))
+            assert "tablespace %d (space) of base backup %s" % (oid, base["id"]) in msg and "corrupt" in msg, msg
+            assert "refused before replay" in msg
+        assert not os.path.exists(restored + "-c") and not os.path.exists(other)
+        manifest = json.load(open(os.path.join(cluster.store, SERIES, base["id"] + ".manifest.json")))
+        assert manifest["verification"]["result"] == "passed"  # the first drill's: the corrupt one started no cluster
+    finally:
+        cluster.psql("DROP TABLE IF EXISTS spaced")
+        cluster.psql("DROP TABLESPACE IF EXISTS space")
+        for path in (restored, restored + "-space", restored + "-c", restored + "-other"):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _psql(env, sql):

@@ -21,6 +21,12 @@ only for a cluster without additional tablespaces and without WAL streaming). Tw
 - client-side (compression none, ``server_compression: false`` or an older server):
   ``-X none``: the tar goes through the engine's compressor; ``TarTap`` watches it pass and keeps
   ``backup_label`` and the ``backup_manifest`` that pg_basebackup appends (the stop LSN).
+
+A cluster with additional tablespaces (PostgreSQL 15) is backed up without pg_basebackup: BASE_BACKUP
+over a psycopg2 replication connection (``replication``) streams every tablespace's tar, compressed by
+the server as above (or by the engine, client-side). The base tar is the main artifact, each
+tablespace's tar a companion ``tablespace-<oid>`` with its sha256; the source records each
+tablespace's oid, name and location, the stop LSN comes from the backup manifest's WAL-Ranges.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from .._engine.session import BackupSession
 from .._errors import ConfigError, IntegrityError, ServiceError
 from .._timeutil import rfc3339, utcnow
 from .options import series_for
+from .replication import ArchiveSplitter, archive_oid, base_backup_command, manifest_wal_range, stream_base_backup
 from .wal import DEFAULT_SEGMENT_SIZE, format_lsn, lsn_segment, parse_lsn, segment_name
 
 KIND = "postgres-physical"
@@ -47,6 +54,8 @@ HEAD_LIMIT = 1024 * 1024  # decompressed bytes HeadTap reads at most to find bac
 HEAD_PIECE = 16 * 1024
 ARCHIVE_WAIT = 600  # seconds the module waits for the stop segment to be archived (server compression)
 LSN_RE = re.compile(r"\b([0-9A-F]{1,8}/[0-9A-F]{1,8})\b")
+TABLESPACES_SQL = ("SELECT oid, spcname, pg_tablespace_location(oid) FROM pg_tablespace"
+                   " WHERE spcname NOT IN ('pg_default', 'pg_global') ORDER BY oid")
 PREFLIGHT_SQL = ("SELECT (SELECT rolsuper OR rolreplication FROM pg_roles WHERE rolname = current_user),"
                  " current_setting('server_version'), current_setting('wal_level'),"
                  " current_setting('archive_mode'), current_setting('wal_segment_size'),"
@@ -133,6 +142,11 @@ class HeadTap:
         if data and not self.done:
             self._scan(memoryview(data))
         return data
+
+    def feed(self, data):
+        """Look at ``data`` passing by (push instead of read)."""
+        if data and not self.done:
+            self._scan(memoryview(data))
 
     def _scan(self, view):
         for start in range(0, len(view), HEAD_PIECE):
@@ -223,10 +237,6 @@ def preflight(server):
     if row[0] != "t":
         raise ConfigError("user %s has no REPLICATION permission on %s: grant it (ALTER ROLE %s REPLICATION)"
                           " for method=physical" % (row[7], server.label, row[7]))
-    if row[6]:
-        raise ConfigError("cluster %s has additional tablespaces (%s): method=physical supports clusters with"
-                          " the default tablespaces only (pg_basebackup streams one tar to stdout only"
-                          " then)" % (server.label, row[6]))
     failing, _sep, failed_wal = row[8].partition(" ")
     if row[3] != "off" and failing == "true":
         raise ConfigError("archiving is failing on %s (last failed WAL %s, after the last success): fix"
@@ -235,7 +245,22 @@ def preflight(server):
     if row[2] == "minimal":
         raise ConfigError("wal_level is minimal on %s: set it to replica for method=physical" % server.label)
     return {"server_version": row[1], "wal_level": row[2], "archive_mode": row[3], "archiver": row[9] == "t",
-            "wal_segment_size": int(row[4]) if row[4].isdigit() else _size(row[4]), "system_identifier": row[5]}
+            "wal_segment_size": int(row[4]) if row[4].isdigit() else _size(row[4]), "system_identifier": row[5],
+            "tablespace_names": row[6] or None}
+
+
+def tablespace_plan(server, params, facts):
+    """[{oid, name, location}] of the additional tablespaces, or ConfigError where BASE_BACKUP over a
+    replication connection cannot take them (a server older than 15, or one reached only in a container)."""
+    if not facts.get("tablespace_names"):
+        return []
+    if major(facts["server_version"]) < 15 or params.get("docker_container"):
+        raise ConfigError("cluster %s has additional tablespaces (%s): method=physical backs them up through a"
+                          " replication connection from the managed host to PostgreSQL 15 or later%s"
+                          % (server.label, facts["tablespace_names"], " (set host and port of the published port"
+                                                                       " instead of docker_container)"
+                             if params.get("docker_container") else " (the server is %s)" % facts["server_version"]))
+    return [{"oid": int(row[0]), "name": row[1], "location": row[2]} for row in server.query(TABLESPACES_SQL)]
 
 
 def _size(text):
@@ -253,9 +278,11 @@ def physical_series(params, server):
 def physical_dump(server, location, params, check_mode=False):
     """One base backup of the cluster; returns the module result."""
     facts = preflight(server)
+    spaces = tablespace_plan(server, params, facts)
     series = physical_series(params, server)
     location.check_writable()
-    plan = {"series": series, "method": "physical", "format": "tar", "server_version": facts["server_version"]}
+    plan = {"series": series, "method": "physical", "format": "tar", "server_version": facts["server_version"],
+            "tablespaces": spaces}
     warnings = []
     if facts["archive_mode"] == "off":
         warnings.append("archive_mode is off on %s: the base backup cannot be restored without the WAL from its"
@@ -263,7 +290,10 @@ def physical_dump(server, location, params, check_mode=False):
     if check_mode:
         return {"changed": True, "backups": [], "plan": [plan], "location": location.url, "warnings": warnings,
                 "msg": "would write a base backup of %s to %s" % (server.label, location.url)}
-    record, more = _basebackup(server, location, params, series, facts)
+    if spaces:
+        record, more = _replication_backup(server, location, params, series, (facts, spaces))
+    else:
+        record, more = _basebackup(server, location, params, series, facts)
     warnings.extend(more)
     result = {"changed": True, "backups": [record], "backup": record, "plan": [plan], "location": location.url,
               "msg": "wrote base backup %s of %s (%s to %s) to %s" % (
@@ -293,7 +323,7 @@ def _basebackup(server, location, params, series, facts):
         manifest = session.publish(source=source, tools={"pg_basebackup": tool})
     record = summarize(manifest, location)
     record.update({k: source[k] for k in ("start_lsn", "stop_lsn", "timeline", "start_wal", "stop_wal",
-                                          "stop_time")})
+                                          "stop_time", "tablespaces")})
     record.update(duration_seconds=round(time.monotonic() - started, 3), method="physical",
                   server_version=facts["server_version"], pg_basebackup_version=tool,
                   server_compression=compress)
@@ -326,12 +356,14 @@ def wait_archived(server, stop_wal, timeout=ARCHIVE_WAIT, interval=0.05):
     return True
 
 
-def _source(server, facts, tap, stopped, verbose=None):
+def _source(server, facts, tap, stopped, verbose=None, stop=None, tablespaces=()):
     if not tap.complete("backup_label"):
         raise ServiceError("pg_basebackup's output on %s has no backup_label: not a base backup" % server.label)
     label = tap.members["backup_label"].decode("utf-8", "replace")
     fields = parse_label(label)
-    if verbose:
+    if stop:
+        fields.update(stop_lsn=stop["stop_lsn"], stop_timeline=stop["stop_timeline"], wal_included=False)
+    elif verbose:
         fields.update(stop_lsn=parse_verbose_stop(verbose, fields["start_lsn"]), stop_timeline=fields["timeline"],
                       wal_included=True)
     elif "backup_manifest" in tap.members:
@@ -344,5 +376,82 @@ def _source(server, facts, tap, stopped, verbose=None):
     fields.update(method="physical", host=server.conn.get("host"), port=server.conn.get("port"),
                   backup_label=label, stop_time=rfc3339(stopped),
                   stop_wal=segment_name(fields["stop_timeline"], lsn_segment(max(stop_lsn - 1, 0), seg_size), seg_size),
-                  stop_lsn=format_lsn(stop_lsn), tablespaces=[], **facts)
+                  stop_lsn=format_lsn(stop_lsn), tablespaces=list(tablespaces),
+                  **{k: v for k, v in facts.items() if k != "tablespace_names"})
     return fields
+
+
+def replication_compression(params, facts):
+    """(method, level, workers) of server-side compression for BASE_BACKUP, or None (the engine compresses)."""
+    name = params.get("compression")
+    if name not in SERVER_COMPRESSION or not params.get("server_compression", True) or major(facts["server_version"]) < 15:
+        return None
+    level = params.get("compression_level")
+    threads = params.get("compression_threads", -1)
+    workers = (threads if threads > 0 else os.cpu_count() or 1) if name == "zstd" and threads else None
+    return name, SERVER_COMPRESSION[name][1] if level is None else level, workers
+
+
+class _Tapped:
+    """The base archive's writer, with a tap that keeps backup_label as the bytes pass."""
+
+    def __init__(self, out, tap):
+        self.out, self.tap = out, tap
+
+    def write(self, data):
+        self.tap.feed(data)
+        self.out.write(data)
+
+    def close(self):
+        self.out.close()
+
+
+def _replication_backup(server, location, params, series, context):
+    """A base backup through BASE_BACKUP: the base tar as main artifact, each tablespace a companion."""
+    facts, spaces = context
+    started = time.monotonic()
+    compress = replication_compression(params, facts)
+    by_oid = {space["oid"]: space for space in spaces}
+    with BackupSession(location, series, KIND, compression=params["compression"],
+                       level=params.get("compression_level"),
+                       threads=PRECOMPRESSED if compress else params["compression_threads"]) as session:
+        tap = HeadTap(None, params["compression"]) if compress else TarTap(None)
+        writers = {}
+
+        def open_archive(name, path):
+            oid = archive_oid(name)
+            if oid is None:
+                writers[None] = session.artifact("tar")
+                return _Tapped(writers[None], tap)
+            by_oid.setdefault(oid, {"oid": oid, "name": None})["location"] = path  # created after the preflight: no name
+            writers[oid] = session.artifact("tar", name="tablespace-%d" % oid)
+            return writers[oid]
+
+        splitter = ArchiveSplitter(open_archive)
+        command = base_backup_command("opskit %s" % session.id, *(compress or (None, None, None)))
+        stream_base_backup(params, command, splitter)
+        splitter.finish()
+        if splitter.manifest is None:
+            raise ServiceError("BASE_BACKUP on %s sent no backup manifest: the stop LSN is unknown" % server.label)
+        tablespaces = []
+        for oid, out in sorted((k, v) for k, v in writers.items() if k is not None):
+            if compress:
+                out.record["raw_bytes"] = None
+            tablespaces.append(dict(by_oid[oid], artifact="tablespace-%d" % oid, sha256=out.record["sha256"],
+                                    size_bytes=out.record["size_bytes"]))
+        if compress:
+            writers[None].record["raw_bytes"] = None  # the server compressed: the tars' own sizes are not seen
+        source = _source(server, facts, tap, utcnow(),
+                         stop=manifest_wal_range(splitter.manifest), tablespaces=tablespaces)
+        source["base_backup"] = "replication"
+        warnings = _await_stop(server, facts, source["stop_wal"], session.id)
+        manifest = session.publish(source=source, tools={})
+    record = summarize(manifest, location)
+    record.update({k: source[k] for k in ("start_lsn", "stop_lsn", "timeline", "start_wal", "stop_wal",
+                                          "stop_time", "tablespaces")})
+    spec = None
+    if compress:
+        spec = "server-%s:level=%d" % compress[:2] + (",workers=%d" % compress[2] if compress[2] else "")
+    record.update(duration_seconds=round(time.monotonic() - started, 3), method="physical",
+                  server_version=facts["server_version"], pg_basebackup_version=None, server_compression=spec)
+    return record, warnings

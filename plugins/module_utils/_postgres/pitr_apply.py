@@ -11,6 +11,10 @@ from the spool, opskit-wal fetch for anything else) and the recovery target and 
 directory ready to start; ``recovery_end_command`` removes the spool. A drill (state=verified) does the same in a scratch directory, then starts the
 cluster on a scratch port (``pitr_drill``), waits until recovery reached the target and promoted,
 runs the verify queries, and stops and removes it, also on failure.
+
+A base backup with additional tablespaces (``pitr_tablespaces``): each companion is extracted into
+its directory (``tablespace_mapping``, a scratch directory in a drill, else its original location)
+before the base backup, and ``tablespace_map`` points the data directory at them.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ from .options import series_for
 from .physical import DEFAULT_PHYSICAL_SERIES, physical_dump
 from .pitr import choose_base, parse_target, pg_time, physical_backups, wal_needed
 from .pitr_drill import run_drill
+from .pitr_tablespaces import (extract_tablespaces, link_tablespaces, plan_entries, plan_tablespaces, scratch_directories,
+                               undo_tablespaces)
 from .server import open_server
 from .wal import fetch_entry, verify_entry, wal_index
 
@@ -195,21 +201,28 @@ def restore_physical(location, params, check_mode=False):
     if directory or not drill:
         plan["data_directory"] = directory
         plan["steps"] = [check_data_directory(directory, params.get("force"))]
+    spaces = plan_tablespaces(base, params, drill)
+    plan["tablespaces"] = plan_entries(spaces)
     if check_mode:
         return {"changed": not drill, "plan": plan, "backup": summarize(base, location),
                 "msg": "would %s base backup %s to %s (%d WAL segments checked present)" % (
                     "drill" if drill else "restore", base["id"], target["text"], plan["wal_segments"])}
-    with _workspace(params, directory, drill) as (path, owner, scratch):
+    with _workspace(params, directory, drill, spaces) as (path, owner, scratch):
+        spaces = scratch_directories(spaces, scratch) if drill else spaces
+        plan["tablespaces"] = plan_entries(spaces)
         plan["wal_prefetched"] = _prepare(location, base, path, plan.get("steps", ["create"])[0],
-                                          (plan["series"], entries))
+                                          (plan["series"], entries), spaces)
         write_recovery(path, ["restore_command = %s" % conf_quote(command),
                               "recovery_end_command = %s" % conf_quote(spool_end_command())] + target_settings(target))
         _chown_tree(path, owner)
+        for space in spaces:
+            _chown_tree(space["directory"], owner)
         restored = round(time.monotonic() - started, 3)
         if not drill:
             return {"changed": True, "plan": plan, "backup": summarize(base, location),
                     "recovery": {"target": target["text"], "restore_seconds": restored, "data_directory": path,
-                                 "wal_prefetched": plan["wal_prefetched"]},
+                                 "wal_prefetched": plan["wal_prefetched"],
+                                 "tablespaces": {str(s["oid"]): s["directory"] for s in spaces}},
                     "msg": "restored base backup %s into %s, recovering to %s when started"
                            % (base["id"], path, target["text"])}
         return _drill(location, params, base, target, (path, owner, scratch, started, plan))
@@ -237,9 +250,10 @@ def prefetch(location, series, entries, spool, limit=PREFETCH_MAX_BYTES):
     return count
 
 
-def _prepare(location, base, path, step, wal):
+def _prepare(location, base, path, step, wal, spaces=()):
     """Prefetch the WAL (a failure removes what it wrote, a replaced directory's content stays), then
-    empty a replaced directory and extract the base backup (a failure removes the directory)."""
+    empty a replaced directory and extract the tablespaces and the base backup (a failure removes the
+    directory and empties or removes the tablespace directories)."""
     os.makedirs(path, mode=0o700, exist_ok=True)
     os.chmod(path, 0o700)
     spool = os.path.join(path, SPOOL)
@@ -260,8 +274,14 @@ def _prepare(location, base, path, step, wal):
                 os.unlink(full)
     extracted = False
     try:
-        extract_base(location, base, path)
-        extracted = True
+        extract_tablespaces(location, base, spaces)  # each checked (sha256) before anything is replayed
+        try:
+            extract_base(location, base, path)
+            link_tablespaces(path, spaces)
+            extracted = True
+        finally:
+            if not extracted:
+                undo_tablespaces(spaces)
     finally:
         if not extracted:  # an error or a signal: no half-extracted data directory stays
             shutil.rmtree(path, ignore_errors=True)
@@ -269,8 +289,8 @@ def _prepare(location, base, path, step, wal):
 
 
 @contextlib.contextmanager
-def _workspace(params, directory, drill):
-    """(data directory, owner, scratch root): a drill's directory is removed at the end, always."""
+def _workspace(params, directory, drill, spaces=()):
+    """(data directory, owner, scratch root): a drill's directories (data, tablespaces) are removed at the end, always."""
     scratch = tempfile.mkdtemp(prefix=temp_prefix("opskit-pgrestore-"), dir=params.get("tmp_dir")) if drill else None
     path = directory or os.path.join(scratch, "data")
     owner = resolve_owner(params, path if directory else scratch)
@@ -282,6 +302,9 @@ def _workspace(params, directory, drill):
         if drill:
             if directory:
                 shutil.rmtree(directory, ignore_errors=True)
+            for space in spaces:
+                if space["directory"]:  # mapped (the defaults lie in the scratch root)
+                    shutil.rmtree(space["directory"], ignore_errors=True)
             shutil.rmtree(scratch, ignore_errors=True)
 
 
