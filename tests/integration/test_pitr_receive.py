@@ -3,9 +3,11 @@
 """WAL archiving with ``opskit-wal receive`` (pg_receivewal from a replication slot) against a real
 PostgreSQL 15 cluster: segments at the location with their sha256, a SIGKILL of the receiver loses
 nothing acknowledged (a drill to latest through pg_backup holds every row), and in synchronous mode
-a commit does not return while the receiver is stopped. PostgreSQL in a Docker container: a base
-backup over a replication connection to its published port, WAL received from it, and a drill to
-a time on the host."""
+a commit does not return while the receiver is stopped; the backup role's pitr_receive, and its
+per-cluster path (pitr_setup with backup_pitr_setup receive), whose unit's command archives a
+segment. PostgreSQL in a Docker container: a base backup over a replication connection to its
+published port, WAL received from it, a drill to a time on the host, and the restore role's marker
+drill of it, which fails at once with one line (its wait needs archive_command)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import glob
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -33,14 +36,15 @@ APP = "opskit_wal_receive"
 class Receiver:
     """``opskit-wal receive`` as a process of the server's user (the role runs it under systemd)."""
 
-    def __init__(self, cluster, synchronous):
+    def __init__(self, cluster, synchronous, argv=None):
+        """``argv``: a command of its own (the role's unit's ExecStart), else a helper installed here."""
         self.cluster = cluster
         self.directory = os.path.join(cluster.root, "receive")
         self.log = os.path.join(cluster.root, "receive.log")
         receive = dict(directory=self.directory, slot="opskit_test", synchronous=synchronous, bin_dir=PG_BIN,
                        pg=dict(host=cluster.host, port=cluster.port, user=cluster.user, password=cluster.password))
-        self.argv = install_helper(os.path.join(cluster.root, "rhelper"), "file://" + cluster.store, SERIES,
-                                   cluster.account, receive=receive) + ["receive"]
+        self.argv = argv or install_helper(os.path.join(cluster.root, "rhelper"), "file://" + cluster.store, SERIES,
+                                           cluster.account, receive=receive) + ["receive"]
         self.proc = None
 
     def start(self):
@@ -69,9 +73,9 @@ class Receiver:
             time.sleep(0.05)
 
 
-def archived(cluster, name, timeout=30):
+def archived(cluster, name, timeout=30, series=SERIES):
     """The stored object of ``name``, waited for; its key's sha256 is the sha256 of its bytes."""
-    pattern = os.path.join(cluster.store, SERIES, "wal", name[:8], name + "-*")
+    pattern = os.path.join(cluster.store, series, "wal", name[:8], name + "-*")
     deadline = time.monotonic() + timeout
     while not glob.glob(pattern):
         assert time.monotonic() < deadline, "%s was not archived" % name
@@ -177,12 +181,60 @@ def test_receive_kill_resume_and_synchronous_commit(run_playbook):
         assert result["verification"]["result"] == "passed", result["msg"]
         assert result["plan"]["last_wal"] >= last, result["plan"]
         assert "pitr-test-pw" not in json.dumps(result)
+        cluster_path(run_playbook, cluster, receiver)
     finally:
         if receiver.proc is not None and receiver.proc.poll() is None:
             receiver.proc.kill()
             receiver.proc.wait()
         cluster.stop()
         shutil.rmtree(store, ignore_errors=True)
+
+
+def cluster_path(run_playbook, cluster, first):
+    """The per-cluster path of weekly.yml and the main tasks: tasks_from pitr_setup with backup_pitr_setup
+    receive and one entry of backup_pitr_clusters (its own connection, config and default series). The
+    receiver it configures (the unit's ExecStart, run as the server's user: no systemd here) pushes a
+    segment into that series."""
+    first.signal(signal.SIGTERM)  # one receiver per host: the unit's name and application_name are fixed
+    cluster.psql("ALTER SYSTEM RESET synchronous_standby_names")
+    cluster.psql("SELECT pg_reload_conf()")
+    home = os.path.join(cluster.root, "setup")
+    os.makedirs(home, mode=0o755)
+    entry = {"name": "recv", "postgres": cluster.conn(), "config": home + "/etc/wal.json"}
+    rvars = {"backup_pitr_setup": "receive", "backup_pitr_clusters": [entry], "backup_series_prefix": "t-",
+             "backup_pitr_pg": {"host": "192.0.2.1", "port": 1}, "backup_pitr_dir": home + "/lib",
+             "backup_pitr_location": "file://" + cluster.store, "backup_pitr_storage_options": {"compression_level": 1},
+             "backup_pitr_bin_dir": PG_BIN, "backup_pitr_os_user": cluster.account.pw_name if cluster.account else os.getlogin(),
+             "backup_pitr_receive_directory": home + "/receive", "backup_pitr_receive_slot": "opskit_setup",
+             "backup_pitr_receive_config": home + "/etc/wal-receive.json", "backup_pitr_receive_unit_dir": home}
+    include = {"name": "opskit.runbook.backup", "tasks_from": "pitr_setup"}
+    run = run_playbook(play({"name": "setup", "ansible.builtin.include_role": include, "vars": rvars}))
+    assert run.rc == 0, run.stdout[-4000:]
+    assert cluster.password not in run.stdout
+    with open(home + "/etc/wal-receive.json") as fh:
+        config = json.load(fh)
+    assert config["series"] == "t-pg-recv-physical" and config["location"] == "file://" + cluster.store, config
+    assert {k: config["receive"]["pg"][k] for k in ("host", "port")} == {"host": cluster.host, "port": cluster.port}
+    assert (config["receive"]["slot"], config["receive"]["synchronous"]) == ("opskit_setup", False), config["receive"]
+    for path in (home + "/etc/wal-receive.json", entry["config"]):  # the entry's config: restore_command's
+        assert oct(os.stat(path).st_mode & 0o777) == "0o600", path
+    with open(entry["config"]) as fh:
+        assert json.load(fh)["series"] == "t-pg-recv-physical"
+    with open(home + "/opskit-wal-receive.service") as fh:
+        (exec_start,) = [line[len("ExecStart="):] for line in fh.read().splitlines() if line.startswith("ExecStart=")]
+    assert shlex.split(exec_start) == [SYSTEM_PYTHON, home + "/lib/opskit-wal", "--config", home + "/etc/wal-receive.json",
+                                       "receive"], exec_start
+    receiver = Receiver(cluster, synchronous=False, argv=shlex.split(exec_start))
+    try:
+        receiver.start()
+        assert cluster.psql("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'opskit_setup'") == "1"
+        cluster.psql("INSERT INTO events (tag) VALUES ('cluster-path')")
+        archived(cluster, switch(cluster), series="t-pg-recv-physical")
+        receiver.signal(signal.SIGTERM)
+    finally:
+        if receiver.proc is not None and receiver.proc.poll() is None:
+            receiver.proc.kill()
+            receiver.proc.wait()
 
 
 CONTAINER_START = """set -e
@@ -238,7 +290,8 @@ class ContainerCluster:
 def test_container_base_backup_over_published_port_and_drill_on_host(docker_engine, run_playbook):
     """pg_backup on the host takes the base backup of PostgreSQL in a container through its published
     port (pg_basebackup's replication connection, server-side zstd), opskit-wal receive streams its WAL
-    the same way, and a drill restores on the host to a time between a marker and a later row."""
+    the same way, and a drill restores on the host to a time between a marker and a later row. The restore
+    role's marker drill of it fails at once, saying why (WAL streamed by pg_receivewal: no pg_stat_archiver)."""
     ctr = ContainerCluster(docker_engine.client, build_postgres_image(docker_engine.client, docker_engine.busybox_image))
     receiver = Receiver(ctr, synchronous=False)
     try:
@@ -262,6 +315,24 @@ def test_container_base_backup_over_published_port_and_drill_on_host(docker_engi
         assert result["verification"]["result"] == "passed", result["msg"]
         assert result["backup"]["id"] == base["id"] and result["recovery"]["recovered_time"] <= marker_time
         assert ctr.password not in json.dumps(result)
+
+        # the restore role's marker drill of the same cluster (its connection: the published port; the restore on
+        # the host) cannot wait for the marker's segment: pg_stat_archiver, where it waits, only counts what
+        # archive_command archived, and this WAL comes through pg_receivewal. It fails at once with one line,
+        # before any row is written (no restore_pitr_marker_timeout wait).
+        rvars = {"restore_pitr_clusters": [{"name": "ctr", "series": SERIES, "postgres": ctr.conn()}],
+                 "restore_location": "file://" + ctr.store, "restore_pitr_bin_dir": PG_BIN,
+                 "restore_pitr_wal_helper": receiver.argv[:-1], "restore_pitr_data_owner": args["data_owner"] or os.getlogin(),
+                 "restore_pitr_marker_timeout": 120, "restore_fail_on_error": False}
+        run = run_playbook(play({"name": "marker drill", "ansible.builtin.include_role": {"name": "opskit.runbook.restore"},
+                                 "vars": rvars}, {"name": "assets", "ansible.builtin.debug": {"var": "restore_assets"}}))
+        (asset,) = run.task("assets")["restore_assets"]
+        assert asset["verification"] == "failed" and not asset["ok"] and asset["rpo_seconds"] is None, asset
+        assert asset["error"] == ("marker: the marker drill needs archive_command archiving (archive_mode is off):"
+                                  " it waits for the marker's segment in pg_stat_archiver, which WAL streamed by pg_receivewal"
+                                  " never reaches"), asset["error"]
+        assert ctr.psql("SELECT to_regclass('opskit_drill_marker') IS NULL") == "t"  # nothing written
+        assert ctr.password not in run.stdout
     finally:
         if receiver.proc is not None and receiver.proc.poll() is None:
             receiver.proc.kill()

@@ -22,6 +22,7 @@ import re
 import shutil
 import stat
 import tempfile
+import time
 
 import pytest
 
@@ -35,16 +36,21 @@ SERIES = "t-pg-main-physical"  # the role's default series of the cluster "main"
 # databases named "early" and "late" it then rewrites marker_time of the drill's JSON line:
 # early: 1 ms before the marker row was inserted (so before its commit); late: after the segment
 # holding the row after T was archived, with one more commit after it, archived too (so recovery
-# to that T replays the row after T and stops at that commit).
+# to that T replays the row after T and stops at that commit). In the database "postgres" (main's
+# marker) it fails the pruning of old marker rows after the drill, which must only warn.
 LYING_PSQL = r'''#!/usr/bin/python3
 import json, os, subprocess, sys, time
 REAL = %(real)r
 args = sys.argv[1:]
 db = args[args.index("-d") + 1] if "-d" in args else ""
 run = [a.split("=", 1)[1] for a in args if a.startswith("run=")]
-proc = subprocess.run([REAL] + args, stdin=sys.stdin, capture_output=True, text=True)
+script = sys.stdin.read()
+if db == "postgres" and "DELETE FROM opskit_drill_marker" in script:  # main's pruning fails, not its drill
+    sys.stderr.write("psql:<stdin>:3: ERROR:  permission denied for table opskit_drill_marker\n")
+    sys.exit(3)
+proc = subprocess.run([REAL] + args, input=script, capture_output=True, text=True)
 sys.stderr.write(proc.stderr)
-if proc.returncode or db not in ("early", "late") or not run:
+if proc.returncode or db not in ("early", "late") or not run or not any(a.startswith("timeout=") for a in args):
     sys.stdout.write(proc.stdout)
     sys.exit(proc.returncode)
 
@@ -68,6 +74,10 @@ print(json.dumps(doc))
 '''
 
 
+MARKER_TABLE = ("CREATE TABLE IF NOT EXISTS opskit_drill_marker (run text NOT NULL, phase text NOT NULL,"
+                " at timestamptz NOT NULL DEFAULT clock_timestamp(), PRIMARY KEY (run, phase))")
+
+
 @pytest.fixture(scope="module")
 def cluster():
     """archive_mode on, no archive_command: weekly.yml sets it up (opskit_pitr_setup)."""
@@ -77,8 +87,7 @@ def cluster():
     for db in ("app", "early", "late"):
         pg.psql("CREATE DATABASE %s" % db)
     for db in ("early", "late"):  # no CREATE TABLE of the drill commits between the lie's T and the marker
-        pg.psql("CREATE TABLE opskit_drill_marker (run text NOT NULL, phase text NOT NULL,"
-                " at timestamptz NOT NULL DEFAULT clock_timestamp(), PRIMARY KEY (run, phase))", db=db)
+        pg.psql(MARKER_TABLE, db=db)
     pg.home = tempfile.mkdtemp(prefix="opskit-pitr-home-")  # the role's helper and config, which the server's user reaches
     os.chmod(pg.home, 0o755)
     yield pg
@@ -124,6 +133,13 @@ def test_weekly_base_backup_and_marker_drill_whose_checks_can_fail(cluster, run_
                                    for db in ("early", "late")]
     # the backup role's list is its own variable: one base backup of the one real cluster
     extra = dict(_extra(cluster, tmp_path, clusters), restore_pitr_bin_dir=str(bin_dir), backup_pitr_clusters=clusters[:1])
+    # marker rows of earlier drills at fixed times: 2001 is older than restore_pitr_marker_keep_days (30, the default)
+    # on any date this test runs, 'infinity' never is. "late" fails its drill and is pruned all the same; main's
+    # pruning fails (the wrapper) and its drill passes all the same
+    cluster.psql(MARKER_TABLE)
+    for db in ("postgres", "late"):
+        cluster.psql("INSERT INTO opskit_drill_marker VALUES ('old-run', 'marker', '2001-01-01 00:00:00+00'),"
+                     " ('old-run', 'after', '2001-01-01 00:00:01+00'), ('kept-run', 'marker', 'infinity')", db=db)
     run = run_playbook(playbook("weekly"), extra)
     assert run.rc != 0, run.stdout[-4000:]  # two drills failed
     assert run.task("PITR | set them (ALTER SYSTEM, reload)").get("changed")
@@ -150,6 +166,11 @@ def test_weekly_base_backup_and_marker_drill_whose_checks_can_fail(cluster, run_
     assert main["rpo_seconds"] == pytest.approx(marker["rpo_seconds"]) and main["rpo_seconds"] >= 0
     assert main["rpo_met"] is True and main["rto_seconds"] > 0 and main["recovery"]["target"]
     assert _marker_rows(cluster, marker["run"]) == "after,marker"  # both rows are on the real cluster
+    # main's pruning failed: a warning naming the cluster and the error, the drill passed (above), nothing deleted
+    (warning,) = [r for r in run.results if r["_task"] == "PITR | pruning failed (the drill's verdict stands)" and "msg" in r]
+    assert warning["msg"].startswith("WARNING: the marker rows of main older than 30 days were not pruned"), warning["msg"]
+    assert warning["msg"].endswith(": permission denied for table opskit_drill_marker"), warning["msg"]
+    assert _marker_rows(cluster, "old-run") == "after,marker"
     manifest = json.load(open(os.path.join(cluster.store, SERIES, base["backup_id"] + ".manifest.json")))
     assert manifest["verification"]["method"] == "pitr-drill"  # the last drill's verdict (late: failed)
 
@@ -164,6 +185,10 @@ def test_weekly_base_backup_and_marker_drill_whose_checks_can_fail(cluster, run_
     assert late["verification"] == "failed" and not late["ok"]
     assert "no row written after T: returned '1', expected '0'" in late["error"], late["error"]
     assert "the marker written at T" not in late["error"]  # the marker itself was restored
+    # pruned after the (failed) drill: the rows older than 30 days, not this run's nor the younger ones
+    runs = cluster.psql("SELECT string_agg(DISTINCT run, ',') FROM opskit_drill_marker", db="late").split(",")
+    assert sorted(runs) == sorted(["kept-run", late["marker"]["run"]]), runs
+    assert _marker_rows(cluster, late["marker"]["run"], db="late") == "after,filler,marker"
 
     # the report: the RPO by marker next to the RTO, judged (two drills failed: not met)
     assert doc["pitr_rpo_seconds"] == max(a["rpo_seconds"] for a in assets.values())
