@@ -207,6 +207,36 @@ def _metrics(path):
         return [line for line in fh.read().splitlines() if line and not line.startswith("#")]
 
 
+def test_daily_wal_rpo_check_asks_a_quiet_cluster_before_calling_it_stale(cluster, run_playbook, tmp_path):
+    """A cluster that writes nothing archives nothing, and its archive's age grows with the clock:
+    a day later (faketime), the newest archived segment is a day old, past the RPO of 2min. The
+    daily run asks the server (pg_switch_wal) and finds everything it wrote already archived (or
+    archives what was waiting, in the seconds the probe waits): the run passes, the series is not
+    stale. Without the probe this run fails (the stalled-archive test below is the same check
+    with archiving stopped)."""
+    manifests = glob.glob(os.path.join(cluster.store, SERIES, "*.manifest.json"))
+    assert manifests, "no base backup in %s: this test starts from the weekly test's (run the whole file)" % SERIES
+    # quiet: what the earlier tests wrote is switched out and archived
+    segment = cluster.psql("SELECT pg_walfile_name(pg_switch_wal())")
+    deadline = time.monotonic() + 60
+    while cluster.psql("SELECT coalesce(last_archived_wal >= '%s', false) FROM pg_stat_archiver" % segment) != "t":
+        assert time.monotonic() < deadline, "segment %s was not archived" % segment
+        time.sleep(0.1)
+    metrics = tmp_path / "metrics"
+    metrics.mkdir()
+    extra = dict(_extra(cluster, tmp_path, [_main(cluster)]), opskit_pitr_setup="none", opskit_metrics_dir=str(metrics),
+                 backup_pitr_probe_wait="20s")
+    later = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=1)
+    run = run_playbook(playbook("daily"), extra, clock=later)
+    assert run.rc == 0, run.stdout[-4000:]
+    doc = reports(str(tmp_path / "reports"), "daily")[-1]
+    assert doc["pitr_stale"] == [] and doc["status"] != "failed", doc
+    wal = doc["pitr_series"][SERIES]["wal"]
+    assert wal["rpo_seconds"] > 3600, wal  # the archive's age is still reported as it is
+    prom = _metrics(metrics / "opskit_backup.prom")
+    assert 'opskit_backup_stale{host="localhost",series="%s",kind="postgres-physical",rpo="2min"} 0' % SERIES in prom, prom
+
+
 def test_daily_wal_rpo_check_fails_on_a_stalled_archive(cluster, run_playbook, tmp_path):
     """The daily run's RPO check of a PITR cluster (the fresh case passes in the weekly test above,
     whose base backup and archiving this test starts from). Archiving is stalled for real
@@ -218,7 +248,9 @@ def test_daily_wal_rpo_check_fails_on_a_stalled_archive(cluster, run_playbook, t
     assert manifests, "no base backup in %s: this test starts from the weekly test's (run the whole file)" % SERIES
     metrics = tmp_path / "metrics"
     metrics.mkdir()
-    extra = dict(_extra(cluster, tmp_path, [_main(cluster)]), opskit_pitr_setup="none", opskit_metrics_dir=str(metrics))
+    # the probe (pg_switch_wal, then a wait for the segment it names) waits 2 s here: archiving is stalled
+    extra = dict(_extra(cluster, tmp_path, [_main(cluster)]), opskit_pitr_setup="none", opskit_metrics_dir=str(metrics),
+                 backup_pitr_probe_wait="2s")
     command = cluster.psql("SHOW archive_command")
     segments = sorted(p for p in glob.glob(os.path.join(cluster.store, SERIES, "wal", "*", "*"))
                       if re.match(r"[0-9A-F]{24}-", os.path.basename(p)))
@@ -243,6 +275,7 @@ def test_daily_wal_rpo_check_fails_on_a_stalled_archive(cluster, run_playbook, t
     assert line.startswith("RPO breach of the PITR cluster main (%s): WAL archive " % SERIES), line
     assert "RPO 2min" in line and "gap in the WAL of timeline 00000001: 1 segment(s) missing from %s" % os.path.basename(hidden)[:24] in line, line
     assert "newest base backup " in line and "(max 8d)" in line, line
+    assert " not archived within 2 s of pg_switch_wal()" in line, line  # the probe asked, and the archive is stuck
     assert doc["status"] == "failed" and line in doc["failure"]["msg"], doc["failure"]
     wal = doc["pitr_series"][SERIES]["wal"]
     assert wal["rpo_seconds"] > 8 * 86400 and wal["gaps"][0]["first_missing"] == os.path.basename(hidden)[:24], wal
