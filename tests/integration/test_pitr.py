@@ -220,8 +220,8 @@ def test_tablespace_companion_backup_and_restore(archiving, run_playbook):
         marker_time = cluster.psql("SELECT clock_timestamp()")
         cluster.psql("INSERT INTO spaced SELECT g, 'later' FROM generate_series(351, 360) g")
         cluster.switch_and_wait()
-        rows = {"name": "rows", "query": "SELECT count(*) || ' ' || max(id) || ' ' || count(*) FILTER (WHERE tag = 'later')"
-                                          " FROM spaced", "expect": "350 350 0"}
+        rows = {"name": "rows", "expect": "350 350 0",
+                "query": "SELECT count(*) || ' ' || max(id) || ' ' || count(*) FILTER (WHERE tag = 'later') FROM spaced"}
         mapped = restored + "-space"
         run = run_playbook(play(
             task("drill", **common(cluster, state="verified", target_time=marker_time, recovery_timeout=60,

@@ -255,11 +255,11 @@ def tablespace_plan(server, params, facts):
     if not facts.get("tablespace_names"):
         return []
     if major(facts["server_version"]) < 15 or params.get("docker_container"):
+        hint = (" (set host and port of the published port instead of docker_container)" if params.get("docker_container")
+                else " (the server is %s)" % facts["server_version"])
         raise ConfigError("cluster %s has additional tablespaces (%s): method=physical backs them up through a"
                           " replication connection from the managed host to PostgreSQL 15 or later%s"
-                          % (server.label, facts["tablespace_names"], " (set host and port of the published port"
-                                                                       " instead of docker_container)"
-                             if params.get("docker_container") else " (the server is %s)" % facts["server_version"]))
+                          % (server.label, facts["tablespace_names"], hint))
     return [{"oid": int(row[0]), "name": row[1], "location": row[2]} for row in server.query(TABLESPACES_SQL)]
 
 
