@@ -291,7 +291,8 @@ def test_container_base_backup_over_published_port_and_drill_on_host(docker_engi
     """pg_backup on the host takes the base backup of PostgreSQL in a container through its published
     port (pg_basebackup's replication connection, server-side zstd), opskit-wal receive streams its WAL
     the same way, and a drill restores on the host to a time between a marker and a later row. The restore
-    role's marker drill of it fails at once, saying why (WAL streamed by pg_receivewal: no pg_stat_archiver)."""
+    role's marker drill of it works on streamed WAL: no pg_stat_archiver to wait on, so the server closes the
+    marker's segment (pg_switch_wal) and the role waits for it at the location, then restores to T."""
     ctr = ContainerCluster(docker_engine.client, build_postgres_image(docker_engine.client, docker_engine.busybox_image))
     receiver = Receiver(ctr, synchronous=False)
     try:
@@ -317,21 +318,23 @@ def test_container_base_backup_over_published_port_and_drill_on_host(docker_engi
         assert ctr.password not in json.dumps(result)
 
         # the restore role's marker drill of the same cluster (its connection: the published port; the restore on
-        # the host) cannot wait for the marker's segment: pg_stat_archiver, where it waits, only counts what
-        # archive_command archived, and this WAL comes through pg_receivewal. It fails at once with one line,
-        # before any row is written (no restore_pitr_marker_timeout wait).
+        # the host): pg_stat_archiver, where the drill waits for an archiving server, counts nothing here (the WAL
+        # comes through pg_receivewal), so the server closes the marker's segment and the role waits for it at
+        # the location; the drill then restores to T with the marker and without the row after it
         rvars = {"restore_pitr_clusters": [{"name": "ctr", "series": SERIES, "postgres": ctr.conn()}],
                  "restore_location": "file://" + ctr.store, "restore_pitr_bin_dir": PG_BIN,
                  "restore_pitr_wal_helper": receiver.argv[:-1], "restore_pitr_data_owner": args["data_owner"] or os.getlogin(),
-                 "restore_pitr_marker_timeout": 120, "restore_fail_on_error": False}
+                 "restore_pitr_marker_timeout": 60, "restore_fail_on_error": False}
         run = run_playbook(play({"name": "marker drill", "ansible.builtin.include_role": {"name": "opskit.runbook.restore"},
                                  "vars": rvars}, {"name": "assets", "ansible.builtin.debug": {"var": "restore_assets"}}))
         (asset,) = run.task("assets")["restore_assets"]
-        assert asset["verification"] == "failed" and not asset["ok"] and asset["rpo_seconds"] is None, asset
-        assert asset["error"] == ("marker: the marker drill needs archive_command archiving (archive_mode is off):"
-                                  " it waits for the marker's segment in pg_stat_archiver, which WAL streamed by pg_receivewal"
-                                  " never reaches"), asset["error"]
-        assert ctr.psql("SELECT to_regclass('opskit_drill_marker') IS NULL") == "t"  # nothing written
+        assert asset["verification"] == "passed" and asset["ok"], asset
+        assert asset["marker"]["wait"] == "location" and asset["rpo_measured_by"] == "marker", asset
+        assert 0 < asset["rpo_seconds"] < 60, asset
+        segment = asset["marker"]["segment"]
+        assert asset["marker"]["archived_segment"][8:] >= segment[8:], asset["marker"]  # the segment was seen there
+        assert glob.glob(os.path.join(ctr.store, SERIES, "wal", "*", segment + "*")), segment
+        assert ctr.psql("SELECT string_agg(phase, ',' ORDER BY phase) FROM opskit_drill_marker") == "after,marker"
         assert ctr.password not in run.stdout
     finally:
         if receiver.proc is not None and receiver.proc.poll() is None:
