@@ -292,7 +292,8 @@ options:
     type: int
   compression_threads:
     description:
-      - Worker threads for zstd. V(-1) uses every core, V(0) compresses in the calling thread.
+      - Worker threads for zstd. V(-1) uses one per core, at most 2 (each worker holds its own buffers, and with 4 and more
+        a 1 GiB backup passes 128 MiB of memory), V(0) compresses in the calling thread, a positive count is taken as given.
     type: int
     default: -1
 requirements:

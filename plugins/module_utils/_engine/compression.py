@@ -6,6 +6,7 @@ use), gzip (zlib) and none."""
 
 from __future__ import annotations
 
+import os
 import zlib
 
 from .._errors import ConfigError, IntegrityError
@@ -15,6 +16,11 @@ ZSTD = Library("zstandard")
 COMPRESSION_EXT = {"zstd": ".zst", "gzip": ".gz", "none": ""}
 LEVEL_LIMITS = {"zstd": (-7, 22), "gzip": (0, 9), "none": (None, None)}
 PRECOMPRESSED = "precompressed"  # a threads value: see make_compressor
+# zstd workers of threads=-1 (the default): one per core, at most this many. Each worker holds its
+# jobs' buffers: a 1 GiB S3 volume backup peaked at 122 MiB RSS with 2, 128 MiB with 4 and 150 to
+# 156 MiB with 6 to 8 (bench/RESULTS.md, "Peak memory after the parts-in-flight change"), over the
+# 128 MiB every module keeps to; a larger count is still taken when given explicitly.
+AUTO_THREADS = 2
 
 
 class _Identity:
@@ -78,6 +84,14 @@ class _Zstd:
         self.writer.flush(self.flush_frame)
 
 
+def zstd_threads(threads, cores=None):
+    """The zstd worker count for the ``compression_threads`` option: a negative value is one per
+    core, at most AUTO_THREADS; 0 compresses in the calling thread; a positive count is taken."""
+    if threads is None or threads < 0:
+        return max(1, min(cores or os.cpu_count() or 1, AUTO_THREADS))
+    return int(threads)
+
+
 def make_compressor(name, sink, level=None, threads=-1):
     """A compressor writing into ``sink`` (an object with write(bytes-like)); with ``threads``
     PRECOMPRESSED the producer already compressed the bytes with ``name`` (pg_basebackup
@@ -85,7 +99,7 @@ def make_compressor(name, sink, level=None, threads=-1):
     if threads == PRECOMPRESSED and name in COMPRESSION_EXT:
         return _Passthrough(sink)
     if name == "zstd":
-        return _Zstd(sink, 3 if level is None else level, threads)
+        return _Zstd(sink, 3 if level is None else level, zstd_threads(threads))
     if name == "gzip":
         return _Zlib(sink, 6 if level is None else level)
     if name == "none":

@@ -18,7 +18,7 @@ from botocore.exceptions import ClientError
 from ansible_collections.opskit.runbook.plugins.module_utils import _retry, _timeutil
 from ansible_collections.opskit.runbook.plugins.module_utils._engine import artifacts, catalog, report, streams
 from ansible_collections.opskit.runbook.plugins.module_utils._engine.compression import (
-    make_compressor, make_decompressor, validate_compression)
+    make_compressor, make_decompressor, validate_compression, zstd_threads)
 from ansible_collections.opskit.runbook.plugins.module_utils._engine import lock
 from ansible_collections.opskit.runbook.plugins.module_utils._engine.lock import this_process
 from ansible_collections.opskit.runbook.plugins.module_utils._engine.session import BackupSession
@@ -593,3 +593,10 @@ def test_addressing_style_builds_the_urls(style, url):
 def test_bad_addressing_style():
     with pytest.raises(ConfigError, match="addressing_style 'dns' is not one of path, virtual, auto"):
         open_location("s3://bucket/p", endpoint_url="http://127.0.0.1:1", addressing_style="dns")
+
+
+@pytest.mark.parametrize("threads, cores, expected", [(-1, 1, 1), (-1, 2, 2), (-1, 8, 2), (-1, 64, 2), (None, 16, 2),
+                                                      (0, 8, 0), (1, 8, 1), (6, 8, 6)])
+def test_the_default_zstd_workers_are_one_per_core_but_at_most_two(threads, cores, expected):
+    """-1 on a 64-core host must not start 64 workers (each holds its buffers: 128 MiB is passed at 4)."""
+    assert zstd_threads(threads, cores) == expected
