@@ -300,8 +300,8 @@ from ansible_collections.opskit.runbook.plugins.module_utils._engine.artifacts i
 from ansible_collections.opskit.runbook.plugins.module_utils._engine.catalog import resolve_backup
 from ansible_collections.opskit.runbook.plugins.module_utils._engine.streams import Prefetch, read_chunks
 from ansible_collections.opskit.runbook.plugins.module_utils._storage.options import location_from_params
-from ansible_collections.opskit.runbook.plugins.module_utils._volume.tar.headers import MemberScan
-from ansible_collections.opskit.runbook.plugins.module_utils._volume.tar.extract import TarExtractor, extract_chunks
+from ansible_collections.opskit.runbook.plugins.module_utils._engine.tar.headers import MemberScan
+from ansible_collections.opskit.runbook.plugins.module_utils._engine.tar.extract import TarExtractor, extract_chunks
 from ansible_collections.opskit.runbook.plugins.module_utils._volume.targets import staged_restore
 params.update(params.pop("s3"))
 params["location"] = location_url

@@ -5,17 +5,17 @@
 
 Both targets offer the same operations (load, require, choose_image, size, describe,
 is_empty, backup_to, create, restore, remove), so ``action.VolumeBackup`` does not care which
-one it has, and both produce the same archive layout (see ``tar/headers.py``).
+one it has, and both produce the same archive layout (see ``_engine/tar/headers.py``).
 
 * ``VolumeTarget`` goes through the Docker Engine API: a helper container is created (never
   started) with the volume mounted, ``GET /containers/{id}/archive`` streams its content out
-  and ``PUT /containers/{id}/archive`` streams it back (``tar/rewrite.py``); no tar binary and
+  and ``PUT /containers/{id}/archive`` streams it back (``_engine/tar/rewrite.py``); no tar binary and
   no particular image are needed. With ``volume_access=auto`` a backup reads (``write_tree``)
   and a restore writes the volume's mountpoint directly when that is proven safe
   (``_local_root``), and says so in a warning when it could not.
 * ``DirectoryTarget`` reads host directories with ``write_tree`` (``tree.TreeWriter``).
 * ``staged_restore`` is the restore of both into a directory descriptor: extracted
-  (``tar/extract.py``) into a staging directory, then renamed into place.
+  (``_engine/tar/extract.py``) into a staging directory, then renamed into place.
 """
 
 from __future__ import annotations
@@ -34,12 +34,12 @@ import tarfile
 
 from .._engine.artifacts import ArtifactReader
 from .._engine.streams import Prefetch, read_chunks
+from .._engine.tar.extract import DIR_FLAGS, NEW_FILE_FLAGS, TarExtractor, extract_chunks
+from .._engine.tar.headers import CHUNK, TAR_ENCODING, TAR_ERRORS, DeviceFilter, MemberScan, TarScanner, summary
+from .._engine.tar.rewrite import rewrite_stream
 from .._docker import DOCKER, docker_error
 from .._errors import ConfigError, IntegrityError, NotFoundError, OpsError, ServiceError
 from .quiesce import HELPER_LABEL, api_errors, uses
-from .tar.extract import DIR_FLAGS, NEW_FILE_FLAGS, TarExtractor, extract_chunks
-from .tar.headers import CHUNK, TAR_ENCODING, TAR_ERRORS, DeviceFilter, MemberScan, TarScanner, summary
-from .tar.rewrite import rewrite_stream
 from .tree import TarSink, TreeWriter
 
 MOUNT = "/.opskit-volume"          # where helper containers mount the volume

@@ -11,7 +11,7 @@ the tree and swaps a file or a directory for a symlink meanwhile gets a symlink 
 the link's target. Subdirectories are entered the same way, and only when they are still the
 directory that was listed (same device and inode).
 
-Order (the archive layout of ``tar/headers.py``): the root first, then a directory's entries
+Order (the archive layout of ``_engine/tar/headers.py``): the root first, then a directory's entries
 sorted by name, then each subdirectory's subtree in that order.
 
 Entries that vanish or keep changing type while they are read are left out, and a regular
@@ -22,7 +22,7 @@ Every entry's mtime is recorded exactly (a PAX ``mtime`` record with all nine di
 nanoseconds when it has any, or when it lies before 1970), and the ``user.*`` extended
 attributes of files and directories as ``SCHILY.xattr.<name>`` records (as GNU tar --xattrs,
 bsdtar and Docker write them). Holes are not recorded: a sparse file is stored with its zeros
-(which the restore turns back into holes, see ``tar/extract.py``).
+(which the restore turns back into holes, see ``_engine/tar/extract.py``).
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ try:
 except ImportError:  # pragma: no cover - not on Linux
     grp = pwd = None
 
-from .tar.extract import DIR_FLAGS, KEPT_XATTRS
-from .tar.headers import MTIME_MAX, kind_of
+from .._engine.tar.extract import DIR_FLAGS, KEPT_XATTRS
+from .._engine.tar.headers import MTIME_MAX, kind_of
 
 CHUNK = 1024 * 1024
 ENTRY_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC

@@ -5,7 +5,7 @@
 
 It reads a tar (stream mode, bounded memory), checks each member with the collection's
 MemberChecker, renames it under a new root and re-emits it as PAX tar bytes. The tests compare
-``TarRewriter`` (plugins/module_utils/_volume/tar/rewrite.py), which works on the headers
+``TarRewriter`` (plugins/module_utils/_engine/tar/rewrite.py), which works on the headers
 directly, with it. It lived in the collection until nothing but the tests used it.
 """
 
@@ -15,9 +15,9 @@ import collections
 import tarfile
 
 from ansible_collections.opskit.runbook.plugins.module_utils._errors import IntegrityError
-from ansible_collections.opskit.runbook.plugins.module_utils._volume.tar.headers import (
+from ansible_collections.opskit.runbook.plugins.module_utils._engine.tar.headers import (
     CHUNK, TAR_ENCODING, TAR_ERRORS, ZERO_BLOCK, MemberChecker, _display, _padding, kind_of, summary)
-from ansible_collections.opskit.runbook.plugins.module_utils._volume.tar.rewrite import renamed
+from ansible_collections.opskit.runbook.plugins.module_utils._engine.tar.rewrite import renamed
 
 OUT_CHUNK = 256 * 1024
 STREAM_BUFFER = 64 * 1024  # tarfile's stream mode re-slices its buffer on every read

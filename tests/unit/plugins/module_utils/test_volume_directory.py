@@ -16,7 +16,7 @@ from ansible_collections.opskit.runbook.plugins.module_utils._engine.session imp
 from ansible_collections.opskit.runbook.plugins.module_utils._errors import (
     ConfigError, IntegrityError, NotFoundError, ServiceError)
 from ansible_collections.opskit.runbook.plugins.module_utils._storage.options import open_location
-from ansible_collections.opskit.runbook.plugins.module_utils._volume.tar.headers import UnsafeArchiveError
+from ansible_collections.opskit.runbook.plugins.module_utils._engine.tar.headers import UnsafeArchiveError
 from ansible_collections.opskit.runbook.plugins.module_utils._volume.action import VolumeBackup
 from ansible_collections.opskit.runbook.plugins.module_utils._volume.targets import DirectoryTarget, SourceError
 

@@ -16,8 +16,8 @@ import pytest
 from ansible_collections.opskit.runbook.plugins.module_utils._engine.session import BackupSession
 from ansible_collections.opskit.runbook.plugins.module_utils._errors import IntegrityError
 from ansible_collections.opskit.runbook.plugins.module_utils._storage.options import open_location
-from ansible_collections.opskit.runbook.plugins.module_utils._volume.tar.extract import ExtractError, TarExtractor, extract_chunks
-from ansible_collections.opskit.runbook.plugins.module_utils._volume.tar.headers import UnsafeArchiveError
+from ansible_collections.opskit.runbook.plugins.module_utils._engine.tar.extract import ExtractError, TarExtractor, extract_chunks
+from ansible_collections.opskit.runbook.plugins.module_utils._engine.tar.headers import UnsafeArchiveError
 from ansible_collections.opskit.runbook.plugins.module_utils._volume.action import VolumeBackup
 from ansible_collections.opskit.runbook.plugins.module_utils._volume.targets import VolumeTarget
 

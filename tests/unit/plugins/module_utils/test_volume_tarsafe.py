@@ -12,8 +12,8 @@ import tarfile
 import pytest
 
 from ansible_collections.opskit.runbook.plugins.module_utils._errors import IntegrityError
-from ansible_collections.opskit.runbook.plugins.module_utils._volume.tar import headers as _headers, rewrite as _tar_rewrite
-from ansible_collections.opskit.runbook.plugins.module_utils._volume.tar.headers import (
+from ansible_collections.opskit.runbook.plugins.module_utils._engine.tar import headers as _headers, rewrite as _tar_rewrite
+from ansible_collections.opskit.runbook.plugins.module_utils._engine.tar.headers import (
     MemberChecker, TarScanner, UnsafeArchiveError, clean_name, rebase)
 from tar_oracle import SafeTarStream
 

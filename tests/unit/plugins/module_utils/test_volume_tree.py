@@ -146,7 +146,7 @@ def _tar(members):
 def test_device_members_are_dropped_from_a_volume_stream(chunk):
     """Volume backups keep no device file (every restore refuses them): the filter drops them
     with their PAX headers, long names included, and passes the rest byte for byte."""
-    from ansible_collections.opskit.runbook.plugins.module_utils._volume.tar.headers import DeviceFilter, TarScanner
+    from ansible_collections.opskit.runbook.plugins.module_utils._engine.tar.headers import DeviceFilter, TarScanner
     long_dev = "./" + "d" * 150
     data = _tar([(".", tarfile.DIRTYPE, b""), ("./a", tarfile.REGTYPE, b"A" * 700),
                  ("./null", tarfile.CHRTYPE, b""), (long_dev, tarfile.BLKTYPE, b""),

@@ -16,9 +16,9 @@ import threading
 import pytest
 from test_volume_extract import _extract as _extract_into
 
-from ansible_collections.opskit.runbook.plugins.module_utils._volume.tar import headers
-from ansible_collections.opskit.runbook.plugins.module_utils._volume.tar.extract import ExtractError, TarExtractor, extract_chunks
-from ansible_collections.opskit.runbook.plugins.module_utils._volume.tar.writers import FileWriters
+from ansible_collections.opskit.runbook.plugins.module_utils._engine.tar import headers
+from ansible_collections.opskit.runbook.plugins.module_utils._engine.tar.extract import ExtractError, TarExtractor, extract_chunks
+from ansible_collections.opskit.runbook.plugins.module_utils._engine.tar.writers import FileWriters
 
 MTIME = 1700000000
 

@@ -22,7 +22,7 @@ import os
 import stat
 import urllib.parse
 
-from ..._engine.streams import write_all
+from ..streams import write_all
 from ..._errors import IntegrityError
 from .headers import TarWalker, _display, _number, clean_name
 from .writers import FileWriters
