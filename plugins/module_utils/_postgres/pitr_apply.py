@@ -24,19 +24,17 @@ import os
 import pwd
 import shlex
 import shutil
-import tarfile
 import tempfile
 import time
 
-from .._engine.artifacts import ArtifactReader
 from .._engine.catalog import summarize, update_verification
-from .._engine.streams import CHUNK
 from .._errors import ConfigError, IntegrityError, OpsError, ServiceError, StorageError
 from .cleanup import sweep_temporary, temp_prefix, terminable
 from .options import series_for
 from .physical import DEFAULT_PHYSICAL_SERIES, physical_dump
 from .pitr import choose_base, parse_target, pg_time, physical_backups, wal_needed
 from .pitr_drill import run_drill
+from .pitr_extract import extract_artifact
 from .pitr_tablespaces import (extract_tablespaces, link_tablespaces, plan_entries, plan_tablespaces, scratch_directories,
                                undo_tablespaces)
 from .server import open_server
@@ -158,13 +156,10 @@ def _chown_tree(path, owner):
 
 
 def extract_base(location, manifest, directory):
-    """Stream the base backup's tar into ``directory``; the sha256 is checked at its end (a
-    mismatch raises IntegrityError and the caller removes what was extracted)."""
-    with ArtifactReader(location, manifest) as reader:
-        with tarfile.open(fileobj=reader, mode="r|") as tar:
-            tar.extractall(directory, filter="data")  # nothing outside the directory, no devices
-        while reader.read(CHUNK):
-            pass
+    """Stream the base backup's tar into ``directory`` (``pitr_extract``: nothing outside it, no
+    devices); the sha256 is checked at its end (a mismatch raises IntegrityError and the caller
+    removes what was extracted)."""
+    extract_artifact(location, manifest, directory, what="base backup %s" % manifest.get("id"))
 
 
 def write_recovery(directory, lines):

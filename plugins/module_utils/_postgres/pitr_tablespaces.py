@@ -17,11 +17,9 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import tarfile
 
-from .._engine.artifacts import ArtifactReader
-from .._engine.streams import CHUNK
 from .._errors import ConfigError, IntegrityError, StorageError
+from .pitr_extract import extract_artifact
 from .replication import check_mapping
 
 
@@ -146,16 +144,7 @@ def _extract(location, base, space):
     name = space.get("artifact") or "tablespace-%d" % space["oid"]
     what = "tablespace %s (%s) of base backup %s" % (space["oid"], space.get("name") or "?", base["id"])
     try:
-        with ArtifactReader(location, base, name) as reader:
-            try:
-                with tarfile.open(fileobj=reader, mode="r|") as tar:
-                    tar.extractall(space["directory"], filter="data")
-            except tarfile.TarError as exc:
-                while reader.read(CHUNK):  # the sha256 mismatch, when the stored bytes are damaged
-                    pass
-                raise IntegrityError("artifact %s is not a tar (%s)" % (name, exc)) from exc
-            while reader.read(CHUNK):
-                pass
+        extract_artifact(location, base, space["directory"], name, what="artifact %s" % name)
     except (IntegrityError, StorageError) as exc:
         raise IntegrityError("%s cannot be restored: %s: refused before replay" % (what, exc.msg)) from exc
 

@@ -97,12 +97,18 @@ def test_spool_restore_command_copies_spooled_files_and_falls_back(tmp_path):
 
 
 def _stored_tar(tmp_path, members, compression="zstd"):
-    """A base backup's tar through the engine's writer into a file:// location; its manifest."""
+    """A base backup's tar through the engine's writer into a file:// location; its manifest.
+    A member whose data is a tuple ("symlink", target) is a symlink."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
         for name, data in members:
             info = tarfile.TarInfo(name)
+            if isinstance(data, tuple):
+                info.type, info.linkname = tarfile.SYMTYPE, data[1]
+                tar.addfile(info)
+                continue
             info.size = len(data)
+            info.mode = 0o600
             tar.addfile(info, io.BytesIO(data))
     memory = wal._Memory()
     writer = artifacts.ArtifactWriter(memory, "b", compression, None, 0)
@@ -118,16 +124,52 @@ def _stored_tar(tmp_path, members, compression="zstd"):
 def test_extract_base_checks_the_end(tmp_path):
     big = os.urandom(1 << 16) * 40  # 2.5 MiB
     location, manifest = _stored_tar(tmp_path, [("PG_VERSION", b"15\n"), ("base/1/1259", big)])
-    pa.extract_base(location, manifest, str(tmp_path / "data"))
+    pa.extract_base(location, manifest, _data_dir(tmp_path))
     assert (tmp_path / "data" / "base" / "1" / "1259").read_bytes() == big
     stored = tmp_path / "store" / "s" / "b.tar"
     stored.write_bytes(stored.read_bytes() + b"\0" * 10)  # damage after the tar's end: still found
     with pytest.raises(IntegrityError, match="corrupt"):
+        os.mkdir(tmp_path / "again")
         pa.extract_base(location, manifest, str(tmp_path / "again"))
+
+
+def _data_dir(tmp_path):
+    path = tmp_path / "data"
+    path.mkdir()
+    return str(path)
 
 
 def test_extract_base_refuses_a_member_outside_the_directory(tmp_path):
     location, manifest = _stored_tar(tmp_path, [("PG_VERSION", b"15\n"), ("../escaped", b"x")])
-    with pytest.raises(tarfile.OutsideDestinationError):
-        pa.extract_base(location, manifest, str(tmp_path / "data"))
+    with pytest.raises(IntegrityError, match="'..' components are refused"):
+        pa.extract_base(location, manifest, _data_dir(tmp_path))
     assert not (tmp_path / "escaped").exists()
+
+
+@pytest.mark.parametrize("target", ["/etc", "../../etc", "base/../../x"])
+def test_extract_base_refuses_a_symlink_leading_out(tmp_path, target):
+    location, manifest = _stored_tar(tmp_path, [("PG_VERSION", b"15\n"), ("pg_wal", ("symlink", target))])
+    with pytest.raises(IntegrityError, match="base backup b member pg_wal: a symlink to .*outside the directory"):
+        pa.extract_base(location, manifest, _data_dir(tmp_path))
+    assert not os.path.lexists(tmp_path / "data" / "pg_wal")
+
+
+def test_extract_base_keeps_an_inner_symlink_and_the_modes(tmp_path):
+    location, manifest = _stored_tar(tmp_path, [("PG_VERSION", b"15\n"), ("base/1/1", b"a" * 9000),
+                                                ("base/current", ("symlink", "1"))])
+    pa.extract_base(location, manifest, _data_dir(tmp_path))
+    assert os.readlink(tmp_path / "data" / "base" / "current") == "1"
+    assert (tmp_path / "data" / "base" / "current" / "1").read_bytes() == b"a" * 9000
+    assert os.stat(tmp_path / "data" / "base" / "1" / "1").st_mode & 0o7777 == 0o600
+
+
+@pytest.mark.parametrize("files", [40, 400], ids=["read-ahead-at-the-end", "rest-read-after"])
+def test_extract_base_names_the_corruption_when_damage_broke_the_tar(tmp_path, files):
+    members = [("PG_VERSION", b"15\n")] + [("base/1/%d" % n, os.urandom(1 << 15)) for n in range(files)]
+    location, manifest = _stored_tar(tmp_path, members, compression="none")
+    stored = tmp_path / "store" / "s" / "b.tar"
+    data = bytearray(stored.read_bytes())
+    data[512 * 3 + (1 << 15):512 * 4 + (1 << 15)] = b"\x07" * 512  # the third member's header: not a tar header
+    stored.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match="artifact s/b.tar is corrupt: sha256"):
+        pa.extract_base(location, manifest, _data_dir(tmp_path))
