@@ -324,3 +324,20 @@ def test_backup_role_sets_up_archiving(run_playbook):
         cluster.stop()
         shutil.rmtree(store, ignore_errors=True)
         shutil.rmtree(home, ignore_errors=True)
+
+
+def test_a_stop_segment_left_open_is_switched_by_the_wait(archiving):
+    """The base backup's wait for its stop segment, against the real server (archive_timeout 0 here, so
+    nothing else closes a segment): without the nudge it waits in vain, with it the segment is switched
+    once (pg_switch_wal) and archived, and a segment already closed is left alone."""
+    from ansible_collections.opskit.runbook.plugins.module_utils._postgres import physical
+    from ansible_collections.opskit.runbook.plugins.module_utils._postgres.server import open_server
+
+    cluster = archiving
+    cluster.psql("INSERT INTO events (tag) VALUES ('nudge')")
+    segment = cluster.psql("SELECT pg_walfile_name(pg_current_wal_insert_lsn())")
+    with open_server(dict(cluster.conn(), bin_dir="/usr/lib/postgresql/15/bin")) as server:
+        assert not physical.wait_archived(server, segment, timeout=1.5, nudge_after=60)
+        assert physical.wait_archived(server, segment, timeout=60, nudge_after=0, slow_interval=0.05)
+        assert not physical.switch_open_segment(server, segment)
+    assert glob.glob(os.path.join(cluster.store, SERIES, "wal", segment[:8], segment + "-*"))

@@ -14,7 +14,7 @@ import tarfile
 
 import pytest
 
-from ansible_collections.opskit.runbook.plugins.module_utils._errors import ConfigError, IntegrityError
+from ansible_collections.opskit.runbook.plugins.module_utils._errors import ConfigError, IntegrityError, ServiceError
 from ansible_collections.opskit.runbook.plugins.module_utils._postgres import physical as ph
 from ansible_collections.opskit.runbook.plugins.module_utils._postgres import pitr
 from ansible_collections.opskit.runbook.plugins.module_utils._postgres import pitr_apply as pa
@@ -140,21 +140,42 @@ def test_server_compression(params, server, tool, spec):
 
 
 class _Archiver:
-    """A server whose pg_stat_archiver answers from a list (the last answer repeats)."""
+    """A server whose pg_stat_archiver answers from a list (the last answer repeats); pg_switch_wal()
+    answers a switch point, or raises ServiceError like a user without EXECUTE on it."""
 
-    def __init__(self, answers):
-        self.answers, self.sql = list(answers), []
+    def __init__(self, answers, switch="0/3000100"):
+        self.answers, self.sql, self.switch = list(answers), [], switch
 
     def query(self, sql):
         self.sql.append(sql)
+        if "pg_switch_wal" in sql:
+            if isinstance(self.switch, Exception):
+                raise self.switch
+            return [[self.switch]] if self.switch else []
         return [[self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]]]
+
+    def switches(self):
+        return [sql for sql in self.sql if "pg_switch_wal" in sql]
 
 
 def test_wait_archived_polls_until_the_stop_segment_is_archived():
     server = _Archiver(["f", "f", "t"])
     assert ph.wait_archived(server, "000000010000000000000003", timeout=5, interval=0.001)
     assert len(server.sql) == 3 and "last_archived_wal >= '000000010000000000000003'" in server.sql[0]
+    assert not server.switches()  # archived before nudge_after
     assert not ph.wait_archived(_Archiver(["f"]), "000000010000000000000003", timeout=0.01, interval=0.001)
+
+
+@pytest.mark.parametrize("switch", ["0/3000100", None, ServiceError("permission denied for function pg_switch_wal")],
+                         ids=["switched", "segment-already-closed", "no-execute-right"])
+def test_wait_archived_switches_a_stop_segment_left_open_once(switch):
+    server = _Archiver(["f"] * 5 + ["t"], switch=switch)
+    assert ph.wait_archived(server, "000000010000000000000003", timeout=5, interval=0.001, nudge_after=0, slow_interval=0.001)
+    assert server.switches() == ["SELECT pg_switch_wal() FROM (SELECT 1) AS one WHERE pg_current_wal_lsn() < '0/4000000'::pg_lsn"]
+    assert ph.switch_open_segment(_Archiver(["f"], switch=switch), "0000000100000001000000FF") is (switch == "0/3000100")
+    last = _Archiver(["f"])
+    ph.switch_open_segment(last, "0000000100000001000000FF")  # the last segment of a 4 GiB "log id"
+    assert last.switches()[0].endswith("< '2/0'::pg_lsn")
 
 
 def test_basebackup_argv():
