@@ -207,12 +207,13 @@ class Bench:
         client = dict(seconds=seconds, cpu=self.cpu() - cpu, in_module=result["backup"].get("duration_seconds"),
                       stored=sum(os.path.getsize(p) for p in glob.glob(os.path.join(
                           self.store, SERIES, result["backup"]["id"] + "*"))))
-        cpu = self.cpu()
+        cpu, failed = self.cpu(), self.archive_failures()
         seconds, result = self.playbook("base", self.module_args())
         cpu = self.cpu() - cpu
         backup = result["backup"]
         objects = glob.glob(os.path.join(self.store, SERIES, backup["id"] + "*"))
         module = dict(seconds=seconds, stored=sum(os.path.getsize(p) for p in objects), cpu=cpu,
+                      archive_failures=self.archive_failures() - failed, last_failed_wal=self.last_failed_wal(),
                       objects=[os.path.basename(p) for p in objects], in_module=backup.get("duration_seconds"),
                       compress=backup.get("server_compression"),
                       noop=self.playbook("noop", {"msg": "x"}, module="ansible.builtin.debug")[0])
@@ -231,6 +232,14 @@ class Bench:
                     label=label, cpu=cpu)
         module["client"] = client
         return module, pgbr
+
+    def archive_failures(self):
+        """pg_stat_archiver's failed_count: a base backup waits for its stop segment to be archived."""
+        return int(self.cluster.psql("SELECT failed_count FROM pg_stat_archiver"))
+
+    def last_failed_wal(self):
+        return self.cluster.psql("SELECT coalesce(last_failed_wal, '') || ' ' || coalesce(last_failed_time::text, '')"
+                                 " FROM pg_stat_archiver").strip()
 
     def marker(self, round_no):
         c = self.cluster
