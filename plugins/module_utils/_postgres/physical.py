@@ -351,8 +351,8 @@ def wait_archived(server, stop_wal, timeout=ARCHIVE_WAIT, interval=0.05, nudge_a
     """Poll pg_stat_archiver until ``stop_wal`` (a checked segment name) is archived; False on timeout.
 
     The server closes the stop segment itself at the end of a backup, so it is archived within a
-    push. Not always: in 2 of 17 bench/pitr.py base backups on an idle PostgreSQL 15 (archive_timeout
-    1 s) the stop segment stayed open until other WAL came, 55 and 300 s later. So after
+    push. Not always: in 1 of 23 bench/pitr.py base backups on an idle PostgreSQL 15 (archive_timeout
+    1 s) the stop segment stayed open until the next checkpoint's WAL, 300 s later. So after
     ``nudge_after`` seconds, a stop segment the server still writes into is switched once with
     pg_switch_wal() (superuser, or EXECUTE on it); without that right the wait goes on, polling every
     ``slow_interval`` seconds from then on (each poll runs psql: every 0.05 s that cost 132 CPU-s in a
