@@ -326,18 +326,36 @@ def test_backup_role_sets_up_archiving(run_playbook):
         shutil.rmtree(home, ignore_errors=True)
 
 
-def test_a_stop_segment_left_open_is_switched_by_the_wait(archiving):
-    """The base backup's wait for its stop segment, against the real server (archive_timeout 0 here, so
-    nothing else closes a segment): without the nudge it waits in vain, with it the segment is switched
-    once (pg_switch_wal) and archived, and a segment already closed is left alone."""
+def test_the_stop_segment_wait_on_the_real_server(archiving):
+    """The base backup's wait for its stop segment against the real server (archive_timeout 0: nothing
+    else closes a segment). As the superuser: an archived segment is seen (status directory and
+    pg_stat_archiver), the open one is not and is not switched. As a role without pg_monitor nor
+    EXECUTE on pg_switch_wal: the same answers through pg_stat_archiver alone, the switch refused
+    quietly. With EXECUTE granted: the one switch closes the open segment, which then is archived."""
     from ansible_collections.opskit.runbook.plugins.module_utils._postgres import physical
     from ansible_collections.opskit.runbook.plugins.module_utils._postgres.server import open_server
 
     cluster = archiving
-    cluster.psql("INSERT INTO events (tag) VALUES ('nudge')")
-    segment = cluster.psql("SELECT pg_walfile_name(pg_current_wal_insert_lsn())")
-    with open_server(dict(cluster.conn(), bin_dir="/usr/lib/postgresql/15/bin")) as server:
-        assert not physical.wait_archived(server, segment, timeout=1.5, nudge_after=60)
-        assert physical.wait_archived(server, segment, timeout=60, nudge_after=0, slow_interval=0.05)
-        assert not physical.switch_open_segment(server, segment)
-    assert glob.glob(os.path.join(cluster.store, SERIES, "wal", segment[:8], segment + "-*"))
+    cluster.psql("INSERT INTO events (tag) VALUES ('stop-wait')")
+    archived = cluster.psql("SELECT pg_walfile_name(pg_switch_wal())")
+    cluster.wait_archived(archived)
+    cluster.psql("INSERT INTO events (tag) VALUES ('stop-wait')")
+    open_segment = cluster.psql("SELECT pg_walfile_name(pg_current_wal_insert_lsn())")
+    assert open_segment > archived
+    bin_dir = "/usr/lib/postgresql/15/bin"
+    with open_server(dict(cluster.conn(), bin_dir=bin_dir)) as server:
+        assert server.value(physical.archived_query(archived)) == "t"
+        assert physical.wait_archived(server, archived, timeout=5)
+        assert not physical.wait_archived(server, open_segment, timeout=1, nudge_after=0, slow_interval=0.05)
+    assert cluster.psql("SELECT pg_walfile_name(pg_current_wal_insert_lsn())") == open_segment  # not switched
+    norepl = dict(cluster.conn(), user="norepl", password="norepl-pw", bin_dir=bin_dir)
+    with open_server(norepl) as server:
+        assert physical.wait_archived(server, archived, timeout=5)  # pg_ls_archive_statusdir refused: the fallback
+        assert not physical.wait_archived(server, open_segment, timeout=1, nudge_after=0, slow_interval=0.05)
+        assert not physical.switch_wal(server)
+        cluster.psql("GRANT EXECUTE ON FUNCTION pg_switch_wal() TO norepl")
+        try:
+            assert physical.wait_archived(server, open_segment, timeout=60, nudge_after=0, slow_interval=0.05)
+        finally:
+            cluster.psql("REVOKE EXECUTE ON FUNCTION pg_switch_wal() FROM norepl")
+    assert glob.glob(os.path.join(cluster.store, SERIES, "wal", open_segment[:8], open_segment + "-*"))

@@ -43,7 +43,7 @@ from .._errors import ConfigError, IntegrityError, ServiceError
 from .._timeutil import rfc3339, utcnow
 from .options import series_for
 from .replication import ArchiveSplitter, archive_oid, base_backup_command, manifest_wal_range, stream_base_backup
-from .wal import DEFAULT_SEGMENT_SIZE, format_lsn, lsn_segment, parse_lsn, segment_name, segment_number
+from .wal import DEFAULT_SEGMENT_SIZE, format_lsn, lsn_segment, parse_lsn, segment_name
 
 KIND = "postgres-physical"
 DEFAULT_PHYSICAL_SERIES = "{host}-physical"
@@ -53,7 +53,7 @@ SERVER_COMPRESSION = {"zstd": ("server-zstd", 3), "gzip": ("server-gzip", 6)}
 HEAD_LIMIT = 1024 * 1024  # decompressed bytes HeadTap reads at most to find backup_label
 HEAD_PIECE = 16 * 1024
 ARCHIVE_WAIT = 600  # seconds the module waits for the stop segment to be archived (server compression)
-NUDGE_AFTER = 2.0   # seconds after which a stop segment the server still writes into is switched (pg_switch_wal)
+NUDGE_AFTER = 2.0   # seconds after which, without the archive status directory, the WAL is switched once
 LSN_RE = re.compile(r"\b([0-9A-F]{1,8}/[0-9A-F]{1,8})\b")
 TABLESPACES_SQL = ("SELECT oid, spcname, pg_tablespace_location(oid) FROM pg_tablespace"
                    " WHERE spcname NOT IN ('pg_default', 'pg_global') ORDER BY oid")
@@ -340,47 +340,60 @@ def _await_stop(server, facts, stop_wal, backup_id):
         return ["archive_mode is on but neither archive_command nor archive_library is set on %s: base backup %s"
                 " was not awaited in the archive (its WAL %s comes from pg_receivewal or nowhere)"
                 % (server.label, backup_id, stop_wal)]
-    if not wait_archived(server, stop_wal, seg_size=facts["wal_segment_size"]):
+    if not wait_archived(server, stop_wal):
         return ["the stop segment %s of base backup %s was not archived within %d s: a restore needs it in the"
                 " archive" % (stop_wal, backup_id, ARCHIVE_WAIT)]
     return []
 
 
-def wait_archived(server, stop_wal, timeout=ARCHIVE_WAIT, interval=0.05, nudge_after=NUDGE_AFTER,
-                  seg_size=DEFAULT_SEGMENT_SIZE, slow_interval=0.5):
-    """Poll pg_stat_archiver until ``stop_wal`` (a checked segment name) is archived; False on timeout.
+def archived_query(stop_wal, status_dir=True):
+    """The SQL that answers 't' once ``stop_wal`` is archived: pg_stat_archiver's last archived file,
+    or (``status_dir``) the segment's ``.done`` in the archive status directory."""
+    sql = "SELECT coalesce(last_archived_wal >= '%s', false)" % stop_wal
+    if status_dir:
+        sql += " OR EXISTS (SELECT 1 FROM pg_ls_archive_statusdir() WHERE name = '%s.done')" % stop_wal
+    return sql + " FROM pg_stat_archiver"
 
-    The server closes the stop segment itself at the end of a backup, so it is archived within a
-    push. Not always: in 1 of 23 bench/pitr.py base backups on an idle PostgreSQL 15 (archive_timeout
-    1 s) the stop segment stayed open until the next checkpoint's WAL, 300 s later. So after
-    ``nudge_after`` seconds, a stop segment the server still writes into is switched once with
-    pg_switch_wal() (superuser, or EXECUTE on it); without that right the wait goes on, polling every
-    ``slow_interval`` seconds from then on (each poll runs psql: every 0.05 s that cost 132 CPU-s in a
-    300 s wait)."""
+
+def wait_archived(server, stop_wal, timeout=ARCHIVE_WAIT, interval=0.05, nudge_after=NUDGE_AFTER, slow_interval=0.5):
+    """Poll until ``stop_wal`` (a checked segment name) is archived; False on timeout.
+
+    pg_stat_archiver's last_archived_wal alone can lag: the archiver may push the stop segment before
+    the backup's history file (``<start segment>.<offset>.backup``, written just after the segment is
+    closed), and then names the history file, which sorts below the segment, until the next segment
+    is archived (55, 55 and 300 s in 3 of 23 bench/pitr.py base backups on an idle server). So the
+    segment's ``.done`` in the archive status directory counts too (pg_ls_archive_statusdir():
+    superuser or pg_monitor). Without that right, after ``nudge_after`` seconds one pg_switch_wal()
+    (superuser or EXECUTE) closes the current segment, whose archiving moves last_archived_wal past;
+    with neither, the wait goes on. From ``nudge_after`` on, polls (each one a psql) come every
+    ``slow_interval`` seconds: every 0.05 s they cost 132 CPU-s in a 300 s wait."""
     started = time.monotonic()
-    sql = "SELECT coalesce(last_archived_wal >= '%s', false) FROM pg_stat_archiver" % stop_wal
-    nudged = False
-    while server.query(sql)[0][0] != "t":
+    status_dir, nudged = True, False
+    while True:
+        try:
+            if server.query(archived_query(stop_wal, status_dir))[0][0] == "t":
+                return True
+        except ServiceError:
+            if not status_dir:
+                raise
+            status_dir = False  # not allowed to read the archive status directory
+            continue
         waited = time.monotonic() - started
         if waited > timeout:
             return False
-        if not nudged and waited >= nudge_after:
+        if not status_dir and not nudged and waited >= nudge_after:
             nudged = True
-            switch_open_segment(server, stop_wal, seg_size)
+            switch_wal(server)
         time.sleep(interval if waited < nudge_after else max(interval, slow_interval))
-    return True
 
 
-def switch_open_segment(server, segment, seg_size=DEFAULT_SEGMENT_SIZE):
-    """pg_switch_wal() if the server's WAL insert position is still inside ``segment``; True if it was
-    called. A user without the right to call it (a ServiceError) gets False: nothing is changed."""
-    end = format_lsn((segment_number(segment, seg_size)[1] + 1) * seg_size)
+def switch_wal(server):
+    """One pg_switch_wal(); False for a user without the right to call it (nothing is changed)."""
     try:
-        rows = server.query("SELECT pg_switch_wal() FROM (SELECT 1) AS one WHERE pg_current_wal_lsn() < '%s'::pg_lsn"
-                            % end)
+        server.query("SELECT pg_switch_wal()")
     except ServiceError:
         return False
-    return bool(rows and rows[0] and rows[0][0])
+    return True
 
 
 def _source(server, facts, tap, stopped, verbose=None, stop=None, tablespaces=()):

@@ -140,18 +140,21 @@ def test_server_compression(params, server, tool, spec):
 
 
 class _Archiver:
-    """A server whose pg_stat_archiver answers from a list (the last answer repeats); pg_switch_wal()
-    answers a switch point, or raises ServiceError like a user without EXECUTE on it."""
+    """A server answering the archive queries: ``answers`` for the archived check (the last repeats),
+    ``status_dir`` False: pg_ls_archive_statusdir() is refused (no pg_monitor), ``switch`` an exception
+    to raise for pg_switch_wal() (no EXECUTE on it)."""
 
-    def __init__(self, answers, switch="0/3000100"):
-        self.answers, self.sql, self.switch = list(answers), [], switch
+    def __init__(self, answers, status_dir=True, switch=None):
+        self.answers, self.sql, self.status_dir, self.switch = list(answers), [], status_dir, switch
 
     def query(self, sql):
         self.sql.append(sql)
         if "pg_switch_wal" in sql:
-            if isinstance(self.switch, Exception):
+            if self.switch:
                 raise self.switch
-            return [[self.switch]] if self.switch else []
+            return [["0/4000100"]]
+        if "pg_ls_archive_statusdir" in sql and not self.status_dir:
+            raise ServiceError("query on pg/postgres failed: permission denied for function pg_ls_archive_statusdir")
         return [[self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]]]
 
     def switches(self):
@@ -161,21 +164,32 @@ class _Archiver:
 def test_wait_archived_polls_until_the_stop_segment_is_archived():
     server = _Archiver(["f", "f", "t"])
     assert ph.wait_archived(server, "000000010000000000000003", timeout=5, interval=0.001)
-    assert len(server.sql) == 3 and "last_archived_wal >= '000000010000000000000003'" in server.sql[0]
-    assert not server.switches()  # archived before nudge_after
+    assert len(server.sql) == 3 and not server.switches()
+    assert server.sql[0] == ("SELECT coalesce(last_archived_wal >= '000000010000000000000003', false) OR EXISTS"
+                             " (SELECT 1 FROM pg_ls_archive_statusdir() WHERE name = '000000010000000000000003.done')"
+                             " FROM pg_stat_archiver")
     assert not ph.wait_archived(_Archiver(["f"]), "000000010000000000000003", timeout=0.01, interval=0.001)
 
 
-@pytest.mark.parametrize("switch", ["0/3000100", None, ServiceError("permission denied for function pg_switch_wal")],
-                         ids=["switched", "segment-already-closed", "no-execute-right"])
-def test_wait_archived_switches_a_stop_segment_left_open_once(switch):
-    server = _Archiver(["f"] * 5 + ["t"], switch=switch)
-    assert ph.wait_archived(server, "000000010000000000000003", timeout=5, interval=0.001, nudge_after=0, slow_interval=0.001)
-    assert server.switches() == ["SELECT pg_switch_wal() FROM (SELECT 1) AS one WHERE pg_current_wal_lsn() < '0/4000000'::pg_lsn"]
-    assert ph.switch_open_segment(_Archiver(["f"], switch=switch), "0000000100000001000000FF") is (switch == "0/3000100")
-    last = _Archiver(["f"])
-    ph.switch_open_segment(last, "0000000100000001000000FF")  # the last segment of a 4 GiB "log id"
-    assert last.switches()[0].endswith("< '2/0'::pg_lsn")
+def test_wait_archived_with_the_status_directory_never_switches():
+    """The state seen in bench/pitr.py: the stop segment archived (its .done there), the backup's history
+    file archived after it and named by last_archived_wal. The status directory answers; no switch."""
+    server = _Archiver(["f"] * 3 + ["t"])
+    assert ph.wait_archived(server, "000000010000000000000053", timeout=5, interval=0.001, nudge_after=0,
+                            slow_interval=0.001)
+    assert not server.switches() and all("000000010000000000000053.done" in sql for sql in server.sql)
+
+
+@pytest.mark.parametrize("switch", [None, ServiceError("permission denied for function pg_switch_wal")],
+                         ids=["switched", "no-execute-right"])
+def test_wait_archived_without_the_status_directory_switches_once(switch):
+    server = _Archiver(["f"] * 5 + ["t"], status_dir=False, switch=switch)
+    assert ph.wait_archived(server, "000000010000000000000003", timeout=5, interval=0.001, nudge_after=0,
+                            slow_interval=0.001)
+    assert server.switches() == ["SELECT pg_switch_wal()"]  # once, whether it was allowed or not
+    checks = [sql for sql in server.sql if "pg_switch_wal" not in sql]
+    assert "pg_ls_archive_statusdir" in checks[0] and not any("pg_ls_archive_statusdir" in sql for sql in checks[1:])
+    assert ph.switch_wal(_Archiver(["f"], switch=switch)) is (switch is None)
 
 
 def test_basebackup_argv():
