@@ -153,8 +153,9 @@ class ArtifactReader(Reader):
             self._check()
         return data
 
-    def _drain(self):
-        """Read (and hash) the rest of the stored bytes: the whole object is checked."""
+    def drain(self):
+        """Read (and hash) the rest of the stored bytes, without decompressing them: the whole object
+        is checked (IntegrityError on a mismatch)."""
         while self._read_stored(CHUNK):
             pass
 
@@ -184,15 +185,15 @@ class ArtifactReader(Reader):
         except decompression_errors() as exc:
             # Damage usually breaks the compressed stream before its end is reached: read the
             # rest, so the error is the sha256 mismatch whenever the stored bytes are damaged.
-            self._drain()
+            self.drain()
             raise IntegrityError("artifact %s is corrupt: it cannot be decompressed (%s), although its"
                                  " sha256 matches the manifest" % (self.key, exc)) from exc
         except DecryptionError as exc:
-            self._drain()
+            self.drain()
             raise IntegrityError("artifact %s is corrupt: it cannot be decrypted (%s), although its sha256"
                                  " matches the manifest" % (self.key, exc.msg)) from exc
         if not data:
-            self._drain()  # the end of the data
+            self.drain()  # the end of the data
         return data
 
     def close(self):

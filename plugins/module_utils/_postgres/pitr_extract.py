@@ -20,7 +20,7 @@ import os
 import posixpath
 
 from .._engine.artifacts import ArtifactReader
-from .._engine.streams import CHUNK, Prefetch, read_chunks
+from .._engine.streams import Prefetch, read_chunks
 from .._errors import IntegrityError
 from .._engine.tar.extract import DIR_FLAGS, TarExtractor, extract_chunks
 from .._engine.tar.headers import UnsafeArchiveError, _display
@@ -43,13 +43,12 @@ class PhysicalExtractor(TarExtractor):
 
 def _damage(reader, chunks):
     """The sha256 IntegrityError of the stored bytes, when damage to them is what broke the tar (the
-    reading thread met it already, or reading them to their end meets it); else None."""
+    reading thread met it already, or hashing the rest of them meets it); else None."""
     chunks.stop()
     if chunks.error is not None or chunks.thread.is_alive():
         return chunks.error if isinstance(chunks.error, IntegrityError) else None
     try:
-        while reader.read(CHUNK):
-            pass
+        reader.drain()
     except IntegrityError as damaged:
         return damaged
     return None
