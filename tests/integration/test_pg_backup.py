@@ -790,6 +790,20 @@ def _state(pid):
         return "Z"
 
 
+def _workers_end_after_the_leader(seen, tool):
+    """After the module's SIGKILL: the tool's leader dies with the module (PR_SET_PDEATHSIG), and
+    its workers end by themselves once they run again (they read the end of the leader's pipe).
+    This test stopped them, so it resumes them; the kernel's SIGHUP + SIGCONT to an orphaned
+    process group would do it only where the group counts as orphaned, which depends on the
+    session the run was started in."""
+    assert _gone([seen["tool"]]), "%s's leader outlived the killed module (%s)" % (tool, _state(seen["tool"]))
+    for pid in seen["group"]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+    states = {pid: _state(pid) if os.path.exists("/proc/%d" % pid) else "gone" for pid in seen["group"]}
+    assert _gone(seen["group"], wait=30), "%s's workers outlived their leader: %s" % (tool, states)
+
+
 def _dump_under_a_signal(pg, big_db, run_playbook, tmp_path, signum):
     """pg_dump -Fd -j 2 of big_db into tmp_dir, caught with 4 MB written."""
     tmp, spool, store = tmp_path / "tmp", tmp_path / "spool", tmp_path / "store"
@@ -821,10 +835,7 @@ def test_sigterm_during_dump_leaves_nothing_behind(pg, big_db, run_playbook, tmp
 def test_sigkill_during_dump_is_cleaned_up_by_the_next_run(pg, big_db, small_db, run_playbook, tmp_path):
     res, seen, (tmp, spool, store) = _dump_under_a_signal(pg, big_db, run_playbook, tmp_path, signal.SIGKILL)
     assert failed(res.task("dump"))
-    # the leader dies with the module (PR_SET_PDEATHSIG); its stopped workers by the kernel's
-    # SIGHUP + SIGCONT to an orphaned process group, which a loaded machine can take a while to get to
-    states = {pid: _state(pid) if os.path.exists("/proc/%d" % pid) else "gone" for pid in seen["group"]}
-    assert _gone(seen["group"], wait=30), "pg_dump outlived the killed module: %s (leader %d)" % (states, seen["tool"])
+    _workers_end_after_the_leader(seen, "pg_dump")
     left = _leftovers(pg, tmp, spool)["files"]
     assert any("opskit-pgpass-" in f for f in left) and any("opskit-pgdump-" in f for f in left)
     markers = [f for f in _store_files(store) if f.startswith("kill-%s/.inflight/" % big_db)]
@@ -882,7 +893,7 @@ def test_sigkill_during_restore_is_cleaned_up_by_the_next_run(pg, big_dump, run_
     res, seen, restore, (tmp, spool, target) = _restore_under_a_signal(pg, big_dump, run_playbook, tmp_path,
                                                                        signal.SIGKILL)
     assert failed(res.task("restore"))
-    assert _gone(seen["group"]), "pg_restore outlived the killed module"
+    _workers_end_after_the_leader(seen, "pg_restore")
     left = _leftovers(pg, tmp, spool)["files"]
     assert any("opskit-pgpass-" in f for f in left) and any("opskit-pgrestore-" in f for f in left)
     res = run_playbook(play(dict(restore, **{PG_BACKUP: with_changes(restore[PG_BACKUP], clean=True)})),
